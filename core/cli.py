@@ -1,0 +1,209 @@
+"""The ``denoisekit`` command line.
+
+User errors (:class:`denoisekit.errors.DenoisekitError`) print one line on stderr and exit
+with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from denoisekit.errors import DenoisekitError
+
+EXIT_USAGE = 2
+
+
+def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", type=Path, help="the recipe TOML file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a recipe key (VALUE in TOML syntax), e.g. --set sampler.steps=20",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="denoisekit", description="Modular denoising diffusion models in PyTorch."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a recipe; leaves runs/<name>/")
+    _add_recipe_args(p)
+    p.add_argument("--out", type=Path, help="the run folder (default: runs/<recipe name>)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="last",
+        metavar="CHECKPOINT",
+        help="resume from a checkpoint (default: the run folder's checkpoints/last.pt)",
+    )
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("plugins", help="list every component with its provider and options")
+    p.add_argument("kind", nargs="?", help="only this kind (backbone, sampler, ...)")
+    p.add_argument("--recipe", type=Path, help="also load the plugins this recipe names")
+    p.set_defaults(func=_cmd_plugins)
+
+    p = sub.add_parser("recipe", help="validate or print a recipe")
+    rsub = p.add_subparsers(dest="recipe_command", required=True, metavar="ACTION")
+    check = rsub.add_parser("check", help="validate a recipe")
+    _add_recipe_args(check)
+    check.set_defaults(func=_cmd_recipe_check)
+    show = rsub.add_parser("show", help="print the fully resolved recipe as TOML")
+    _add_recipe_args(show)
+    show.set_defaults(func=_cmd_recipe_show)
+
+    return parser
+
+
+def _version() -> str:
+    from denoisekit import __version__
+
+    return __version__
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from denoisekit.errors import CheckpointError
+    from denoisekit.recipe import load_recipe
+    from denoisekit.training import TrainingInterrupted, build_run, resume_from, train
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    out_dir = args.out if args.out is not None else Path("runs") / recipe.name
+    checkpoint = None
+    if args.resume is not None:
+        checkpoint = (
+            out_dir / "checkpoints" / "last.pt" if args.resume == "last" else Path(args.resume)
+        )
+        if not checkpoint.is_file():
+            raise CheckpointError(
+                f"{checkpoint}: checkpoint not found (enable [hooks.checkpoint] in the recipe, "
+                "or pass --resume PATH)"
+            )
+    run = build_run(recipe, out_dir=out_dir)
+    if checkpoint is not None:
+        resume_from(run, checkpoint)
+    try:
+        train(run)
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, TrainingInterrupted) else 2
+        print(
+            f"denoisekit: interrupted at step {run.step}; resume with: denoisekit train "
+            f"{args.recipe} --out {out_dir} --resume",
+            file=sys.stderr,
+        )
+        return 128 + signum
+    print(f"trained {run.step} steps; run folder: {out_dir}")
+    return 0
+
+
+def _cmd_recipe_check(args: argparse.Namespace) -> int:
+    from denoisekit.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    print(f"{args.recipe}: ok ({recipe.name})")
+    return 0
+
+
+def _cmd_recipe_show(args: argparse.Namespace) -> int:
+    from denoisekit.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    sys.stdout.write(recipe.to_toml())
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from denoisekit.registry import Registry
+
+    if args.recipe is not None:
+        from denoisekit.plugin_manager import get_plugin_manager
+        from denoisekit.recipe import read_recipe_data
+
+        data, _ = read_recipe_data(args.recipe)
+        pm = get_plugin_manager(
+            plugins=data.get("plugins", []), search_paths=[args.recipe.parent.resolve()]
+        )
+    else:
+        from denoisekit.plugin_manager import get_plugin_manager
+
+        pm = get_plugin_manager()
+    registry = Registry.from_plugin_manager(pm)
+    print(format_plugins(registry, args.kind), end="")
+    return 0
+
+
+def format_plugins(registry: Any, kind: str | None = None) -> str:
+    """Every component (of one kind) with its provider and options, as text."""
+    from denoisekit.config import option_doc
+
+    lines: list[str] = []
+    current = None
+    for entry in registry.entries(kind):
+        if entry.kind != current:
+            current = entry.kind
+            lines.append(f"{current}:")
+        spec = entry.spec
+        lines.append(f"  {spec.name}  {spec.summary}")
+        lines.append(f"    provided by {entry.plugin} ({entry.source})")
+        for field in attrs.fields(spec.config):
+            default = _default_text(field)
+            head = f"    {field.name}: {_type_text(field.type)} = {default}"
+            lines.append(f"{head}  {option_doc(field)}".rstrip())
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _type_text(tp: Any) -> str:
+    if isinstance(tp, str):
+        return tp
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _default_text(field: attrs.Attribute) -> str:
+    default = field.default
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        default = default.factory()
+    if default is attrs.NOTHING:
+        return "(required)"
+    return repr(default)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except DenoisekitError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"denoisekit: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("denoisekit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

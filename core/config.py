@@ -1,0 +1,58 @@
+"""Helpers for component config classes.
+
+A component's config is a frozen attrs class whose fields are its recipe keys. Declare
+each field with :func:`option`, which records the one-line doc that ``denoisekit plugins``
+and the recipe reference show::
+
+    @attrs.frozen(kw_only=True)
+    class DDIMConfig:
+        steps: int = option(50, "number of sampling steps", validator=attrs.validators.gt(0))
+        eta: float = option(0.0, "0 deterministic, 1 DDPM-like", validator=unit_interval)
+
+Validators must ``raise`` (never ``assert``) with a message naming the field; attrs'
+built-in validators already do (``'steps' must be > 0: -1``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+DOC_KEY = "denoisekit.doc"
+
+
+def option(
+    default: Any = attrs.NOTHING,
+    doc: str = "",
+    *,
+    validator: Any = None,
+    converter: Any = None,
+    factory: Any = None,
+) -> Any:
+    """Declare a config field with a default and a one-line doc."""
+    if factory is not None:
+        return attrs.field(
+            factory=factory, validator=validator, converter=converter, metadata={DOC_KEY: doc}
+        )
+    return attrs.field(
+        default=default, validator=validator, converter=converter, metadata={DOC_KEY: doc}
+    )
+
+
+def option_doc(field: attrs.Attribute) -> str:
+    """The one-line doc of a config field ('' when it has none)."""
+    return field.metadata.get(DOC_KEY, "")
+
+
+def unit_interval(inst: Any, attribute: attrs.Attribute, value: float) -> None:
+    """Validator: ``0 <= value <= 1``."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"'{attribute.name}' must be in [0, 1]: {value!r}")
+
+
+def positive_ints(inst: Any, attribute: attrs.Attribute, value: tuple[int, ...]) -> None:
+    """Validator: every element is an int > 0."""
+    for i, v in enumerate(value):
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ValueError(f"'{attribute.name}[{i}]' must be a positive integer: {v!r}")

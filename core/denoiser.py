@@ -1,0 +1,119 @@
+"""The denoiser a sampler sees: a backbone, its schedule and its prediction type.
+
+Samplers never look at what the backbone predicts: they call :meth:`Denoiser.predict`
+and get both the noise estimate ``eps`` and the clean-data estimate ``x0``, whatever the
+parameterization (k-diffusion's adapter idea, for the discrete DDPM family).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from denoisekit.diffusion import DiscreteSchedule
+
+__all__ = ["PREDICTION_TYPES", "Denoiser"]
+
+#: What a backbone may be trained to predict.
+PREDICTION_TYPES: tuple[str, ...] = ("eps", "x0", "v")
+
+
+class Denoiser:
+    """Wrap ``model(x_t, time, cond=None)`` into ``(eps, x0)`` estimates.
+
+    Args:
+        model: the backbone. Its optional attribute ``time_input`` says what it takes as
+            time: ``"timestep"`` (default; the integer index as a float) or ``"log_snr"``
+            (the schedule's log-SNR at that index).
+        schedule: the schedule the backbone was trained on.
+        prediction_type: ``"eps"``, ``"x0"`` or ``"v"``.
+
+    Attributes:
+        nfe: number of network evaluations made through :meth:`predict` since creation or
+            the last :meth:`reset_nfe` (a plain int: counting costs nothing on the device).
+    """
+
+    def __init__(
+        self, model: Any, schedule: DiscreteSchedule, prediction_type: str = "eps"
+    ) -> None:
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}: {prediction_type!r}"
+            )
+        time_input = getattr(model, "time_input", "timestep")
+        if time_input not in ("timestep", "log_snr"):
+            raise ValueError(f"model.time_input must be 'timestep' or 'log_snr': {time_input!r}")
+        self.model = model
+        self.schedule = schedule
+        self.prediction_type = prediction_type
+        self.nfe = 0
+
+    def reset_nfe(self) -> None:
+        """Set the network-evaluation counter back to 0."""
+        self.nfe = 0
+
+    def model_time(self, t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """What the backbone receives as time for integer timesteps ``t`` (shape ``(B,)``).
+
+        The schedule's log-SNR at ``t`` when ``model.time_input == "log_snr"``, else ``t``
+        itself as a float. Both in ``dtype`` on ``t``'s device.
+        """
+        if getattr(self.model, "time_input", "timestep") == "log_snr":
+            return self.schedule.tables(t.device, dtype).log_snr[t]
+        return t.to(dtype)
+
+    def predict(
+        self, x_t: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Evaluate the backbone once and return ``(eps, x0)`` estimates.
+
+        Args:
+            x_t: noisy images ``(B, ...)``.
+            t: integer timesteps of the original schedule, shape ``(B,)`` (an int or a
+                0-dim tensor is broadcast over the batch).
+            cond: conditioning passed through to the backbone (omitted when ``None``).
+        """
+        t = torch.as_tensor(t, device=x_t.device)
+        if t.dtype.is_floating_point or t.dtype == torch.bool:
+            raise TypeError(f"timesteps must be an integer tensor, got {t.dtype}")
+        if t.ndim == 0:
+            t = t.expand(x_t.shape[0])
+        # Timestep embeddings lose precision below float32; float64 stays float64.
+        time = self.model_time(t, torch.promote_types(x_t.dtype, torch.float32))
+        out = self.model(x_t, time) if cond is None else self.model(x_t, time, cond)
+        self.nfe += 1
+        if out.shape != x_t.shape:
+            raise ValueError(
+                f"the backbone returned shape {tuple(out.shape)} for an input of shape "
+                f"{tuple(x_t.shape)}; a denoiser needs one prediction per input value"
+            )
+        # Under autocast the backbone may answer in half precision: do the conversions in
+        # the sampler state's dtype.
+        out = out.to(x_t.dtype)
+        # Notation: a = sqrt(alpha_bar_t), s = sqrt(1 - alpha_bar_t); x_t = a x0 + s eps.
+        tab = self.schedule.tables(x_t.device, x_t.dtype)
+        shape = (-1, *([1] * (x_t.ndim - 1)))
+        if self.prediction_type == "eps":
+            eps = out
+            x0 = (
+                tab.sqrt_recip_alpha_bar[t].reshape(shape) * x_t
+                - tab.sqrt_recipm1_alpha_bar[t].reshape(shape) * eps
+            )
+        elif self.prediction_type == "x0":
+            x0 = out
+            eps = (x_t - tab.sqrt_alpha_bar[t].reshape(shape) * x0) / tab.sqrt_one_minus_alpha_bar[
+                t
+            ].reshape(shape)
+        else:  # "v": x0 = a x_t - s v, eps = s x_t + a v (Salimans & Ho 2022, appendix D)
+            a = tab.sqrt_alpha_bar[t].reshape(shape)
+            s = tab.sqrt_one_minus_alpha_bar[t].reshape(shape)
+            x0 = a * x_t - s * out
+            eps = s * x_t + a * out
+        return eps, x0
+
+    def __repr__(self) -> str:
+        return (
+            f"Denoiser(model={type(self.model).__name__}, schedule={self.schedule!r}, "
+            f"prediction_type={self.prediction_type!r})"
+        )

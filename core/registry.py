@@ -1,0 +1,120 @@
+"""The component table: kind → name → the spec and the plugin that provided it.
+
+Built per plugin manager from the ``denoisekit_components`` hook; never a global.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+
+from denoisekit.components import KINDS, ComponentSpec
+from denoisekit.errors import PluginLoadError, RegistryError
+from denoisekit.plugin_manager import PluginManager, get_plugin_manager
+from denoisekit.suggest import did_you_mean
+
+
+@attrs.frozen
+class RegisteredComponent:
+    """A component spec with its provider."""
+
+    spec: ComponentSpec
+    plugin: str  # the name the plugin is registered under
+    source: str  # where the plugin came from ("builtin", "entry point ...", "recipe", "api")
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+class Registry:
+    """Every component a plugin manager's plugins provide, by kind and name."""
+
+    def __init__(
+        self,
+        components: Iterator[RegisteredComponent] | list[RegisteredComponent],
+        plugins: dict[str, str] | None = None,
+    ):
+        #: plugin name → where it came from, for run metadata.
+        self.plugins: dict[str, str] = dict(plugins or {})
+        self._table: dict[str, dict[str, RegisteredComponent]] = {kind: {} for kind in KINDS}
+        for entry in components:
+            table = self._table[entry.kind]
+            if entry.name in table:
+                other = table[entry.name]
+                raise RegistryError(
+                    f"two plugins provide {entry.kind} {entry.name!r}: {other.plugin!r} "
+                    f"({other.source}) and {entry.plugin!r} ({entry.source}); uninstall or "
+                    "disable one of them"
+                )
+            table[entry.name] = entry
+
+    @classmethod
+    def from_plugin_manager(cls, pm: PluginManager) -> Registry:
+        """Call every plugin's ``denoisekit_components`` and collect the records."""
+        plugins = {pm.get_name(p) or repr(p): "" for p in pm.get_plugins()}
+        return cls(list(_collect(pm)), {name: pm.describe(name) for name in plugins})
+
+    def names(self, kind: str) -> list[str]:
+        """The registered names of ``kind``, sorted."""
+        return sorted(self._table[_checked_kind(kind)])
+
+    def entries(self, kind: str | None = None) -> list[RegisteredComponent]:
+        """All entries (of one kind), in kind order then name order."""
+        kinds = KINDS if kind is None else (_checked_kind(kind),)
+        return [self._table[k][n] for k in kinds for n in sorted(self._table[k])]
+
+    def get(self, kind: str, name: str) -> RegisteredComponent:
+        """The entry for ``kind``/``name``; an unknown name lists the known ones."""
+        table = self._table[_checked_kind(kind)]
+        try:
+            return table[name]
+        except KeyError:
+            known = ", ".join(sorted(table)) or "none"
+            raise RegistryError(
+                f"unknown {kind} {name!r}{did_you_mean(name, table)}; registered {kind}s: {known}"
+            ) from None
+
+    def build(self, kind: str, name: str, config: Any = None, **context: Any) -> Any:
+        """Build a component: ``spec.build(config, **context)``; config defaults to the class's."""
+        spec = self.get(kind, name).spec
+        if config is None:
+            config = spec.config()
+        return spec.build(config, **context)
+
+
+def _checked_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise RegistryError(f"unknown component kind {kind!r}{did_you_mean(kind, KINDS)}")
+    return kind
+
+
+def _collect(pm: PluginManager) -> Iterator[RegisteredComponent]:
+    for impl in pm.hook.denoisekit_components.get_hookimpls():
+        name = impl.plugin_name
+        source = pm.describe(name)
+        try:
+            records = list(impl.function() or ())
+        except Exception as exc:
+            raise PluginLoadError(
+                f"plugin {name!r} ({source}): denoisekit_components failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        for record in records:
+            if not isinstance(record, ComponentSpec):
+                raise RegistryError(
+                    f"plugin {name!r} ({source}): denoisekit_components returned {record!r}, "
+                    "not a denoisekit.ComponentSpec"
+                )
+            yield RegisteredComponent(spec=record, plugin=name, source=source)
+
+
+def default_registry(**kwargs: Any) -> Registry:
+    """The registry of a fresh plugin manager (see :func:`get_plugin_manager`)."""
+    return Registry.from_plugin_manager(get_plugin_manager(**kwargs))

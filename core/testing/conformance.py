@@ -1,0 +1,292 @@
+"""Conformance checks for schedule, loss and sampler components.
+
+Plain functions that raise :class:`AssertionError` with a message saying what broke, so
+they work under pytest and in a plugin author's own scripts alike::
+
+    from denoisekit.testing.conformance import check_sampler
+    from my_plugin import denoisekit_components
+
+    @pytest.mark.parametrize("spec", denoisekit_components(), ids=lambda s: s.name)
+    def test_my_sampler(spec):
+        check_sampler(spec)
+
+Every check builds the component from ``spec.build(config)`` (``config`` defaults to the
+config class's defaults) and uses a tiny deterministic toy backbone on a short schedule:
+fast on a CPU, no randomness outside the generators handed to the component.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import cattrs
+import torch
+
+from denoisekit.components import ComponentSpec
+from denoisekit.denoiser import PREDICTION_TYPES, Denoiser
+from denoisekit.diffusion import DiscreteSchedule
+
+__all__ = [
+    "ToyBackbone",
+    "check_config_roundtrip",
+    "check_loss",
+    "check_sampler",
+    "check_schedule",
+    "spec_id",
+    "toy_schedule",
+]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def toy_schedule(num_timesteps: int = 20) -> DiscreteSchedule:
+    """A short cosine-shaped schedule (Nichol & Dhariwal 2021), built here without plugins."""
+    s = 0.008
+
+    def f(t: float) -> float:
+        return math.cos((t / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2
+
+    betas = [min(1 - f(i + 1) / f(i), 0.999) for i in range(num_timesteps)]
+    return DiscreteSchedule.from_betas(betas)
+
+
+class ToyBackbone(torch.nn.Module):
+    """A fixed, purely elementwise map ``(x_t, t, cond) -> output`` that counts its calls.
+
+    ``out = w[c] * x_t + 0.05 * sin(0.3 * t)``, plus ``0.01 * cond`` per image when given.
+    Elementwise (no reductions, no cross-image mixing), so image ``i`` of a batch does not
+    depend on the others or on the batch size, bit for bit.
+    """
+
+    time_input = "timestep"
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("w", torch.linspace(0.2, 0.8, channels))
+        self.calls = 0
+
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        self.calls += 1
+        if t.shape != (x_t.shape[0],):
+            raise AssertionError(f"backbone got time of shape {tuple(t.shape)}, expected (B,)")
+        shape = (-1, *([1] * (x_t.ndim - 1)))
+        w = self.w.to(x_t.dtype).reshape(1, -1, *([1] * (x_t.ndim - 2)))
+        out = w * x_t + 0.05 * torch.sin(0.3 * t.to(x_t.dtype)).reshape(shape)
+        if cond is not None:
+            out = out + 0.01 * cond.to(x_t.dtype).reshape(shape)
+        return out
+
+
+def _build(spec: ComponentSpec, config: Any, **context: Any) -> Any:
+    if config is None:
+        try:
+            config = spec.config()
+        except TypeError as e:  # a required option without a default
+            raise AssertionError(
+                f"{spec.kind} {spec.name!r}: pass `config=` (its config class has required "
+                f"options: {e})"
+            ) from e
+    return spec.build(config, **context)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_config_roundtrip(spec: ComponentSpec, config: Any = None) -> None:
+    """The config survives cattrs unstructure → structure unchanged (what recipes rely on)."""
+    config = spec.config() if config is None else config
+    converter = cattrs.Converter(forbid_extra_keys=True)
+    data = converter.unstructure(config)
+    back = converter.structure(data, spec.config)
+    assert back == config, (
+        f"{spec.kind} {spec.name!r}: config {config!r} does not survive a cattrs round trip "
+        f"(got {back!r} from {data!r})"
+    )
+
+
+def check_schedule(spec: ComponentSpec, config: Any = None) -> None:
+    """A schedule builds a T-step, float64 CPU ``alpha_bar`` strictly decreasing in (0, 1)."""
+    name = f"schedule {spec.name!r}"
+    check_config_roundtrip(spec, config)
+    sched = _build(spec, config)
+    T = sched.num_timesteps
+    assert isinstance(T, int) and T > 0, f"{name}: num_timesteps must be a positive int: {T!r}"
+    ab = sched.alphas_cumprod
+    assert isinstance(ab, torch.Tensor), f"{name}: alphas_cumprod must be a tensor"
+    assert ab.dtype == torch.float64, f"{name}: alphas_cumprod must be float64, is {ab.dtype}"
+    assert ab.device.type == "cpu", f"{name}: alphas_cumprod must live on the CPU"
+    assert tuple(ab.shape) == (T,), (
+        f"{name}: alphas_cumprod has shape {tuple(ab.shape)}, not ({T},)"
+    )
+    assert bool(((ab > 0) & (ab < 1)).all()), f"{name}: alphas_cumprod leaves (0, 1)"
+    assert bool((ab[1:] < ab[:-1]).all()), f"{name}: alphas_cumprod is not strictly decreasing"
+
+
+def check_loss(spec: ComponentSpec, config: Any = None, *, seed: int = 0) -> None:
+    """A loss returns a finite, differentiable ``(B,)`` loss, 0 exactly at its target.
+
+    The target for each ``prediction_type`` is derived here: ``eps`` → the noise, ``x0`` →
+    the clean batch, ``v`` → ``sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0``.
+    """
+    name = f"loss {spec.name!r}"
+    check_config_roundtrip(spec, config)
+    sched = toy_schedule(20)
+    loss = _build(spec, config, schedule=sched)
+    pt = getattr(loss, "prediction_type", None)
+    assert pt in PREDICTION_TYPES, (
+        f"{name}: prediction_type must be one of {PREDICTION_TYPES}: {pt!r}"
+    )
+    g = torch.Generator().manual_seed(seed)
+    B = 5
+    x0 = torch.rand(B, 2, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(B, 2, 4, 4, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 3, 9, 14, 19])
+    ab = sched.alphas_cumprod[t].view(B, 1, 1, 1)
+    target = {"eps": noise, "x0": x0, "v": ab.sqrt() * noise - (1 - ab).sqrt() * x0}[pt]
+
+    exact = loss(target.clone(), x0=x0, noise=noise, t=t)
+    assert tuple(exact.shape) == (B,), (
+        f"{name}: loss must have shape (B,) = ({B},), got {tuple(exact.shape)}"
+    )
+    assert float(exact.abs().max()) < 1e-12, (
+        f"{name}: loss is not 0 when the output equals the {pt} target: {exact.tolist()}"
+    )
+    out = (
+        target + 0.1 * torch.randn(target.shape, generator=g, dtype=torch.float64)
+    ).requires_grad_()
+    value = loss(out, x0=x0, noise=noise, t=t)
+    assert tuple(value.shape) == (B,), (
+        f"{name}: loss must have shape (B,), got {tuple(value.shape)}"
+    )
+    assert bool(torch.isfinite(value).all()) and bool((value > 0).all()), (
+        f"{name}: loss away from the target must be finite and > 0: {value.tolist()}"
+    )
+    value.sum().backward()
+    assert out.grad is not None and bool(torch.isfinite(out.grad).all()), (
+        f"{name}: the loss must be differentiable w.r.t. the model output"
+    )
+    # Per-sample: sample 0's loss must not depend on the other samples.
+    alone = loss(out.detach()[:1], x0=x0[:1], noise=noise[:1], t=t[:1])
+    torch.testing.assert_close(
+        alone,
+        value.detach()[:1],
+        msg=lambda m: f"{name}: loss of sample 0 depends on the batch: {m}",
+    )
+
+
+def check_sampler(
+    spec: ComponentSpec,
+    config: Any = None,
+    *,
+    num_timesteps: int = 100,
+    shape: tuple[int, ...] = (3, 2, 4, 4),
+) -> None:
+    """Check a sampler's contract on a toy backbone and a ``num_timesteps`` schedule.
+
+    Asserts: the config round-trips through cattrs; output shape and dtype (float32 by
+    default, float64 when ``x_T`` is float64), finite values in [-1, 1]; bit-for-bit
+    determinism under a fixed seed; with a list of per-image generators, image ``i`` does
+    not depend on the batch size; the network evaluations made equal
+    ``num_evaluations(T)``; ``x_T`` is not modified; the callback gets ``i``, ``t``,
+    ``x_t`` and ``x0``; every prediction type works; conditioning is passed through.
+    """
+    name = f"sampler {spec.name!r}"
+    check_config_roundtrip(spec, config)
+    sampler = _build(spec, config)
+    sched = toy_schedule(num_timesteps)
+    B = shape[0]
+    assert B >= 2, "check_sampler needs a batch of at least 2"
+
+    def run(pt: str = "eps", **kwargs: Any) -> tuple[torch.Tensor, ToyBackbone, Denoiser]:
+        model = ToyBackbone(shape[1])
+        den = Denoiser(model, sched, pt)
+        kwargs.setdefault("generator", torch.Generator().manual_seed(0))
+        out = sampler.sample(den, kwargs.pop("shape", shape), **kwargs)
+        return out, model, den
+
+    # 1. shape, dtype, range; evaluations counted.
+    expected = sampler.num_evaluations(num_timesteps)
+    assert isinstance(expected, int) and expected > 0, (
+        f"{name}: num_evaluations({num_timesteps}) must be a positive int: {expected!r}"
+    )
+    out, model, den = run()
+    assert isinstance(out, torch.Tensor), f"{name}: sample must return a tensor, got {type(out)}"
+    assert tuple(out.shape) == shape, f"{name}: output shape {tuple(out.shape)} != {shape}"
+    assert out.dtype == torch.float32, f"{name}: output dtype {out.dtype} != torch.float32"
+    assert bool(torch.isfinite(out).all()), f"{name}: output is not finite"
+    lo, hi = float(out.min()), float(out.max())
+    assert lo >= -1.0 and hi <= 1.0, f"{name}: output leaves [-1, 1]: [{lo}, {hi}]"
+    assert model.calls == expected, (
+        f"{name}: made {model.calls} network evaluations, num_evaluations({num_timesteps}) "
+        f"says {expected}"
+    )
+    assert den.nfe == expected, f"{name}: Denoiser.nfe is {den.nfe}, expected {expected}"
+
+    # 2. determinism under a fixed seed.
+    again, _, _ = run()
+    assert torch.equal(out, again), f"{name}: two runs with the same seed differ"
+
+    # 3. per-image generators: image i independent of the batch size and position.
+    def gens(seeds: list[int]) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    seeds = [11 + i for i in range(B)]
+    batch, _, _ = run(generator=gens(seeds))
+    single, _, _ = run(generator=gens(seeds[1:2]), shape=(1, *shape[1:]))
+    torch.testing.assert_close(
+        single[0],
+        batch[1],
+        rtol=0,
+        atol=1e-6,
+        msg=lambda m: f"{name}: with per-image generators, image 1 depends on the batch: {m}",
+    )
+    other, _, _ = run(generator=gens([s + 100 for s in seeds]))
+    assert not torch.equal(other, batch), f"{name}: output does not depend on the generators"
+
+    # 4. x_T: used, kept unmodified, dtype followed.
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    x_T_copy = x_T.clone()
+    out64, _, _ = run(x_T=x_T)
+    assert torch.equal(x_T, x_T_copy), f"{name}: sample modified the x_T it was given"
+    assert out64.dtype == torch.float64, (
+        f"{name}: float64 x_T gave a {out64.dtype} output (dtype must follow x_T)"
+    )
+    assert tuple(out64.shape) == shape and bool(torch.isfinite(out64).all()), (
+        f"{name}: bad output for a float64 x_T"
+    )
+    out_other, _, _ = run(x_T=x_T * 0.5)
+    assert not torch.equal(out64, out_other), f"{name}: the output ignores x_T"
+
+    # 5. callback.
+    seen: list[dict[str, Any]] = []
+    run(callback=seen.append)
+    assert seen, f"{name}: callback was never called"
+    for info in seen:
+        missing = {"i", "t", "x_t", "x0"} - set(info)
+        assert not missing, f"{name}: callback dict lacks {sorted(missing)}"
+        for key in ("x_t", "x0"):
+            assert tuple(info[key].shape) == shape, (
+                f"{name}: callback {key!r} has shape {tuple(info[key].shape)}, expected {shape}"
+            )
+    assert [info["i"] for info in seen] == list(range(len(seen))), (
+        f"{name}: callback 'i' must count steps from 0"
+    )
+
+    # 6. every prediction type, and conditioning reaches the backbone.
+    for pt in PREDICTION_TYPES:
+        o, _, _ = run(pt)
+        assert bool(torch.isfinite(o).all()) and float(o.abs().max()) <= 1.0, (
+            f"{name}: bad output with prediction_type={pt!r}"
+        )
+    cond = torch.arange(B, dtype=torch.float32) + 1.0
+    with_cond, _, _ = run(cond=cond)
+    assert not torch.equal(with_cond, out), f"{name}: cond did not reach the backbone"
+
+
+def spec_id(spec: ComponentSpec) -> str:
+    """A readable pytest id for a component spec: ``kind:name``."""
+    return f"{spec.kind}:{spec.name}"

@@ -1,0 +1,557 @@
+"""The training loop and the :class:`Run` it works on.
+
+The loop draws a micro-batch, draws timesteps uniformly and noise, noises the batch,
+calls the backbone (through ``denoisekit_train_forward``) and the loss, back-propagates,
+steps the optimizer and the learning-rate schedule, and calls the lifecycle hooks. It
+knows nothing of EMA, AMP, compile, logging to TensorBoard or checkpoint files: those are
+hook components registered into the run's own plugin manager.
+
+Exact resume: a run's :meth:`Run.state_dict` holds the model, optimizer, lr schedule,
+step, every random-number generator state, the data order (epoch and position) and
+every hook's state, so N steps + resume + N steps equals 2N steps bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import signal
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pluggy
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from denoisekit import hookimpl, hookspecs
+from denoisekit.checkpoint import load_checkpoint, strip_compile_prefix
+from denoisekit.denoiser import Denoiser
+from denoisekit.diffusion import q_sample
+from denoisekit.errors import CheckpointError, DataError
+from denoisekit.recipe import Recipe
+from denoisekit.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; anything else as torch reads it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"train.device = {name!r}, but CUDA is not available; use 'auto' or 'cpu'")
+    return device
+
+
+# --------------------------------------------------------------------------- data order
+
+
+class _EpochBatches:
+    """Batches of one epoch's permutation, from a given position on (a batch sampler)."""
+
+    def __init__(self, order: list[int], batch_size: int, drop_last: bool, start: int) -> None:
+        self.order, self.batch_size, self.drop_last, self.start = (
+            order,
+            batch_size,
+            drop_last,
+            start,
+        )
+
+    def _count(self) -> int:
+        full, rest = divmod(len(self.order), self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __len__(self) -> int:
+        return max(0, self._count() - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for b in range(self.start, self._count()):
+            yield self.order[b * self.batch_size : (b + 1) * self.batch_size]
+
+
+class BatchStream:
+    """An endless, resumable stream of batches on the device.
+
+    Epoch ``e`` visits the dataset in the order of a permutation seeded by
+    ``(seed, e)``; the state is ``(epoch, position)``, so a resumed run continues with
+    the very batch an uninterrupted run would have drawn.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        drop_last: bool = True,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = device
+        self.drop_last = drop_last
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory and device.type == "cuda"
+        self.epoch = 0
+        self.position = 0
+        self._iterator: Iterator[Any] | None = None
+        n = len(dataset)  # type: ignore[arg-type]
+        if n == 0 or (drop_last and n < batch_size):
+            raise DataError(
+                f"the dataset has {n} images, fewer than one batch of {batch_size}; lower "
+                "train.batch_size or set train.drop_last = false"
+            )
+
+    def _epoch_generator(self, salt: int) -> torch.Generator:
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 2 + salt)
+
+    def _start_epoch(self) -> None:
+        n = len(self.dataset)  # type: ignore[arg-type]
+        order = torch.randperm(n, generator=self._epoch_generator(0)).tolist()
+        batches = _EpochBatches(order, self.batch_size, self.drop_last, self.position)
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            generator=self._epoch_generator(1),  # seeds workers' augmentations
+        )
+        self._iterator = iter(loader)
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        while True:
+            if self._iterator is None:
+                self._start_epoch()
+            try:
+                images, labels = next(self._iterator)  # type: ignore[arg-type]
+            except StopIteration:
+                self._iterator = None
+                self.epoch += 1
+                self.position = 0
+                continue
+            self.position += 1
+            non_blocking = self.pin_memory
+            return (
+                images.to(self.device, non_blocking=non_blocking),
+                torch.as_tensor(labels).to(self.device, non_blocking=non_blocking),
+            )
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._iterator = None
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@attrs.define(eq=False)
+class Run:
+    """Everything one training run holds. Hooks read and replace its attributes.
+
+    Attributes:
+        train_model: the module the forward pass calls; the compile hook replaces it
+            with ``torch.compile(model)``. ``model`` stays the raw module.
+        generator: draws timesteps and noise, on the run's device.
+        step: optimization steps taken so far.
+        last_loss_per_sample / last_t: the last micro-batch's per-sample loss and
+            timesteps (detached, on the device), for per-timestep logging.
+    """
+
+    recipe: Recipe
+    registry: Registry
+    pm: pluggy.PluginManager
+    device: torch.device
+    out_dir: Path
+    dataset: Any
+    model: nn.Module
+    train_model: nn.Module
+    schedule: Any
+    loss_fn: Any
+    denoiser: Denoiser
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    sampler: Any
+    batches: BatchStream
+    generator: torch.Generator
+    hooks: dict[str, Any]
+    step: int = 0
+    last_loss_per_sample: torch.Tensor | None = None
+    last_t: torch.Tensor | None = None
+    grad_norm: torch.Tensor | None = None
+
+    @property
+    def total_steps(self) -> int:
+        return self.recipe.train.steps
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.dataset.image_shape)  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int | None:
+        return getattr(self.model, "num_classes", None)
+
+    def sampling_denoiser(self) -> Denoiser:
+        """The denoiser over the sampling weights (EMA where the hook is on)."""
+        model = self.pm.hook.denoisekit_sampling_model(run=self)
+        return Denoiser(model, self.schedule, self.loss_fn.prediction_type)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | list[torch.Generator],
+        sampler: Any = None,
+        x_T: torch.Tensor | None = None,
+        cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Draw ``n`` images in [-1, 1] with the run's (or the given) sampler."""
+        denoiser = self.sampling_denoiser()
+        module = denoiser.model
+        was_training = module.training
+        module.eval()
+        try:
+            return (sampler or self.sampler).sample(
+                denoiser,
+                (n, *self.image_shape),
+                generator=generator,
+                device=self.device,
+                cond=cond,
+                x_T=x_T,
+            )
+        finally:
+            module.train(was_training)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly (see the module docstring)."""
+        hook_state: dict[str, Any] = {}
+        for part in self.pm.hook.denoisekit_state_dict(run=self):
+            if part:
+                hook_state.update(part)
+        rng: dict[str, Any] = {
+            "generator": self.generator.get_state(),
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "step": self.step,
+            "model": strip_compile_prefix(self.model.state_dict()),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "rng": rng,
+            "data": self.batches.state_dict(),
+            "hooks": hook_state,
+            "recipe": self.recipe.to_toml(),
+            "versions": versions(self.registry),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], *, source: str = "checkpoint") -> None:
+        """Restore a :meth:`state_dict` (a checkpoint) into this run."""
+        try:
+            self.model.load_state_dict(strip_compile_prefix(state["model"]))
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+            self.step = int(state["step"])
+            self.batches.load_state_dict(state["data"])
+            rng = state["rng"]
+            self.generator.set_state(rng["generator"])
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise CheckpointError(
+                f"{source}: does not match this recipe's run ({type(exc).__name__}: {first[:200]})"
+            ) from exc
+        self.pm.hook.denoisekit_load_state_dict(run=self, state=state.get("hooks", {}))
+
+
+def versions(registry: Registry) -> dict[str, Any]:
+    """Versions of python, torch, denoisekit and every loaded plugin, for run metadata."""
+    from denoisekit import __version__
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "denoisekit": __version__,
+        "plugins": dict(sorted(registry.plugins.items())),
+    }
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+class CoreDefaults:
+    """The core's default implementations of the overridable run hooks (``trylast``)."""
+
+    @hookimpl(trylast=True)
+    def denoisekit_train_forward(
+        self, run: Run, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None
+    ) -> torch.Tensor:
+        return run.train_model(x_t, t, cond)
+
+    @hookimpl(trylast=True)
+    def denoisekit_backward(self, loss: torch.Tensor) -> bool:
+        loss.backward()
+        return True
+
+    @hookimpl(trylast=True)
+    def denoisekit_optimizer_step(self, run: Run) -> bool:
+        clip = run.recipe.train.grad_clip
+        if clip is not None:
+            run.grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip)
+        run.optimizer.step()
+        return True
+
+    @hookimpl(trylast=True)
+    def denoisekit_sampling_model(self, run: Run) -> nn.Module:
+        return run.model
+
+
+class MetricsFile:
+    """Appends every logged scalar dict to ``metrics.jsonl`` in the run folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @hookimpl(trylast=True)
+    def denoisekit_log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, **scalars}) + "\n")
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build_run(
+    recipe: Recipe,
+    *,
+    out_dir: Path | str,
+    registry: Registry | None = None,
+    extra_hooks: Iterable[Any] = (),
+) -> Run:
+    """Build every component of a recipe into a :class:`Run` (nothing trained yet)."""
+    if registry is None:
+        from denoisekit.plugin_manager import get_plugin_manager
+
+        search = [recipe.path.parent.resolve()] if recipe.path is not None else []
+        registry = Registry.from_plugin_manager(
+            get_plugin_manager(plugins=recipe.plugins, search_paths=search)
+        )
+    out_dir = Path(out_dir)
+    root = recipe.path.parent.resolve() if recipe.path is not None else Path.cwd()
+    train_cfg = recipe.train
+    device = resolve_device(train_cfg.device)
+    torch.manual_seed(recipe.seed)
+
+    def build(kind: str, **context: Any) -> Any:
+        choice = recipe.component(kind)
+        return registry.build(kind, choice.type, choice.config, **context)
+
+    dataset = build("data", root=root, train=True)
+    schedule = build("schedule")
+    model = build("backbone").to(device)
+    _check_backbone_fits_data(recipe, model, dataset)
+    loss_fn = build("loss", schedule=schedule)
+    optimizer = build("optimizer", params=model.parameters(), device=device)
+    lr_scheduler = build("lr_schedule", optimizer=optimizer, total_steps=train_cfg.steps)
+    sampler = build("sampler")
+    batches = BatchStream(
+        dataset,
+        batch_size=train_cfg.batch_size // train_cfg.grad_accum,
+        seed=recipe.seed,
+        device=device,
+        drop_last=train_cfg.drop_last,
+        num_workers=train_cfg.num_workers,
+        pin_memory=train_cfg.pin_memory,
+    )
+    generator = torch.Generator(device=device).manual_seed(recipe.seed)
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(CoreDefaults(), name="core:defaults")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pm.register(MetricsFile(out_dir / "metrics.jsonl"), name="core:metrics-file")
+    hooks: dict[str, Any] = {}
+    for name, choice in recipe.hooks.items():
+        hook = registry.build("hook", choice.type, choice.config)
+        pm.register(hook, name=f"hook:{name}")
+        hooks[name] = hook
+    for i, hook in enumerate(extra_hooks):
+        pm.register(hook, name=f"extra:{i}")
+    pm.check_pending()
+
+    run = Run(
+        recipe=recipe,
+        registry=registry,
+        pm=pm,
+        device=device,
+        out_dir=out_dir,
+        dataset=dataset,
+        model=model,
+        train_model=model,
+        schedule=schedule,
+        loss_fn=loss_fn,
+        denoiser=Denoiser(model, schedule, loss_fn.prediction_type),
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        sampler=sampler,
+        batches=batches,
+        generator=generator,
+        hooks=hooks,
+    )
+    pm.hook.denoisekit_configure.call_historic(kwargs={"run": run})
+    return run
+
+
+def _check_backbone_fits_data(recipe: Recipe, model: nn.Module, dataset: Any) -> None:
+    """The backbone's channels and size must match the data's images."""
+    c, h, w = dataset.image_shape
+    cfg = recipe.backbone.config
+    expected_c = getattr(cfg, "in_channels", c)
+    expected_size = getattr(cfg, "image_size", h)
+    if expected_c != c or expected_size != h or h != w:
+        where = f"{recipe.path}: " if recipe.path is not None else ""
+        raise DataError(
+            f"{where}the data gives {c}×{h}×{w} images but the backbone expects "
+            f"{expected_c}×{expected_size}×{expected_size}; set backbone.in_channels = {c} and "
+            f"backbone.image_size = {h} (or resize the data)"
+        )
+
+
+def write_run_files(run: Run) -> None:
+    """The resolved recipe and the versions, in the run folder."""
+    (run.out_dir / "recipe.toml").write_text(run.recipe.to_toml(), encoding="utf-8")
+    (run.out_dir / "versions.json").write_text(
+        json.dumps(versions(run.registry), indent=2) + "\n", encoding="utf-8"
+    )
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised inside the loop on SIGTERM (Ctrl-C raises KeyboardInterrupt itself)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"received signal {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise TrainingInterrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def resume_from(run: Run, checkpoint: Path | str) -> None:
+    """Load a checkpoint into the run (model, optimizer, data order, RNG, hooks)."""
+    state = load_checkpoint(checkpoint, map_location=run.device)
+    run.load_state_dict(state, source=str(checkpoint))
+    log.info("resumed from %s at step %d", checkpoint, run.step)
+
+
+def train(run: Run) -> Run:
+    """Train until ``recipe.train.steps`` optimization steps have been taken.
+
+    Calls ``denoisekit_train_start`` once, then per step the forward, backward and
+    optimizer hooks and ``denoisekit_train_step_end``; ``denoisekit_train_end`` at the
+    end, or ``denoisekit_train_error`` (then re-raises) on an exception or interrupt.
+    """
+    hook = run.pm.hook
+    cfg = run.recipe.train
+    write_run_files(run)
+    run.model.train()
+    with _sigterm_raises():
+        hook.denoisekit_train_start(run=run)
+        try:
+            _loop(run, cfg)
+        except BaseException as error:
+            hook.denoisekit_train_error(run=run, error=error)
+            raise
+        hook.denoisekit_train_end(run=run)
+    return run
+
+
+def _loop(run: Run, cfg: Any) -> None:
+    hook = run.pm.hook
+    num_timesteps = run.schedule.num_timesteps
+    loss_sum = torch.zeros((), device=run.device)
+    steps_since_log = 0
+    tick = time.perf_counter()
+    while run.step < cfg.steps:
+        run.optimizer.zero_grad(set_to_none=True)
+        step_loss = torch.zeros((), device=run.device)
+        for _ in range(cfg.grad_accum):
+            x0, labels = next(run.batches)
+            # Notation: x0 clean images, t ~ U{0..T-1}, eps ~ N(0, I), x_t = q_sample(x0, t, eps).
+            t = torch.randint(
+                0, num_timesteps, (x0.shape[0],), device=run.device, generator=run.generator
+            )
+            noise = torch.randn(
+                x0.shape, device=run.device, generator=run.generator, dtype=x0.dtype
+            )
+            x_t = q_sample(run.schedule, x0, t, noise)
+            cond = labels if run.num_classes else None
+            output = hook.denoisekit_train_forward(
+                run=run, x_t=x_t, t=run.denoiser.model_time(t), cond=cond
+            )
+            per_sample = run.loss_fn(output.float(), x0=x0, noise=noise, t=t)
+            loss = per_sample.mean()
+            hook.denoisekit_backward(run=run, loss=loss / cfg.grad_accum)
+            step_loss += loss.detach()
+            run.last_loss_per_sample, run.last_t = per_sample.detach(), t
+        hook.denoisekit_optimizer_step(run=run)
+        run.lr_scheduler.step()
+        run.step += 1
+        step_loss /= cfg.grad_accum
+        loss_sum += step_loss
+        steps_since_log += 1
+        hook.denoisekit_train_step_end(run=run, step=run.step, loss=step_loss)
+        if run.step % cfg.log_every == 0 or run.step == cfg.steps:
+            now = time.perf_counter()
+            scalars = {
+                "loss": (loss_sum / steps_since_log).item(),
+                "lr": float(run.optimizer.param_groups[0]["lr"]),
+                "images_per_sec": steps_since_log * cfg.batch_size / max(now - tick, 1e-9),
+            }
+            norm = run.grad_norm
+            if norm is None:
+                grads = [p.grad for p in run.model.parameters() if p.grad is not None]
+                norm = torch.nn.utils.get_total_norm(grads) if grads else None
+            if norm is not None and math.isfinite(value := float(norm)):
+                scalars["grad_norm"] = value
+            hook.denoisekit_log_scalars(run=run, step=run.step, scalars=scalars)
+            loss_sum.zero_()
+            steps_since_log = 0
+            tick = time.perf_counter()

@@ -1,0 +1,179 @@
+"""Building blocks of the attention U-Net backbone (``plugins/backbones/unet.py``).
+
+The blocks follow DDPM (Ho et al. 2020, appendix B and the reference TF code
+``diffusion_tf/models/unet.py``) and improved-diffusion (Nichol & Dhariwal 2021,
+``use_scale_shift_norm``). Every op keeps the memory format of its input, so a model
+converted with ``model.to(memory_format=torch.channels_last)`` runs channels-last end to
+end, and nothing branches on tensor values, so ``torch.compile(fullgraph=True)`` traces the
+whole network.
+
+*Notation*: ``B`` batch, ``C`` channels, ``H``/``W`` spatial size, ``L = H*W`` tokens,
+``emb`` the (time + class) embedding of width ``4 * channels``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def sinusoidal_frequencies(dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """The ``dim // 2`` frequencies of the Transformer sinusoidal embedding (float32).
+
+    DDPM's ``get_timestep_embedding``: ``freq_i = max_period ** (-i / (half - 1))``.
+    """
+    half = dim // 2
+    if half < 2:
+        raise ValueError(f"sinusoidal embedding needs dim >= 4: {dim}")
+    exponent = -math.log(max_period) / (half - 1)
+    return torch.exp(torch.arange(half, dtype=torch.float32) * exponent)
+
+
+class SinusoidalEmbedding(nn.Module):
+    """``t`` of shape ``(B,)`` → ``[sin(t * freq), cos(t * freq)]`` of shape ``(B, dim)``.
+
+    Computed in float32 whatever the model dtype (timesteps up to 1000 lose their fine
+    phases in half precision); the frequencies are a non-persistent buffer computed once.
+    """
+
+    def __init__(self, dim: int, max_period: float = 10_000.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("freqs", sinusoidal_frequencies(dim, max_period), persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        args = t.float()[:, None] * self.freqs.float()[None, :]
+        emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+        if self.dim % 2:  # odd width: pad one zero column, as DDPM does
+            emb = F.pad(emb, (0, 1))
+        return emb
+
+
+class ResBlock(nn.Module):
+    """DDPM residual block with time (+ class) conditioning.
+
+    ``h = conv1(SiLU(GN(x)))``; the projected embedding enters either additively
+    (``h += proj(SiLU(emb))``, DDPM) or as FiLM after the second GroupNorm
+    (``GN(h) * (1 + scale) + shift``, improved-diffusion's ``use_scale_shift_norm``); then
+    ``SiLU``, dropout, ``conv2`` (zero-initialised, so the block starts as the identity) and
+    the skip connection (a 1×1 conv when the width changes, DDPM's NIN shortcut).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_channels: int,
+        *,
+        groups: int,
+        dropout: float,
+        scale_shift: bool,
+    ) -> None:
+        super().__init__()
+        self.scale_shift = scale_shift
+        self.norm1 = nn.GroupNorm(groups, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_channels, 2 * out_channels if scale_shift else out_channels)
+        self.norm2 = nn.GroupNorm(groups, out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = (
+            nn.Identity()
+            if in_channels == out_channels
+            else nn.Conv2d(in_channels, out_channels, 1)
+        )
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        e = self.emb_proj(F.silu(emb))[:, :, None, None]  # (B, C' , 1, 1): broadcast, no copy
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = torch.addcmul(shift, self.norm2(h), 1 + scale)
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the ``H*W`` positions, with a residual connection.
+
+    ``x + proj(SDPA(q, k, v))`` where ``q, k, v`` come from one 1×1 conv of ``GN(x)``
+    (DDPM's ``attn_block``, multi-head as in improved-diffusion). The output projection is
+    zero-initialised so the block starts as the identity.
+    """
+
+    def __init__(self, channels: int, *, num_heads: int, groups: int) -> None:
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"{channels} channels do not split into {num_heads} heads")
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        heads = self.num_heads
+        # SDPA's fused kernels (CPU flash, CUDA flash / mem-efficient) need q, k, v with a
+        # unit stride along the head dim, i.e. channels-last activations; on NCHW input they
+        # fall back to the unfused math path (3-4× slower on CPU at 32×32). So the block works
+        # channels-last inside: a no-op for a channels-last model, one copy of GN(x) otherwise.
+        h = self.norm(x).contiguous(memory_format=torch.channels_last)
+        # (B, 3C, H, W) → (B, 3, heads, d, L): a view of the channels-last qkv.
+        qkv = self.qkv(h).reshape(B, 3, heads, C // heads, H * W)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, L, d), stride(-1) == 1
+        o = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, d)
+        # (B, heads, L, d) → (B, L, heads·d) = (B, H, W, C) → permuted to a channels-last
+        # (B, C, H, W) view; the reshape is the one copy of the attention output.
+        o = o.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
+        return x + self.proj(o)
+
+
+class Downsample(nn.Module):
+    """Halve H and W: a stride-2 3×3 conv, or 2×2 average pooling."""
+
+    def __init__(self, channels: int, *, with_conv: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if with_conv else None
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        if self.conv is not None:
+            return self.conv(x)
+        return F.avg_pool2d(x, 2)
+
+
+class Upsample(nn.Module):
+    """Double H and W: nearest-neighbour upsampling, then (optionally) a 3×3 conv."""
+
+    def __init__(self, channels: int, *, with_conv: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1) if with_conv else None
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        if self.conv is not None:
+            x = self.conv(x)
+        return x
+
+
+class ResAttnBlock(nn.Module):
+    """A residual block followed by an optional attention block."""
+
+    def __init__(self, res: ResBlock, attn: AttentionBlock | None) -> None:
+        super().__init__()
+        self.res = res
+        self.attn = attn
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.res(x, emb)
+        if self.attn is not None:
+            h = self.attn(h)
+        return h

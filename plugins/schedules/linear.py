@@ -1,0 +1,78 @@
+"""The linear beta schedule (Ho et al. 2020, "DDPM", section 4).
+
+*Notation*: ``beta_t`` runs linearly from ``beta_start`` to ``beta_end`` over ``T`` steps.
+The paper's values (1e-4 to 0.02) are for ``T = 1000``; for other ``T`` both ends are
+scaled by ``1000 / T`` so that the total noise added stays about the same
+(improved-diffusion's ``get_named_beta_schedule("linear", T)``).
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from denoisekit import ComponentSpec, hookimpl
+from denoisekit.config import option
+from denoisekit.diffusion import DiscreteSchedule
+
+
+def _check_beta_start(inst: object, attribute: attrs.Attribute, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"'{attribute.name}' must be in (0, 1): {value!r}")
+
+
+def _check_beta_end(inst: LinearScheduleConfig, attribute: attrs.Attribute, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"'{attribute.name}' must be in (0, 1): {value!r}")
+    if value < inst.beta_start:
+        raise ValueError(
+            f"'{attribute.name}' must be >= 'beta_start' ({inst.beta_start!r}): {value!r}"
+        )
+    scaled = value * 1000.0 / inst.timesteps
+    if scaled >= 1.0:
+        raise ValueError(
+            f"'{attribute.name}' scaled by 1000 / timesteps is {scaled!r} (>= 1) for "
+            f"timesteps = {inst.timesteps}: use more timesteps or a smaller '{attribute.name}'"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class LinearScheduleConfig:
+    """Options of the linear schedule."""
+
+    timesteps: int = option(
+        1000,
+        "number of diffusion steps T",
+        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+    )
+    beta_start: float = option(
+        1e-4, "beta_1 for T = 1000 (scaled by 1000 / T)", validator=_check_beta_start
+    )
+    beta_end: float = option(
+        0.02, "beta_T for T = 1000 (scaled by 1000 / T)", validator=_check_beta_end
+    )
+
+
+def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """``beta_1 .. beta_T``: ``linspace(beta_start, beta_end, T) * 1000 / T`` (float64)."""
+    scale = 1000.0 / timesteps
+    return torch.linspace(beta_start * scale, beta_end * scale, timesteps, dtype=torch.float64)
+
+
+def build_linear(config: LinearScheduleConfig) -> DiscreteSchedule:
+    """Build the linear schedule described by ``config``."""
+    return DiscreteSchedule.from_betas(
+        linear_betas(config.timesteps, config.beta_start, config.beta_end)
+    )
+
+
+@hookimpl
+def denoisekit_components() -> list[ComponentSpec]:
+    return [
+        ComponentSpec(
+            kind="schedule",
+            name="linear",
+            config=LinearScheduleConfig,
+            build=build_linear,
+            summary="Linear betas 1e-4 to 0.02 (Ho et al. 2020), rescaled by 1000 / T.",
+        )
+    ]

@@ -1,0 +1,137 @@
+"""Cosine and linear schedules against their published formulas (float64 math/numpy)."""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from denoisekit.plugins.schedules import cosine, linear
+from denoisekit.testing.conformance import check_schedule, spec_id
+
+SPECS = [*cosine.denoisekit_components(), *linear.denoisekit_components()]
+
+
+def f_cos(t: float, T: int, s: float) -> float:
+    """Nichol & Dhariwal 2021, eq. 17: f(t) = cos²(((t / T) + s) / (1 + s) · π / 2)."""
+    return math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+
+
+# --------------------------------------------------------------------------- cosine
+
+
+@pytest.mark.parametrize("T, s", [(1000, 0.008), (4000, 0.008), (50, 0.0), (100, 0.05)])
+def test_cosine_alpha_bar_is_the_formula(T, s):
+    sched = cosine.build_cosine(cosine.CosineScheduleConfig(timesteps=T, s=s))
+    ab = sched.alphas_cumprod.numpy()
+    expected = np.array([f_cos(t, T, s) / f_cos(0, T, s) for t in range(1, T + 1)])
+    # Where no beta was clipped (every t but the last), alpha_bar(t) = f(t) / f(0).
+    clipped = 1 - expected[1:] / expected[:-1] > 0.999
+    n_free = 1 + int(np.argmax(clipped)) if clipped.any() else T
+    assert n_free >= T - 1
+    np.testing.assert_allclose(ab[:n_free], expected[:n_free], rtol=1e-12, atol=0)
+
+
+def test_cosine_betas_clipped_like_squaredcos_cap_v2():
+    T = 1000
+    sched = cosine.build_cosine(cosine.CosineScheduleConfig())
+    # Independent: betas from the ratio of f, clipped at 0.999, alpha_bar = cumprod(1 - beta).
+    betas = np.array(
+        [min(1 - f_cos(i + 1, T, 0.008) / f_cos(i, T, 0.008), 0.999) for i in range(T)]
+    )
+    np.testing.assert_allclose(sched.betas.numpy(), betas, rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(sched.alphas_cumprod.numpy(), np.cumprod(1 - betas), rtol=1e-12)
+    assert sched.betas[-1].item() == pytest.approx(0.999, abs=1e-12)  # f(T) = 0: clipped
+    assert sched.betas.max().item() <= 0.999 + 1e-12
+
+
+def test_cosine_max_beta_option():
+    sched = cosine.build_cosine(cosine.CosineScheduleConfig(timesteps=100, max_beta=0.5))
+    assert sched.betas.max().item() == pytest.approx(0.5)
+    assert sched.betas[-1].item() == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- linear
+
+
+@pytest.mark.parametrize(
+    "T, lo, hi", [(1000, 1e-4, 0.02), (500, 2e-4, 0.04), (4000, 2.5e-5, 0.005), (100, 1e-3, 0.2)]
+)
+def test_linear_betas_rescaled_by_1000_over_T(T, lo, hi):
+    sched = linear.build_linear(linear.LinearScheduleConfig(timesteps=T))
+    betas = np.linspace(lo, hi, T)
+    np.testing.assert_allclose(sched.betas.numpy(), betas, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(sched.alphas_cumprod.numpy(), np.cumprod(1 - betas), rtol=1e-12)
+
+
+def test_linear_custom_ends():
+    sched = linear.build_linear(
+        linear.LinearScheduleConfig(timesteps=1000, beta_start=1e-3, beta_end=1e-3)
+    )
+    np.testing.assert_allclose(sched.betas.numpy(), np.full(1000, 1e-3), rtol=1e-9)
+
+
+# --------------------------------------------------------------------------- invariants
+
+
+@settings(max_examples=30, deadline=None)
+@given(T=st.integers(1, 3000), s=st.floats(0.0, 0.1), max_beta=st.floats(0.5, 0.9999))
+def test_cosine_is_a_valid_schedule(T, s, max_beta):
+    sched = cosine.build_cosine(cosine.CosineScheduleConfig(timesteps=T, s=s, max_beta=max_beta))
+    ab = sched.alphas_cumprod
+    assert sched.num_timesteps == T
+    assert bool(((ab > 0) & (ab < 1)).all()) and bool((ab[1:] < ab[:-1]).all())
+
+
+@settings(max_examples=30, deadline=None)
+@given(T=st.integers(21, 3000), start=st.floats(1e-6, 1e-3), width=st.floats(0.0, 0.019))
+def test_linear_is_a_valid_schedule(T, start, width):
+    cfg = linear.LinearScheduleConfig(timesteps=T, beta_start=start, beta_end=start + width)
+    ab = linear.build_linear(cfg).alphas_cumprod
+    assert bool(((ab > 0) & (ab < 1)).all()) and bool((ab[1:] < ab[:-1]).all())
+
+
+def test_respacing_keeps_alpha_bar_at_kept_timesteps():
+    sched = cosine.build_cosine(cosine.CosineScheduleConfig())
+    kept = [0, 1, 250, 500, 998, 999]
+    new, tmap = sched.respace(kept)
+    assert tmap.tolist() == kept
+    np.testing.assert_array_equal(new.alphas_cumprod.numpy(), sched.alphas_cumprod.numpy()[kept])
+
+
+# --------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, field",
+    [
+        (cosine.CosineScheduleConfig, {"timesteps": 0}, "timesteps"),
+        (cosine.CosineScheduleConfig, {"timesteps": -5}, "timesteps"),
+        (cosine.CosineScheduleConfig, {"s": -0.1}, "s"),
+        (cosine.CosineScheduleConfig, {"max_beta": 1.0}, "max_beta"),
+        (cosine.CosineScheduleConfig, {"max_beta": 0.0}, "max_beta"),
+        (linear.LinearScheduleConfig, {"timesteps": 0}, "timesteps"),
+        (linear.LinearScheduleConfig, {"beta_start": 0.0}, "beta_start"),
+        (linear.LinearScheduleConfig, {"beta_end": 1e-5}, "beta_end"),  # < beta_start
+        (linear.LinearScheduleConfig, {"timesteps": 10}, "beta_end"),  # 0.02 * 100 >= 1
+    ],
+)
+def test_config_rejects_bad_values(cls, kwargs, field):
+    with pytest.raises((ValueError, TypeError), match=f"'{field}'"):
+        cls(**kwargs)
+
+
+def test_configs_are_frozen():
+    cfg = cosine.CosineScheduleConfig()
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        cfg.timesteps = 10  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+def test_schedule_conformance(spec):
+    assert spec.kind == "schedule"
+    check_schedule(spec)
