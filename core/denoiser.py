@@ -26,7 +26,8 @@ class Denoiser:
         model: the backbone. Its optional attribute ``time_input`` says what it takes as
             time: ``"timestep"`` (default; the integer index as a float) or ``"log_snr"``
             (the schedule's log-SNR at that index).
-        schedule: the schedule the backbone was trained on.
+        schedule: the schedule the backbone was trained on (any object with
+            ``alphas_cumprod`` is accepted and wrapped into a :class:`DiscreteSchedule`).
         prediction_type: ``"eps"``, ``"x0"`` or ``"v"``.
 
     Attributes:
@@ -45,6 +46,9 @@ class Denoiser:
         if time_input not in ("timestep", "log_snr"):
             raise ValueError(f"model.time_input must be 'timestep' or 'log_snr': {time_input!r}")
         self.model = model
+        # Any NoiseSchedule works: wrap a foreign one to get the cached coefficient tables.
+        if not isinstance(schedule, DiscreteSchedule):
+            schedule = DiscreteSchedule(schedule.alphas_cumprod)
         self.schedule = schedule
         self.prediction_type = prediction_type
         self.nfe = 0

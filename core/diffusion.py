@@ -460,7 +460,8 @@ def randn(
         )
     per_image = (1, *shape[1:])
     parts = [
-        torch.randn(per_image, generator=g, device=g.device, dtype=draw_dtype).to(device)
-        for g in generators
+        torch.randn(per_image, generator=g, device=g.device, dtype=draw_dtype) for g in generators
     ]
-    return torch.cat(parts, dim=0).to(dtype=dtype)
+    if len({p.device for p in parts}) == 1:  # one concatenation, one copy to `device`
+        return torch.cat(parts, dim=0).to(device=device, dtype=dtype)
+    return torch.cat([p.to(device) for p in parts], dim=0).to(dtype=dtype)

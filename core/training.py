@@ -180,7 +180,7 @@ class Run:
     pm: pluggy.PluginManager
     device: torch.device
     out_dir: Path
-    dataset: Any
+    dataset: Any  # None in a run built for sampling only
     model: nn.Module
     train_model: nn.Module
     schedule: Any
@@ -189,7 +189,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     lr_scheduler: Any
     sampler: Any
-    batches: BatchStream
+    batches: BatchStream | None  # None in a run built for sampling only
     generator: torch.Generator
     hooks: dict[str, Any]
     step: int = 0
@@ -203,7 +203,11 @@ class Run:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.dataset.image_shape)  # type: ignore[return-value]
+        """``(C, H, W)`` of the images: the data's, or the backbone config's without data."""
+        if self.dataset is not None:
+            return tuple(self.dataset.image_shape)  # type: ignore[return-value]
+        cfg = self.recipe.backbone.config
+        return (cfg.in_channels, cfg.image_size, cfg.image_size)
 
     @property
     def num_classes(self) -> int | None:
@@ -259,20 +263,30 @@ class Run:
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "rng": rng,
-            "data": self.batches.state_dict(),
+            "data": self.batches.state_dict() if self.batches is not None else None,
             "hooks": hook_state,
             "recipe": self.recipe.to_toml(),
             "versions": versions(self.registry),
         }
 
-    def load_state_dict(self, state: dict[str, Any], *, source: str = "checkpoint") -> None:
-        """Restore a :meth:`state_dict` (a checkpoint) into this run."""
+    def load_state_dict(
+        self, state: dict[str, Any], *, source: str = "checkpoint", weights_only: bool = False
+    ) -> None:
+        """Restore a :meth:`state_dict` (a checkpoint) into this run.
+
+        ``weights_only`` restores the model and the hooks' state (EMA) alone: enough to
+        sample or evaluate.
+        """
         try:
             self.model.load_state_dict(strip_compile_prefix(state["model"]))
+            self.step = int(state["step"])
+            if weights_only:
+                self.pm.hook.denoisekit_load_state_dict(run=self, state=state.get("hooks", {}))
+                return
             self.optimizer.load_state_dict(state["optimizer"])
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-            self.step = int(state["step"])
-            self.batches.load_state_dict(state["data"])
+            if self.batches is not None:
+                self.batches.load_state_dict(state["data"])
             rng = state["rng"]
             self.generator.set_state(rng["generator"])
             torch.set_rng_state(rng["torch"])
@@ -349,8 +363,13 @@ def build_run(
     out_dir: Path | str,
     registry: Registry | None = None,
     extra_hooks: Iterable[Any] = (),
+    with_data: bool = True,
 ) -> Run:
-    """Build every component of a recipe into a :class:`Run` (nothing trained yet)."""
+    """Build every component of a recipe into a :class:`Run` (nothing trained yet).
+
+    ``with_data=False`` builds a run for sampling and evaluation only: no dataset, no
+    batch stream (the image shape comes from the backbone's config).
+    """
     if registry is None:
         from denoisekit.plugin_manager import get_plugin_manager
 
@@ -368,23 +387,26 @@ def build_run(
         choice = recipe.component(kind)
         return registry.build(kind, choice.type, choice.config, **context)
 
-    dataset = build("data", root=root, train=True)
+    dataset = build("data", root=root, train=True) if with_data else None
     schedule = build("schedule")
     model = build("backbone").to(device)
-    _check_backbone_fits_data(recipe, model, dataset)
+    if dataset is not None:
+        _check_backbone_fits_data(recipe, model, dataset)
     loss_fn = build("loss", schedule=schedule)
     optimizer = build("optimizer", params=model.parameters(), device=device)
     lr_scheduler = build("lr_schedule", optimizer=optimizer, total_steps=train_cfg.steps)
     sampler = build("sampler")
-    batches = BatchStream(
-        dataset,
-        batch_size=train_cfg.batch_size // train_cfg.grad_accum,
-        seed=recipe.seed,
-        device=device,
-        drop_last=train_cfg.drop_last,
-        num_workers=train_cfg.num_workers,
-        pin_memory=train_cfg.pin_memory,
-    )
+    batches = None
+    if dataset is not None:
+        batches = BatchStream(
+            dataset,
+            batch_size=train_cfg.batch_size // train_cfg.grad_accum,
+            seed=recipe.seed,
+            device=device,
+            drop_last=train_cfg.drop_last,
+            num_workers=train_cfg.num_workers,
+            pin_memory=train_cfg.pin_memory,
+        )
     generator = torch.Generator(device=device).manual_seed(recipe.seed)
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -490,6 +512,8 @@ def train(run: Run) -> Run:
     """
     hook = run.pm.hook
     cfg = run.recipe.train
+    if run.batches is None:
+        raise ValueError("this run was built with_data=False: it can sample, not train")
     write_run_files(run)
     run.model.train()
     with _sigterm_raises():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import attrs
 import torch
+
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import option
 from denoisekit.diffusion import DiscreteSchedule
@@ -56,6 +57,8 @@ class MSELoss:
             raise ValueError(
                 f"prediction_type must be one of {', '.join(PREDICTIONS)}: {prediction_type!r}"
             )
+        if not isinstance(schedule, DiscreteSchedule):  # any NoiseSchedule: wrap it
+            schedule = DiscreteSchedule(schedule.alphas_cumprod)
         self.schedule = schedule
         self.prediction_type = prediction_type
         self.min_snr_gamma = min_snr_gamma

@@ -104,7 +104,7 @@ class DDPMSampler:
         shape = tuple(int(s) for s in shape)
         device = torch.device(device)
         dtype = dtype or (x_T.dtype if x_T is not None else torch.float32)
-        schedule: DiscreteSchedule = denoiser.schedule
+        schedule = denoiser.schedule
         # Step tables, built once per call. `respace` keeps alpha_bar at the kept timesteps;
         # its index i maps to original timestep timestep_map[i] (ascending).
         ts = self.timesteps(schedule.num_timesteps)

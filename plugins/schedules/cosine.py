@@ -13,6 +13,7 @@ import math
 
 import attrs
 import torch
+
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import option
 from denoisekit.diffusion import DiscreteSchedule

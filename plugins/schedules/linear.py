@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import attrs
 import torch
+
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import option
 from denoisekit.diffusion import DiscreteSchedule

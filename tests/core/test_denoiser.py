@@ -125,3 +125,22 @@ def test_errors(sched):
     bad = Denoiser(Fixed(torch.zeros(4, 6, 2, 2, dtype=torch.float64)), sched)
     with pytest.raises(ValueError, match="shape"):
         bad.predict(x_t, t)
+
+
+class ForeignSchedule:
+    """A third-party NoiseSchedule: only the protocol's two attributes."""
+
+    num_timesteps = T
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return torch.from_numpy(ALPHA_BAR)
+
+
+def test_accepts_any_noise_schedule():
+    t, x0, eps, x_t, targets = _truth()
+    den = Denoiser(Fixed(targets["v"]), ForeignSchedule(), "v")
+    assert isinstance(den.schedule, DiscreteSchedule)
+    eps_hat, x0_hat = den.predict(x_t, t)
+    torch.testing.assert_close(x0_hat, x0, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(eps_hat, eps, rtol=1e-10, atol=1e-10)

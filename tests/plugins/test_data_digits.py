@@ -53,6 +53,14 @@ def test_splits_partition_the_data(bunch) -> None:
     np.testing.assert_array_equal(train, split_indices(bunch.target, "train"))  # fixed seed
 
 
+def test_split_is_the_documented_one(bunch) -> None:
+    # Golden values of train_test_split(test_size=0.2, stratify=labels, random_state=0):
+    # the test set must not drift between versions (evaluation numbers depend on it).
+    test = split_indices(bunch.target, "test")
+    assert test[:8].tolist() == [1496, 188, 705, 820, 413, 744, 1466, 500]
+    assert int(test.sum()) == 337944
+
+
 def test_split_is_stratified(bunch, train_set, test_set) -> None:
     full = Counter(bunch.target.tolist())
     train = Counter(train_set.labels.tolist())

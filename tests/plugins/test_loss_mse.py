@@ -101,3 +101,13 @@ def test_config_rejects_bad_values(kwargs, field):
 @pytest.mark.parametrize("gamma", [None, 5.0])
 def test_loss_conformance(prediction, gamma):
     check_loss(SPEC, mse.MSELossConfig(prediction=prediction, min_snr_gamma=gamma))
+
+
+def test_accepts_any_noise_schedule():
+    class Foreign:
+        num_timesteps = T
+        alphas_cumprod = torch.from_numpy(ALPHA_BAR)
+
+    t, x0, noise, targets = _batch()
+    loss = SPEC.build(mse.MSELossConfig(prediction="v", min_snr_gamma=5.0), schedule=Foreign())
+    assert float(loss(targets["v"], x0=x0, noise=noise, t=t).abs().max()) < 1e-14

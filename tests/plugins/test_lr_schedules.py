@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import math
 
 import pytest
@@ -85,8 +86,8 @@ def test_warmup_cosine_closed_form() -> None:
     for step, expected in CLOSED_FORM.items():
         assert lrs[step] == pytest.approx(expected, abs=1e-12), step
     # monotone: up during warmup, down after
-    assert all(a < b for a, b in zip(lrs[:W], lrs[1 : W + 1], strict=True))
-    assert all(a >= b for a, b in zip(lrs[W:], lrs[W + 1 :], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(lrs[: W + 1]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[W:]))
 
 
 def test_warmup_cosine_warmup_start_fraction() -> None:

@@ -75,7 +75,7 @@ def test_sgd_options_rejected() -> None:
         SGDConfig(momentum=1.0)
     with pytest.raises(ValueError, match="'momentum'"):
         SGDConfig(momentum=-0.5)
-    with pytest.raises(ValueError, match="'nesterov'.*'momentum'"):
+    with pytest.raises(ValueError, match=r"'nesterov'.*'momentum'"):
         SGDConfig(nesterov=True)
     SGDConfig(momentum=0.9, nesterov=True)  # valid
 
@@ -284,3 +284,26 @@ def test_optimizer_state_round_trip(generator: torch.Generator) -> None:
 def test_config_is_frozen() -> None:
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         AdamWConfig().lr = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_cuda_auto_is_fused_and_kernels_agree(name: str, generator: torch.Generator) -> None:
+    cls, build, _ = BUILDERS[name]
+    p0 = torch.randn(33, 17, generator=generator)
+    grads = [torch.randn(33, 17, generator=generator) for _ in range(5)]
+
+    def run(implementation: str) -> tuple[torch.Tensor, torch.optim.Optimizer]:
+        p = torch.nn.Parameter(p0.cuda())
+        opt = build(cls(lr=3e-3, implementation=implementation), params=[p], device="cuda")
+        for g in grads:
+            p.grad = g.cuda()
+            opt.step()
+        return p.detach().cpu(), opt
+
+    auto, opt = run("auto")
+    assert opt.defaults["fused"] is True
+    for kernel in ("foreach", "for-loop"):
+        torch.testing.assert_close(run(kernel)[0], auto, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(_run(build, cls(lr=3e-3), p0, grads), auto, rtol=1e-5, atol=1e-6)
