@@ -74,6 +74,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="run on this device instead of the recipe's")
     p.set_defaults(func=_cmd_sample)
 
+    p = sub.add_parser("compare", help="run variants of recipes side by side in TensorBoard")
+    p.add_argument("recipes", type=Path, nargs="+", metavar="RECIPE")
+    p.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=V1,V2,...",
+        help="a key and its values (TOML syntax); variants are the product of all --vary",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override every variant's recipe",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/compare"), help="the log directory")
+    p.add_argument(
+        "--metric", action="append", default=[], help="metrics to compute (fd, nll, ...)"
+    )
+    p.add_argument("-n", "--num", type=int, default=64, help="images sampled per variant")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--dry-run", action="store_true", help="list the variants and stop")
+    p.set_defaults(func=_cmd_compare)
+
     p = sub.add_parser("plugins", help="list every component with its provider and options")
     p.add_argument("kind", nargs="?", help="only this kind (backbone, sampler, ...)")
     p.add_argument("--recipe", type=Path, help="also load the plugins this recipe names")
@@ -183,6 +210,33 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.trajectory:
         save_trajectory(args.trajectory, [*frames, images[:16]])
         print(f"wrote {args.trajectory}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from denoisekit.compare import plan, run_compare, training_groups
+
+    variants = plan(args.recipes, args.vary, args.overrides)
+    groups = training_groups(variants)
+    if args.dry_run:
+        print(f"{len(variants)} variant(s), {len(groups)} training run(s):")
+        for group, members in groups.items():
+            print(f"  train {group}")
+            for variant in members:
+                print(f"    {variant.name}")
+        return 0
+    run_compare(
+        variants,
+        out_dir=args.out,
+        num_samples=args.num,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        metrics=args.metric,
+    )
+    print(
+        f"wrote {args.out / 'compare.md'}, compare.csv, compare.png; "
+        f"open with: tensorboard --logdir {args.out}"
+    )
     return 0
 
 

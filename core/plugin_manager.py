@@ -46,6 +46,14 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "denoisekit.plugins.data.digits",
     "denoisekit.plugins.data.image_folder",
     "denoisekit.plugins.data.torchvision_data",
+    "denoisekit.plugins.hooks.ema",
+    "denoisekit.plugins.hooks.amp",
+    "denoisekit.plugins.hooks.compile",
+    "denoisekit.plugins.hooks.tensorboard",
+    "denoisekit.plugins.hooks.checkpoint",
+    "denoisekit.plugins.hooks.progress",
+    "denoisekit.plugins.hooks.nan_guard",
+    "denoisekit.plugins.hooks.preview",
 )
 
 

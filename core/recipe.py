@@ -459,6 +459,8 @@ def recipe_from_data(
                 errors.append((kind, f'missing table [{kind}] (add one with a type = "...")'))
                 continue
             table = {"type": DEFAULT_TYPES[kind]}
+        elif isinstance(table, Mapping) and "type" not in table and kind in DEFAULT_TYPES:
+            table = {"type": DEFAULT_TYPES[kind], **table}
         choice = _structure_choice(registry, kind, kind, table, errors)
         if choice is not None:
             fields[kind] = choice

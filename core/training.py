@@ -306,7 +306,7 @@ def versions(registry: Registry) -> dict[str, Any]:
 
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # TorchVersion does not load with weights_only
         "denoisekit": __version__,
         "plugins": dict(sorted(registry.plugins.items())),
     }

@@ -180,7 +180,9 @@ class UNetConfig:
         validator=_check_head_channels,
     )
     num_heads: int = option(4, "attention heads per attention block", validator=_check_num_heads)
-    dropout: float = option(0.1, "dropout rate in residual blocks, in [0, 1)", validator=_check_dropout)
+    dropout: float = option(
+        0.1, "dropout rate in residual blocks, in [0, 1)", validator=_check_dropout
+    )
     groups: int = option(32, "GroupNorm groups", validator=_check_groups)
     embedding: str = option(
         "additive",

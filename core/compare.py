@@ -1,0 +1,286 @@
+"""``denoisekit compare``: run variants of recipes and log them side by side.
+
+Variants are the cartesian product of ``--vary KEY=V1,V2,...`` over one or more recipe
+files. Variants that differ only in sampling options (the ``[sampler]`` and
+``[metrics.*]`` tables) share one trained model; the others train their own. Everything
+goes under one TensorBoard log directory:
+
+```
+OUT/
+  train/<group>/        one training run per distinct training set-up (loss curves)
+  variants/<variant>/   hparams + metrics of one variant (TensorBoard's HParams tab)
+  compare.md  compare.csv  compare.png   (one row of images per variant, same noise)
+```
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from denoisekit.errors import DenoisekitError
+from denoisekit.recipe import Recipe, load_recipe, parse_override
+from denoisekit.sampling import sample_images, save_grid
+
+#: Tables that only sampling and evaluation read: variants differing only here share a model.
+SAMPLING_TABLES = ("sampler", "metrics")
+
+
+@attrs.frozen
+class Variant:
+    """One combination of recipe file and ``--vary`` assignments."""
+
+    name: str
+    recipe: Recipe
+    assignments: tuple[tuple[str, Any], ...]
+    train_key: str
+
+
+def split_values(text: str) -> list[str]:
+    """Split ``a,b,[1,2],'x,y'`` at top-level commas (not inside brackets or quotes)."""
+    parts, depth, quote, current = [], 0, "", []
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current).strip())
+    return [p for p in parts if p]
+
+
+def parse_vary(text: str) -> tuple[str, list[str]]:
+    """``sampler.steps=10,20`` → ``("sampler.steps", ["10", "20"])``."""
+    key, sep, values = text.partition("=")
+    if not sep or not values.strip():
+        raise DenoisekitError(
+            f"--vary {text!r}: expected KEY.PATH=V1,V2,... e.g. sampler.steps=10,50"
+        )
+    parse_override(f"{key}=0")  # validates the key path
+    return key.strip(), split_values(values)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=,-]+", "_", text).strip("_") or "base"
+
+
+def _train_key(recipe: Recipe) -> str:
+    data = recipe.to_dict()
+    for key in (*SAMPLING_TABLES, "name", "description"):
+        data.pop(key, None)
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def plan(
+    recipes: Sequence[Path], vary: Sequence[str], overrides: Sequence[str] = ()
+) -> list[Variant]:
+    """Every variant, in order: recipe files, then the ``--vary`` product."""
+    axes = [parse_vary(v) for v in vary]
+    combos = list(itertools.product(*[[(k, v) for v in values] for k, values in axes]))
+    variants: list[Variant] = []
+    for path in recipes:
+        for combo in combos:
+            sets = [*overrides, *(f"{k}={v}" for k, v in combo)]
+            recipe = load_recipe(path, sets)
+            if "tensorboard" not in recipe.hooks:  # loss curves in the one log directory
+                recipe = load_recipe(path, [*sets, "hooks.tensorboard={}"])
+            parts = [f"{k}={v}" for k, v in combo]
+            if len(recipes) > 1:
+                parts.insert(0, Path(path).stem)
+            name = _slug(",".join(parts)) if parts else _slug(Path(path).stem)
+            variants.append(
+                Variant(
+                    name=name,
+                    recipe=recipe,
+                    assignments=tuple((k, parse_override(f"{k}={v}")[1]) for k, v in combo),
+                    train_key=_train_key(recipe),
+                )
+            )
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise DenoisekitError("two variants have the same name: vary different keys or files")
+    return variants
+
+
+def training_groups(variants: Sequence[Variant]) -> dict[str, list[Variant]]:
+    """Variants by training set-up; each group trains once. Keys are group names."""
+    by_key: dict[str, list[Variant]] = {}
+    for variant in variants:
+        by_key.setdefault(variant.train_key, []).append(variant)
+    several_files = len({str(v.recipe.path) for v in variants}) > 1
+    groups: dict[str, list[Variant]] = {}
+    for members in by_key.values():
+        # A group is named by its training-relevant assignments (and file, if several).
+        first = members[0]
+        parts = [
+            f"{k}={_text(v)}"
+            for k, v in first.assignments
+            if k.split(".")[0] not in SAMPLING_TABLES
+        ]
+        if several_files and first.recipe.path is not None:
+            parts.insert(0, first.recipe.path.stem)
+        groups[_slug(",".join(parts)) if parts else "base"] = members
+    return groups
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def _hparams(variant: Variant) -> dict[str, Any]:
+    """The variant's varying keys plus every component's type, for the HParams tab."""
+    recipe = variant.recipe
+    out: dict[str, Any] = {
+        kind: getattr(recipe, kind).type
+        for kind in ("schedule", "backbone", "loss", "sampler", "optimizer")
+    }
+    for key, value in variant.assignments:
+        if key.endswith(".type") and key.split(".")[0] in out:
+            continue  # already there as the component's type
+        out[key] = value if isinstance(value, int | float | str | bool) else json.dumps(value)
+    return out
+
+
+def run_compare(
+    variants: Sequence[Variant],
+    *,
+    out_dir: Path,
+    num_samples: int = 64,
+    seed: int = 0,
+    batch_size: int = 64,
+    row_images: int = 8,
+    metrics: Sequence[str] = (),
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Train each group once, sample and score every variant, write the outputs."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from denoisekit.training import build_run, train
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    picture_rows: list[torch.Tensor] = []
+    for group, members in training_groups(variants).items():
+        recipe = members[0].recipe
+        log(f"training {group} ({recipe.train.steps} steps) for {len(members)} variant(s)")
+        run = build_run(recipe, out_dir=out_dir / "train" / group)
+        train(run)
+        train_loss = _last_loss(run.out_dir / "metrics.jsonl")
+        for variant in members:
+            sampler_choice = variant.recipe.sampler
+            sampler = run.registry.build("sampler", sampler_choice.type, sampler_choice.config)
+            denoiser_counts = _count_nfe(run)
+            tick = time.perf_counter()
+            images, _ = sample_images(
+                run, num_samples, seed=seed, batch_size=batch_size, sampler=sampler
+            )
+            seconds = time.perf_counter() - tick
+            nfe = denoiser_counts()
+            values: dict[str, float] = {
+                "sec_per_image": seconds / num_samples,
+                "nfe_per_image": nfe / num_samples,
+            }
+            if train_loss is not None:
+                values["train_loss"] = train_loss
+            values.update(_metric_values(run, variant, images, metrics, seed, batch_size))
+            picture_rows.append(images[:row_images])
+            hparams = _hparams(variant)
+            writer = SummaryWriter(str(out_dir / "variants" / variant.name))
+            writer.add_hparams(
+                hparams, {f"metrics/{k}": v for k, v in values.items()}, run_name="."
+            )
+            writer.close()
+            row = {"variant": variant.name, "train_group": group, **hparams, **values}
+            rows.append(row)
+            log("  " + "  ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
+    _write_outputs(out_dir, rows, picture_rows, row_images)
+    return rows
+
+
+def _count_nfe(run: Any) -> Callable[[], int]:
+    """Count network evaluations (per image) of the sampling model from now on."""
+    model = run.sampling_denoiser().model
+    counter = {"n": 0}
+
+    def hook(module: Any, inputs: Any) -> None:
+        counter["n"] += int(inputs[0].shape[0])  # one evaluation per image in the batch
+
+    handle = model.register_forward_pre_hook(hook)
+
+    def done() -> int:
+        handle.remove()
+        return counter["n"]
+
+    return done
+
+
+def _metric_values(
+    run: Any,
+    variant: Variant,
+    images: torch.Tensor,
+    metrics: Sequence[str],
+    seed: int,
+    batch_size: int,
+) -> dict[str, float]:
+    if not metrics:
+        return {}
+    from denoisekit.evaluation import evaluate_run
+
+    return evaluate_run(
+        run, metrics, recipe=variant.recipe, samples=images, seed=seed, batch_size=batch_size
+    )
+
+
+def _last_loss(path: Path) -> float | None:
+    if not path.is_file():
+        return None
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    losses = [line["loss"] for line in lines if "loss" in line]
+    return losses[-1] if losses else None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _write_outputs(
+    out_dir: Path, rows: list[dict[str, Any]], picture_rows: list[torch.Tensor], row_images: int
+) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    with (out_dir / "compare.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |" for row in rows),
+        "",
+        "![one row per variant, in table order, all from the same initial noise](compare.png)",
+        "",
+    ]
+    (out_dir / "compare.md").write_text("\n".join(lines), encoding="utf-8")
+    if picture_rows:
+        count = min(row_images, *(r.shape[0] for r in picture_rows))
+        save_grid(out_dir / "compare.png", torch.cat([r[:count] for r in picture_rows]), nrow=count)

@@ -1,0 +1,301 @@
+"""Periodic, atomic, resumable checkpoints (``[hooks.checkpoint]``).
+
+Files, in ``<run>/checkpoints/``:
+
+* ``step-00001000.pt``: :meth:`Run.state_dict` after that many optimization steps, written
+  every ``every`` steps and at the end of training with
+  :func:`denoisekit.checkpoint.save_checkpoint` (temporary file, fsync, rename: a crash
+  mid-write never leaves a truncated file). The newest ``keep`` of them are kept.
+* ``last.pt``: the newest step file, as a hard link (no second copy of the bytes) swapped in
+  atomically, or a copy where the file system has no hard links.
+  ``denoisekit train --resume runs/NAME/checkpoints/last.pt`` continues exactly.
+
+Pruning only considers step files up to the step the run started from (after a resume) and
+the ones this run wrote; files of steps beyond it (an abandoned branch) are left alone.
+
+Interrupts: on Ctrl-C (``KeyboardInterrupt``) or SIGTERM (the core's
+``TrainingInterrupted``) a checkpoint of the last completed step is written. The signal
+may arrive anywhere in a step, so the hook records where the loop is:
+
+* during the forward / backward pass of the next step (or its data loading, or logging):
+  the weights and optimizer are those of the last completed step; the data position and
+  random-number states are restored to their values at that step's end (recorded then), so
+  resuming continues exactly as an uninterrupted run would;
+* during the optimizer update (``optimizer.step``, the lr schedule): the weights may be
+  half-updated, so nothing is written and the last checkpoint is kept (a warning says so);
+* during the step-end hooks of a completed step: written as is; a hook's state (the EMA)
+  may lag that step by one update (a warning says so).
+
+A :class:`denoisekit.errors.NonFiniteLossError` (from ``[hooks.nan-guard]``) writes nothing:
+the last good checkpoint stays ``last.pt``. Without the guard, a step whose loss is not
+finite is not checkpointed either (one host sync per checkpoint, not per step).
+
+Recipe example::
+
+    [hooks.checkpoint]
+    every = 1000
+    keep = 3
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from denoisekit import ComponentSpec, hookimpl
+from denoisekit.checkpoint import save_checkpoint
+from denoisekit.config import option
+from denoisekit.errors import NonFiniteLossError
+
+log = logging.getLogger(__name__)
+
+STEP_FILE_RE = re.compile(r"^step-(\d+)\.pt$")
+LAST_NAME = "last.pt"
+
+
+def step_file_name(step: int) -> str:
+    """The file name of the checkpoint after ``step`` optimization steps."""
+    return f"step-{step:08d}.pt"
+
+
+@attrs.frozen(kw_only=True)
+class CheckpointConfig:
+    """Options of ``[hooks.checkpoint]``."""
+
+    every: int = option(
+        1000,
+        "optimization steps between checkpoints (one is also written at the end)",
+        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+    )
+    keep: int | None = option(
+        3,
+        "step files to keep, newest first (unset: keep all)",
+        validator=attrs.validators.optional(
+            [attrs.validators.instance_of(int), attrs.validators.gt(0)]
+        ),
+    )
+    on_interrupt: bool = option(
+        True,
+        "write a checkpoint on Ctrl-C or SIGTERM",
+        validator=attrs.validators.instance_of(bool),
+    )
+
+
+class CheckpointHook:
+    """The run hook; build with :func:`build_checkpoint`.
+
+    Attributes:
+        folder: ``<run>/checkpoints``.
+        last_checkpoint: the newest good step file (written by this run or found at the
+            start), or None; the NaN guard names it.
+        last_checkpoint_step: its step.
+    """
+
+    def __init__(self, config: CheckpointConfig) -> None:
+        self.config = config
+        self.folder: Path | None = None
+        self.last_checkpoint: Path | None = None
+        self.last_checkpoint_step: int | None = None
+        self._history: list[tuple[int, Path]] = []  # step files eligible for pruning
+        # Where the loop is: "between" steps, in the optimizer "update", in "step_end".
+        self._phase = "between"
+        self._boundary: dict[str, Any] | None = None
+        self._last_loss: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ hooks
+
+    @hookimpl
+    def denoisekit_configure(self, run: Any) -> None:
+        self.folder = Path(run.out_dir) / "checkpoints"
+
+    @hookimpl
+    def denoisekit_train_start(self, run: Any) -> None:
+        self._history = []
+        later = []
+        if self.folder is not None and self.folder.is_dir():
+            for path in self.folder.iterdir():
+                match = STEP_FILE_RE.match(path.name)
+                if match:
+                    step = int(match.group(1))
+                    (self._history if step <= run.step else later).append((step, path))
+        self._history.sort()
+        if later:
+            log.warning(
+                "checkpoint: %d step file(s) beyond step %d in %s are left alone",
+                len(later),
+                run.step,
+                self.folder,
+            )
+        if self._history:
+            self.last_checkpoint_step, self.last_checkpoint = self._history[-1]
+        self._record_boundary(run)
+
+    @hookimpl(wrapper=True)
+    def denoisekit_optimizer_step(self) -> Generator[None, Any, Any]:
+        self._phase = "update"
+        return (yield)
+
+    @hookimpl(wrapper=True)
+    def denoisekit_train_step_end(
+        self, run: Any, step: int, loss: torch.Tensor
+    ) -> Generator[None, Any, Any]:
+        # A wrapper: this code runs after every other step-end hook (the EMA update),
+        # so the checkpoint holds the step's final state.
+        self._phase = "step_end"
+        result = yield
+        self._last_loss = loss
+        if step % self.config.every == 0:
+            self.save(run, loss=loss)
+        self._record_boundary(run)
+        self._phase = "between"
+        return result
+
+    @hookimpl
+    def denoisekit_train_end(self, run: Any) -> None:
+        if self.last_checkpoint_step != run.step:
+            self.save(run, loss=self._last_loss)
+
+    @hookimpl
+    def denoisekit_train_error(self, run: Any, error: BaseException) -> None:
+        where = self._describe_last()
+        if isinstance(error, NonFiniteLossError):
+            log.warning("checkpoint: not written (non-finite loss); %s", where)
+            return
+        if not isinstance(error, KeyboardInterrupt) or not self.config.on_interrupt:
+            return
+        if self._phase == "update":
+            log.warning(
+                "checkpoint: interrupted during the optimizer update of step %d, the weights "
+                "may be half-updated: not written; %s",
+                run.step + 1,
+                where,
+            )
+            return
+        if self.last_checkpoint_step == run.step:
+            log.warning(
+                "checkpoint: interrupted; step %d is already saved: %s",
+                run.step,
+                self.last_checkpoint,
+            )
+            return
+        state = run.state_dict()
+        if self._phase == "step_end":
+            log.warning(
+                "checkpoint: interrupted inside the step-end hooks of step %d: hook states "
+                "(EMA) may lag that step by one update",
+                run.step,
+            )
+        elif self._boundary is not None and self._boundary["step"] == run.step:
+            # Mid-step: undo the data and random draws of the unfinished step.
+            state["data"] = self._boundary["data"]
+            state["rng"] = {**state["rng"], **self._boundary["rng"]}
+        try:
+            self.save(run, state=state)
+        except Exception:  # never mask the interrupt that brought us here
+            log.exception("checkpoint: writing the interrupted step %d failed", run.step)
+
+    # ------------------------------------------------------------------ files
+
+    def save(
+        self, run: Any, *, state: dict[str, Any] | None = None, loss: torch.Tensor | None = None
+    ) -> Path | None:
+        """Write the step file of ``run.step`` (and ``last.pt``), then prune old ones.
+
+        Returns the path, or None when ``loss`` is given and not finite.
+        """
+        if loss is not None and not _loss_ok(run, loss):
+            log.warning(
+                "checkpoint: step %d: loss is not finite: not written; %s",
+                run.step,
+                self._describe_last(),
+            )
+            return None
+        if self.folder is None:
+            raise RuntimeError("checkpoint hook used before denoisekit_configure")
+        path = self.folder / step_file_name(run.step)
+        save_checkpoint(path, state if state is not None else run.state_dict())
+        _replace_with_link(path, self.folder / LAST_NAME)
+        self._history = [(s, p) for s, p in self._history if s != run.step]
+        self._history.append((run.step, path))
+        self._prune()
+        self.last_checkpoint, self.last_checkpoint_step = path, run.step
+        log.info("checkpoint: wrote %s (step %d)", path, run.step)
+        return path
+
+    def _prune(self) -> None:
+        keep = self.config.keep
+        if keep is None:
+            return
+        while len(self._history) > keep:
+            _, old = self._history.pop(0)
+            old.unlink(missing_ok=True)
+
+    def _record_boundary(self, run: Any) -> None:
+        # The data position and RNG states at the end of a step (small host copies, no
+        # device sync), restored into a checkpoint written on a mid-step interrupt. Same
+        # keys as Run.state_dict()["rng"].
+        rng: dict[str, Any] = {
+            "generator": run.generator.get_state(),
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        self._boundary = {"step": run.step, "data": dict(run.batches.state_dict()), "rng": rng}
+
+    def _describe_last(self) -> str:
+        if self.last_checkpoint is None:
+            return "no checkpoint has been written"
+        return f"the last good checkpoint is {self.last_checkpoint}"
+
+
+def _loss_ok(run: Any, loss: torch.Tensor) -> bool:
+    """Finite, or not finite on a step the float16 loss scaler skipped (one host sync)."""
+    if bool(torch.isfinite(loss).all()):
+        return True
+    for hook in run.hooks.values():
+        step_skipped = getattr(hook, "step_skipped", None)
+        if callable(step_skipped):
+            skipped = step_skipped()
+            if skipped is not None and bool(skipped):
+                return True
+    return False
+
+
+def _replace_with_link(target: Path, link: Path) -> None:
+    """Make ``link`` name ``target``'s bytes: hard link (else copy), swapped in atomically."""
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(target, tmp)
+    except OSError:
+        shutil.copyfile(target, tmp)
+        with tmp.open("rb+") as handle:
+            os.fsync(handle.fileno())
+    os.replace(tmp, link)
+
+
+def build_checkpoint(config: CheckpointConfig) -> CheckpointHook:
+    """Build the checkpoint hook."""
+    return CheckpointHook(config)
+
+
+@hookimpl
+def denoisekit_components() -> list[ComponentSpec]:
+    """Register ``checkpoint``."""
+    return [
+        ComponentSpec(
+            kind="hook",
+            name="checkpoint",
+            config=CheckpointConfig,
+            build=build_checkpoint,
+            summary="atomic checkpoints every N steps, at the end and on interrupt; keeps K.",
+        )
+    ]

@@ -1,0 +1,130 @@
+"""Stop training on a NaN or infinite loss (``[hooks.nan-guard]``).
+
+Every ``every`` optimization steps the step's loss is checked with ``torch.isfinite``.
+On CUDA each check is a host-device sync (the loop otherwise syncs only at logging
+intervals); ``every = 1`` costs little for diffusion models, whose steps are long, and
+raising ``every`` trades that for a later stop.
+
+A non-finite loss raises :class:`denoisekit.errors.NonFiniteLossError` naming the step, the
+last good checkpoint (the ``[hooks.checkpoint]`` hook writes nothing for it, so ``last.pt``
+stays good) and what to change. The check is a ``wrapper`` of
+``denoisekit_train_step_end`` that runs before every other step-end hook, so neither the
+EMA nor a checkpoint ever sees the bad step.
+
+With float16 AMP (``[hooks.amp] dtype = "float16"``) an overflowing step is the loss
+scaler's business: it skips the update and lowers the scale, so a non-finite loss on a step
+the scaler skipped is tolerated, up to ``amp_max_skipped`` checks in a row.
+
+Recipe example::
+
+    [hooks.nan-guard]
+    every = 1
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Generator
+from typing import Any
+
+import attrs
+import torch
+
+from denoisekit import ComponentSpec, hookimpl
+from denoisekit.config import option
+from denoisekit.errors import NonFiniteLossError
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen(kw_only=True)
+class NaNGuardConfig:
+    """Options of ``[hooks.nan-guard]``."""
+
+    every: int = option(
+        1,
+        "check the loss every this many steps (each check is a host sync on CUDA)",
+        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+    )
+    amp_max_skipped: int = option(
+        20,
+        "float16 AMP: non-finite losses the loss scaler may skip in a row before stopping",
+        validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)],
+    )
+
+
+class NaNGuardHook:
+    """The run hook; build with :func:`build_nan_guard`."""
+
+    def __init__(self, config: NaNGuardConfig) -> None:
+        self.config = config
+        self.skipped_in_a_row = 0
+
+    @hookimpl(wrapper=True, tryfirst=True)
+    def denoisekit_train_step_end(
+        self, run: Any, step: int, loss: torch.Tensor
+    ) -> Generator[None, Any, Any]:
+        if step % self.config.every == 0:
+            self.check(run, step, loss)
+        return (yield)
+
+    def check(self, run: Any, step: int, loss: torch.Tensor) -> None:
+        """Raise :class:`NonFiniteLossError` when ``loss`` is not finite (a host sync)."""
+        if bool(torch.isfinite(loss).all()):
+            self.skipped_in_a_row = 0
+            return
+        if _scaler_skipped(run):
+            self.skipped_in_a_row += 1
+            if self.skipped_in_a_row <= self.config.amp_max_skipped:
+                return
+        value = float(loss.detach().float().reshape(-1)[0])
+        what = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        if self.skipped_in_a_row > self.config.amp_max_skipped:
+            what += f" (the float16 loss scaler skipped {self.skipped_in_a_row} steps in a row)"
+        clip = run.recipe.train.grad_clip
+        advice = (
+            "lower optimizer.lr or set train.grad_clip"
+            if clip is None
+            else f"lower optimizer.lr or train.grad_clip (now {clip})"
+        )
+        raise NonFiniteLossError(f"step {step}: loss is {what}; {_last_good(run)}; {advice}")
+
+
+def _scaler_skipped(run: Any) -> bool:
+    """Whether a float16 loss scaler (the amp hook) skipped the last optimizer step."""
+    for hook in run.hooks.values():
+        step_skipped = getattr(hook, "step_skipped", None)
+        if callable(step_skipped):
+            skipped = step_skipped()
+            if skipped is not None and bool(skipped):
+                return True
+    return False
+
+
+def _last_good(run: Any) -> str:
+    for hook in run.hooks.values():
+        if hasattr(hook, "last_checkpoint"):
+            if hook.last_checkpoint is None:
+                return "no checkpoint has been written yet"
+            return f"the last good checkpoint is {hook.last_checkpoint}"
+    return "no checkpoints are written (add [hooks.checkpoint])"
+
+
+def build_nan_guard(config: NaNGuardConfig) -> NaNGuardHook:
+    """Build the NaN guard hook."""
+    return NaNGuardHook(config)
+
+
+@hookimpl
+def denoisekit_components() -> list[ComponentSpec]:
+    """Register ``nan-guard``."""
+    return [
+        ComponentSpec(
+            kind="hook",
+            name="nan-guard",
+            config=NaNGuardConfig,
+            build=build_nan_guard,
+            summary="stop with a clear error on a NaN/inf loss (the last good checkpoint kept).",
+        )
+    ]

@@ -1,0 +1,133 @@
+"""Sample grids during training (``[hooks.preview]``).
+
+Every ``every`` optimization steps (and at the end of training) the run draws
+``num_images`` samples with its sampler and its sampling weights (the EMA where
+``[hooks.ema]`` is on), from a fresh ``torch.Generator`` seeded with ``seed`` each time: every
+preview starts from the same noise, so successive grids show the model changing, not the
+noise. The generator lives on the CPU, so the grids are the same on any device.
+
+For a class-conditional backbone the labels cycle through the classes (image ``i`` has
+class ``i mod num_classes``) and the grid has one column per class (up to 16 classes).
+
+The grid goes to ``<run>/samples/step-00001000.png`` and to the
+``denoisekit_preview_images`` hook (the TensorBoard hook logs it).
+
+Recipe example::
+
+    [hooks.preview]
+    every = 500
+    num_images = 64
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from denoisekit import ComponentSpec, hookimpl
+from denoisekit.config import option
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen(kw_only=True)
+class PreviewConfig:
+    """Options of ``[hooks.preview]``."""
+
+    every: int = option(
+        500,
+        "optimization steps between previews (one is also drawn at the end)",
+        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+    )
+    num_images: int = option(
+        64,
+        "images per preview",
+        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+    )
+    seed: int = option(0, "seed of the preview noise", validator=attrs.validators.instance_of(int))
+    at_end: bool = option(
+        True, "also draw a preview when training ends", validator=attrs.validators.instance_of(bool)
+    )
+
+
+def preview_file_name(step: int) -> str:
+    """The file name of the preview grid at ``step``."""
+    return f"step-{step:08d}.png"
+
+
+class PreviewHook:
+    """The run hook; build with :func:`build_preview`.
+
+    Attributes:
+        last_step: the step of the last preview drawn, or None.
+    """
+
+    def __init__(self, config: PreviewConfig) -> None:
+        self.config = config
+        self.last_step: int | None = None
+
+    def labels(self, run: Any) -> torch.Tensor | None:
+        """The class labels of the preview images (None when unconditional)."""
+        num_classes = run.num_classes
+        if not num_classes:
+            return None
+        return torch.arange(self.config.num_images, device=run.device) % num_classes
+
+    def nrow(self, run: Any) -> int:
+        """Images per grid row: one column per class, else a square-ish grid."""
+        num_classes = run.num_classes
+        if num_classes and num_classes <= 16:
+            return min(num_classes, self.config.num_images)
+        return max(1, math.ceil(math.sqrt(self.config.num_images)))
+
+    def draw(self, run: Any) -> torch.Tensor:
+        """The preview images ``(N, C, H, W)`` in [-1, 1], from the fixed noise."""
+        generator = torch.Generator().manual_seed(self.config.seed)
+        return run.sample(self.config.num_images, generator=generator, cond=self.labels(run))
+
+    def preview(self, run: Any, step: int) -> Path:
+        """Draw, save ``samples/step-N.png`` and call ``denoisekit_preview_images``."""
+        from torchvision.utils import save_image
+
+        images = self.draw(run)
+        path = Path(run.out_dir) / "samples" / preview_file_name(step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(images.float(), path, nrow=self.nrow(run), normalize=True, value_range=(-1, 1))
+        run.pm.hook.denoisekit_preview_images(run=run, step=step, images=images)
+        self.last_step = step
+        log.info("preview: wrote %s", path)
+        return path
+
+    @hookimpl
+    def denoisekit_train_step_end(self, run: Any, step: int) -> None:
+        if step % self.config.every == 0:
+            self.preview(run, step)
+
+    @hookimpl
+    def denoisekit_train_end(self, run: Any) -> None:
+        if self.config.at_end and self.last_step != run.step:
+            self.preview(run, run.step)
+
+
+def build_preview(config: PreviewConfig) -> PreviewHook:
+    """Build the preview hook."""
+    return PreviewHook(config)
+
+
+@hookimpl
+def denoisekit_components() -> list[ComponentSpec]:
+    """Register ``preview``."""
+    return [
+        ComponentSpec(
+            kind="hook",
+            name="preview",
+            config=PreviewConfig,
+            build=build_preview,
+            summary="sample grids from fixed noise every N steps, saved as PNG.",
+        )
+    ]

@@ -1,0 +1,171 @@
+"""`denoisekit compare`: variants, shared training, TensorBoard hparams and scalars."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from denoisekit import training
+from denoisekit.cli import main
+from denoisekit.compare import parse_vary, plan, run_compare, split_values, training_groups
+
+RECIPE = """
+name = "cmp"
+[data]
+type = "digits"
+[backbone]
+type = "unet"
+in_channels = 1
+image_size = 8
+channels = 16
+channel_mults = [1, 2]
+num_res_blocks = 1
+attention_resolutions = [4]
+groups = 8
+[schedule]
+type = "cosine"
+timesteps = 40
+[train]
+steps = 2
+batch_size = 8
+log_every = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def recipe_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cmp") / "cmp.toml"
+    path.write_text(textwrap.dedent(RECIPE))
+    return path
+
+
+@pytest.fixture(scope="module")
+def compared(recipe_path, tmp_path_factory):
+    """Four variants: two samplers × two step counts on one model, plus another schedule."""
+    out = tmp_path_factory.mktemp("cmp-out")
+    calls = []
+    original = training.train
+
+    def counting_train(run):
+        calls.append(run.out_dir.name)
+        return original(run)
+
+    training.train = counting_train
+    try:
+        variants = plan(
+            [recipe_path],
+            ["sampler.type=ddpm,ddim", "sampler.steps=2,3", "schedule.type=cosine,linear"],
+        )
+        rows = run_compare(variants, out_dir=out, num_samples=4, batch_size=4, row_images=3,
+                           log=lambda _: None)
+    finally:
+        training.train = original
+    return out, rows, calls
+
+
+def test_split_values_respects_brackets_and_quotes():
+    assert split_values("1,[1,2],'a,b',x") == ["1", "[1,2]", "'a,b'", "x"]
+    assert parse_vary("sampler.steps=10, 20") == ("sampler.steps", ["10", "20"])
+
+
+def test_sampling_only_variants_train_once(compared):
+    out, rows, calls = compared
+    assert len(rows) == 8
+    assert sorted(calls) == ["schedule.type=cosine", "schedule.type=linear"]  # 2 trainings
+    assert sorted(p.name for p in (out / "train").iterdir()) == sorted(calls)
+
+
+def test_dry_run_lists_variants(recipe_path, capsys):
+    assert main(["compare", str(recipe_path), "--vary", "sampler.steps=2,3", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 variant(s), 1 training run(s)" in out
+
+
+def test_outputs_table_csv_png(compared):
+    out, rows, _ = compared
+    table = (out / "compare.md").read_text()
+    assert table.count("\n| sampler.type=") == 8
+    csv_lines = (out / "compare.csv").read_text().splitlines()
+    assert len(csv_lines) == 9 and "nfe_per_image" in csv_lines[0]
+    from PIL import Image
+
+    with Image.open(out / "compare.png") as picture:
+        assert picture.height > picture.width  # 8 rows of 3 images
+    by_name = {r["variant"]: r for r in rows}
+    assert by_name["sampler.type=ddim,sampler.steps=3,schedule.type=linear"]["nfe_per_image"] == 3
+
+
+def test_variant_event_files_hold_hparams_and_metrics(compared):
+    out, rows, _ = compared
+    variant_dir = out / "variants" / rows[0]["variant"]
+    acc = EventAccumulator(str(variant_dir))
+    acc.Reload()
+    assert "metrics/sec_per_image" in acc.Tags()["scalars"]
+    plugin_tags = acc.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in plugin_tags
+    train_acc = EventAccumulator(str(out / "train" / rows[0]["train_group"] / "tensorboard"))
+    train_acc.Reload()
+    assert any("loss" in tag for tag in train_acc.Tags()["scalars"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, data: bytes | None = None) -> object:
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_tensorboard_server_shows_hparams_and_scalars(compared):
+    out, rows, _ = compared
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(out), "--host", "127.0.0.1",
+         "--port", str(port), "--load_fast", "false"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                runs = _get(f"{base}/data/runs")
+                if any(r.startswith("variants/") for r in runs):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                pytest.fail("tensorboard did not come up on loopback")
+            time.sleep(0.5)
+        experiment = _get(f"{base}/data/plugin/hparams/experiment",
+                          json.dumps({"experimentName": ""}).encode())
+        hparam_names = {h["name"] for h in experiment["hparamInfos"]}
+        assert {"sampler", "sampler.steps", "schedule"} <= hparam_names
+        metric_tags = {m["name"]["tag"] for m in experiment["metricInfos"]}
+        assert "metrics/nfe_per_image" in metric_tags
+        run = f"variants/{rows[0]['variant']}"
+        points = _get(f"{base}/data/plugin/scalars/scalars?run={urllib.parse.quote(run)}"
+                      "&tag=metrics/nfe_per_image")
+        assert points[0][2] == pytest.approx(rows[0]["nfe_per_image"])
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def test_training_groups_named_by_training_keys(recipe_path):
+    variants = plan([recipe_path], ["sampler.steps=2,3"])
+    assert list(training_groups(variants)) == ["base"]

@@ -1,0 +1,107 @@
+"""The NaN guard: stops on a non-finite loss before any other step-end hook runs."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from denoisekit import hookimpl
+from denoisekit.checkpoint import load_checkpoint
+from denoisekit.errors import NonFiniteLossError
+from denoisekit.plugins.hooks.nan_guard import NaNGuardConfig, NaNGuardHook
+from denoisekit.training import train
+from tests.plugins.hook_runs import single_thread, tiny_recipe, tiny_run
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    yield from single_thread()
+
+
+class _Poison:
+    """Makes the model output (hence the loss and the gradients) NaN from a step on."""
+
+    def __init__(self, from_step: int) -> None:
+        self.from_step = from_step
+
+    @hookimpl(tryfirst=True)
+    def denoisekit_train_forward(self, run, x_t, t, cond):
+        out = run.train_model(x_t, t, cond)
+        return out * float("nan") if run.step + 1 >= self.from_step else out
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path) -> None:
+    hooks = {"ema": {"decay": 0.9}, "checkpoint": {"every": 1}, "nan-guard": {}}
+    recipe = tiny_recipe(tmp_path, steps=5, hooks=hooks)
+    run = tiny_run(tmp_path, recipe, extra_hooks=(_Poison(from_step=3),))
+    with pytest.raises(NonFiniteLossError) as info:
+        train(run)
+    folder = run.out_dir / "checkpoints"
+    message = str(info.value)
+    assert message.startswith("step 3: loss is nan; the last good checkpoint is ")
+    assert str(folder / "step-00000002.pt") in message
+    assert message.endswith("lower optimizer.lr or set train.grad_clip")
+    assert sorted(p.name for p in folder.glob("step-*.pt")) == [
+        "step-00000001.pt",
+        "step-00000002.pt",
+    ]
+    assert load_checkpoint(folder / "last.pt")["step"] == 2
+    # The guard ran before the EMA update of step 3 (the weights are NaN by then).
+    assert not all(torch.isfinite(p).all() for p in run.model.parameters())
+    assert all(torch.isfinite(p).all() for p in run.hooks["ema"].model.parameters())
+
+
+def _fake_run(hooks: dict | None = None, grad_clip: float | None = None) -> SimpleNamespace:
+    recipe = SimpleNamespace(train=SimpleNamespace(grad_clip=grad_clip))
+    return SimpleNamespace(hooks=hooks or {}, recipe=recipe)
+
+
+def _step_end(hook: NaNGuardHook, run, step: int, loss: float) -> None:
+    gen = hook.denoisekit_train_step_end(run=run, step=step, loss=torch.tensor(loss))
+    next(gen)  # raises here when the guard fires; else the other impls would run
+
+
+def test_checks_only_every_n_steps_and_names_inf() -> None:
+    hook = NaNGuardHook(NaNGuardConfig(every=2))
+    run = _fake_run(grad_clip=1.0)
+    _step_end(hook, run, 1, float("nan"))  # not a checked step
+    with pytest.raises(NonFiniteLossError) as info:
+        _step_end(hook, run, 2, float("inf"))
+    assert str(info.value) == (
+        "step 2: loss is inf; no checkpoints are written (add [hooks.checkpoint]); "
+        "lower optimizer.lr or train.grad_clip (now 1.0)"
+    )
+
+
+class _FakeAMP:
+    def __init__(self, skipped: bool) -> None:
+        self.skipped = skipped
+
+    def step_skipped(self) -> torch.Tensor:
+        return torch.tensor(self.skipped)
+
+
+def test_tolerates_scaler_skipped_steps_up_to_a_limit() -> None:
+    hook = NaNGuardHook(NaNGuardConfig(amp_max_skipped=2))
+    run = _fake_run({"amp": _FakeAMP(skipped=True)})
+    _step_end(hook, run, 1, float("nan"))
+    _step_end(hook, run, 2, float("inf"))
+    _step_end(hook, run, 3, 0.5)  # a clean step resets the count
+    _step_end(hook, run, 4, float("nan"))
+    _step_end(hook, run, 5, float("nan"))
+    with pytest.raises(NonFiniteLossError, match="skipped 3 steps in a row"):
+        _step_end(hook, run, 6, float("nan"))
+    # Not skipped by the scaler: raises at once.
+    with pytest.raises(NonFiniteLossError, match="step 1: loss is nan"):
+        _step_end(
+            NaNGuardHook(NaNGuardConfig()), _fake_run({"amp": _FakeAMP(False)}), 1, float("nan")
+        )
+
+
+def test_bad_options_name_the_field() -> None:
+    with pytest.raises(ValueError, match="every"):
+        NaNGuardConfig(every=0)
+    with pytest.raises(ValueError, match="amp_max_skipped"):
+        NaNGuardConfig(amp_max_skipped=-1)
