@@ -53,6 +53,12 @@ def _optional_positive_int(inst: Any, attribute: attrs.Attribute, value: Any) ->
         _positive_int(inst, attribute, value)
 
 
+def _check_channels(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _positive_int(inst, attribute, value)
+    if value < 4:  # the sinusoidal time embedding has width `channels`: >= 2 frequencies
+        raise ValueError(f"'channels' must be >= 4: {value}")
+
+
 def _check_channel_mults(inst: Any, attribute: attrs.Attribute, value: tuple[int, ...]) -> None:
     if len(value) == 0:
         raise ValueError("'channel_mults' must have at least one level: ()")
@@ -155,7 +161,7 @@ class UNetConfig:
         "channels out; None = in_channels (2× for models that learn the variance)",
         validator=_optional_positive_int,
     )
-    channels: int = option(128, "base channel width", validator=_positive_int)
+    channels: int = option(128, "base channel width (>= 4)", validator=_check_channels)
     channel_mults: tuple[int, ...] = option(
         (1, 2, 2, 2),
         "width multiplier of each resolution level (one downsampling between levels)",
@@ -235,6 +241,7 @@ class UNet(nn.Module):
         mults = config.channel_mults
         num_levels = len(mults)
         scale_shift = config.embedding == "scale_shift"
+        self._size_factor = 2 ** (num_levels - 1)
 
         def heads(width: int) -> int:
             if config.head_channels is not None:
@@ -250,8 +257,12 @@ class UNet(nn.Module):
                 dropout=config.dropout,
                 scale_shift=scale_shift,
             )
-            block = AttentionBlock(c_out, num_heads=heads(c_out), groups=config.groups)
-            return ResAttnBlock(res, block if attn else None)
+            block = (
+                AttentionBlock(c_out, num_heads=heads(c_out), groups=config.groups)
+                if attn
+                else None
+            )
+            return ResAttnBlock(res, block)
 
         # 1. Time (and class) embedding: sinusoids of width ch → MLP to 4·ch (DDPM).
         self.time_embed = SinusoidalEmbedding(ch)
@@ -337,6 +348,12 @@ class UNet(nn.Module):
         Returns:
             A tensor of shape ``(B, out_channels, H, W)``.
         """
+        factor = self._size_factor
+        if x_t.shape[-2] % factor or x_t.shape[-1] % factor:
+            raise ValueError(
+                f"image size {tuple(x_t.shape[-2:])} must be divisible by {factor}: "
+                f"the unet downsamples {len(self.config.channel_mults) - 1} times"
+            )
         emb = self.embed(t, x_t.shape[0], cond)
         h = self.conv_in(x_t)
         skips = [h]

@@ -27,7 +27,7 @@ def sinusoidal_frequencies(dim: int, max_period: float = 10_000.0) -> torch.Tens
     """
     half = dim // 2
     if half < 2:
-        raise ValueError(f"sinusoidal embedding needs dim >= 4: {dim}")
+        raise ValueError(f"the sinusoidal embedding needs dim >= 4: {dim}")
     exponent = -math.log(max_period) / (half - 1)
     return torch.exp(torch.arange(half, dtype=torch.float32) * exponent)
 
@@ -78,7 +78,7 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb_proj = nn.Linear(emb_channels, 2 * out_channels if scale_shift else out_channels)
         self.norm2 = nn.GroupNorm(groups, out_channels)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)

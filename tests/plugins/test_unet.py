@@ -164,6 +164,13 @@ def test_samples_in_a_batch_are_independent():
     torch.testing.assert_close(whole, parts, atol=1e-5, rtol=1e-5)
 
 
+def test_input_size_must_halve_cleanly():
+    model = UNet(tiny(channel_mults=(1, 1, 2)))  # downsamples twice: sizes multiple of 4
+    model(torch.randn(1, 3, 12, 8), torch.tensor([1.0]))  # non-square is fine
+    with pytest.raises(ValueError, match="divisible by 4"):
+        model(torch.randn(1, 3, 8, 10), torch.tensor([1.0]))
+
+
 def test_scalar_t_broadcasts_over_the_batch():
     model = perturbed(UNet(tiny()))
     x_t = torch.randn(2, 3, 8, 8)
@@ -255,6 +262,12 @@ def test_attention_block_matches_reference(channels_last):
         x = x.to(memory_format=torch.channels_last)
     with torch.no_grad():
         torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_num_heads_need_only_divide_attention_widths():
+    # 3 heads split the 24-channel level that has attention (and the middle), not level 0 (8).
+    model = UNet(tiny(channels=8, channel_mults=(1, 3), num_heads=3))
+    assert {m.num_heads for m in model.modules() if isinstance(m, AttentionBlock)} == {3}
 
 
 def test_head_channels_overrides_num_heads():
@@ -384,6 +397,7 @@ def test_compile_inductor_matches_eager():
         (dict(dropout=1.0), "dropout", "1.0"),
         (dict(dropout=-0.1), "dropout", "-0.1"),
         (dict(channels=0), "channels", "0"),
+        (dict(channels=2, groups=1, num_heads=1), "channels", ">= 4"),
         (dict(num_res_blocks=-1), "num_res_blocks", "-1"),
         (dict(in_channels=2.5), "in_channels", "2.5"),
         (dict(out_channels=0), "out_channels", "0"),

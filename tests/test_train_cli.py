@@ -1,0 +1,127 @@
+"""`denoisekit train` end to end: the run folder, SIGTERM on a real process, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from denoisekit.cli import main
+
+RECIPE = """
+name = "e2e"
+[data]
+type = "digits"
+[backbone]
+type = "unet"
+in_channels = 1
+image_size = 8
+channels = 16
+channel_mults = [1, 2]
+num_res_blocks = 1
+attention_resolutions = [4]
+groups = 8
+[schedule]
+type = "cosine"
+timesteps = 50
+[sampler]
+type = "ddim"
+steps = 3
+[train]
+steps = 4
+batch_size = 8
+log_every = 2
+[hooks.ema]
+decay = 0.9
+[hooks.checkpoint]
+every = 2
+[hooks.tensorboard]
+[hooks.preview]
+every = 2
+num_images = 4
+[hooks.progress]
+[hooks.nan-guard]
+"""
+
+
+def write_recipe(folder: Path, text: str = RECIPE) -> Path:
+    path = folder / "e2e.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_run_folder_has_every_artefact(tmp_path, capsys):
+    recipe = write_recipe(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(out)]) == 0
+    assert (out / "recipe.toml").is_file()
+    versions = json.loads((out / "versions.json").read_text())
+    assert versions["torch"] == torch.__version__
+    assert "builtin:unet" in versions["plugins"]
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [2, 4]
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert (out / "checkpoints" / "last.pt").is_file()
+    assert (out / "checkpoints" / "step-00000004.pt").is_file()
+    assert sorted(p.name for p in (out / "samples").glob("*.png"))
+    assert "trained 4 steps" in capsys.readouterr().out
+
+
+def test_sigterm_to_a_real_process_then_resume(tmp_path):
+    recipe = write_recipe(
+        tmp_path,
+        RECIPE.replace("steps = 4", "steps = 100000").replace("every = 2\n[hooks.tensorboard]",
+                                                              "every = 1\n[hooks.tensorboard]"),
+    )
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "denoisekit", "train", str(recipe), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    last = out / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no checkpoint appeared: {process.communicate()}")
+        time.sleep(0.2)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "resume with" in err
+    assert "Traceback" not in err
+    state = torch.load(last, weights_only=True)
+    stopped_at = state["step"]
+    assert stopped_at >= 1
+    status = main(["train", str(recipe), "--out", str(out), "--resume",
+                   "--set", f"train.steps={stopped_at + 2}"])
+    assert status == 0
+    assert torch.load(last, weights_only=True)["step"] == stopped_at + 2
+
+
+def test_bad_data_folder_is_one_line(tmp_path, capsys):
+    text = RECIPE.replace('[data]\ntype = "digits"', '[data]\ntype = "image-folder"\npath = "nope"')
+    status = main(["train", str(write_recipe(tmp_path, text)), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and "nope" in err
+
+
+def test_corrupt_checkpoint_is_one_line_naming_the_file(tmp_path, capsys):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"\x80\x02garbage")
+    status = main(["train", str(write_recipe(tmp_path)), "--out", str(tmp_path / "r"),
+                   "--resume", str(bad)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and str(bad) in err
