@@ -125,9 +125,10 @@ def denoisekit_backward(run: Any, loss: torch.Tensor) -> bool | None:
 def denoisekit_optimizer_step(run: Any) -> bool | None:
     """Clip gradients (if configured) and step the optimizer once per optimization step.
 
-    firstresult; returns True when the step was taken, False when it was skipped (a
-    GradScaler found inf/NaN gradients). The core's default (``trylast``) clips with
-    ``run.grad_clip`` and calls ``run.optimizer.step()``.
+    firstresult; returns True once handled. Whether a float16 GradScaler skipped the
+    step is known only on the device (the AMP hook's ``step_skipped()``), so no host sync
+    is forced here. The core's default (``trylast``) clips with ``train.grad_clip`` and
+    calls ``run.optimizer.step()``.
     """
 
 
