@@ -1,16 +1,34 @@
 """denoisekit: a modular, plugin-based framework for denoising diffusion models.
 
-The public plugin API: :data:`hookimpl` (the marker plugin authors use),
-:class:`ComponentSpec` (what a registration hook returns) and the contracts in
-:mod:`denoisekit.components`.
+The public plugin API, everything a plugin author imports (see docs/writing-a-plugin.md):
+
+* :data:`hookimpl`, the marker of hook implementations, and :class:`ComponentSpec`, the
+  record the ``denoisekit_components`` hook returns;
+* the contracts as :class:`typing.Protocol` classes (:class:`Backbone`,
+  :class:`NoiseSchedule`, :class:`Loss`, :class:`SamplerLike`, :class:`DenoiserLike`,
+  :class:`DataLike`, :class:`Metric`), the kinds (:data:`KINDS`) and the build context of
+  each kind (:data:`BUILD_CONTEXT`);
+* config helpers: :func:`option` (a field with a default and a one-line doc),
+  :func:`option_doc` and the validators :func:`unit_interval` and :func:`positive_ints`;
+* :class:`Denoiser` (backbone + schedule + prediction type → ``(eps, x0)``),
+  :class:`DiscreteSchedule` and the forward-process math module :mod:`diffusion`;
+* the user-facing errors (:class:`DenoisekitError` and its kinds).
+
+``Denoiser``, ``DiscreteSchedule``, ``PREDICTION_TYPES`` and ``diffusion`` import torch,
+so they are loaded on first access: ``import denoisekit`` itself stays light.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 import pluggy
 
 from denoisekit.components import (
+    BUILD_CONTEXT,
     KINDS,
+    PROBE_KINDS,
     Backbone,
     ComponentSpec,
     DataLike,
@@ -20,23 +38,76 @@ from denoisekit.components import (
     NoiseSchedule,
     SamplerLike,
 )
+from denoisekit.config import option, option_doc, positive_ints, unit_interval
+from denoisekit.errors import (
+    CheckpointError,
+    DataError,
+    DenoisekitError,
+    PluginLoadError,
+    RecipeError,
+    RegistryError,
+)
 from denoisekit.hookspecs import PROJECT
+
+if TYPE_CHECKING:
+    from denoisekit import diffusion
+    from denoisekit.denoiser import PREDICTION_TYPES, Denoiser
+    from denoisekit.diffusion import DiscreteSchedule
 
 __version__ = "0.1.0"
 
 #: Marker for hook implementations: ``@denoisekit.hookimpl``.
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
+# name → (module, attribute or None for the module itself), imported on first access.
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "Denoiser": ("denoisekit.denoiser", "Denoiser"),
+    "PREDICTION_TYPES": ("denoisekit.denoiser", "PREDICTION_TYPES"),
+    "DiscreteSchedule": ("denoisekit.diffusion", "DiscreteSchedule"),
+    "diffusion": ("denoisekit.diffusion", None),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module_name, attribute = _LAZY[name]
+        module = importlib.import_module(module_name)
+        value = module if attribute is None else getattr(module, attribute)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'denoisekit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
 __all__ = [
+    "BUILD_CONTEXT",
     "KINDS",
+    "PREDICTION_TYPES",
+    "PROBE_KINDS",
     "Backbone",
+    "CheckpointError",
     "ComponentSpec",
+    "DataError",
     "DataLike",
+    "DenoisekitError",
+    "Denoiser",
     "DenoiserLike",
+    "DiscreteSchedule",
     "Loss",
     "Metric",
     "NoiseSchedule",
+    "PluginLoadError",
+    "RecipeError",
+    "RegistryError",
     "SamplerLike",
     "__version__",
+    "diffusion",
     "hookimpl",
+    "option",
+    "option_doc",
+    "positive_ints",
+    "unit_interval",
 ]

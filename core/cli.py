@@ -101,6 +101,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the variants and stop")
     p.set_defaults(func=_cmd_compare)
 
+    p = sub.add_parser(
+        "eval", help="compute metrics (nll, fd, sample_time, ...) of a run or a sample file"
+    )
+    p.add_argument("run", type=Path, nargs="?", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument(
+        "--metric",
+        dest="metrics",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a [metrics.NAME] table of the recipe or a registered metric (repeatable; "
+        "default: the recipe's [metrics.*] tables)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override the stored recipe, e.g. --set metrics.fd.features=digits",
+    )
+    p.add_argument("--sampler", help="sample with another registered sampler")
+    p.add_argument("-n", "--num", type=int, default=1000, help="samples to draw (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="image i is seeded from (seed, i)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", help="run on this device instead of the recipe's")
+    p.add_argument("--samples", type=Path, help="score this .npz (arr_0 uint8 N×H×W×C)")
+    p.add_argument(
+        "--reference",
+        help="with --samples: the reference data, as a recipe, run folder, checkpoint or "
+        "data type name (digits)",
+    )
+    p.add_argument("--no-log", action="store_true", help="do not append to metrics.jsonl")
+    p.set_defaults(func=_cmd_eval)
+
     p = sub.add_parser("plugins", help="list every component with its provider and options")
     p.add_argument("kind", nargs="?", help="only this kind (backbone, sampler, ...)")
     p.add_argument("--recipe", type=Path, help="also load the plugins this recipe names")
@@ -128,11 +163,20 @@ def _version() -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from denoisekit.errors import CheckpointError
+    from denoisekit import distributed
     from denoisekit.recipe import load_recipe
-    from denoisekit.training import TrainingInterrupted, build_run, resume_from, train
 
     recipe = load_recipe(args.recipe, args.overrides)
+    # Under torchrun every rank runs this (DDP); outside it the session does nothing.
+    with distributed.session(recipe.train.device) as dist:
+        return _train(args, recipe, dist)
+
+
+def _train(args: argparse.Namespace, recipe: Any, dist: Any) -> int:
+    from denoisekit import distributed
+    from denoisekit.errors import CheckpointError
+    from denoisekit.training import TrainingInterrupted, build_run, resume_from, train
+
     out_dir = args.out if args.out is not None else Path("runs") / recipe.name
     checkpoint = None
     if args.resume is not None:
@@ -144,26 +188,49 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 f"{checkpoint}: checkpoint not found (enable [hooks.checkpoint] in the recipe, "
                 "or pass --resume PATH)"
             )
-    run = build_run(recipe, out_dir=out_dir)
+    run = build_run(recipe, out_dir=out_dir, dist=dist)
     if checkpoint is not None:
         resume_from(run, checkpoint)
     try:
         train(run)
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, TrainingInterrupted) else 2
+        if dist.enabled:
+            distributed.shutdown(dist, failed=True)  # peers may be mid-collective
+            if dist.is_main:
+                print(
+                    f"denoisekit: stopped at step {run.step} (torchrun stops every rank on a "
+                    f"signal or when one fails); resume with: torchrun "
+                    f"--nproc_per_node=N -m denoisekit train {args.recipe} --out {out_dir} "
+                    "--resume (any number of ranks)",
+                    file=sys.stderr,
+                )
+            return 128 + signum
         print(
             f"denoisekit: interrupted at step {run.step}; resume with: denoisekit train "
             f"{args.recipe} --out {out_dir} --resume",
             file=sys.stderr,
         )
         return 128 + signum
-    print(f"trained {run.step} steps; run folder: {out_dir}")
+    if dist.is_main:
+        print(f"trained {run.step} steps; run folder: {out_dir}")
     return 0
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
+    from denoisekit import distributed
+
+    if args.num <= 0 or args.batch_size <= 0:
+        raise DenoisekitError("-n and --batch-size must be positive")
+    # Under torchrun each rank draws a share of the images; rank 0 writes the files.
+    with distributed.session(args.device or "auto") as dist:
+        return _sample(args, dist)
+
+
+def _sample(args: argparse.Namespace, dist: Any) -> int:
     from tqdm import tqdm
 
+    from denoisekit import distributed
     from denoisekit.sampling import (
         load_trained,
         sample_images,
@@ -172,12 +239,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         save_trajectory,
     )
 
-    if args.num <= 0 or args.batch_size <= 0:
-        raise DenoisekitError("-n and --batch-size must be positive")
     overrides = list(args.overrides)
     if args.sampler:
         overrides.insert(0, f"sampler.type={args.sampler}")
-    run = load_trained(args.run, overrides=overrides, device=args.device)
+    run = load_trained(args.run, overrides=overrides, device=args.device, dist=dist)
     frames: list[Any] = []
     first_batch = [True]
 
@@ -185,7 +250,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         if first_batch[0]:
             frames.append(info["x0"][:16].float().cpu())
 
-    with tqdm(total=args.num, unit="img", disable=not sys.stderr.isatty()) as bar:
+    lo, hi = distributed.shard_range(args.num, dist)  # this rank's images
+    show = sys.stderr.isatty() and dist.is_main
+    with tqdm(total=hi - lo, unit="img", disable=not show) as bar:
 
         def progress(count: int) -> None:
             first_batch[0] = False
@@ -198,7 +265,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             callback=record if args.trajectory else None,
             progress=progress,
+            dist=dist,
         )
+    if not dist.is_main:
+        return 0
     save_npz(args.out, images, labels)
     print(
         f"wrote {args.num} images to {args.out} "
@@ -237,6 +307,83 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         f"wrote {args.out / 'compare.md'}, compare.csv, compare.png; "
         f"open with: tensorboard --logdir {args.out}"
     )
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from denoisekit.evaluation import (
+        EvalContext,
+        append_results,
+        build_metrics,
+        evaluate,
+        format_results,
+        load_samples_npz,
+        reference_recipe,
+    )
+
+    if args.num <= 0 or args.batch_size <= 0:
+        raise DenoisekitError("-n and --batch-size must be positive")
+    if (args.run is None) == (args.samples is None):
+        raise DenoisekitError(
+            "give a run folder or checkpoint, or --samples FILE.npz --reference REF (not both)"
+        )
+    if args.samples is not None:
+        if args.reference is None:
+            raise DenoisekitError(
+                "--samples needs --reference: a recipe, run folder, checkpoint or data type name"
+            )
+        recipe, registry = reference_recipe(args.reference, args.overrides)
+        sample_set = load_samples_npz(args.samples)
+        if args.metrics:
+            metrics = build_metrics(recipe, registry, args.metrics)
+        else:  # the recipe's metrics that need no model (not nll, sample_time), else fd
+            metrics = {
+                name: metric
+                for name, metric in build_metrics(recipe, registry).items()
+                if not getattr(metric, "requires_model", False)
+            } or build_metrics(recipe, registry, ["fd"])
+        context = EvalContext(
+            recipe=recipe,
+            registry=registry,
+            sample_set=sample_set,
+            num_samples=sample_set.num_images,
+            seed=args.seed,
+            batch_size=args.batch_size,
+        )
+        print(f"{args.samples}: {sample_set.num_images} images; reference: {args.reference}")
+        sys.stdout.write(format_results(evaluate(context, metrics)))
+        return 0
+
+    from denoisekit.sampling import load_trained
+
+    overrides = list(args.overrides)
+    if args.sampler:
+        overrides.insert(0, f"sampler.type={args.sampler}")
+    run = load_trained(args.run, overrides=overrides, device=args.device)
+    names = args.metrics or list(run.recipe.metrics)
+    if not names:
+        known = ", ".join(run.registry.names("metric"))
+        raise DenoisekitError(f"the recipe has no [metrics.*] tables: pass --metric NAME ({known})")
+    metrics = build_metrics(run.recipe, run.registry, names)
+    print(
+        f"{args.run}: step {run.step}, sampler {run.recipe.sampler.type}, "
+        f"{args.num} samples, seed {args.seed}"
+    )
+    from tqdm import tqdm
+
+    with tqdm(total=args.num, unit="img", disable=not sys.stderr.isatty()) as bar:
+        context = EvalContext(
+            run=run,
+            seed=args.seed,
+            num_samples=args.num,
+            batch_size=args.batch_size,
+            progress=bar.update,
+        )
+        results = evaluate(context, metrics)
+    sys.stdout.write(format_results(results))
+    if not args.no_log:
+        path = append_results(run.out_dir / "metrics.jsonl", run.step, results)
+        print(f"appended to {path}")
     return 0
 
 

@@ -172,6 +172,7 @@ def run_compare(
     """Train each group once, sample and score every variant, write the outputs."""
     from torch.utils.tensorboard import SummaryWriter
 
+    from denoisekit.evaluation import SampleSet
     from denoisekit.training import build_run, train
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -183,12 +184,13 @@ def run_compare(
         run = build_run(recipe, out_dir=out_dir / "train" / group)
         train(run)
         train_loss = _last_loss(run.out_dir / "metrics.jsonl")
+        model_cache: dict[str, dict[str, float]] = {}
         for variant in members:
             sampler_choice = variant.recipe.sampler
             sampler = run.registry.build("sampler", sampler_choice.type, sampler_choice.config)
             denoiser_counts = _count_nfe(run)
             tick = time.perf_counter()
-            images, _ = sample_images(
+            images, labels = sample_images(
                 run, num_samples, seed=seed, batch_size=batch_size, sampler=sampler
             )
             seconds = time.perf_counter() - tick
@@ -199,7 +201,12 @@ def run_compare(
             }
             if train_loss is not None:
                 values["train_loss"] = train_loss
-            values.update(_metric_values(run, variant, images, metrics, seed, batch_size))
+            sample_set = SampleSet(
+                images=images, labels=labels, seconds=seconds, nfe_per_image=nfe / num_samples
+            )
+            values.update(
+                _metric_values(run, variant, sample_set, metrics, seed, batch_size, model_cache)
+            )
             picture_rows.append(images[:row_images])
             hparams = _hparams(variant)
             writer = SummaryWriter(str(out_dir / "variants" / variant.name))
@@ -234,18 +241,37 @@ def _count_nfe(run: Any) -> Callable[[], int]:
 def _metric_values(
     run: Any,
     variant: Variant,
-    images: torch.Tensor,
+    sample_set: Any,
     metrics: Sequence[str],
     seed: int,
     batch_size: int,
+    model_cache: dict[str, dict[str, float]],
 ) -> dict[str, float]:
+    """Score a variant's samples; metrics that ignore samples (NLL) run once per model."""
     if not metrics:
         return {}
-    from denoisekit.evaluation import evaluate_run
+    from denoisekit.evaluation import EvalContext, build_metrics, evaluate
 
-    return evaluate_run(
-        run, metrics, recipe=variant.recipe, samples=images, seed=seed, batch_size=batch_size
+    context = EvalContext(
+        run=run,
+        seed=seed,
+        num_samples=sample_set.num_images,
+        batch_size=batch_size,
+        recipe=variant.recipe,
+        sample_set=sample_set,
     )
+    built = build_metrics(variant.recipe, run.registry, names=list(metrics))
+    values: dict[str, float] = {}
+    per_sample = {}
+    for name, metric in built.items():
+        if getattr(metric, "uses_samples", True):
+            per_sample[name] = metric
+        else:
+            if name not in model_cache:
+                model_cache[name] = evaluate(context, {name: metric})
+            values.update(model_cache[name])
+    values.update(evaluate(context, per_sample))
+    return values
 
 
 def _last_loss(path: Path) -> float | None:

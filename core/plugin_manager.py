@@ -54,6 +54,11 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "denoisekit.plugins.hooks.progress",
     "denoisekit.plugins.hooks.nan_guard",
     "denoisekit.plugins.hooks.preview",
+    "denoisekit.plugins.hooks.evaluate",
+    "denoisekit.plugins.metrics.nll",
+    "denoisekit.plugins.metrics.fd",
+    "denoisekit.plugins.metrics.digits_quality",
+    "denoisekit.plugins.metrics.sample_time",
 )
 
 
@@ -133,6 +138,8 @@ def get_plugin_manager(
                 continue
             with _search_path(search_paths):
                 module = _import(plugin, f"recipe plugin {plugin!r}")
+            if pm.is_registered(module):  # already loaded, e.g. through its entry point
+                continue
             pm.register_named(module, plugin, "recipe")
         else:
             pm.register_named(plugin, pm.get_canonical_name(plugin), "api")

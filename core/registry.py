@@ -1,6 +1,9 @@
 """The component table: kind → name → the spec and the plugin that provided it.
 
-Built per plugin manager from the ``denoisekit_components`` hook; never a global.
+Built per plugin manager from the ``denoisekit_components`` hook; never a global. Every
+component's contract is checked when the table is built
+(:func:`denoisekit.components.contract_problems`), so a broken plugin is rejected with an
+error naming it before any run starts.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from denoisekit.components import KINDS, ComponentSpec
+from denoisekit.components import KINDS, ComponentSpec, contract_problems
 from denoisekit.errors import PluginLoadError, RegistryError
 from denoisekit.plugin_manager import PluginManager, get_plugin_manager
 from denoisekit.suggest import did_you_mean
@@ -34,12 +37,25 @@ class RegisteredComponent:
 
 
 class Registry:
-    """Every component a plugin manager's plugins provide, by kind and name."""
+    """Every component a plugin manager's plugins provide, by kind and name.
+
+    Args:
+        components: the records, with their providers.
+        plugins: plugin name → where it came from, for run metadata.
+        check_contracts: check every component's contract (cheap: see
+            :func:`denoisekit.components.contract_problems`).
+
+    Raises:
+        RegistryError: two plugins provide one kind and name, or a component breaks its
+            contract (the message names the plugin, the component and what is wrong).
+    """
 
     def __init__(
         self,
         components: Iterator[RegisteredComponent] | list[RegisteredComponent],
         plugins: dict[str, str] | None = None,
+        *,
+        check_contracts: bool = True,
     ):
         #: plugin name → where it came from, for run metadata.
         self.plugins: dict[str, str] = dict(plugins or {})
@@ -54,12 +70,24 @@ class Registry:
                     "disable one of them"
                 )
             table[entry.name] = entry
+        if check_contracts:
+            for entry in self.entries():
+                problems = contract_problems(entry.spec)
+                if problems:
+                    raise RegistryError(
+                        f"plugin {entry.plugin!r} ({entry.source}): {entry.kind} {entry.name!r} "
+                        f"breaks the {entry.kind} contract: {'; '.join(problems)}"
+                    )
 
     @classmethod
-    def from_plugin_manager(cls, pm: PluginManager) -> Registry:
+    def from_plugin_manager(cls, pm: PluginManager, *, check_contracts: bool = True) -> Registry:
         """Call every plugin's ``denoisekit_components`` and collect the records."""
         plugins = {pm.get_name(p) or repr(p): "" for p in pm.get_plugins()}
-        return cls(list(_collect(pm)), {name: pm.describe(name) for name in plugins})
+        return cls(
+            list(_collect(pm)),
+            {name: pm.describe(name) for name in plugins},
+            check_contracts=check_contracts,
+        )
 
     def names(self, kind: str) -> list[str]:
         """The registered names of ``kind``, sorted."""

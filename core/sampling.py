@@ -3,7 +3,9 @@
 * :func:`load_trained` turns a run folder or a checkpoint into a sampling-only
   :class:`~denoisekit.training.Run` with the trained (and EMA) weights.
 * :func:`sample_images` draws N images in batches; image ``i`` comes from its own
-  generator seeded by ``(seed, i)``, so it is the same whatever the batch size.
+  generator seeded by ``(seed, i)``, so it is the same whatever the batch size, and
+  under torchrun whichever rank draws it (each rank draws a contiguous share, rank 0
+  gathers them).
 * :func:`save_npz` writes key ``arr_0``, uint8, N×H×W×C (and ``arr_1`` labels): the format
   that public FID evaluators read.
 """
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from denoisekit import distributed
 from denoisekit.checkpoint import load_checkpoint
 from denoisekit.errors import CheckpointError
 from denoisekit.recipe import apply_overrides, recipe_from_data
@@ -45,6 +48,7 @@ def load_trained(
     device: str | None = None,
     registry: Registry | None = None,
     with_data: bool = False,
+    dist: distributed.DistContext | None = None,
 ) -> Any:
     """Build a run from a checkpoint's own recipe and load its weights (EMA included).
 
@@ -56,6 +60,8 @@ def load_trained(
         registry: the registry to build from (default: built-ins, entry points and the
             recipe's plugins).
         with_data: also build the training data (evaluation against it).
+        dist: this rank under torchrun (default: the initialized process group, if any):
+            the run goes to its ``cuda:LOCAL_RANK``.
     """
     import tomllib
 
@@ -81,7 +87,7 @@ def load_trained(
         )
     recipe = recipe_from_data(data, registry, source=checkpoint, origins=origins)
     out_dir = run_dir if run_dir is not None else checkpoint.parent
-    run = build_run(recipe, out_dir=out_dir, registry=registry, with_data=with_data)
+    run = build_run(recipe, out_dir=out_dir, registry=registry, with_data=with_data, dist=dist)
     run.load_state_dict(state, source=str(checkpoint), weights_only=True)
     return run
 
@@ -114,30 +120,64 @@ def sample_images(
     labels: torch.Tensor | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    dist: distributed.DistContext | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Draw ``n`` images in [-1, 1] (on the CPU), in batches, with per-image seeds.
 
     Returns the images ``(N, C, H, W)`` and the labels used (class-conditional models
     get ``labels``, by default cycling through the classes), or ``None``.
+
+    With ``dist`` of several ranks (every rank must call this, with the same arguments),
+    rank ``r`` draws images ``[N r / W, N (r + 1) / W)`` in batches of ``batch_size`` and
+    rank 0 gathers them all: the same images as one process draws (bit for bit on the
+    CPU; on GPUs as far as the kernels do not depend on the batch size). Other ranks
+    get an empty ``(0, C, H, W)`` tensor. ``progress`` counts this rank's images.
     """
     if n <= 0:
         raise ValueError(f"the number of images must be positive: {n}")
     sampler = sampler or run.sampler
     if labels is None:
         labels = class_labels(n, run.num_classes)
+    if dist is not None and dist.enabled:
+        lo, hi = distributed.shard_range(n, dist)
+        mine = labels[lo:hi] if labels is not None else None
+        images = (
+            _sample_range(run, lo, hi, seed, batch_size, sampler, mine, callback, progress)
+            if hi > lo
+            else torch.zeros((0, *run.image_shape))
+        )
+        gathered = distributed.gather_rows(images, n, dist)
+        if gathered is None:
+            return torch.zeros((0, *run.image_shape)), labels
+        return gathered, labels
+    return _sample_range(run, 0, n, seed, batch_size, sampler, labels, callback, progress), labels
+
+
+def _sample_range(
+    run: Any,
+    lo: int,
+    hi: int,
+    seed: int,
+    batch_size: int,
+    sampler: Any,
+    labels: torch.Tensor | None,
+    callback: Callable[[dict[str, Any]], None] | None,
+    progress: Callable[[int], None] | None,
+) -> torch.Tensor:
+    """Images ``lo .. hi - 1`` (``labels`` are theirs), on the CPU."""
     denoiser = run.sampling_denoiser()
     module = denoiser.model
     was_training = module.training
     module.eval()
     out = []
     try:
-        for start in range(0, n, batch_size):
-            count = min(batch_size, n - start)
+        for start in range(0, hi - lo, batch_size):
+            count = min(batch_size, hi - lo - start)
             cond = labels[start : start + count].to(run.device) if labels is not None else None
             images = sampler.sample(
                 denoiser,
                 (count, *run.image_shape),
-                generator=image_generators(seed, start, count),
+                generator=image_generators(seed, lo + start, count),
                 device=run.device,
                 cond=cond,
                 callback=callback,
@@ -147,7 +187,7 @@ def sample_images(
                 progress(count)
     finally:
         module.train(was_training)
-    return torch.cat(out), labels
+    return torch.cat(out)
 
 
 def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:

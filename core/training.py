@@ -9,6 +9,10 @@ hook components registered into the run's own plugin manager.
 Exact resume: a run's :meth:`Run.state_dict` holds the model, optimizer, lr schedule,
 step, every random-number generator state, the data order (epoch and position) and
 every hook's state, so N steps + resume + N steps equals 2N steps bit for bit on CPU.
+
+Under ``torchrun`` (a :class:`~denoisekit.distributed.DistContext` with several ranks) the
+same loop runs on every rank with DistributedDataParallel; :mod:`denoisekit.distributed`
+says what is global and what is per rank. A single process takes none of those paths.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +35,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from denoisekit import hookimpl, hookspecs
+from denoisekit import distributed, hookimpl, hookspecs
 from denoisekit.checkpoint import load_checkpoint, strip_compile_prefix
 from denoisekit.denoiser import Denoiser
 from denoisekit.diffusion import q_sample
+from denoisekit.distributed import SINGLE, DistContext
 from denoisekit.errors import CheckpointError, DataError
 from denoisekit.recipe import Recipe
 from denoisekit.registry import Registry
@@ -56,15 +61,29 @@ def resolve_device(name: str) -> torch.device:
 
 
 class _EpochBatches:
-    """Batches of one epoch's permutation, from a given position on (a batch sampler)."""
+    """Batches of one epoch's permutation, from a given position on (a batch sampler).
 
-    def __init__(self, order: list[int], batch_size: int, drop_last: bool, start: int) -> None:
+    With ``world_size`` ranks each batch is the global one, of which this rank takes the
+    ``rank``-th equal slice.
+    """
+
+    def __init__(
+        self,
+        order: list[int],
+        batch_size: int,
+        drop_last: bool,
+        start: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.order, self.batch_size, self.drop_last, self.start = (
             order,
             batch_size,
             drop_last,
             start,
         )
+        self.per_rank = batch_size // world_size
+        self.offset = rank * self.per_rank
 
     def _count(self) -> int:
         full, rest = divmod(len(self.order), self.batch_size)
@@ -75,7 +94,8 @@ class _EpochBatches:
 
     def __iter__(self) -> Iterator[list[int]]:
         for b in range(self.start, self._count()):
-            yield self.order[b * self.batch_size : (b + 1) * self.batch_size]
+            lo = b * self.batch_size + self.offset
+            yield self.order[lo : lo + self.per_rank]
 
 
 class BatchStream:
@@ -84,6 +104,10 @@ class BatchStream:
     Epoch ``e`` visits the dataset in the order of a permutation seeded by
     ``(seed, e)``; the state is ``(epoch, position)``, so a resumed run continues with
     the very batch an uninterrupted run would have drawn.
+
+    Under torchrun, ``batch_size`` is the global (all ranks) batch and each rank yields
+    its ``rank``-th slice of ``batch_size / world_size`` images; ``position`` counts
+    global batches, so the state means the same on every rank and any world size.
     """
 
     def __init__(
@@ -96,6 +120,8 @@ class BatchStream:
         drop_last: bool = True,
         num_workers: int = 0,
         pin_memory: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
@@ -107,6 +133,13 @@ class BatchStream:
         self.epoch = 0
         self.position = 0
         self._iterator: Iterator[Any] | None = None
+        if batch_size % world_size or not 0 <= rank < world_size:
+            raise ValueError(
+                f"batch_size {batch_size} must split evenly over {world_size} ranks (rank {rank})"
+            )
+        if world_size > 1 and not drop_last:
+            raise ValueError("several ranks need drop_last=True (equal slices)")
+        self.rank, self.world_size = rank, world_size
         n = len(dataset)  # type: ignore[arg-type]
         if n == 0 or (drop_last and n < batch_size):
             raise DataError(
@@ -117,16 +150,25 @@ class BatchStream:
     def _epoch_generator(self, salt: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 2 + salt)
 
+    def _worker_generator(self) -> torch.Generator:
+        if self.world_size == 1:
+            return self._epoch_generator(1)
+        # Each rank's workers draw their own augmentations (the order stays shared).
+        seed = distributed.derived_seed("workers", self.seed, self.epoch, self.rank)
+        return torch.Generator().manual_seed(seed)
+
     def _start_epoch(self) -> None:
         n = len(self.dataset)  # type: ignore[arg-type]
         order = torch.randperm(n, generator=self._epoch_generator(0)).tolist()
-        batches = _EpochBatches(order, self.batch_size, self.drop_last, self.position)
+        batches = _EpochBatches(
+            order, self.batch_size, self.drop_last, self.position, self.rank, self.world_size
+        )
         loader = DataLoader(
             self.dataset,
             batch_sampler=batches,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            generator=self._epoch_generator(1),  # seeds workers' augmentations
+            generator=self._worker_generator(),  # seeds workers' augmentations
         )
         self._iterator = iter(loader)
 
@@ -172,7 +214,11 @@ class Run:
         generator: draws timesteps and noise, on the run's device.
         step: optimization steps taken so far.
         last_loss_per_sample / last_t: the last micro-batch's per-sample loss and
-            timesteps (detached, on the device), for per-timestep logging.
+            timesteps (detached, on the device), for per-timestep logging (this rank's
+            slice under torchrun).
+        dist: this process's place under torchrun (:data:`~denoisekit.distributed.SINGLE`
+            for one process); see :attr:`rank`, :attr:`world_size`, :attr:`is_main`.
+            Under torchrun ``train_model`` is the DistributedDataParallel wrapper.
     """
 
     recipe: Recipe
@@ -196,6 +242,22 @@ class Run:
     last_loss_per_sample: torch.Tensor | None = None
     last_t: torch.Tensor | None = None
     grad_norm: torch.Tensor | None = None
+    dist: DistContext = SINGLE
+
+    @property
+    def rank(self) -> int:
+        """This process's rank (0 in a single process)."""
+        return self.dist.rank
+
+    @property
+    def world_size(self) -> int:
+        """The number of processes training together (1 in a single process)."""
+        return self.dist.world_size
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0, the process that logs and writes files."""
+        return self.dist.is_main
 
     @property
     def total_steps(self) -> int:
@@ -292,6 +354,7 @@ class Run:
             torch.set_rng_state(rng["torch"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+            distributed.seed_per_rank(self.recipe.seed, self.step, self.dist)
         except (KeyError, RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             raise CheckpointError(
@@ -364,11 +427,18 @@ def build_run(
     registry: Registry | None = None,
     extra_hooks: Iterable[Any] = (),
     with_data: bool = True,
+    dist: DistContext | None = None,
 ) -> Run:
     """Build every component of a recipe into a :class:`Run` (nothing trained yet).
 
     ``with_data=False`` builds a run for sampling and evaluation only: no dataset, no
     batch stream (the image shape comes from the backbone's config).
+
+    ``dist`` (default: :func:`denoisekit.distributed.current`, the initialized process
+    group if any) places the run on this rank: ``cuda:LOCAL_RANK``, this rank's slice of
+    the data, DistributedDataParallel around the training model (with data), and the
+    file-writing hooks (:data:`~denoisekit.distributed.RANK_ZERO_HOOKS`, or any hook with
+    ``rank_zero_only = True``) and ``metrics.jsonl`` on rank 0 only.
     """
     if registry is None:
         from denoisekit.plugin_manager import get_plugin_manager
@@ -380,7 +450,10 @@ def build_run(
     out_dir = Path(out_dir)
     root = recipe.path.parent.resolve() if recipe.path is not None else Path.cwd()
     train_cfg = recipe.train
-    device = resolve_device(train_cfg.device)
+    dist = dist if dist is not None else distributed.current()
+    device = distributed.place(resolve_device(train_cfg.device), dist)
+    if with_data:
+        distributed.check_train_config(train_cfg, dist)
     torch.manual_seed(recipe.seed)
 
     def build(kind: str, **context: Any) -> Any:
@@ -406,17 +479,23 @@ def build_run(
             drop_last=train_cfg.drop_last,
             num_workers=train_cfg.num_workers,
             pin_memory=train_cfg.pin_memory,
+            rank=dist.rank,
+            world_size=dist.world_size,
         )
     generator = torch.Generator(device=device).manual_seed(recipe.seed)
+    distributed.seed_per_rank(recipe.seed, 0, dist)
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     pm.register(CoreDefaults(), name="core:defaults")
     out_dir.mkdir(parents=True, exist_ok=True)
-    pm.register(MetricsFile(out_dir / "metrics.jsonl"), name="core:metrics-file")
+    if dist.is_main:
+        pm.register(MetricsFile(out_dir / "metrics.jsonl"), name="core:metrics-file")
     hooks: dict[str, Any] = {}
     for name, choice in recipe.hooks.items():
         hook = registry.build("hook", choice.type, choice.config)
+        if not dist.is_main and _rank_zero_only(choice.type, hook):
+            continue
         pm.register(hook, name=f"hook:{name}")
         hooks[name] = hook
     for i, hook in enumerate(extra_hooks):
@@ -441,9 +520,20 @@ def build_run(
         batches=batches,
         generator=generator,
         hooks=hooks,
+        dist=dist,
     )
     pm.hook.denoisekit_configure.call_historic(kwargs={"run": run})
+    if dist.enabled and batches is not None:
+        # After configure: DDP wraps whatever the hooks made of train_model (compile).
+        run.train_model = distributed.wrap_model(run.train_model, dist, device)
     return run
+
+
+def _rank_zero_only(type_name: str, hook: Any) -> bool:
+    flag = getattr(hook, "rank_zero_only", None)
+    if flag is not None:
+        return bool(flag)
+    return type_name in distributed.RANK_ZERO_HOOKS
 
 
 def _check_backbone_fits_data(recipe: Recipe, model: nn.Module, dataset: Any) -> None:
@@ -514,7 +604,8 @@ def train(run: Run) -> Run:
     cfg = run.recipe.train
     if run.batches is None:
         raise ValueError("this run was built with_data=False: it can sample, not train")
-    write_run_files(run)
+    if run.is_main:
+        write_run_files(run)
     run.model.train()
     with _sigterm_raises():
         hook.denoisekit_train_start(run=run)
@@ -527,38 +618,56 @@ def train(run: Run) -> Run:
     return run
 
 
+def _no_sync_unless(run: Run, sync: bool) -> AbstractContextManager[Any]:
+    """DDP's ``no_sync()`` for all but the last micro-batch of a step (one all-reduce)."""
+    no_sync = getattr(run.train_model, "no_sync", None)
+    if sync or not run.dist.enabled or no_sync is None:
+        return nullcontext()
+    return no_sync()
+
+
 def _loop(run: Run, cfg: Any) -> None:
     hook = run.pm.hook
     num_timesteps = run.schedule.num_timesteps
+    world_size = run.world_size
     loss_sum = torch.zeros((), device=run.device)
     steps_since_log = 0
     tick = time.perf_counter()
     while run.step < cfg.steps:
         run.optimizer.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), device=run.device)
-        for _ in range(cfg.grad_accum):
+        for micro in range(cfg.grad_accum):
             x0, labels = next(run.batches)
             # Notation: x0 clean images, t ~ U{0..T-1}, eps ~ N(0, I), x_t = q_sample(x0, t, eps).
-            t = torch.randint(
-                0, num_timesteps, (x0.shape[0],), device=run.device, generator=run.generator
-            )
+            # Under torchrun t and eps are drawn for the global micro-batch (generators
+            # stay equal on all ranks) and each rank keeps its slice of the images.
+            n = x0.shape[0] * world_size
+            t = torch.randint(0, num_timesteps, (n,), device=run.device, generator=run.generator)
             noise = torch.randn(
-                x0.shape, device=run.device, generator=run.generator, dtype=x0.dtype
+                (n, *x0.shape[1:]), device=run.device, generator=run.generator, dtype=x0.dtype
             )
-            x_t = q_sample(run.schedule, x0, t, noise)
-            cond = labels if run.num_classes else None
-            output = hook.denoisekit_train_forward(
-                run=run, x_t=x_t, t=run.denoiser.model_time(t), cond=cond
-            )
-            per_sample = run.loss_fn(output.float(), x0=x0, noise=noise, t=t)
-            loss = per_sample.mean()
-            hook.denoisekit_backward(run=run, loss=loss / cfg.grad_accum)
+            if world_size > 1:
+                mine = distributed.rank_slice(n, run.dist)
+                t, noise = t[mine], noise[mine]
+            with _no_sync_unless(run, micro == cfg.grad_accum - 1):
+                x_t = q_sample(run.schedule, x0, t, noise)
+                cond = labels if run.num_classes else None
+                output = hook.denoisekit_train_forward(
+                    run=run, x_t=x_t, t=run.denoiser.model_time(t), cond=cond
+                )
+                per_sample = run.loss_fn(output.float(), x0=x0, noise=noise, t=t)
+                loss = per_sample.mean()
+                hook.denoisekit_backward(run=run, loss=loss / cfg.grad_accum)
             step_loss += loss.detach()
             run.last_loss_per_sample, run.last_t = per_sample.detach(), t
         hook.denoisekit_optimizer_step(run=run)
         run.lr_scheduler.step()
         run.step += 1
         step_loss /= cfg.grad_accum
+        # The global mean loss on every rank (a scalar, asynchronous on NCCL): every hook
+        # sees the same loss, so a NaN on any rank stops every rank alike (NaN guard) and
+        # rank 0 never checkpoints weights a NaN gradient from another rank reached.
+        distributed.all_reduce_mean_(step_loss, run.dist)
         loss_sum += step_loss
         steps_since_log += 1
         hook.denoisekit_train_step_end(run=run, step=run.step, loss=step_loss)

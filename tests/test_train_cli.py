@@ -78,14 +78,18 @@ def test_run_folder_has_every_artefact(tmp_path, capsys):
 def test_sigterm_to_a_real_process_then_resume(tmp_path):
     recipe = write_recipe(
         tmp_path,
-        RECIPE.replace("steps = 4", "steps = 100000").replace("every = 2\n[hooks.tensorboard]",
-                                                              "every = 1\n[hooks.tensorboard]"),
+        RECIPE.replace("steps = 4", "steps = 100000").replace(
+            "every = 2\n[hooks.tensorboard]", "every = 1\n[hooks.tensorboard]"
+        ),
     )
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "denoisekit", "train", str(recipe), "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     last = out / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 120
@@ -103,8 +107,17 @@ def test_sigterm_to_a_real_process_then_resume(tmp_path):
     state = torch.load(last, weights_only=True)
     stopped_at = state["step"]
     assert stopped_at >= 1
-    status = main(["train", str(recipe), "--out", str(out), "--resume",
-                   "--set", f"train.steps={stopped_at + 2}"])
+    status = main(
+        [
+            "train",
+            str(recipe),
+            "--out",
+            str(out),
+            "--resume",
+            "--set",
+            f"train.steps={stopped_at + 2}",
+        ]
+    )
     assert status == 0
     assert torch.load(last, weights_only=True)["step"] == stopped_at + 2
 
@@ -120,8 +133,9 @@ def test_bad_data_folder_is_one_line(tmp_path, capsys):
 def test_corrupt_checkpoint_is_one_line_naming_the_file(tmp_path, capsys):
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"\x80\x02garbage")
-    status = main(["train", str(write_recipe(tmp_path)), "--out", str(tmp_path / "r"),
-                   "--resume", str(bad)])
+    status = main(
+        ["train", str(write_recipe(tmp_path)), "--out", str(tmp_path / "r"), "--resume", str(bad)]
+    )
     err = capsys.readouterr().err
     assert status == 2
     assert err.count("\n") == 1 and str(bad) in err

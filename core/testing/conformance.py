@@ -1,4 +1,4 @@
-"""Conformance checks for schedule, loss and sampler components.
+"""Conformance checks: what every component of a kind must do, the built-ins' and yours.
 
 Plain functions that raise :class:`AssertionError` with a message saying what broke, so
 they work under pytest and in a plugin author's own scripts alike::
@@ -11,14 +11,20 @@ they work under pytest and in a plugin author's own scripts alike::
         check_sampler(spec)
 
 Every check builds the component from ``spec.build(config)`` (``config`` defaults to the
-config class's defaults) and uses a tiny deterministic toy backbone on a short schedule:
-fast on a CPU, no randomness outside the generators handed to the component.
+config class's defaults, or for :func:`check_backbone` and the newer checks to the spec's
+small ``probe`` options: :func:`default_config`) and uses tiny deterministic inputs (a toy
+backbone on a short schedule for samplers): fast on a CPU, no randomness outside the
+generators handed to the component. :func:`check_component` picks the check of a spec's
+kind; the ``denoisekit.testing`` pytest plugin runs them over a plugin's components.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import cattrs
 import torch
@@ -28,14 +34,48 @@ from denoisekit.denoiser import PREDICTION_TYPES, Denoiser
 from denoisekit.diffusion import DiscreteSchedule
 
 __all__ = [
+    "CHECKS",
     "ToyBackbone",
+    "check_backbone",
+    "check_component",
     "check_config_roundtrip",
+    "check_hook",
     "check_loss",
+    "check_lr_schedule",
+    "check_optimizer",
     "check_sampler",
     "check_schedule",
+    "default_config",
+    "single_thread",
     "spec_id",
     "toy_schedule",
 ]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """One intra-op thread inside the block, then the previous count.
+
+    Test tensors are tiny: intra-op parallelism only adds overhead, and on a busy machine
+    spinning OpenMP workers make each small operation up to ~100x slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _single_threaded(check: F) -> F:
+    @functools.wraps(check)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with single_thread():
+            return check(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -108,6 +148,7 @@ def check_config_roundtrip(spec: ComponentSpec, config: Any = None) -> None:
     )
 
 
+@_single_threaded
 def check_schedule(spec: ComponentSpec, config: Any = None) -> None:
     """A schedule builds a T-step, float64 CPU ``alpha_bar`` strictly decreasing in (0, 1)."""
     name = f"schedule {spec.name!r}"
@@ -126,6 +167,7 @@ def check_schedule(spec: ComponentSpec, config: Any = None) -> None:
     assert bool((ab[1:] < ab[:-1]).all()), f"{name}: alphas_cumprod is not strictly decreasing"
 
 
+@_single_threaded
 def check_loss(spec: ComponentSpec, config: Any = None, *, seed: int = 0) -> None:
     """A loss returns a finite, differentiable ``(B,)`` loss, 0 exactly at its target.
 
@@ -178,6 +220,7 @@ def check_loss(spec: ComponentSpec, config: Any = None, *, seed: int = 0) -> Non
     )
 
 
+@_single_threaded
 def check_sampler(
     spec: ComponentSpec,
     config: Any = None,
@@ -290,3 +333,238 @@ def check_sampler(
 def spec_id(spec: ComponentSpec) -> str:
     """A readable pytest id for a component spec: ``kind:name``."""
     return f"{spec.kind}:{spec.name}"
+
+
+def default_config(spec: ComponentSpec) -> Any:
+    """The config the checks use when none is given: the spec's probe options, else defaults.
+
+    A backbone's defaults may be a large network (the ``unet`` defaults are the 35.7M
+    CIFAR-10 model), so a spec's ``probe`` (small by design) is preferred.
+    """
+    try:
+        return spec.config(**(spec.probe or {}))
+    except TypeError as e:  # a required option without a default
+        raise AssertionError(
+            f"{spec.kind} {spec.name!r}: pass `config=` (its config class has required "
+            f"options: {e})"
+        ) from e
+
+
+@_single_threaded
+def check_backbone(spec: ComponentSpec, config: Any = None, *, batch: int = 3) -> None:
+    """A backbone is an ``nn.Module`` mapping ``(x_t, t, cond)`` to a tensor of x_t's shape.
+
+    On a ``(batch, in_channels, image_size, image_size)`` input (the config must have
+    those options: the run reads them) asserts: the output has the input's shape and dtype
+    and is finite; evaluation is deterministic; image ``i`` does not depend on the rest of
+    the batch (eval mode); every parameter receives a finite gradient; with its parameters
+    perturbed (so zero-initialized output layers do not hide anything) the output depends
+    on ``x_t`` and on ``t``; class conditioning (when ``model.num_classes`` is set) is
+    accepted and changes the output. ``config`` defaults to :func:`default_config`.
+    """
+    name = f"backbone {spec.name!r}"
+    config = default_config(spec) if config is None else config
+    check_config_roundtrip(spec, config)
+    C, S = getattr(config, "in_channels", None), getattr(config, "image_size", None)
+    assert isinstance(C, int) and isinstance(S, int), (
+        f"{name}: the config needs int options in_channels and image_size (the run reads "
+        f"them for the image shape); got {C!r}, {S!r}"
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = spec.build(config)
+    assert isinstance(model, torch.nn.Module), f"{name}: build returned {type(model)}"
+    time_input = getattr(model, "time_input", "timestep")
+    assert time_input in ("timestep", "log_snr"), (
+        f"{name}: time_input must be 'timestep' or 'log_snr': {time_input!r}"
+    )
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, C, S, S, generator=g)
+    if time_input == "log_snr":
+        t = torch.linspace(6.0, -6.0, batch)
+        t_other = t.flip(0) + 0.5
+    else:
+        t = torch.linspace(0.0, 99.0, batch).round()
+        t_other = (t + 37.0) % 100.0
+
+    def forward(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> Any:
+        with torch.no_grad():
+            return model(x, t) if cond is None else model(x, t, cond)
+
+    model.eval()
+    out = forward(x, t)
+    assert isinstance(out, torch.Tensor), f"{name}: forward returned {type(out)}, not a tensor"
+    assert out.shape == x.shape, (
+        f"{name}: output shape {tuple(out.shape)} != input shape {tuple(x.shape)}"
+    )
+    assert out.dtype == x.dtype, f"{name}: output dtype {out.dtype} != input dtype {x.dtype}"
+    assert bool(torch.isfinite(out).all()), f"{name}: output is not finite"
+    assert torch.equal(forward(x, t), out), f"{name}: two evaluations in eval mode differ"
+
+    # Gradients reach every parameter (an unused parameter breaks DDP and hides bugs).
+    model.train()
+    model.zero_grad(set_to_none=True)
+    model(x, t).square().mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, f"{name}: parameters get no gradient: {no_grad[:5]}"
+    bad = [
+        n for n, p in model.named_parameters() if p.grad is not None and not p.grad.isfinite().all()
+    ]
+    assert not bad, f"{name}: non-finite gradients in {bad[:5]}"
+    model.zero_grad(set_to_none=True)
+
+    # Perturbed parameters: the output must depend on x_t and t, image by image.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    model.eval()
+    base = forward(x, t)
+    single = forward(x[1:2], t[1:2])
+    torch.testing.assert_close(
+        single[0],
+        base[1],
+        rtol=1e-4,
+        atol=1e-5,
+        msg=lambda m: f"{name}: image 1 depends on the other images of the batch: {m}",
+    )
+    assert not torch.allclose(forward(x * 0.5 + 0.1, t), base), f"{name}: output ignores x_t"
+    assert not torch.allclose(forward(x, t_other), base), f"{name}: output ignores t"
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes:
+        cond = torch.arange(batch) % num_classes
+        with_cond = forward(x, t, cond)
+        assert with_cond.shape == x.shape, f"{name}: bad output shape with class labels"
+        assert not torch.allclose(with_cond, base), f"{name}: class labels are ignored"
+
+
+@_single_threaded
+def check_optimizer(spec: ComponentSpec, config: Any = None) -> None:
+    """An optimizer built on a tiny model's parameters steps them and round-trips its state."""
+    name = f"optimizer {spec.name!r}"
+    config = default_config(spec) if config is None else config
+    check_config_roundtrip(spec, config)
+
+    def make() -> tuple[torch.nn.Module, Any]:
+        model = torch.nn.Linear(4, 2)
+        with torch.no_grad():
+            model.weight.copy_(torch.linspace(-1, 1, 8).view(2, 4))
+            model.bias.fill_(0.5)
+        return model, spec.build(config, params=model.parameters(), device=torch.device("cpu"))
+
+    model, opt = make()
+    for attr in ("step", "zero_grad", "state_dict", "load_state_dict"):
+        assert callable(getattr(opt, attr, None)), f"{name}: the optimizer has no {attr}()"
+    assert getattr(opt, "param_groups", None), f"{name}: the optimizer has no param_groups"
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.linspace(-1, 1, 12).view(3, 4)
+    for _ in range(2):
+        opt.zero_grad()
+        model(x).square().sum().backward()
+        opt.step()
+    after = [p.detach() for p in model.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True)), (
+        f"{name}: two steps left the parameters unchanged"
+    )
+    assert all(bool(torch.isfinite(a).all()) for a in after), f"{name}: non-finite parameters"
+    # State round trip: a fresh optimizer with the state takes the same next step.
+    state = opt.state_dict()
+    model2, opt2 = make()
+    with torch.no_grad():
+        for p2, p in zip(model2.parameters(), model.parameters(), strict=True):
+            p2.copy_(p)
+    opt2.load_state_dict(state)
+    for m, o in ((model, opt), (model2, opt2)):
+        o.zero_grad()
+        m(x).square().sum().backward()
+        o.step()
+    for p, p2 in zip(model.parameters(), model2.parameters(), strict=True):
+        torch.testing.assert_close(
+            p2, p, msg=lambda m: f"{name}: a reloaded state_dict steps differently: {m}"
+        )
+
+
+@_single_threaded
+def check_lr_schedule(spec: ComponentSpec, config: Any = None, *, total_steps: int = 20) -> None:
+    """An lr schedule gives finite, non-negative rates for ``total_steps`` and resumes exactly.
+
+    Resuming is what a checkpoint does: a fresh optimizer and schedule load the state
+    dicts of both, and the rates continue as if uninterrupted.
+    """
+    name = f"lr_schedule {spec.name!r}"
+    config = default_config(spec) if config is None else config
+    check_config_roundtrip(spec, config)
+
+    def make() -> tuple[torch.optim.Optimizer, Any]:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+        return opt, spec.build(config, optimizer=opt, total_steps=total_steps)
+
+    opt, sched = make()
+    for attr in ("step", "state_dict", "load_state_dict"):
+        assert callable(getattr(sched, attr, None)), f"{name}: the lr schedule has no {attr}()"
+    lrs = []
+    half = total_steps // 2
+    state = None
+    for i in range(total_steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+        if i + 1 == half:  # what a checkpoint holds: the optimizer's and the schedule's state
+            state = (opt.state_dict(), sched.state_dict())
+    assert all(math.isfinite(lr) and lr >= 0 for lr in lrs), f"{name}: bad rates {lrs}"
+    opt2, sched2 = make()
+    opt2.load_state_dict(state[0])
+    sched2.load_state_dict(state[1])
+    resumed = []
+    for _ in range(half, total_steps):
+        resumed.append(opt2.param_groups[0]["lr"])
+        opt2.step()
+        sched2.step()
+    assert resumed == lrs[half:], (
+        f"{name}: after load_state_dict the rates are {resumed}, expected {lrs[half:]}"
+    )
+
+
+@_single_threaded
+def check_hook(spec: ComponentSpec, config: Any = None) -> None:
+    """A hook component registers into a run's plugin manager and implements known hooks.
+
+    (To see it work inside a run, train a tiny recipe with it: the ``denoisekit.testing``
+    pytest plugin's conformance class does.)
+    """
+    import pluggy
+
+    from denoisekit import hookspecs
+
+    name = f"hook {spec.name!r}"
+    config = default_config(spec) if config is None else config
+    check_config_roundtrip(spec, config)
+    hook = spec.build(config)
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    try:
+        pm.register(hook, name=f"hook:{spec.name}")
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise AssertionError(f"{name}: {exc}") from exc
+    assert pm.get_hookcallers(hook), f"{name}: implements no hook (use @denoisekit.hookimpl)"
+
+
+#: The behavioural check of each kind (data and metric components: config round trip only).
+CHECKS: dict[str, Any] = {
+    "schedule": check_schedule,
+    "loss": check_loss,
+    "sampler": check_sampler,
+    "backbone": check_backbone,
+    "optimizer": check_optimizer,
+    "lr_schedule": check_lr_schedule,
+    "hook": check_hook,
+}
+
+
+def check_component(spec: ComponentSpec, config: Any = None) -> None:
+    """Run the check of the spec's kind (:data:`CHECKS`), or the config round trip alone."""
+    check = CHECKS.get(spec.kind)
+    if check is None:
+        check_config_roundtrip(spec, config)
+    else:
+        check(spec, config)

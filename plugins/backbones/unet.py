@@ -392,5 +392,16 @@ def denoisekit_components() -> list[ComponentSpec]:
             config=UNetConfig,
             build=build_unet,
             summary="DDPM attention U-Net (scale-shift / log-SNR / class-conditional options)",
+            # A tiny instance whose output shape the registry checks on a probe input.
+            probe={
+                "in_channels": 1,
+                "image_size": 8,
+                "channels": 8,
+                "channel_mults": (1, 2),
+                "num_res_blocks": 1,
+                "attention_resolutions": (4,),
+                "groups": 4,
+                "num_heads": 1,
+            },
         )
     ]

@@ -103,6 +103,8 @@ def _scaler_skipped(run: Any) -> bool:
 
 
 def _last_good(run: Any) -> str:
+    if not getattr(run, "is_main", True):  # under torchrun only rank 0 has the checkpoint hook
+        return "rank 0 names the last good checkpoint"
     for hook in run.hooks.values():
         if hasattr(hook, "last_checkpoint"):
             if hook.last_checkpoint is None:

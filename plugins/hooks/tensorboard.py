@@ -151,8 +151,8 @@ class TensorBoardHook:
     @hookimpl(tryfirst=True, specname="denoisekit_log_scalars")
     def add_timestep_losses(self, scalars: dict[str, float]) -> None:
         """Add the per-timestep-range mean losses to the logged scalars (one host sync)."""
-        if self._loss_sum is None or self._count is None:
-            return
+        if self._loss_sum is None or self._count is None or "loss" not in scalars:
+            return  # only the loop's own log lines (evaluation logs its own scalars too)
         sums, counts = torch.stack([self._loss_sum, self._count]).tolist()
         for (lo, hi), s, n in zip(self.bin_edges(), sums, counts, strict=True):
             if n > 0:
@@ -167,7 +167,7 @@ class TensorBoardHook:
         for name, value in scalars.items():
             if isinstance(value, int | float):  # NaN too: TensorBoard shows it
                 self.writer.add_scalar(scalar_tag(name), value, global_step=step)
-        self._last_scalars = dict(scalars)
+        self._last_scalars.update(scalars)
 
     @hookimpl
     def denoisekit_preview_images(self, step: int, images: torch.Tensor) -> None:

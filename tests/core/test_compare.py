@@ -39,6 +39,11 @@ timesteps = 40
 steps = 2
 batch_size = 8
 log_every = 1
+[metrics.nll]
+num_images = 8
+timesteps = 5
+[metrics.fd]
+num_reference = 64
 """
 
 
@@ -66,8 +71,15 @@ def compared(recipe_path, tmp_path_factory):
             [recipe_path],
             ["sampler.type=ddpm,ddim", "sampler.steps=2,3", "schedule.type=cosine,linear"],
         )
-        rows = run_compare(variants, out_dir=out, num_samples=4, batch_size=4, row_images=3,
-                           log=lambda _: None)
+        rows = run_compare(
+            variants,
+            out_dir=out,
+            num_samples=4,
+            batch_size=4,
+            row_images=3,
+            metrics=["nll", "fd"],
+            log=lambda _: None,
+        )
     finally:
         training.train = original
     return out, rows, calls
@@ -89,6 +101,16 @@ def test_dry_run_lists_variants(recipe_path, capsys):
     assert main(["compare", str(recipe_path), "--vary", "sampler.steps=2,3", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "2 variant(s), 1 training run(s)" in out
+
+
+def test_metrics_per_variant_nll_once_per_model(compared):
+    _, rows, _ = compared
+    for row in rows:
+        assert row["fd"] >= 0 and row["nll_bpd"] > 0
+    for group in {r["train_group"] for r in rows}:
+        nlls = {r["nll_bpd"] for r in rows if r["train_group"] == group}
+        assert len(nlls) == 1  # the model's NLL, computed once, whatever the sampler
+    assert len({r["nll_bpd"] for r in rows}) == 2
 
 
 def test_outputs_table_csv_png(compared):
@@ -134,9 +156,21 @@ def test_tensorboard_server_shows_hparams_and_scalars(compared):
     out, rows, _ = compared
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(out), "--host", "127.0.0.1",
-         "--port", str(port), "--load_fast", "false"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(out),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--load_fast",
+            "false",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -151,15 +185,18 @@ def test_tensorboard_server_shows_hparams_and_scalars(compared):
             if time.monotonic() > deadline or server.poll() is not None:
                 pytest.fail("tensorboard did not come up on loopback")
             time.sleep(0.5)
-        experiment = _get(f"{base}/data/plugin/hparams/experiment",
-                          json.dumps({"experimentName": ""}).encode())
+        experiment = _get(
+            f"{base}/data/plugin/hparams/experiment", json.dumps({"experimentName": ""}).encode()
+        )
         hparam_names = {h["name"] for h in experiment["hparamInfos"]}
         assert {"sampler", "sampler.steps", "schedule"} <= hparam_names
         metric_tags = {m["name"]["tag"] for m in experiment["metricInfos"]}
-        assert "metrics/nfe_per_image" in metric_tags
+        assert {"metrics/nfe_per_image", "metrics/fd", "metrics/nll_bpd"} <= metric_tags
         run = f"variants/{rows[0]['variant']}"
-        points = _get(f"{base}/data/plugin/scalars/scalars?run={urllib.parse.quote(run)}"
-                      "&tag=metrics/nfe_per_image")
+        points = _get(
+            f"{base}/data/plugin/scalars/scalars?run={urllib.parse.quote(run)}"
+            "&tag=metrics/nfe_per_image"
+        )
         assert points[0][2] == pytest.approx(rows[0]["nfe_per_image"])
     finally:
         server.terminate()

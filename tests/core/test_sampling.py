@@ -58,8 +58,22 @@ def trained(tmp_path_factory):
 def test_npz_format_and_labels(trained, tmp_path, capsys):
     out = tmp_path / "s.npz"
     grid = tmp_path / "g.png"
-    status = main(["sample", str(trained), "-n", "12", "--batch-size", "5", "--out", str(out),
-                   "--grid", str(grid), "--trajectory", str(tmp_path / "t.gif")])
+    status = main(
+        [
+            "sample",
+            str(trained),
+            "-n",
+            "12",
+            "--batch-size",
+            "5",
+            "--out",
+            str(out),
+            "--grid",
+            str(grid),
+            "--trajectory",
+            str(tmp_path / "t.gif"),
+        ]
+    )
     assert status == 0
     with np.load(out) as data:
         images, labels = data["arr_0"], data["arr_1"]
@@ -93,8 +107,23 @@ def test_swap_sampler_at_sampling_time(trained, tmp_path):
     ddim = tmp_path / "ddim.npz"
     ddpm = tmp_path / "ddpm.npz"
     assert main(["sample", str(trained), "-n", "4", "--out", str(ddpm)]) == 0
-    assert main(["sample", str(trained), "-n", "4", "--sampler", "ddim", "--set",
-                 "sampler.steps=3", "--out", str(ddim)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(trained),
+                "-n",
+                "4",
+                "--sampler",
+                "ddim",
+                "--set",
+                "sampler.steps=3",
+                "--out",
+                str(ddim),
+            ]
+        )
+        == 0
+    )
     run = load_trained(trained, overrides=["sampler.type=ddim", "sampler.steps=3"])
     assert run.recipe.sampler.type == "ddim" and run.sampler.num_evaluations(50) == 3
     with np.load(ddim) as a, np.load(ddpm) as b:
@@ -107,7 +136,7 @@ def test_uint8_rounding():
 
 
 def test_missing_checkpoint_is_one_line(tmp_path):
-    with pytest.raises(CheckpointError, match="no checkpoints/last.pt"):
+    with pytest.raises(CheckpointError, match=r"no checkpoints/last\.pt"):
         load_trained(tmp_path)
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")

@@ -50,17 +50,21 @@ def test_loss_per_timestep_range_means(tmp_path) -> None:
         run.last_t = torch.tensor(t)
         run.last_loss_per_sample = torch.tensor(losses)
         hook.denoisekit_train_step_end(run=run)
-    scalars: dict[str, float] = {}
+    scalars: dict[str, float] = {"loss": 1.0}  # a training log line
     hook.add_timestep_losses(scalars=scalars)
+    scalars.pop("loss")
     assert scalars == {
         "loss_by_timestep/0-24": 1.5,
         "loss_by_timestep/25-49": 3.0,
         "loss_by_timestep/50-74": 5.5,
         "loss_by_timestep/75-99": 7.0,
     }
-    after: dict[str, float] = {}
+    after: dict[str, float] = {"loss": 1.0}
     hook.add_timestep_losses(scalars=after)  # the accumulators were reset
-    assert after == {}
+    assert after == {"loss": 1.0}
+    evaluation = {"eval/fd": 2.0}
+    hook.add_timestep_losses(scalars=evaluation)  # not a training line: left alone
+    assert evaluation == {"eval/fd": 2.0}
 
 
 def test_uneven_bins_cover_every_timestep_once(tmp_path) -> None:
@@ -74,8 +78,9 @@ def test_uneven_bins_cover_every_timestep_once(tmp_path) -> None:
     run.last_t = torch.arange(10)
     run.last_loss_per_sample = torch.arange(10, dtype=torch.float32)
     hook.denoisekit_train_step_end(run=run)
-    scalars: dict[str, float] = {}
+    scalars: dict[str, float] = {"loss": 1.0}  # a training log line
     hook.add_timestep_losses(scalars=scalars)
+    scalars.pop("loss")
     for lo, hi in edges:  # the mean of t over each range, since loss == t here
         assert scalars[f"loss_by_timestep/{lo}-{hi}"] == pytest.approx((lo + hi) / 2)
 

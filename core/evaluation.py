@@ -1,0 +1,532 @@
+"""Evaluating a trained model: the context metrics share, running them, logging results.
+
+A *metric* component (kind ``"metric"``) is built from its config and called as
+``metric(context) -> dict[str, float]`` with an :class:`EvalContext`. The context gives a
+metric what it needs, built lazily and shared, so several metrics of one evaluation pay
+for each thing once:
+
+* the trained run (a sampling-only run from :func:`denoisekit.sampling.load_trained`, or a
+  training run) and its denoiser over the sampling (EMA) weights;
+* one set of samples (``num_samples`` images, image ``i`` seeded from ``(seed, i)``, drawn
+  in batches of ``batch_size`` by :func:`denoisekit.sampling.sample_images`) with the wall
+  time and the network evaluations it took; or the images of a sample file;
+* the reference data: the recipe's data component built with ``train=False`` (its
+  held-out split), and a cache key for statistics computed from it;
+* a cache folder (``$DENOISEKIT_CACHE``, else ``$XDG_CACHE_HOME/denoisekit``, else
+  ``~/.cache/denoisekit``) for things worth keeping between runs (the digits classifier,
+  reference feature statistics).
+
+:func:`evaluate` runs a dict of metrics on one context; :func:`append_results` writes the
+results to a run's ``metrics.jsonl`` as ``{"step": N, "eval/<key>": value, ...}``, the
+same flat form the ``evaluate`` training hook logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from denoisekit.errors import DenoisekitError, RecipeError
+
+__all__ = [
+    "EVAL_PREFIX",
+    "EvalContext",
+    "SampleSet",
+    "append_results",
+    "build_metrics",
+    "build_reference_data",
+    "default_cache_dir",
+    "eval_mode",
+    "evaluate",
+    "format_results",
+    "images_from_uint8",
+    "load_samples_npz",
+    "quantize",
+    "reference_recipe",
+]
+
+#: Prefix of evaluation results in ``metrics.jsonl`` and TensorBoard.
+EVAL_PREFIX = "eval/"
+#: Environment variable naming the cache folder.
+CACHE_ENV = "DENOISEKIT_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """``$DENOISEKIT_CACHE``, else ``$XDG_CACHE_HOME/denoisekit``, else ``~/.cache/denoisekit``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "denoisekit"
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats rounded to the 256 levels of 8-bit images (as a PNG stores them)."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+
+
+def images_from_uint8(array: np.ndarray) -> torch.Tensor:
+    """uint8 ``(N, H, W, C)`` (or ``(N, H, W)``) → float32 ``(N, C, H, W)`` in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(array))
+    if x.ndim == 3:
+        x = x.unsqueeze(-1)
+    return x.permute(0, 3, 1, 2).to(torch.float32).div(127.5).sub(1.0).contiguous()
+
+
+@contextmanager
+def eval_mode(module: Any) -> Iterator[None]:
+    """Put a module in eval mode for the block, then restore its mode."""
+    was_training = getattr(module, "training", False)
+    if hasattr(module, "eval"):
+        module.eval()
+    try:
+        yield
+    finally:
+        if hasattr(module, "train"):
+            module.train(was_training)
+
+
+# --------------------------------------------------------------------------- samples
+
+
+@attrs.frozen(kw_only=True)
+class SampleSet:
+    """Images to score, with how they were made.
+
+    Attributes:
+        images: float32 ``(N, C, H, W)`` in [-1, 1] on the CPU.
+        labels: the class labels they were drawn for, or None.
+        seconds: wall time of drawing them (device synchronized at the end), or None for
+            images read from a file.
+        nfe_per_image: network evaluations per image (counted through
+            ``Denoiser.nfe``), or None for images read from a file.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+    seconds: float | None = None
+    nfe_per_image: float | None = None
+
+    @property
+    def num_images(self) -> int:
+        return int(self.images.shape[0])
+
+
+class _CountingSampler:
+    """Wraps a sampler to count the denoiser's network evaluations per batch."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+        self.evaluations = 0  # sum over batches of (nfe of the batch) × (batch size)
+        self.images = 0
+
+    def num_evaluations(self, num_timesteps: int) -> int:
+        return self.sampler.num_evaluations(num_timesteps)
+
+    def sample(self, denoiser: Any, shape: Sequence[int], **kwargs: Any) -> torch.Tensor:
+        before = getattr(denoiser, "nfe", 0)
+        out = self.sampler.sample(denoiser, shape, **kwargs)
+        self.evaluations += (getattr(denoiser, "nfe", 0) - before) * int(shape[0])
+        self.images += int(shape[0])
+        return out
+
+
+def _synchronize(device: torch.device | str) -> None:
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":  # pragma: no cover - no MPS here
+        torch.mps.synchronize()
+
+
+def draw_samples(
+    run: Any,
+    n: int,
+    *,
+    seed: int = 0,
+    batch_size: int = 256,
+    sampler: Any = None,
+    progress: Callable[[int], None] | None = None,
+) -> SampleSet:
+    """Draw ``n`` images with :func:`~denoisekit.sampling.sample_images`, timed and counted.
+
+    The time runs from the first batch to a device synchronization after the last (one
+    sync in all); the network evaluations are counted through ``Denoiser.nfe`` (falling
+    back to the sampler's ``num_evaluations`` for a sampler that bypasses ``predict``).
+    """
+    from denoisekit.sampling import sample_images
+
+    counting = _CountingSampler(sampler or run.sampler)
+    start = time.perf_counter()
+    images, labels = sample_images(
+        run, n, seed=seed, batch_size=batch_size, sampler=counting, progress=progress
+    )
+    _synchronize(run.device)
+    seconds = time.perf_counter() - start
+    if counting.evaluations > 0:
+        nfe = counting.evaluations / max(counting.images, 1)
+    else:
+        nfe = float(counting.num_evaluations(run.schedule.num_timesteps))
+    return SampleSet(images=images, labels=labels, seconds=seconds, nfe_per_image=nfe)
+
+
+def load_samples_npz(path: Path | str) -> SampleSet:
+    """Read a sample file: ``arr_0`` uint8 N×H×W×C (and ``arr_1`` labels when present)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DenoisekitError(f"{path}: sample file not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "arr_0" not in data:
+                raise DenoisekitError(
+                    f"{path}: no arr_0 in this .npz (expected uint8 N×H×W×C images, as "
+                    "`denoisekit sample` writes)"
+                )
+            images = data["arr_0"]
+            labels = data.get("arr_1")
+    except DenoisekitError:
+        raise
+    except Exception as exc:
+        raise DenoisekitError(f"{path}: not a readable .npz file ({exc})") from exc
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) == 0:
+        raise DenoisekitError(
+            f"{path}: arr_0 must be non-empty uint8 N×H×W×C images, got {images.dtype} "
+            f"{images.shape}"
+        )
+    label_tensor = torch.from_numpy(labels.astype(np.int64)) if labels is not None else None
+    return SampleSet(images=images_from_uint8(images), labels=label_tensor)
+
+
+# --------------------------------------------------------------------------- reference data
+
+
+def _data_root(recipe: Any) -> Path:
+    """The folder a recipe's relative data paths are read from (as ``build_run`` does)."""
+    return recipe.path.parent.resolve() if recipe.path is not None else Path.cwd()
+
+
+def build_reference_data(recipe: Any, registry: Any) -> Any:
+    """The recipe's data component built with ``train=False`` (its held-out split)."""
+    choice = recipe.data
+    return registry.build("data", choice.type, choice.config, root=_data_root(recipe), train=False)
+
+
+def reference_key(recipe: Any) -> str:
+    """A cache key naming the held-out data of a recipe: ``<type>-<hash of its options>``."""
+    choice = recipe.data
+    options = attrs.asdict(choice.config) if attrs.has(type(choice.config)) else {}
+    text = json.dumps(
+        {"type": choice.type, "options": options, "root": str(_data_root(recipe))},
+        sort_keys=True,
+        default=str,
+    )
+    return f"{choice.type}-heldout-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def reference_recipe(spec: str | Path, overrides: Sequence[str] = ()) -> tuple[Any, Any]:
+    """A recipe (and its registry) naming reference data, from a recipe file, a run folder
+    or checkpoint, or a data type name (``digits``); ``overrides`` apply as ``--set``.
+
+    Returns:
+        ``(recipe, registry)``.
+    """
+    import tomllib
+
+    from denoisekit.plugin_manager import get_plugin_manager
+    from denoisekit.recipe import _Origins, apply_overrides, load_recipe, recipe_from_data
+    from denoisekit.registry import Registry
+
+    path = Path(spec)
+    if path.is_file() and path.suffix == ".toml":
+        recipe = load_recipe(path, overrides)
+        search = [path.parent.resolve()]
+        registry = Registry.from_plugin_manager(
+            get_plugin_manager(plugins=recipe.plugins, search_paths=search)
+        )
+        return recipe, registry
+    origins = _Origins()
+    if path.exists():
+        from denoisekit.checkpoint import load_checkpoint
+        from denoisekit.sampling import find_checkpoint
+
+        checkpoint = find_checkpoint(path)
+        try:
+            data = tomllib.loads(load_checkpoint(checkpoint)["recipe"])
+        except (KeyError, tomllib.TOMLDecodeError) as exc:
+            raise DenoisekitError(f"{checkpoint}: holds no readable recipe ({exc})") from exc
+        source: Path | None = checkpoint
+    else:
+        text = str(spec)
+        if not text or "/" in text or text.endswith((".toml", ".pt", ".npz")):
+            raise DenoisekitError(
+                f"--reference {text!r}: no such recipe, run folder or checkpoint (or give a "
+                "data type name, e.g. --reference digits)"
+            )
+        data = {"name": "reference", "data": {"type": text}}
+        source = None
+    data = apply_overrides(data, overrides, origins)
+    registry = Registry.from_plugin_manager(get_plugin_manager(plugins=data.get("plugins", [])))
+    try:
+        recipe = recipe_from_data(data, registry, source=source, origins=origins)
+    except RecipeError as exc:
+        raise RecipeError(f"--reference {spec}: {exc}") from exc
+    return recipe, registry
+
+
+# --------------------------------------------------------------------------- the context
+
+
+@attrs.define(eq=False, kw_only=True)
+class EvalContext:
+    """What a metric gets: the trained run, one shared sample set, the reference data.
+
+    Everything is built lazily on first use and then shared by every metric of the
+    evaluation.
+
+    Attributes:
+        run: the trained run (:class:`~denoisekit.training.Run`, sampling-only or training),
+            or None when scoring a sample file.
+        seed: image ``i`` of the samples is seeded from ``(seed, i)``; metrics derive
+            their other randomness (NLL noise, reference subsets) from it.
+        num_samples: images in the shared sample set.
+        batch_size: images per sampling batch (metrics use it as their default batch).
+        cache_dir: the cache folder (see :func:`default_cache_dir`).
+        recipe / registry: the recipe naming the reference data and the registry to build
+            it (default: the run's).
+        sample_set: the shared samples; pass one to score given images (a sample file).
+        reference: the reference dataset; default: the recipe's data, ``train=False``.
+        progress: called with the number of images after each sampling batch.
+    """
+
+    run: Any = None
+    seed: int = 0
+    num_samples: int = 1000
+    batch_size: int = 256
+    cache_dir: Path = attrs.field(factory=default_cache_dir, converter=Path)
+    recipe: Any = None
+    registry: Any = None
+    sample_set: SampleSet | None = None
+    reference: Any = None
+    progress: Callable[[int], None] | None = None
+    _reference_images: dict[tuple[int | None, int], Any] = attrs.field(factory=dict, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        # Defaults from the run (reading attributes only; nothing is built here).
+        if self.run is not None:
+            if self.recipe is None:
+                self.recipe = getattr(self.run, "recipe", None)
+            if self.registry is None:
+                self.registry = getattr(self.run, "registry", None)
+
+    # -- the model -----------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        """The run's device (CPU without a run)."""
+        return torch.device(self.run.device) if self.run is not None else torch.device("cpu")
+
+    def require_run(self, metric: str) -> Any:
+        """The run, or a one-line error naming the metric that needs one."""
+        if self.run is None:
+            raise DenoisekitError(
+                f"metric {metric!r} needs a trained model: give a run folder or checkpoint, "
+                "not a sample file"
+            )
+        return self.run
+
+    def denoiser(self, metric: str = "this metric") -> Any:
+        """A denoiser over the sampling weights (the EMA where ``[hooks.ema]`` is on)."""
+        return self.require_run(metric).sampling_denoiser()
+
+    # -- samples -------------------------------------------------------------------------
+
+    def samples(self) -> SampleSet:
+        """The shared sample set, drawn on first use."""
+        if self.sample_set is None:
+            run = self.require_run("sampling")
+            self.sample_set = draw_samples(
+                run,
+                self.num_samples,
+                seed=self.seed,
+                batch_size=self.batch_size,
+                progress=self.progress,
+            )
+        return self.sample_set
+
+    def sample_images(self) -> torch.Tensor:
+        """The shared samples as float32 ``(N, C, H, W)`` in [-1, 1] (CPU)."""
+        return self.samples().images
+
+    def samples_uint8(self) -> np.ndarray:
+        """The shared samples as uint8 ``(N, H, W, C)``, as ``denoisekit sample`` saves them."""
+        from denoisekit.sampling import to_uint8_nhwc
+
+        return to_uint8_nhwc(self.sample_images())
+
+    # -- reference data ------------------------------------------------------------------
+
+    def reference_data(self) -> Any:
+        """The reference dataset: the recipe's data built with ``train=False``."""
+        if self.reference is None:
+            if self.recipe is None or self.registry is None:
+                raise DenoisekitError(
+                    "no reference data: evaluate a run, or pass --reference RECIPE_OR_DATA"
+                )
+            self.reference = build_reference_data(self.recipe, self.registry)
+        return self.reference
+
+    def reference_key(self) -> str:
+        """A cache key naming the reference data (type and options of the recipe's data)."""
+        if self.recipe is None:
+            return f"dataset-{id(self.reference)}"
+        return reference_key(self.recipe)
+
+    def reference_images(
+        self, n: int | None = None, *, batch_size: int = 256
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``n`` reference images (all when None) and their labels, on the CPU.
+
+        With ``n`` smaller than the dataset, a subset drawn with a generator seeded from
+        ``seed`` (the same subset every time: datasets are often sorted by class).
+        Labels are None when the data has none (``num_classes`` None or labels -1).
+        """
+        from torch.utils.data import DataLoader, Subset
+
+        data = self.reference_data()
+        total = len(data)
+        if total == 0:
+            raise DenoisekitError("the reference data is empty")
+        count = total if n is None else min(int(n), total)
+        key = (count, self.seed)
+        if key not in self._reference_images:
+            dataset: Any = data
+            if count < total:
+                order = torch.randperm(total, generator=torch.Generator().manual_seed(self.seed))
+                dataset = Subset(data, order[:count].tolist())
+            # An explicit generator: evaluation must not move torch's global random state.
+            loader = DataLoader(
+                dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator()
+            )
+            images, labels = [], []
+            for x, y in loader:
+                images.append(x.float())
+                labels.append(torch.as_tensor(y))
+            label_tensor: torch.Tensor | None = torch.cat(labels).long()
+            if not getattr(data, "num_classes", None) or bool((label_tensor < 0).all()):
+                label_tensor = None
+            self._reference_images[key] = (torch.cat(images), label_tensor)
+        return self._reference_images[key]
+
+
+# --------------------------------------------------------------------------- running metrics
+
+
+class _Prefixed:
+    """A metric whose keys get ``<table name>/`` in front (two tables of one type)."""
+
+    def __init__(self, prefix: str, metric: Any) -> None:
+        self.prefix = prefix
+        self.metric = metric
+
+    @property
+    def requires_model(self) -> bool:
+        return bool(getattr(self.metric, "requires_model", False))
+
+    def __call__(self, context: EvalContext) -> dict[str, float]:
+        return {f"{self.prefix}/{k}": v for k, v in self.metric(context).items()}
+
+
+def build_metrics(recipe: Any, registry: Any, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Build metrics by name: the recipe's ``[metrics.NAME]`` table when it has one, else
+    the registered metric ``NAME`` with its defaults.
+
+    ``names`` None: every ``[metrics.*]`` table of the recipe. A table whose name differs
+    from its type (``[metrics.fd_inception] type = "fd"``) reports its keys as
+    ``<name>/<key>``.
+
+    Raises:
+        RegistryError: an unknown metric name (listing the registered ones).
+    """
+    tables = dict(recipe.metrics) if recipe is not None else {}
+    chosen = list(tables) if names is None else list(dict.fromkeys(names))
+    metrics: dict[str, Any] = {}
+    for name in chosen:
+        if name in tables:
+            choice = tables[name]
+            metric = registry.build("metric", choice.type, choice.config)
+            metrics[name] = metric if choice.type == name else _Prefixed(name, metric)
+        else:
+            metrics[name] = registry.build("metric", name)
+    return metrics
+
+
+def evaluate(
+    context: EvalContext,
+    metrics: Mapping[str, Callable[[EvalContext], Mapping[str, float]]],
+    *,
+    on_result: Callable[[str, dict[str, float]], None] | None = None,
+) -> dict[str, float]:
+    """Run every metric on one context; returns their results merged into one dict.
+
+    Args:
+        context: the shared context.
+        metrics: name → metric (``metric(context) -> {key: value}``), run in order.
+        on_result: called with each metric's name and results as they come.
+
+    Raises:
+        DenoisekitError: two metrics reporting the same key.
+    """
+    results: dict[str, float] = {}
+    for name, metric in metrics.items():
+        values = {str(k): float(v) for k, v in metric(context).items()}
+        clash = sorted(set(values) & set(results))
+        if clash:
+            raise DenoisekitError(
+                f"metric {name!r} reports {', '.join(clash)}, already reported by another "
+                "metric; give one of them another [metrics.NAME] table name"
+            )
+        results.update(values)
+        if on_result is not None:
+            on_result(name, values)
+    return results
+
+
+def eval_scalars(results: Mapping[str, float]) -> dict[str, float]:
+    """Results as logged scalars: ``{"eval/<key>": value}``."""
+    return {f"{EVAL_PREFIX}{k}": float(v) for k, v in results.items()}
+
+
+def append_results(path: Path | str, step: int, results: Mapping[str, float]) -> Path:
+    """Append ``{"step": step, "eval/<key>": value, ...}`` to a ``metrics.jsonl`` file.
+
+    Non-finite values are written as null (JSON has no NaN).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {"step": int(step)}
+    for key, value in eval_scalars(results).items():
+        record[key] = value if math.isfinite(value) else None
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+    return path
+
+
+def format_results(results: Mapping[str, float]) -> str:
+    """A two-column text table of the results."""
+    if not results:
+        return "(no results)\n"
+    width = max(len("metric"), *(len(k) for k in results))
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  {'-' * 12}"]
+    for key, value in results.items():
+        lines.append(f"{key:<{width}}  {value:.6g}")
+    return "\n".join(lines) + "\n"

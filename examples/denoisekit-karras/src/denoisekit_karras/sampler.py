@@ -1,0 +1,262 @@
+"""Euler and Heun steps on the probability-flow ODE (Karras et al. 2022, "EDM").
+
+Samplers ``euler`` (EDM Algorithm 2 without churn, i.e. Euler steps) and ``heun`` (EDM
+Algorithm 1: Heun's 2nd-order method, with an Euler step to sigma = 0 at the end), for
+models trained on a discrete variance-preserving schedule. They see the model only through
+:meth:`denoisekit.Denoiser.predict`, so they work with any backbone and prediction type.
+
+*Notation*: ``alpha_bar_t`` is the schedule's cumulative product at integer timestep
+``t``; ``sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t)`` is its noise level in the
+variance-exploding form, where the state is ``x = x_t / sqrt(alpha_bar_t)`` so that
+``x = x0 + sigma eps`` (EDM section 2 with ``s(t) = 1 / sqrt(1 + sigma²)``). The
+probability-flow ODE (EDM eq. 1 with ``sigma(t) = t``) is
+
+    dx / dsigma = (x - D(x; sigma)) / sigma = eps^(x; sigma),
+
+with ``D`` the x0 estimate; ``eps^`` is exactly the denoiser's noise estimate at the VP
+state ``x_t = sqrt(alpha_bar_t) x``. The sampler steps through the noise levels
+``sigma_{t_0} > ... > sigma_{t_{N-1}} > sigma_N = 0`` of chosen timesteps: with
+``spacing = "karras"`` the levels of EDM eq. 5,
+``sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``,
+each moved to the timestep nearest in log-sigma (the model only knows those; see
+:func:`karras_timesteps`); or the ``linspace`` / ``leading`` / ``trailing`` timesteps
+of :func:`denoisekit.diffusion.spaced_timesteps`.
+The start ``x_T ~ N(0, I)`` is the VP prior, i.e. ``x = x_T / sqrt(alpha_bar_{t_0})``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import torch
+from denoisekit import ComponentSpec, DenoiserLike, diffusion, option
+
+#: How the timesteps are chosen: EDM's rho-spacing of sigmas, or the DDIM-style spacings.
+SPACINGS: tuple[str, ...] = ("karras", *diffusion.SPACINGS)
+
+
+def _positive_int(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"'{attribute.name}' must be a positive integer: {value!r}")
+
+
+def _positive_finite(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ValueError(f"'{attribute.name}' must be a positive number: {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class EulerConfig:
+    """Options of the ``euler`` sampler."""
+
+    steps: int = option(
+        50, "noise levels visited (network evaluations = steps)", validator=_positive_int
+    )
+    spacing: str = option(
+        "karras",
+        "timesteps: karras (EDM eq. 5 rho-spacing of sigmas), linspace, leading, trailing",
+        validator=attrs.validators.in_(SPACINGS),
+    )
+    rho: float = option(7.0, "exponent of the karras spacing (EDM: 7)", validator=_positive_finite)
+    clip_denoised: bool = option(
+        False,
+        "clip each x0 estimate to [-1, 1] (not in EDM; can help undertrained models)",
+        validator=attrs.validators.instance_of(bool),
+    )
+
+
+@attrs.frozen(kw_only=True)
+class HeunConfig:
+    """Options of the ``heun`` sampler."""
+
+    steps: int = option(
+        18,
+        "noise levels visited (network evaluations = 2 steps - 1; EDM CIFAR-10: 18)",
+        validator=_positive_int,
+    )
+    spacing: str = option(
+        "karras",
+        "timesteps: karras (EDM eq. 5 rho-spacing of sigmas), linspace, leading, trailing",
+        validator=attrs.validators.in_(SPACINGS),
+    )
+    rho: float = option(7.0, "exponent of the karras spacing (EDM: 7)", validator=_positive_finite)
+    clip_denoised: bool = option(
+        False,
+        "clip each x0 estimate to [-1, 1] (not in EDM; can help undertrained models)",
+        validator=attrs.validators.instance_of(bool),
+    )
+
+
+def sigmas_of(alphas_cumprod: Sequence[float]) -> list[float]:
+    """``sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t)`` for every timestep, as floats."""
+    return [math.sqrt((1.0 - ab) / ab) for ab in alphas_cumprod]
+
+
+def karras_timesteps(alphas_cumprod: Sequence[float], steps: int, rho: float = 7.0) -> list[int]:
+    """``steps`` distinct timesteps for EDM eq. 5's noise levels, noisiest first.
+
+    ``sigma_max`` and ``sigma_min`` are the schedule's largest and smallest noise levels
+    (timesteps ``T - 1`` and ``0``). Each level goes to the timestep nearest in log-sigma;
+    where several land on one timestep (many steps, dense low-noise levels) they are nudged
+    apart to neighbouring timesteps, so that exactly ``steps`` distinct timesteps remain.
+
+    Raises:
+        ValueError: for ``steps`` outside ``[1, T]``.
+    """
+    T = len(alphas_cumprod)
+    _check_steps(steps, T)
+    log_sigma = torch.tensor(sigmas_of(alphas_cumprod), dtype=torch.float64).log()
+    s_max, s_min = log_sigma[-1].exp().item(), log_sigma[0].exp().item()
+    ramp = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
+    levels = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    ts = (levels.log()[:, None] - log_sigma[None, :]).abs().argmin(dim=1).tolist()
+    # 1. From the least noisy end: each timestep at least one above the next.
+    for i in range(steps - 2, -1, -1):
+        ts[i] = max(ts[i], ts[i + 1] + 1)
+    # 2. From the noisiest end: leave room below T for the ones before (keeps 1. true).
+    return [min(t, T - 1 - i) for i, t in enumerate(ts)]
+
+
+def _check_steps(steps: int, num_timesteps: int) -> None:
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(
+            f"'steps' ({steps}) must be in [1, {num_timesteps}] (the schedule's timesteps)"
+        )
+
+
+class KarrasSampler:
+    """Euler (``order = 1``) or Heun (``order = 2``) steps on the probability-flow ODE.
+
+    Build with :func:`build_euler` or :func:`build_heun`; see the module docstring.
+    """
+
+    def __init__(self, config: EulerConfig | HeunConfig, order: int) -> None:
+        if order not in (1, 2):
+            raise ValueError(f"order must be 1 (Euler) or 2 (Heun): {order}")
+        self.config = config
+        self.order = order
+
+    def timesteps(self, alphas_cumprod: Sequence[float]) -> list[int]:
+        """The ``steps`` distinct timesteps visited on a schedule, noisiest first.
+
+        Raises:
+            ValueError: when ``steps`` exceeds the schedule's number of timesteps.
+        """
+        c = self.config
+        if c.spacing == "karras":
+            return karras_timesteps(alphas_cumprod, c.steps, c.rho)
+        return diffusion.spaced_timesteps(len(alphas_cumprod), c.steps, c.spacing)
+
+    def num_evaluations(self, num_timesteps: int) -> int:
+        """Network evaluations per call: ``steps`` (Euler) or ``2 steps - 1`` (Heun).
+
+        Raises:
+            ValueError: when ``steps`` exceeds ``num_timesteps``.
+        """
+        n = self.config.steps
+        _check_steps(n, num_timesteps)
+        return n if self.order == 1 else 2 * n - 1
+
+    @torch.no_grad()
+    def sample(
+        self,
+        denoiser: DenoiserLike,
+        shape: Sequence[int],
+        *,
+        generator: torch.Generator | Sequence[torch.Generator] | None,
+        device: torch.device | str = "cpu",
+        cond: torch.Tensor | None = None,
+        x_T: torch.Tensor | None = None,
+        callback: Callable[[dict[str, Any]], None] | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """Draw samples by integrating the probability-flow ODE from sigma_max to 0.
+
+        Args:
+            denoiser: gives ``(eps, x0)`` at integer timesteps (:class:`denoisekit.Denoiser`).
+            shape: ``(B, C, H, W)`` (any ``(B, ...)``).
+            generator: a generator or one per image; only ``x_T`` is drawn (the ODE is
+                deterministic).
+            device: where sampling runs.
+            cond: conditioning passed to the denoiser.
+            x_T: the starting noise in the VP form (``N(0, I)``), used instead of a draw.
+            callback: called after each step's first evaluation with ``{"i", "t",
+                "sigma", "x_t" (the VP state), "x0"}``.
+            dtype: the sampling dtype; default ``x_T``'s dtype, else float32.
+
+        Returns:
+            Samples of ``shape`` clamped to [-1, 1].
+        """
+        shape = tuple(int(s) for s in shape)
+        device = torch.device(device)
+        dtype = dtype or (x_T.dtype if x_T is not None else torch.float32)
+        alpha_bar = denoiser.schedule.alphas_cumprod.tolist()  # float64 values, host side
+        ts = self.timesteps(alpha_bar)
+        # Step tables: python floats (kernel scalars: no per-step device tensors or syncs).
+        sigma_all = sigmas_of(alpha_bar)
+        sigmas = [sigma_all[t] for t in ts] + [0.0]
+        scale = [math.sqrt(alpha_bar[t]) for t in ts]  # x_t = sqrt(alpha_bar_t) x
+        N, B = len(ts), shape[0]
+        t_batch = torch.tensor(ts, dtype=torch.long).to(device).view(N, 1).expand(N, B)
+
+        if x_T is None:
+            x_T = diffusion.randn(shape, generator, device=device, dtype=dtype)
+        elif tuple(x_T.shape) != shape:
+            raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {shape}")
+        x = x_T.to(device=device, dtype=dtype) / scale[0]  # the VE state (a new tensor)
+
+        def slope(x: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """``d = (x - D(x; sigma_i)) / sigma_i``, with ``x_t`` and ``D`` (EDM eq. 3)."""
+            x_t = scale[i] * x
+            eps, x0 = denoiser.predict(x_t, t_batch[i], cond)
+            if self.config.clip_denoised:
+                x0 = x0.clamp(-1.0, 1.0)
+                eps = (x - x0) / sigmas[i]
+            return eps, x_t, x0
+
+        for i in range(N):
+            d, x_t, x0 = slope(x, i)
+            if callback is not None:
+                callback({"i": i, "t": ts[i], "sigma": sigmas[i], "x_t": x_t, "x0": x0})
+            h = sigmas[i + 1] - sigmas[i]
+            x_next = x + h * d  # Euler step (Algorithm 1, line 5)
+            if self.order == 2 and sigmas[i + 1] > 0.0:
+                # Heun's correction (Algorithm 1, lines 7-8): average the slopes at both ends.
+                d_next, _, _ = slope(x_next, i + 1)
+                x_next = x + h * (0.5 * d + 0.5 * d_next)
+            x = x_next
+        return x.clamp(-1.0, 1.0)
+
+    def __repr__(self) -> str:
+        return f"KarrasSampler(order={self.order}, {self.config!r})"
+
+
+def build_euler(config: EulerConfig) -> KarrasSampler:
+    """Build the Euler sampler."""
+    return KarrasSampler(config, order=1)
+
+
+def build_heun(config: HeunConfig) -> KarrasSampler:
+    """Build the Heun sampler."""
+    return KarrasSampler(config, order=2)
+
+
+SPECS: list[ComponentSpec] = [
+    ComponentSpec(
+        kind="sampler",
+        name="euler",
+        config=EulerConfig,
+        build=build_euler,
+        summary="Euler steps on the probability-flow ODE (Karras et al. 2022, Algorithm 2)",
+    ),
+    ComponentSpec(
+        kind="sampler",
+        name="heun",
+        config=HeunConfig,
+        build=build_heun,
+        summary="Heun steps on the probability-flow ODE (Karras et al. 2022, Algorithm 1)",
+    ),
+]

@@ -1,0 +1,106 @@
+"""Tests of denoisekit-karras, written with denoisekit's testing kit.
+
+``pytest`` here loads the kit as a plugin (``addopts = "-p denoisekit.testing"`` in
+pyproject.toml): the ``tiny_recipe`` fixture, and :class:`ComponentConformance`, which runs
+the conformance suite of each kind and a tiny training run on every component below.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, ClassVar
+
+import pytest
+import torch
+from denoisekit import Denoiser
+from denoisekit.testing import ComponentConformance, ToyBackbone, toy_schedule, train_tiny
+
+from denoisekit_karras.sampler import EulerConfig, HeunConfig, build_heun, karras_timesteps
+
+PLUGIN = "denoisekit_karras.plugin"
+
+
+class TestKarras(ComponentConformance):
+    plugins: ClassVar[list[Any]] = [PLUGIN]
+    configs: ClassVar[dict[str, list[Any]]] = {
+        "sampler:euler": [
+            EulerConfig(),
+            EulerConfig(steps=7, spacing="trailing", clip_denoised=True),
+        ],
+        "sampler:heun": [HeunConfig(), HeunConfig(steps=3, spacing="linspace", rho=3.0)],
+    }
+    run_options: ClassVar[dict[str, dict[str, Any]]] = {
+        "sampler:euler": {"steps": 4},
+        "sampler:heun": {"steps": 3},
+    }
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 18, 99, 100])
+def test_karras_timesteps_are_distinct_and_span_the_schedule(steps):
+    ab = toy_schedule(100).alphas_cumprod.tolist()
+    ts = karras_timesteps(ab, steps)
+    assert len(ts) == steps == len(set(ts))
+    assert ts == sorted(ts, reverse=True)
+    assert ts[0] == 99
+    assert steps == 1 or ts[-1] == 0
+
+
+def test_karras_levels_follow_eq_5_where_timesteps_are_dense():
+    """On a 1000-step schedule the chosen sigmas are within a step of EDM eq. 5's levels."""
+    from denoisekit import DiscreteSchedule
+
+    from denoisekit_karras.sampler import sigmas_of
+
+    ab = DiscreteSchedule.from_betas(torch.linspace(1e-4, 0.02, 1000)).alphas_cumprod.tolist()
+    sigma = sigmas_of(ab)
+    n, rho = 10, 7.0
+    ts = karras_timesteps(ab, n, rho)
+    for i, t in enumerate(ts):
+        level = (
+            sigma[-1] ** (1 / rho) + i / (n - 1) * (sigma[0] ** (1 / rho) - sigma[-1] ** (1 / rho))
+        ) ** rho
+        lo, hi = sigma[max(t - 1, 0)], sigma[min(t + 1, 999)]
+        assert lo <= level <= hi or math.isclose(level, sigma[t], rel_tol=1e-9)
+
+
+def test_heun_makes_two_evaluations_per_step_but_the_last():
+    sched = toy_schedule(50)
+    model = ToyBackbone(1)
+    sampler = build_heun(HeunConfig(steps=6))
+    sampler.sample(Denoiser(model, sched), (2, 1, 2, 2), generator=torch.Generator().manual_seed(0))
+    assert model.calls == 11 == sampler.num_evaluations(50)
+
+
+def test_loss_by_sigma_logs_each_band(tiny_recipe, tmp_path):
+    path = tiny_recipe({"hooks": {"loss-by-sigma": {"bins": 3}}, "train": {"steps": 4}})
+    run = train_tiny(path, plugins=[PLUGIN], out_dir=tmp_path / "run")
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert len(rows) == 4
+    bands = {k for row in rows for k in row if k.startswith("loss_sigma/")}
+    assert 1 <= len(bands) <= 3
+    for row in rows:
+        for key in bands & set(row):
+            assert math.isfinite(row[key]) and row[key] > 0
+    assert run.hooks["loss-by-sigma"].counts.sum().item() == 0  # reset at every log
+
+
+def test_registers_exactly_its_components(pm):
+    """The ``pm`` fixture: a fresh plugin manager with no plugins at all."""
+    from denoisekit.registry import Registry
+
+    import denoisekit_karras.plugin
+
+    pm.register_named(denoisekit_karras.plugin, "karras", "api")
+    names = {(e.kind, e.name) for e in Registry.from_plugin_manager(pm).entries()}
+    expected = {("sampler", "euler"), ("sampler", "heun"), ("backbone", "tinyconv")}
+    assert names == expected | {("hook", "loss-by-sigma")}
+
+
+def test_names_do_not_clash_with_the_builtins(registry):
+    """The ``registry`` fixture: the built-in components."""
+    assert "ddim" in registry.names("sampler")
+    assert not {"euler", "heun"} & set(registry.names("sampler"))
+    assert "tinyconv" not in registry.names("backbone")

@@ -1,0 +1,155 @@
+"""Metrics during training (``[hooks.evaluate]``).
+
+Every ``every`` optimization steps (and when training ends) the hook runs the recipe's
+``[metrics.NAME]`` tables (all of them, or those ``metrics`` names) on the training run:
+sampling metrics draw from the sampling weights (the EMA where ``[hooks.ema]`` is on,
+through ``run.sampling_denoiser()``), ``nll`` evaluates them on held-out data. The results
+are logged through ``denoisekit_log_scalars`` as ``eval/<key>`` (``eval/fd``,
+``eval/nll_bpd``): ``metrics.jsonl`` and TensorBoard receive them like the loss.
+
+Evaluation leaves training untouched: it uses its own random generators (samples seeded
+per image from ``seed``), puts the model back in training mode and keeps no state in
+checkpoints. Keep it cheap: fewer samples than a final evaluation (``num_samples``) and,
+for ``nll``, subsampled timesteps (``[metrics.nll] timesteps = 50``).
+
+Recipe example::
+
+    [metrics.fd]
+    features = "digits"
+
+    [hooks.evaluate]
+    every = 1000
+    num_samples = 500
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import attrs
+
+from denoisekit import ComponentSpec, hookimpl
+from denoisekit.config import option
+from denoisekit.errors import RecipeError
+from denoisekit.evaluation import EvalContext, build_metrics, eval_scalars, evaluate
+
+log = logging.getLogger(__name__)
+
+
+def _names(inst: Any, attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"'{attribute.name}[{i}]' must be a metric table name: {name!r}")
+
+
+@attrs.frozen(kw_only=True)
+class EvaluateConfig:
+    """Options of ``[hooks.evaluate]``."""
+
+    every: int = option(
+        1000,
+        "optimization steps between evaluations",
+        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+    )
+    at_end: bool = option(
+        True, "also evaluate when training ends", validator=attrs.validators.instance_of(bool)
+    )
+    metrics: tuple[str, ...] = option(
+        (), "names of the recipe's [metrics.NAME] tables to run; empty: all", validator=_names
+    )
+    num_samples: int = option(
+        500,
+        "images drawn for the sampling metrics",
+        validator=[attrs.validators.instance_of(int), attrs.validators.gt(1)],
+    )
+    batch_size: int = option(
+        256,
+        "images per sampling batch",
+        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+    )
+    seed: int = option(
+        0, "image i is seeded from (seed, i)", validator=attrs.validators.instance_of(int)
+    )
+
+
+class EvaluateHook:
+    """The run hook; build with :func:`build_evaluate`.
+
+    Attributes:
+        metrics: name → metric, built at configure time.
+        last_step: the step of the last evaluation, or None.
+        history: ``(step, results)`` of every evaluation of this process.
+    """
+
+    def __init__(self, config: EvaluateConfig) -> None:
+        self.config = config
+        self.metrics: dict[str, Any] = {}
+        self.last_step: int | None = None
+        self.history: list[tuple[int, dict[str, float]]] = []
+        self._reference: Any = None
+
+    @hookimpl
+    def denoisekit_configure(self, run: Any) -> None:
+        tables = run.recipe.metrics
+        names = list(self.config.metrics) or list(tables)
+        where = f"{run.recipe.path}: " if run.recipe.path is not None else ""
+        if not names:
+            raise RecipeError(
+                f"{where}hooks.evaluate: the recipe has no [metrics.NAME] tables to run; add "
+                'one, e.g. [metrics.fd] features = "digits"'
+            )
+        unknown = [n for n in names if n not in tables]
+        if unknown:
+            known = ", ".join(tables) or "none"
+            raise RecipeError(
+                f"{where}hooks.evaluate.metrics: no [metrics.{unknown[0]}] table in the recipe "
+                f"(its metrics: {known})"
+            )
+        self.metrics = build_metrics(run.recipe, run.registry, names)
+
+    def evaluate(self, run: Any, step: int) -> dict[str, float]:
+        """Run the metrics now and log them as ``eval/<key>`` at ``step``."""
+        context = EvalContext(
+            run=run,
+            seed=self.config.seed,
+            num_samples=self.config.num_samples,
+            batch_size=self.config.batch_size,
+            reference=self._reference,
+        )
+        results = evaluate(context, self.metrics)
+        self._reference = context.reference  # built once, reused by later evaluations
+        run.pm.hook.denoisekit_log_scalars(run=run, step=step, scalars=eval_scalars(results))
+        self.last_step = step
+        self.history.append((step, results))
+        log.info("evaluate at step %d: %s", step, results)
+        return results
+
+    @hookimpl
+    def denoisekit_train_step_end(self, run: Any, step: int) -> None:
+        if step % self.config.every == 0:
+            self.evaluate(run, step)
+
+    @hookimpl
+    def denoisekit_train_end(self, run: Any) -> None:
+        if self.config.at_end and self.last_step != run.step:
+            self.evaluate(run, run.step)
+
+
+def build_evaluate(config: EvaluateConfig) -> EvaluateHook:
+    """Build the evaluate hook."""
+    return EvaluateHook(config)
+
+
+@hookimpl
+def denoisekit_components() -> list[ComponentSpec]:
+    """Register ``evaluate``."""
+    return [
+        ComponentSpec(
+            kind="hook",
+            name="evaluate",
+            config=EvaluateConfig,
+            build=build_evaluate,
+            summary="run the recipe's [metrics.*] every N steps; log them as eval/<key>.",
+        )
+    ]

@@ -1,0 +1,97 @@
+"""Sampling cost: seconds and network evaluations per image (``[metrics.sample_time]``).
+
+By default it reports how the evaluation's shared sample set was drawn (no extra work):
+the wall time from the first batch to a device synchronization after the last, divided
+by the number of images, and the network evaluations per image, counted through
+``Denoiser.nfe`` (one per ``predict`` call on a batch; falls back to the sampler's
+``num_evaluations`` for a sampler that bypasses ``predict``). Everything the sampling
+includes counts: the batches' copies to the CPU too.
+
+With ``num_images`` set it times a separate draw of that many images instead, after an
+untimed warm-up batch (CUDA kernels, cuDNN autotuning and ``torch.compile`` pay their
+start-up costs there).
+
+Recipe example::
+
+    [metrics.sample_time]
+    num_images = 256
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from denoisekit import ComponentSpec, hookimpl
+from denoisekit.config import option
+from denoisekit.errors import DenoisekitError
+from denoisekit.evaluation import EvalContext, draw_samples
+
+
+def _optional_positive(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"'{attribute.name}' must be a positive integer: {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class SampleTimeConfig:
+    """Options of ``[metrics.sample_time]``."""
+
+    num_images: int | None = option(
+        None,
+        "None: time the evaluation's shared sample set; N: time a separate draw of N images "
+        "after a warm-up batch",
+        validator=_optional_positive,
+    )
+    warmup: bool = option(
+        True,
+        "draw an untimed batch first (with num_images set)",
+        validator=attrs.validators.instance_of(bool),
+    )
+
+
+class SampleTimeMetric:
+    """The ``sample_time`` metric: ``sec_per_image`` and ``nfe_per_image``."""
+
+    name = "sample_time"
+    requires_model = True  # cannot score a sample file
+
+    def __init__(self, config: SampleTimeConfig) -> None:
+        self.config = config
+
+    def __call__(self, context: EvalContext) -> dict[str, float]:
+        run = context.require_run(self.name)
+        n = self.config.num_images
+        if n is None:
+            drawn = context.samples()
+        else:
+            batch = min(context.batch_size, n)
+            if self.config.warmup:
+                draw_samples(run, batch, seed=context.seed + 1, batch_size=batch)
+            drawn = draw_samples(run, n, seed=context.seed, batch_size=batch)
+        if drawn.seconds is None or drawn.nfe_per_image is None:
+            raise DenoisekitError("sample_time: these samples were given, not drawn: no timing")
+        return {
+            "sec_per_image": drawn.seconds / drawn.num_images,
+            "nfe_per_image": float(drawn.nfe_per_image),
+        }
+
+
+def build_sample_time(config: SampleTimeConfig) -> SampleTimeMetric:
+    """Build the sample-time metric."""
+    return SampleTimeMetric(config)
+
+
+@hookimpl
+def denoisekit_components() -> list[ComponentSpec]:
+    """Register ``sample_time``."""
+    return [
+        ComponentSpec(
+            kind="metric",
+            name="sample_time",
+            config=SampleTimeConfig,
+            build=build_sample_time,
+            summary="seconds and network evaluations per sampled image.",
+        )
+    ]
