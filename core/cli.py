@@ -75,7 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("compare", help="run variants of recipes side by side in TensorBoard")
-    p.add_argument("recipes", type=Path, nargs="+", metavar="RECIPE")
+    p.add_argument("recipes", type=Path, nargs="*", metavar="RECIPE")
+    p.add_argument(
+        "--run",
+        type=Path,
+        metavar="RUN_OR_CHECKPOINT",
+        help="reuse this trained run for every variant (they may vary only sampling options)",
+    )
     p.add_argument(
         "--vary",
         action="append",
@@ -286,10 +292,13 @@ def _sample(args: argparse.Namespace, dist: Any) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from denoisekit.compare import plan, run_compare, training_groups
 
-    variants = plan(args.recipes, args.vary, args.overrides)
+    if bool(args.recipes) == (args.run is not None):
+        raise DenoisekitError("compare takes recipe files or --run RUN_OR_CHECKPOINT (one of)")
+    variants = plan(args.recipes, args.vary, args.overrides, from_run=args.run)
     groups = training_groups(variants)
     if args.dry_run:
-        print(f"{len(variants)} variant(s), {len(groups)} training run(s):")
+        trainings = 0 if args.run is not None else len(groups)
+        print(f"{len(variants)} variant(s), {trainings} training run(s):")
         for group, members in groups.items():
             print(f"  train {group}")
             for variant in members:
@@ -302,6 +311,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         metrics=args.metric,
+        from_run=args.run,
     )
     print(
         f"wrote {args.out / 'compare.md'}, compare.csv, compare.png; "

@@ -89,22 +89,36 @@ def _train_key(recipe: Recipe) -> str:
 
 
 def plan(
-    recipes: Sequence[Path], vary: Sequence[str], overrides: Sequence[str] = ()
+    recipes: Sequence[Path],
+    vary: Sequence[str],
+    overrides: Sequence[str] = (),
+    *,
+    from_run: Path | None = None,
 ) -> list[Variant]:
-    """Every variant, in order: recipe files, then the ``--vary`` product."""
+    """Every variant, in order: recipe files, then the ``--vary`` product.
+
+    With ``from_run`` (a run folder or checkpoint) the variants start from that run's
+    stored recipe and may vary only sampling options (``[sampler]``, ``[metrics]``): they
+    all reuse its trained weights.
+    """
     axes = [parse_vary(v) for v in vary]
     combos = list(itertools.product(*[[(k, v) for v in values] for k, values in axes]))
+    sources: list[Path | None] = [None] if from_run is not None else list(recipes)
     variants: list[Variant] = []
-    for path in recipes:
+    for path in sources:
         for combo in combos:
             sets = [*overrides, *(f"{k}={v}" for k, v in combo)]
-            recipe = load_recipe(path, sets)
-            if "tensorboard" not in recipe.hooks:  # loss curves in the one log directory
-                recipe = load_recipe(path, [*sets, "hooks.tensorboard={}"])
+            if path is None:
+                recipe = _recipe_of_run(Path(from_run), sets)  # type: ignore[arg-type]
+            else:
+                recipe = load_recipe(path, sets)
+                if "tensorboard" not in recipe.hooks:  # loss curves in the one log directory
+                    recipe = load_recipe(path, [*sets, "hooks.tensorboard={}"])
             parts = [f"{k}={v}" for k, v in combo]
-            if len(recipes) > 1:
-                parts.insert(0, Path(path).stem)
-            name = _slug(",".join(parts)) if parts else _slug(Path(path).stem)
+            if len(sources) > 1 and path is not None:
+                parts.insert(0, path.stem)
+            stem = path.stem if path is not None else recipe.name
+            name = _slug(",".join(parts)) if parts else _slug(stem)
             variants.append(
                 Variant(
                     name=name,
@@ -116,7 +130,32 @@ def plan(
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise DenoisekitError("two variants have the same name: vary different keys or files")
+    if from_run is not None and {v.train_key for v in variants} != {
+        _train_key(_recipe_of_run(Path(from_run), ()))
+    }:
+        raise DenoisekitError(
+            f"{from_run}: variants of a trained run may vary only [sampler] and [metrics] "
+            "options; vary training options with a recipe file instead"
+        )
     return variants
+
+
+def _recipe_of_run(path: Path, overrides: Sequence[str]) -> Recipe:
+    """The recipe stored in a run's checkpoint, with overrides applied."""
+    import tomllib
+
+    from denoisekit.checkpoint import load_checkpoint
+    from denoisekit.plugin_manager import get_plugin_manager
+    from denoisekit.recipe import _Origins, apply_overrides, recipe_from_data
+    from denoisekit.registry import Registry
+    from denoisekit.sampling import find_checkpoint
+
+    checkpoint = find_checkpoint(path)
+    data = tomllib.loads(load_checkpoint(checkpoint)["recipe"])
+    origins = _Origins()
+    data = apply_overrides(data, overrides, origins)
+    registry = Registry.from_plugin_manager(get_plugin_manager(plugins=data.get("plugins", [])))
+    return recipe_from_data(data, registry, source=checkpoint, origins=origins)
 
 
 def training_groups(variants: Sequence[Variant]) -> dict[str, list[Variant]]:
@@ -168,8 +207,9 @@ def run_compare(
     row_images: int = 8,
     metrics: Sequence[str] = (),
     log: Callable[[str], None] = print,
+    from_run: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Train each group once, sample and score every variant, write the outputs."""
+    """Train each group once (or load ``from_run``), sample and score every variant."""
     from torch.utils.tensorboard import SummaryWriter
 
     from denoisekit.evaluation import SampleSet
@@ -180,9 +220,15 @@ def run_compare(
     picture_rows: list[torch.Tensor] = []
     for group, members in training_groups(variants).items():
         recipe = members[0].recipe
-        log(f"training {group} ({recipe.train.steps} steps) for {len(members)} variant(s)")
-        run = build_run(recipe, out_dir=out_dir / "train" / group)
-        train(run)
+        if from_run is not None:
+            from denoisekit.sampling import load_trained
+
+            log(f"sampling {len(members)} variant(s) from the trained run {from_run}")
+            run = load_trained(from_run)
+        else:
+            log(f"training {group} ({recipe.train.steps} steps) for {len(members)} variant(s)")
+            run = build_run(recipe, out_dir=out_dir / "train" / group)
+            train(run)
         train_loss = _last_loss(run.out_dir / "metrics.jsonl")
         model_cache: dict[str, dict[str, float]] = {}
         for variant in members:

@@ -206,3 +206,38 @@ def test_tensorboard_server_shows_hparams_and_scalars(compared):
 def test_training_groups_named_by_training_keys(recipe_path):
     variants = plan([recipe_path], ["sampler.steps=2,3"])
     assert list(training_groups(variants)) == ["base"]
+
+
+def test_compare_from_a_trained_run_trains_nothing(recipe_path, tmp_path, capsys):
+    run_dir = tmp_path / "trained"
+    assert (
+        main(
+            ["train", str(recipe_path), "--out", str(run_dir), "--set", "hooks.checkpoint.every=2"]
+        )
+        == 0
+    )
+    out = tmp_path / "cmp"
+    assert (
+        main(
+            [
+                "compare",
+                "--run",
+                str(run_dir),
+                "--vary",
+                "sampler.type=ddpm,ddim",
+                "--vary",
+                "sampler.steps=2,3",
+                "-n",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert not (out / "train").exists()
+    assert len((out / "compare.csv").read_text().splitlines()) == 1 + 4
+    assert "sampler.type=ddim,sampler.steps=3" in (out / "compare.md").read_text()
+    status = main(["compare", "--run", str(run_dir), "--vary", "schedule.type=linear", "--dry-run"])
+    assert status == 2
+    assert "may vary only [sampler] and [metrics]" in capsys.readouterr().err
