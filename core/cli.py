@@ -454,9 +454,17 @@ def format_plugins(registry: Any, kind: str | None = None) -> str:
 
 
 def _type_text(tp: Any) -> str:
+    """A field's type as written in source, whether or not attrs has resolved it yet.
+
+    Unresolved annotations are strings (``from __future__ import annotations``);
+    cattrs resolves them in place the first time it structures the class, so both
+    forms must render alike (``tuple[int, ...]``, not the alias's ``__name__``).
+    """
     if isinstance(tp, str):
         return tp
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
 
 
 def _default_text(field: attrs.Attribute) -> str:

@@ -223,3 +223,20 @@ def test_guide_paths_exist(guide):
     paths = set(re.findall(r"`((?:examples|recipes|core|plugins|tests|docs)/[\w./-]+)`", text))
     missing = sorted(p for p in paths if not (ROOT / p.rstrip("/")).exists())
     assert not missing, f"{guide} names files that do not exist: {missing}"
+
+
+def test_option_types_render_alike_before_and_after_attrs_resolves_them(registry):
+    """cattrs resolves string annotations in place when it first structures a class;
+    the generated reference must not depend on whether a test did that first."""
+    import typing
+
+    from denoisekit.cli import _type_text
+
+    for entry in registry.entries():
+        cls = entry.spec.config
+        resolved = typing.get_type_hints(cls)
+        for field in attrs.fields(cls):
+            written = cls.__annotations__.get(field.name, field.type)
+            assert _type_text(written) == _type_text(resolved[field.name]), (
+                f"{entry.kind}.{entry.name}.{field.name}"
+            )
