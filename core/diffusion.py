@@ -465,3 +465,31 @@ def randn(
     if len({p.device for p in parts}) == 1:  # one concatenation, one copy to `device`
         return torch.cat(parts, dim=0).to(device=device, dtype=dtype)
     return torch.cat([p.to(device) for p in parts], dim=0).to(dtype=dtype)
+
+
+def start_noise(
+    shape: Sequence[int],
+    generator: GeneratorArg,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    x_T: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A sampler's starting point ``x_T``: the caller's, or a per-image draw.
+
+    Args:
+        shape: ``(B, ...)``, the shape of the samples.
+        generator: as for :func:`randn` (used only when ``x_T`` is None).
+        device: where sampling runs.
+        dtype: the sampling dtype; default ``x_T``'s dtype, else float32.
+        x_T: the starting noise to use instead of a draw; copied (never modified in place).
+
+    Raises:
+        ValueError: when ``x_T`` does not have ``shape``.
+    """
+    shape = tuple(int(s) for s in shape)
+    if x_T is None:
+        return randn(shape, generator, device=device, dtype=dtype or torch.float32)
+    if tuple(x_T.shape) != shape:
+        raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {shape}")
+    return x_T.to(device=device, dtype=dtype or x_T.dtype, copy=True)

@@ -27,7 +27,7 @@ import torch
 
 from denoisekit import ComponentSpec, DenoiserLike, hookimpl
 from denoisekit.config import option, unit_interval
-from denoisekit.diffusion import SPACINGS, randn, spaced_timesteps
+from denoisekit.diffusion import SPACINGS, randn, spaced_timesteps, start_noise
 
 
 @attrs.frozen(kw_only=True)
@@ -108,7 +108,6 @@ class DDIMSampler:
         """
         shape = tuple(int(s) for s in shape)
         device = torch.device(device)
-        dtype = dtype or (x_T.dtype if x_T is not None else torch.float32)
         alpha_bar = denoiser.schedule.alphas_cumprod.tolist()  # float64 values, host side
         ts = self.timesteps(len(alpha_bar))
         eta = self.config.eta
@@ -127,12 +126,8 @@ class DDIMSampler:
         K, B = len(ts), shape[0]
         t_batch = torch.tensor(ts, dtype=torch.long).to(device).view(K, 1).expand(K, B)
 
-        if x_T is None:
-            x = randn(shape, generator, device=device, dtype=dtype)
-        else:
-            if tuple(x_T.shape) != shape:
-                raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {shape}")
-            x = x_T.to(device=device, dtype=dtype, copy=True)
+        x = start_noise(shape, generator, device=device, dtype=dtype, x_T=x_T)
+        dtype = x.dtype
 
         for n in range(K):
             eps, x0 = denoiser.predict(x, t_batch[n], cond)

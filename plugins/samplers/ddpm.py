@@ -21,7 +21,7 @@ import torch
 
 from denoisekit import ComponentSpec, DenoiserLike, hookimpl
 from denoisekit.config import option
-from denoisekit.diffusion import SPACINGS, DiscreteSchedule, randn, spaced_timesteps
+from denoisekit.diffusion import SPACINGS, DiscreteSchedule, randn, spaced_timesteps, start_noise
 
 VARIANCES = ("fixed_small", "fixed_large")
 
@@ -103,7 +103,6 @@ class DDPMSampler:
         """
         shape = tuple(int(s) for s in shape)
         device = torch.device(device)
-        dtype = dtype or (x_T.dtype if x_T is not None else torch.float32)
         schedule = denoiser.schedule
         # Step tables, built once per call. `respace` keeps alpha_bar at the kept timesteps;
         # its index i maps to original timestep timestep_map[i] (ascending).
@@ -118,12 +117,8 @@ class DDPMSampler:
         K, B = len(ts), shape[0]
         t_batch = timestep_map.to(device).view(K, 1).expand(K, B)  # row i: t_i for the batch
 
-        if x_T is None:
-            x = randn(shape, generator, device=device, dtype=dtype)
-        else:
-            if tuple(x_T.shape) != shape:
-                raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {shape}")
-            x = x_T.to(device=device, dtype=dtype, copy=True)
+        x = start_noise(shape, generator, device=device, dtype=dtype, x_T=x_T)
+        dtype = x.dtype
 
         for n, i in enumerate(range(K - 1, -1, -1)):  # n: steps taken; i: respaced index
             _, x0 = denoiser.predict(x, t_batch[i], cond)

@@ -333,3 +333,21 @@ def test_tables_and_randn_on_cuda(sched):
     assert x.is_cuda
     x_t = D.q_sample(sched, x, torch.tensor([0, 5], device="cuda"), x)
     assert x_t.is_cuda
+
+
+def test_start_noise_draws_per_image_or_copies_the_callers_x_T():
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    drawn = D.start_noise((3, 2, 4, 4), gens)
+    expected = torch.cat(
+        [torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    )
+    assert drawn.dtype == torch.float32 and torch.equal(drawn, expected)
+
+    x_T = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    start = D.start_noise((3, 2, 4, 4), None, x_T=x_T)
+    assert start.dtype == torch.float64 and torch.equal(start, x_T)
+    start.add_(1.0)  # a copy: the caller's tensor is left alone
+    assert not torch.equal(start, x_T)
+    assert D.start_noise((3, 2, 4, 4), None, x_T=x_T, dtype=torch.float32).dtype == torch.float32
+    with pytest.raises(ValueError, match=r"x_T has shape \(3, 2, 4, 4\), expected \(3, 2, 8, 8\)"):
+        D.start_noise((3, 2, 8, 8), None, x_T=x_T)

@@ -192,7 +192,6 @@ class KarrasSampler:
         """
         shape = tuple(int(s) for s in shape)
         device = torch.device(device)
-        dtype = dtype or (x_T.dtype if x_T is not None else torch.float32)
         alpha_bar = denoiser.schedule.alphas_cumprod.tolist()  # float64 values, host side
         ts = self.timesteps(alpha_bar)
         # Step tables: python floats (kernel scalars: no per-step device tensors or syncs).
@@ -202,11 +201,8 @@ class KarrasSampler:
         N, B = len(ts), shape[0]
         t_batch = torch.tensor(ts, dtype=torch.long).to(device).view(N, 1).expand(N, B)
 
-        if x_T is None:
-            x_T = diffusion.randn(shape, generator, device=device, dtype=dtype)
-        elif tuple(x_T.shape) != shape:
-            raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {shape}")
-        x = x_T.to(device=device, dtype=dtype) / scale[0]  # the VE state (a new tensor)
+        x_T = diffusion.start_noise(shape, generator, device=device, dtype=dtype, x_T=x_T)
+        x = x_T / scale[0]  # the VE state
 
         def slope(x: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             """``d = (x - D(x; sigma_i)) / sigma_i``, with ``x_t`` and ``D`` (EDM eq. 3)."""
