@@ -275,6 +275,20 @@ class Run:
     def num_classes(self) -> int | None:
         return getattr(self.model, "num_classes", None)
 
+    def optimizer_step_skipped(self) -> bool:
+        """Whether a hook (the float16 AMP hook's GradScaler) skipped the last optimizer step.
+
+        Asks every hook that has a ``step_skipped()`` method (a device tensor, or None when
+        it has not decided); one host sync where there is such a hook.
+        """
+        for hook in self.hooks.values():
+            step_skipped = getattr(hook, "step_skipped", None)
+            if callable(step_skipped):
+                skipped = step_skipped()
+                if skipped is not None and bool(skipped):
+                    return True
+        return False
+
     def sampling_denoiser(self) -> Denoiser:
         """The denoiser over the sampling weights (EMA where the hook is on)."""
         model = self.pm.hook.denoisekit_sampling_model(run=self)

@@ -258,15 +258,7 @@ class CheckpointHook:
 
 def _loss_ok(run: Any, loss: torch.Tensor) -> bool:
     """Finite, or not finite on a step the float16 loss scaler skipped (one host sync)."""
-    if bool(torch.isfinite(loss).all()):
-        return True
-    for hook in run.hooks.values():
-        step_skipped = getattr(hook, "step_skipped", None)
-        if callable(step_skipped):
-            skipped = step_skipped()
-            if skipped is not None and bool(skipped):
-                return True
-    return False
+    return bool(torch.isfinite(loss).all()) or run.optimizer_step_skipped()
 
 
 def _replace_with_link(target: Path, link: Path) -> None:

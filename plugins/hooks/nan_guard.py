@@ -74,7 +74,7 @@ class NaNGuardHook:
         if bool(torch.isfinite(loss).all()):
             self.skipped_in_a_row = 0
             return
-        if _scaler_skipped(run):
+        if run.optimizer_step_skipped():
             self.skipped_in_a_row += 1
             if self.skipped_in_a_row <= self.config.amp_max_skipped:
                 return
@@ -89,17 +89,6 @@ class NaNGuardHook:
             else f"lower optimizer.lr or train.grad_clip (now {clip})"
         )
         raise NonFiniteLossError(f"step {step}: loss is {what}; {_last_good(run)}; {advice}")
-
-
-def _scaler_skipped(run: Any) -> bool:
-    """Whether a float16 loss scaler (the amp hook) skipped the last optimizer step."""
-    for hook in run.hooks.values():
-        step_skipped = getattr(hook, "step_skipped", None)
-        if callable(step_skipped):
-            skipped = step_skipped()
-            if skipped is not None and bool(skipped):
-                return True
-    return False
 
 
 def _last_good(run: Any) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from types import MethodType, SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +11,7 @@ from denoisekit import hookimpl
 from denoisekit.checkpoint import load_checkpoint
 from denoisekit.errors import NonFiniteLossError
 from denoisekit.plugins.hooks.nan_guard import NaNGuardConfig, NaNGuardHook
-from denoisekit.training import train
+from denoisekit.training import Run, train
 from tests.plugins.hook_runs import single_thread, tiny_recipe, tiny_run
 
 
@@ -55,7 +55,9 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path) -> 
 
 def _fake_run(hooks: dict | None = None, grad_clip: float | None = None) -> SimpleNamespace:
     recipe = SimpleNamespace(train=SimpleNamespace(grad_clip=grad_clip))
-    return SimpleNamespace(hooks=hooks or {}, recipe=recipe)
+    run = SimpleNamespace(hooks=hooks or {}, recipe=recipe)
+    run.optimizer_step_skipped = MethodType(Run.optimizer_step_skipped, run)
+    return run
 
 
 def _step_end(hook: NaNGuardHook, run, step: int, loss: float) -> None:
