@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from denoisekit import diffusion
 from denoisekit.diffusion import DiscreteSchedule
 
 __all__ = ["PREDICTION_TYPES", "Denoiser"]
@@ -95,25 +96,15 @@ class Denoiser:
         # Under autocast the backbone may answer in half precision: do the conversions in
         # the sampler state's dtype.
         out = out.to(x_t.dtype)
-        # Notation: a = sqrt(alpha_bar_t), s = sqrt(1 - alpha_bar_t); x_t = a x0 + s eps.
-        tab = self.schedule.tables(x_t.device, x_t.dtype)
-        shape = (-1, *([1] * (x_t.ndim - 1)))
         if self.prediction_type == "eps":
             eps = out
-            x0 = (
-                tab.sqrt_recip_alpha_bar[t].reshape(shape) * x_t
-                - tab.sqrt_recipm1_alpha_bar[t].reshape(shape) * eps
-            )
+            x0 = diffusion.predict_x0_from_eps(self.schedule, x_t, t, eps)
         elif self.prediction_type == "x0":
             x0 = out
-            eps = (x_t - tab.sqrt_alpha_bar[t].reshape(shape) * x0) / tab.sqrt_one_minus_alpha_bar[
-                t
-            ].reshape(shape)
-        else:  # "v": x0 = a x_t - s v, eps = s x_t + a v (Salimans & Ho 2022, appendix D)
-            a = tab.sqrt_alpha_bar[t].reshape(shape)
-            s = tab.sqrt_one_minus_alpha_bar[t].reshape(shape)
-            x0 = a * x_t - s * out
-            eps = s * x_t + a * out
+            eps = diffusion.predict_eps_from_x0(self.schedule, x_t, t, x0)
+        else:  # "v" (Salimans & Ho 2022, appendix D)
+            x0 = diffusion.x0_from_v(self.schedule, x_t, t, out)
+            eps = diffusion.eps_from_v(self.schedule, x_t, t, out)
         return eps, x0
 
     def __repr__(self) -> str:

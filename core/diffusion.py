@@ -40,6 +40,7 @@ __all__ = [
     "q_sample",
     "randn",
     "spaced_timesteps",
+    "start_noise",
     "v_from_eps_x0",
     "x0_from_v",
 ]
@@ -452,7 +453,7 @@ def randn(
     if generator is None or isinstance(generator, torch.Generator):
         gen_device = device if generator is None else generator.device
         x = torch.randn(shape, generator=generator, device=gen_device, dtype=draw_dtype)
-        return x.to(device=device, dtype=dtype)
+        return _to_device(x, device).to(dtype=dtype)
     generators = list(generator)
     if not shape or len(generators) != shape[0]:
         raise ValueError(
@@ -463,8 +464,16 @@ def randn(
         torch.randn(per_image, generator=g, device=g.device, dtype=draw_dtype) for g in generators
     ]
     if len({p.device for p in parts}) == 1:  # one concatenation, one copy to `device`
-        return torch.cat(parts, dim=0).to(device=device, dtype=dtype)
-    return torch.cat([p.to(device) for p in parts], dim=0).to(dtype=dtype)
+        return _to_device(torch.cat(parts, dim=0), device).to(dtype=dtype)
+    return torch.cat([_to_device(p, device) for p in parts], dim=0).to(dtype=dtype)
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``; a host tensor goes to CUDA through pinned memory, asynchronously
+    (a copy from pageable memory would make the host wait for the queued kernels)."""
+    if x.device.type == "cpu" and device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 def start_noise(

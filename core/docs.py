@@ -241,6 +241,12 @@ HOOK_EXAMPLES: dict[str, str] = {
                 run.optimizer.step()
                 return True  # handled: the core's default (trylast) is skipped
     """,
+    "denoisekit_optimizer_step_skipped": """
+        class SkipsStepsWithNonFiniteGrads:
+            @denoisekit.hookimpl
+            def denoisekit_optimizer_step_skipped(self, run):
+                return self.found_inf > 0  # a device tensor: the caller reads it
+    """,
     "denoisekit_train_step_end": """
         class PrintLoss:
             @denoisekit.hookimpl
@@ -343,7 +349,8 @@ and `denoisekit_backward` for each of `train.grad_accum` micro-batches,
 steps `denoisekit_log_scalars`; finally `denoisekit_train_end`, or
 `denoisekit_train_error` when the loop stops on an exception or an interrupt.
 `denoisekit_state_dict` and `denoisekit_load_state_dict` are called when a checkpoint is
-written or loaded, `denoisekit_sampling_model` whenever the run samples.
+written or loaded, `denoisekit_sampling_model` whenever the run samples, and
+`denoisekit_optimizer_step_skipped` when a hook meets a non-finite loss.
 """
 
 

@@ -126,9 +126,23 @@ def denoisekit_optimizer_step(run: Any) -> bool | None:
     """Clip gradients (if configured) and step the optimizer once per optimization step.
 
     firstresult; returns True once handled. Whether a float16 GradScaler skipped the
-    step is known only on the device (the AMP hook's ``step_skipped()``), so no host sync
-    is forced here. The core's default (``trylast``) clips with ``train.grad_clip`` and
-    calls ``run.optimizer.step()``.
+    step is known only on the device (see :func:`denoisekit_optimizer_step_skipped`), so
+    no host sync is forced here. The core's default (``trylast``) clips with
+    ``train.grad_clip`` and calls ``run.optimizer.step()``.
+    """
+
+
+@_hookspec
+def denoisekit_optimizer_step_skipped(run: Any) -> torch.Tensor | None:
+    """Say whether the last optimizer step was skipped (a float16 GradScaler found inf/NaN).
+
+    Asked through ``run.optimizer_step_skipped()`` — by the NaN guard and the checkpoint
+    hook, only once a loss is not finite — which reads the answers (a host sync). The
+    float16 AMP hook implements it.
+
+    :param run: the run.
+    :returns: a 0-dim bool tensor on the device, or ``None`` when this plugin skips no
+        steps or has not stepped yet.
     """
 
 

@@ -22,6 +22,7 @@ import torch
 from denoisekit import distributed
 from denoisekit.checkpoint import load_checkpoint
 from denoisekit.errors import CheckpointError
+from denoisekit.evaluation import eval_mode
 from denoisekit.recipe import apply_overrides, recipe_from_data
 from denoisekit.registry import Registry
 
@@ -166,11 +167,8 @@ def _sample_range(
 ) -> torch.Tensor:
     """Images ``lo .. hi - 1`` (``labels`` are theirs), on the CPU."""
     denoiser = run.sampling_denoiser()
-    module = denoiser.model
-    was_training = module.training
-    module.eval()
     out = []
-    try:
+    with eval_mode(denoiser.model):
         for start in range(0, hi - lo, batch_size):
             count = min(batch_size, hi - lo - start)
             cond = labels[start : start + count].to(run.device) if labels is not None else None
@@ -185,8 +183,6 @@ def _sample_range(
             out.append(images.float().cpu())
             if progress is not None:
                 progress(count)
-    finally:
-        module.train(was_training)
     return torch.cat(out)
 
 

@@ -41,6 +41,7 @@ from denoisekit.denoiser import Denoiser
 from denoisekit.diffusion import q_sample
 from denoisekit.distributed import SINGLE, DistContext
 from denoisekit.errors import CheckpointError, DataError
+from denoisekit.evaluation import eval_mode
 from denoisekit.recipe import Recipe
 from denoisekit.registry import Registry
 
@@ -276,18 +277,11 @@ class Run:
         return getattr(self.model, "num_classes", None)
 
     def optimizer_step_skipped(self) -> bool:
-        """Whether a hook (the float16 AMP hook's GradScaler) skipped the last optimizer step.
-
-        Asks every hook that has a ``step_skipped()`` method (a device tensor, or None when
-        it has not decided); one host sync where there is such a hook.
-        """
-        for hook in self.hooks.values():
-            step_skipped = getattr(hook, "step_skipped", None)
-            if callable(step_skipped):
-                skipped = step_skipped()
-                if skipped is not None and bool(skipped):
-                    return True
-        return False
+        """Whether a plugin (the float16 AMP hook's GradScaler) skipped the last optimizer
+        step, from :func:`~denoisekit.hookspecs.denoisekit_optimizer_step_skipped` (one
+        host sync where a plugin answers)."""
+        answers = self.pm.hook.denoisekit_optimizer_step_skipped(run=self)
+        return any(bool(skipped) for skipped in answers if skipped is not None)
 
     def sampling_denoiser(self) -> Denoiser:
         """The denoiser over the sampling weights (EMA where the hook is on)."""
@@ -306,10 +300,7 @@ class Run:
     ) -> torch.Tensor:
         """Draw ``n`` images in [-1, 1] with the run's (or the given) sampler."""
         denoiser = self.sampling_denoiser()
-        module = denoiser.model
-        was_training = module.training
-        module.eval()
-        try:
+        with eval_mode(denoiser.model):
             return (sampler or self.sampler).sample(
                 denoiser,
                 (n, *self.image_shape),
@@ -318,8 +309,6 @@ class Run:
                 cond=cond,
                 x_T=x_T,
             )
-        finally:
-            module.train(was_training)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly (see the module docstring)."""

@@ -16,8 +16,9 @@ output). Parameters, gradients and the optimizer stay in float32.
 
 Skipped steps are counted on the device (no extra host sync per step) and logged as
 ``amp_skipped_steps`` (since the start of the run, resumes included) beside ``amp_scale``.
-The NaN guard (``[hooks.nan-guard]``) asks :meth:`AMPHook.step_skipped` so that it does not
-stop a run for a non-finite loss the scaler has already skipped.
+The hook answers ``denoisekit_optimizer_step_skipped``, so that the NaN guard
+(``[hooks.nan-guard]``) does not stop a run for a non-finite loss the scaler has already
+skipped, and the checkpoint hook still writes that step.
 
 Recipe example::
 
@@ -86,6 +87,10 @@ class AMPHook:
         return self._last_found_inf > 0
 
     # ------------------------------------------------------------------ hooks
+
+    @hookimpl
+    def denoisekit_optimizer_step_skipped(self, run: Any) -> torch.Tensor | None:
+        return self.step_skipped()
 
     @hookimpl
     def denoisekit_configure(self, run: Any) -> None:

@@ -12,6 +12,7 @@ import torch
 
 from denoisekit import hookimpl
 from denoisekit.checkpoint import load_checkpoint
+from denoisekit.plugin_manager import get_plugin_manager
 from denoisekit.plugins.hooks.checkpoint import CheckpointConfig, CheckpointHook
 from denoisekit.training import Run, TrainingInterrupted, resume_from, train
 from tests.plugins.hook_runs import single_thread, tiny_recipe, tiny_run
@@ -34,6 +35,7 @@ def _fake_run(out_dir: Path, step: int = 0) -> SimpleNamespace:
         batches=SimpleNamespace(state_dict=lambda: {"epoch": 0, "position": 0}),
     )
     run.state_dict = lambda: {"step": run.step, "payload": torch.full((4,), float(run.step))}
+    run.pm = get_plugin_manager(builtins=False, autoload=False)
     run.optimizer_step_skipped = MethodType(Run.optimizer_step_skipped, run)
     return run
 

@@ -10,6 +10,7 @@ import torch
 from denoisekit import hookimpl
 from denoisekit.checkpoint import load_checkpoint
 from denoisekit.errors import NonFiniteLossError
+from denoisekit.plugin_manager import get_plugin_manager
 from denoisekit.plugins.hooks.nan_guard import NaNGuardConfig, NaNGuardHook
 from denoisekit.training import Run, train
 from tests.plugins.hook_runs import single_thread, tiny_recipe, tiny_run
@@ -55,7 +56,8 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path) -> 
 
 def _fake_run(hooks: dict | None = None, grad_clip: float | None = None) -> SimpleNamespace:
     recipe = SimpleNamespace(train=SimpleNamespace(grad_clip=grad_clip))
-    run = SimpleNamespace(hooks=hooks or {}, recipe=recipe)
+    pm = get_plugin_manager(plugins=list((hooks or {}).values()), builtins=False, autoload=False)
+    run = SimpleNamespace(hooks=hooks or {}, recipe=recipe, pm=pm)
     run.optimizer_step_skipped = MethodType(Run.optimizer_step_skipped, run)
     return run
 
@@ -81,7 +83,8 @@ class _FakeAMP:
     def __init__(self, skipped: bool) -> None:
         self.skipped = skipped
 
-    def step_skipped(self) -> torch.Tensor:
+    @hookimpl
+    def denoisekit_optimizer_step_skipped(self, run) -> torch.Tensor:
         return torch.tensor(self.skipped)
 
 
