@@ -47,10 +47,9 @@ class Denoiser:
         if time_input not in ("timestep", "log_snr"):
             raise ValueError(f"model.time_input must be 'timestep' or 'log_snr': {time_input!r}")
         self.model = model
+        self.time_input = time_input
         # Any NoiseSchedule works: wrap a foreign one to get the cached coefficient tables.
-        if not isinstance(schedule, DiscreteSchedule):
-            schedule = DiscreteSchedule(schedule.alphas_cumprod)
-        self.schedule = schedule
+        self.schedule = DiscreteSchedule.of(schedule)
         self.prediction_type = prediction_type
         self.nfe = 0
 
@@ -64,7 +63,7 @@ class Denoiser:
         The schedule's log-SNR at ``t`` when ``model.time_input == "log_snr"``, else ``t``
         itself as a float. Both in ``dtype`` on ``t``'s device.
         """
-        if getattr(self.model, "time_input", "timestep") == "log_snr":
+        if self.time_input == "log_snr":
             return self.schedule.tables(t.device, dtype).log_snr[t]
         return t.to(dtype)
 

@@ -130,6 +130,12 @@ class DiscreteSchedule:
         self._tables: dict[tuple[str, torch.dtype], ScheduleTables] = {}
 
     @classmethod
+    def of(cls, schedule: Any) -> DiscreteSchedule:
+        """``schedule`` itself when it is a ``DiscreteSchedule``, else one over its
+        ``alphas_cumprod`` (any object meeting the ``NoiseSchedule`` contract)."""
+        return schedule if isinstance(schedule, cls) else cls(schedule.alphas_cumprod)
+
+    @classmethod
     def from_betas(cls, betas: torch.Tensor | Sequence[float] | np.ndarray) -> DiscreteSchedule:
         """Build a schedule from ``beta_1 .. beta_T`` (each in (0, 1)).
 

@@ -204,14 +204,16 @@ def save_npz(path: Path | str, images: torch.Tensor, labels: torch.Tensor | None
     return path
 
 
-def save_grid(path: Path | str, images: torch.Tensor, nrow: int | None = None) -> Path:
-    """A PNG grid of [-1, 1] images."""
+def save_grid(
+    path: Path | str, images: torch.Tensor, nrow: int | None = None, *, padding: int = 1
+) -> Path:
+    """A PNG grid of [-1, 1] images (``padding`` pixels between them)."""
     from torchvision.utils import save_image
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     nrow = nrow or max(1, int(np.ceil(np.sqrt(images.shape[0]))))
-    save_image(images, path, nrow=nrow, normalize=True, value_range=(-1, 1), padding=1)
+    save_image(images, path, nrow=nrow, normalize=True, value_range=(-1, 1), padding=padding)
     return path
 
 

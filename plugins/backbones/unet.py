@@ -325,7 +325,7 @@ class UNet(nn.Module):
                 labels = torch.full((batch,), null, dtype=torch.long, device=emb.device)
             else:
                 labels = cond.reshape(-1).long()
-                labels = torch.where(labels < 0, torch.full_like(labels, null), labels)
+                labels = labels.masked_fill(labels < 0, null)
             emb = emb + self.class_embed(labels)
         elif cond is not None:
             raise ValueError(

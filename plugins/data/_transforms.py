@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 if TYPE_CHECKING:
@@ -33,10 +32,10 @@ def fit_square(img: Image.Image, size: int, *, center_crop: bool) -> Image.Image
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     """A PIL image in mode ``"L"`` or ``"RGB"`` as a float32 C×H×W tensor in [-1, 1]."""
-    array = np.array(img, dtype=np.uint8)  # a writable copy, H×W or H×W×C
-    x = torch.from_numpy(array)
-    x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1).contiguous()
-    return x.to(torch.float32).div_(127.5).sub_(1.0)
+    from torchvision.transforms.functional import pil_to_tensor as uint8_chw
+
+    x = uint8_chw(img)
+    return x.to(torch.float32, memory_format=torch.contiguous_format).div_(127.5).sub_(1.0)
 
 
 def random_hflip(x: torch.Tensor, p: float) -> torch.Tensor:

@@ -26,7 +26,6 @@ from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import option
 from denoisekit.plugins.data._transforms import resize_tensor
 
-NUM_IMAGES = 1797
 SPLITS = ("train", "test", "all")
 
 

@@ -31,6 +31,7 @@ import torch
 
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import option
+from denoisekit.sampling import class_labels, save_grid
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,8 @@ class PreviewHook:
 
     def labels(self, run: Any) -> torch.Tensor | None:
         """The class labels of the preview images (None when unconditional)."""
-        num_classes = run.num_classes
-        if not num_classes:
-            return None
-        return torch.arange(self.config.num_images, device=run.device) % num_classes
+        labels = class_labels(self.config.num_images, run.num_classes)
+        return None if labels is None else labels.to(run.device)
 
     def nrow(self, run: Any) -> int:
         """Images per grid row: one column per class, else a square-ish grid."""
@@ -92,12 +91,9 @@ class PreviewHook:
 
     def preview(self, run: Any, step: int) -> Path:
         """Draw, save ``samples/step-N.png`` and call ``denoisekit_preview_images``."""
-        from torchvision.utils import save_image
-
         images = self.draw(run)
         path = Path(run.out_dir) / "samples" / preview_file_name(step)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(images.float(), path, nrow=self.nrow(run), normalize=True, value_range=(-1, 1))
+        save_grid(path, images.float(), nrow=self.nrow(run), padding=2)
         run.pm.hook.denoisekit_preview_images(run=run, step=step, images=images)
         self.last_step = step
         log.info("preview: wrote %s", path)

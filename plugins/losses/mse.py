@@ -17,9 +17,8 @@ import torch
 
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import option
-from denoisekit.diffusion import DiscreteSchedule
-
-PREDICTIONS = ("eps", "x0", "v")
+from denoisekit.denoiser import PREDICTION_TYPES as PREDICTIONS
+from denoisekit.diffusion import DiscreteSchedule, v_from_eps_x0
 
 
 @attrs.frozen(kw_only=True)
@@ -57,8 +56,7 @@ class MSELoss:
             raise ValueError(
                 f"prediction_type must be one of {', '.join(PREDICTIONS)}: {prediction_type!r}"
             )
-        if not isinstance(schedule, DiscreteSchedule):  # any NoiseSchedule: wrap it
-            schedule = DiscreteSchedule(schedule.alphas_cumprod)
+        schedule = DiscreteSchedule.of(schedule)
         self.schedule = schedule
         self.prediction_type = prediction_type
         self.min_snr_gamma = min_snr_gamma
@@ -75,12 +73,7 @@ class MSELoss:
             return noise
         if self.prediction_type == "x0":
             return x0
-        tab = self.schedule.tables(x0.device, x0.dtype)
-        shape = (-1, *([1] * (x0.ndim - 1)))
-        return (
-            tab.sqrt_alpha_bar[t].reshape(shape) * noise
-            - tab.sqrt_one_minus_alpha_bar[t].reshape(shape) * x0
-        )
+        return v_from_eps_x0(self.schedule, t, noise, x0)
 
     def weights(self, t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
         """Per-sample weights at timesteps ``t`` (``None`` when unweighted)."""

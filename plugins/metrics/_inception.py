@@ -31,7 +31,6 @@ from denoisekit.errors import DenoisekitError
 FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 TORCHVISION_WEIGHTS = "inception_v3_google-0cc3c7bd.pth"
 WEIGHT_FILES = (FID_WEIGHTS, TORCHVISION_WEIGHTS)
-FEATURE_DIM = 2048
 
 _LOADED: dict[tuple[str, str], InceptionFeatures] = {}
 

@@ -107,7 +107,7 @@ class DDPMSampler:
         # Step tables, built once per call. `respace` keeps alpha_bar at the kept timesteps;
         # its index i maps to original timestep timestep_map[i] (ascending).
         ts = self.timesteps(schedule.num_timesteps)
-        respaced, timestep_map = DiscreteSchedule(schedule.alphas_cumprod).respace(ts)
+        respaced, timestep_map = DiscreteSchedule.of(schedule).respace(ts)
         host = respaced.tables("cpu", torch.float64)
         var = host.posterior_variance if self.config.variance == "fixed_small" else host.betas
         # Python floats: kernel scalars, no device tensors and no host-device syncs per step.

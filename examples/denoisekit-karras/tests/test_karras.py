@@ -86,6 +86,14 @@ def test_loss_by_sigma_logs_each_band(tiny_recipe, tmp_path):
             assert math.isfinite(row[key]) and row[key] > 0
     assert run.hooks["loss-by-sigma"].counts.sum().item() == 0  # reset at every log
 
+    # Scalars that are not the loop's log line (an evaluation's) neither get the bands nor
+    # reset them.
+    hook = run.hooks["loss-by-sigma"]
+    hook.counts += 1
+    other: dict[str, float] = {"fd": 1.0}
+    hook.denoisekit_log_scalars(scalars=other)
+    assert other == {"fd": 1.0} and hook.counts.sum().item() == 3
+
 
 def test_registers_exactly_its_components(pm):
     """The ``pm`` fixture: a fresh plugin manager with no plugins at all."""

@@ -72,8 +72,8 @@ class LossBySigmaHook:
     @hookimpl(tryfirst=True)
     def denoisekit_log_scalars(self, scalars: dict[str, float]) -> None:
         """Add each band's mean loss (tryfirst: before the writers consume the dict)."""
-        if self.sums is None:
-            return
+        if self.sums is None or "loss" not in scalars:
+            return  # only the loop's own log lines: evaluation logs its own scalars too
         counts = self.counts.tolist()  # the one sync, at logging steps only
         means = (self.sums / self.counts.clamp(min=1)).tolist()
         for label, mean, count in zip(self.labels, means, counts, strict=True):
