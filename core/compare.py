@@ -19,7 +19,6 @@ import csv
 import itertools
 import json
 import re
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import torch
 
 from denoisekit.errors import DenoisekitError
 from denoisekit.recipe import Recipe, load_recipe, parse_override
-from denoisekit.sampling import sample_images, save_grid
+from denoisekit.sampling import save_grid
 
 #: Tables that only sampling and evaluation read: variants differing only here share a model.
 SAMPLING_TABLES = ("sampler", "metrics")
@@ -212,7 +211,7 @@ def run_compare(
     """Train each group once (or load ``from_run``), sample and score every variant."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from denoisekit.evaluation import SampleSet
+    from denoisekit.evaluation import draw_samples
     from denoisekit.training import build_run, train
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -234,26 +233,19 @@ def run_compare(
         for variant in members:
             sampler_choice = variant.recipe.sampler
             sampler = run.registry.build("sampler", sampler_choice.type, sampler_choice.config)
-            denoiser_counts = _count_nfe(run)
-            tick = time.perf_counter()
-            images, labels = sample_images(
+            sample_set = draw_samples(
                 run, num_samples, seed=seed, batch_size=batch_size, sampler=sampler
             )
-            seconds = time.perf_counter() - tick
-            nfe = denoiser_counts()
             values: dict[str, float] = {
-                "sec_per_image": seconds / num_samples,
-                "nfe_per_image": nfe / num_samples,
+                "sec_per_image": sample_set.seconds / num_samples,
+                "nfe_per_image": sample_set.nfe_per_image,
             }
             if train_loss is not None:
                 values["train_loss"] = train_loss
-            sample_set = SampleSet(
-                images=images, labels=labels, seconds=seconds, nfe_per_image=nfe / num_samples
-            )
             values.update(
                 _metric_values(run, variant, sample_set, metrics, seed, batch_size, model_cache)
             )
-            picture_rows.append(images[:row_images])
+            picture_rows.append(sample_set.images[:row_images])
             hparams = _hparams(variant)
             writer = SummaryWriter(str(out_dir / "variants" / variant.name))
             writer.add_hparams(
@@ -265,23 +257,6 @@ def run_compare(
             log("  " + "  ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
     _write_outputs(out_dir, rows, picture_rows, row_images)
     return rows
-
-
-def _count_nfe(run: Any) -> Callable[[], int]:
-    """Count network evaluations (per image) of the sampling model from now on."""
-    model = run.sampling_denoiser().model
-    counter = {"n": 0}
-
-    def hook(module: Any, inputs: Any) -> None:
-        counter["n"] += int(inputs[0].shape[0])  # one evaluation per image in the batch
-
-    handle = model.register_forward_pre_hook(hook)
-
-    def done() -> int:
-        handle.remove()
-        return counter["n"]
-
-    return done
 
 
 def _metric_values(

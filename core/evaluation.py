@@ -141,14 +141,6 @@ class _CountingSampler:
         return out
 
 
-def _synchronize(device: torch.device | str) -> None:
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":  # pragma: no cover - no MPS here
-        torch.mps.synchronize()
-
-
 def draw_samples(
     run: Any,
     n: int,
@@ -160,9 +152,10 @@ def draw_samples(
 ) -> SampleSet:
     """Draw ``n`` images with :func:`~denoisekit.sampling.sample_images`, timed and counted.
 
-    The time runs from the first batch to a device synchronization after the last (one
-    sync in all); the network evaluations are counted through ``Denoiser.nfe`` (falling
-    back to the sampler's ``num_evaluations`` for a sampler that bypasses ``predict``).
+    The time runs from the first batch until the last one is on the host (each batch is
+    copied to the CPU, so no extra synchronization is needed); the network evaluations are
+    counted through ``Denoiser.nfe`` (falling back to the sampler's ``num_evaluations`` for
+    a sampler that bypasses ``predict``).
     """
     from denoisekit.sampling import sample_images
 
@@ -171,7 +164,6 @@ def draw_samples(
     images, labels = sample_images(
         run, n, seed=seed, batch_size=batch_size, sampler=counting, progress=progress
     )
-    _synchronize(run.device)
     seconds = time.perf_counter() - start
     if counting.evaluations > 0:
         nfe = counting.evaluations / max(counting.images, 1)
@@ -210,15 +202,10 @@ def load_samples_npz(path: Path | str) -> SampleSet:
 # --------------------------------------------------------------------------- reference data
 
 
-def _data_root(recipe: Any) -> Path:
-    """The folder a recipe's relative data paths are read from (as ``build_run`` does)."""
-    return recipe.path.parent.resolve() if recipe.path is not None else Path.cwd()
-
-
 def build_reference_data(recipe: Any, registry: Any) -> Any:
     """The recipe's data component built with ``train=False`` (its held-out split)."""
     choice = recipe.data
-    return registry.build("data", choice.type, choice.config, root=_data_root(recipe), train=False)
+    return registry.build("data", choice.type, choice.config, root=recipe.root, train=False)
 
 
 def reference_key(recipe: Any) -> str:
@@ -226,7 +213,7 @@ def reference_key(recipe: Any) -> str:
     choice = recipe.data
     options = attrs.asdict(choice.config) if attrs.has(type(choice.config)) else {}
     text = json.dumps(
-        {"type": choice.type, "options": options, "root": str(_data_root(recipe))},
+        {"type": choice.type, "options": options, "root": str(recipe.root)},
         sort_keys=True,
         default=str,
     )

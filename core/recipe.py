@@ -113,6 +113,12 @@ class Recipe:
     #: The file the recipe was read from (not part of equality).
     path: Path | None = attrs.field(default=None, eq=False)
 
+    @property
+    def root(self) -> Path:
+        """The folder the recipe's relative paths (data folders) are read from: the recipe
+        file's, or the working directory for a recipe built in code."""
+        return self.path.parent.resolve() if self.path is not None else Path.cwd()
+
     def component(self, kind: str) -> ComponentChoice:
         """The choice of a single-component kind."""
         return getattr(self, kind)

@@ -345,25 +345,23 @@ class Run:
         try:
             self.model.load_state_dict(strip_compile_prefix(state["model"]))
             self.step = int(state["step"])
-            if weights_only:
-                self.pm.hook.denoisekit_load_state_dict(run=self, state=state.get("hooks", {}))
-                return
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-            if self.batches is not None:
-                self.batches.load_state_dict(state["data"])
-            rng = state["rng"]
-            self.generator.set_state(rng["generator"])
-            torch.set_rng_state(rng["torch"])
-            if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            distributed.seed_per_rank(self.recipe.seed, self.step, self.dist)
+            if not weights_only:
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+                if self.batches is not None:
+                    self.batches.load_state_dict(state["data"])
+                rng = state["rng"]
+                self.generator.set_state(rng["generator"])
+                torch.set_rng_state(rng["torch"])
+                if "cuda" in rng and torch.cuda.is_available():
+                    torch.cuda.set_rng_state_all(rng["cuda"])
+                distributed.seed_per_rank(self.recipe.seed, self.step, self.dist)
+            self.pm.hook.denoisekit_load_state_dict(run=self, state=state.get("hooks", {}))
         except (KeyError, RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             raise CheckpointError(
                 f"{source}: does not match this recipe's run ({type(exc).__name__}: {first[:200]})"
             ) from exc
-        self.pm.hook.denoisekit_load_state_dict(run=self, state=state.get("hooks", {}))
 
 
 def versions(registry: Registry) -> dict[str, Any]:
@@ -451,7 +449,6 @@ def build_run(
             get_plugin_manager(plugins=recipe.plugins, search_paths=search)
         )
     out_dir = Path(out_dir)
-    root = recipe.path.parent.resolve() if recipe.path is not None else Path.cwd()
     train_cfg = recipe.train
     dist = dist if dist is not None else distributed.current()
     device = distributed.place(resolve_device(train_cfg.device), dist)
@@ -463,7 +460,7 @@ def build_run(
         choice = recipe.component(kind)
         return registry.build(kind, choice.type, choice.config, **context)
 
-    dataset = build("data", root=root, train=True) if with_data else None
+    dataset = build("data", root=recipe.root, train=True) if with_data else None
     schedule = build("schedule")
     model = build("backbone").to(device)
     if dataset is not None:
