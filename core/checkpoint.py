@@ -54,13 +54,19 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely; a missing or corrupt file is a one-line CheckpointError."""
+def load_checkpoint(
+    path: Path | str, map_location: str | torch.device = "cpu", *, mmap: bool = False
+) -> dict[str, Any]:
+    """Load a checkpoint safely; a missing or corrupt file is a one-line CheckpointError.
+
+    ``mmap`` maps the tensors instead of reading them (cheap when only the metadata, e.g.
+    the stored recipe, is wanted).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(

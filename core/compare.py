@@ -103,12 +103,13 @@ def plan(
     axes = [parse_vary(v) for v in vary]
     combos = list(itertools.product(*[[(k, v) for v in values] for k, values in axes]))
     sources: list[Path | None] = [None] if from_run is not None else list(recipes)
+    recipe_of_run = _recipe_of_run(Path(from_run)) if from_run is not None else None
     variants: list[Variant] = []
     for path in sources:
         for combo in combos:
             sets = [*overrides, *(f"{k}={v}" for k, v in combo)]
-            if path is None:
-                recipe = _recipe_of_run(Path(from_run), sets)  # type: ignore[arg-type]
+            if recipe_of_run is not None:
+                recipe = recipe_of_run(sets)
             else:
                 recipe = load_recipe(path, sets)
                 if "tensorboard" not in recipe.hooks:  # loss curves in the one log directory
@@ -129,8 +130,8 @@ def plan(
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise DenoisekitError("two variants have the same name: vary different keys or files")
-    if from_run is not None and {v.train_key for v in variants} != {
-        _train_key(_recipe_of_run(Path(from_run), ()))
+    if recipe_of_run is not None and {v.train_key for v in variants} != {
+        _train_key(recipe_of_run(()))
     }:
         raise DenoisekitError(
             f"{from_run}: variants of a trained run may vary only [sampler] and [metrics] "
@@ -139,22 +140,23 @@ def plan(
     return variants
 
 
-def _recipe_of_run(path: Path, overrides: Sequence[str]) -> Recipe:
-    """The recipe stored in a run's checkpoint, with overrides applied."""
-    import tomllib
+def _recipe_of_run(path: Path) -> Callable[[Sequence[str]], Recipe]:
+    """The recipe stored in a run's checkpoint, read once; call with overrides."""
+    import copy
 
-    from denoisekit.checkpoint import load_checkpoint
-    from denoisekit.plugin_manager import get_plugin_manager
     from denoisekit.recipe import _Origins, apply_overrides, recipe_from_data
-    from denoisekit.registry import Registry
-    from denoisekit.sampling import find_checkpoint
+    from denoisekit.sampling import find_checkpoint, stored_recipe, stored_registry
 
     checkpoint = find_checkpoint(path)
-    data = tomllib.loads(load_checkpoint(checkpoint)["recipe"])
-    origins = _Origins()
-    data = apply_overrides(data, overrides, origins)
-    registry = Registry.from_plugin_manager(get_plugin_manager(plugins=data.get("plugins", [])))
-    return recipe_from_data(data, registry, source=checkpoint, origins=origins)
+    stored = stored_recipe(checkpoint)
+    registry = stored_registry(checkpoint, stored)
+
+    def with_overrides(overrides: Sequence[str]) -> Recipe:
+        origins = _Origins()
+        data = apply_overrides(copy.deepcopy(stored), overrides, origins)
+        return recipe_from_data(data, registry, source=checkpoint, origins=origins)
+
+    return with_overrides
 
 
 def training_groups(variants: Sequence[Variant]) -> dict[str, list[Variant]]:

@@ -227,8 +227,6 @@ def reference_recipe(spec: str | Path, overrides: Sequence[str] = ()) -> tuple[A
     Returns:
         ``(recipe, registry)``.
     """
-    import tomllib
-
     from denoisekit.plugin_manager import get_plugin_manager
     from denoisekit.recipe import _Origins, apply_overrides, load_recipe, recipe_from_data
     from denoisekit.registry import Registry
@@ -243,14 +241,10 @@ def reference_recipe(spec: str | Path, overrides: Sequence[str] = ()) -> tuple[A
         return recipe, registry
     origins = _Origins()
     if path.exists():
-        from denoisekit.checkpoint import load_checkpoint
-        from denoisekit.sampling import find_checkpoint
+        from denoisekit.sampling import find_checkpoint, stored_recipe
 
         checkpoint = find_checkpoint(path)
-        try:
-            data = tomllib.loads(load_checkpoint(checkpoint)["recipe"])
-        except (KeyError, tomllib.TOMLDecodeError) as exc:
-            raise DenoisekitError(f"{checkpoint}: holds no readable recipe ({exc})") from exc
+        data = stored_recipe(checkpoint)
         source: Path | None = checkpoint
     else:
         text = str(spec)

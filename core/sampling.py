@@ -64,33 +64,52 @@ def load_trained(
         dist: this rank under torchrun (default: the initialized process group, if any):
             the run goes to its ``cuda:LOCAL_RANK``.
     """
-    import tomllib
-
-    from denoisekit.plugin_manager import get_plugin_manager
     from denoisekit.recipe import _Origins
     from denoisekit.training import build_run
 
     checkpoint = find_checkpoint(path)
     state = load_checkpoint(checkpoint)
-    try:
-        data = tomllib.loads(state["recipe"])
-    except (KeyError, tomllib.TOMLDecodeError) as exc:
-        raise CheckpointError(f"{checkpoint}: holds no readable recipe ({exc})") from exc
     origins = _Origins()
-    data = apply_overrides(data, overrides, origins)
+    data = apply_overrides(stored_recipe(checkpoint, state), overrides, origins)
     if device is not None:
         data.setdefault("train", {})["device"] = device
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
     if registry is None:
-        search = [p for p in (run_dir, Path.cwd()) if p is not None]
-        registry = Registry.from_plugin_manager(
-            get_plugin_manager(plugins=data.get("plugins", []), search_paths=search)
-        )
+        registry = stored_registry(checkpoint, data)
     recipe = recipe_from_data(data, registry, source=checkpoint, origins=origins)
+    run_dir = _run_folder(checkpoint)
     out_dir = run_dir if run_dir is not None else checkpoint.parent
     run = build_run(recipe, out_dir=out_dir, registry=registry, with_data=with_data, dist=dist)
     run.load_state_dict(state, source=str(checkpoint), weights_only=True)
     return run
+
+
+def stored_recipe(checkpoint: Path, state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The recipe a checkpoint stores, as TOML data (``state``: the loaded checkpoint, if it
+    is at hand; else only the file's metadata is read)."""
+    import tomllib
+
+    if state is None:
+        state = load_checkpoint(checkpoint, mmap=True)
+    try:
+        return tomllib.loads(state["recipe"])
+    except (KeyError, tomllib.TOMLDecodeError) as exc:
+        raise CheckpointError(f"{checkpoint}: holds no readable recipe ({exc})") from exc
+
+
+def stored_registry(checkpoint: Path, data: dict[str, Any]) -> Registry:
+    """The registry for a stored recipe: its ``plugins`` looked up in the run folder, then
+    the working directory."""
+    from denoisekit.plugin_manager import get_plugin_manager
+
+    search = [p for p in (_run_folder(checkpoint), Path.cwd()) if p is not None]
+    return Registry.from_plugin_manager(
+        get_plugin_manager(plugins=data.get("plugins", []), search_paths=search)
+    )
+
+
+def _run_folder(checkpoint: Path) -> Path | None:
+    """The run folder of ``RUN/checkpoints/FILE.pt``; None for a checkpoint elsewhere."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
 
 
 def image_generators(
