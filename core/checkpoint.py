@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -19,18 +20,23 @@ from denoisekit.errors import CheckpointError
 #: Format version stored in every checkpoint.
 FORMAT_VERSION = 1
 
+_UMASK = os.umask(0)  # read the process umask once (setting it is the only way to read it)
+os.umask(_UMASK)
 
-def save_checkpoint(path: Path | str, state: Mapping[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically: temporary file, fsync, rename.
 
-    A crash mid-write leaves the previous file at ``path`` intact.
-    """
+@contextmanager
+def atomic_write(path: Path | str) -> Iterator[BinaryIO]:
+    """Write ``path`` atomically: yield a binary handle on a temporary file in the same
+    folder; on success fsync it, rename it over ``path`` and fsync the folder. On an
+    exception the temporary file is removed and ``path`` keeps its previous content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # mkstemp's 0600 → what open() would have given
+            os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as handle:
-            torch.save({"format_version": FORMAT_VERSION, **state}, handle)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
@@ -38,6 +44,16 @@ def save_checkpoint(path: Path | str, state: Mapping[str, Any]) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def save_checkpoint(path: Path | str, state: Mapping[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically: temporary file, fsync, rename.
+
+    A crash mid-write leaves the previous file at ``path`` intact.
+    """
+    path = Path(path)
+    with atomic_write(path) as handle:
+        torch.save({"format_version": FORMAT_VERSION, **state}, handle)
     return path
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from denoisekit import distributed
-from denoisekit.checkpoint import load_checkpoint
+from denoisekit.checkpoint import atomic_write, load_checkpoint
 from denoisekit.errors import CheckpointError
 from denoisekit.evaluation import eval_mode
 from denoisekit.recipe import apply_overrides, recipe_from_data
@@ -214,11 +214,10 @@ def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
 def save_npz(path: Path | str, images: torch.Tensor, labels: torch.Tensor | None = None) -> Path:
     """Write ``arr_0`` (uint8 N×H×W×C) and, with labels, ``arr_1`` (int64 N)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = [to_uint8_nhwc(images)]
     if labels is not None:
         arrays.append(labels.cpu().numpy().astype(np.int64))
-    with path.open("wb") as handle:
+    with atomic_write(path) as handle:  # an interrupted write leaves no partial file
         np.savez(handle, *arrays)
     return path
 

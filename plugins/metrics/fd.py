@@ -35,8 +35,6 @@ Recipe example::
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +43,7 @@ import numpy as np
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
+from denoisekit.checkpoint import atomic_write
 from denoisekit.config import option
 from denoisekit.errors import DenoisekitError
 from denoisekit.evaluation import EvalContext, quantize
@@ -171,18 +170,6 @@ def build_extractor(config: FDConfig, context: EvalContext) -> Any:
     return load_inception(find_weights(config.inception_weights, context.cache_dir), context.device)
 
 
-def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------- the metric
 
 
@@ -223,7 +210,8 @@ class FDMetric:
             images, _ = context.reference_images(self.config.num_reference)
             stats = feature_statistics(extractor(quantize(images), self.config.batch_size))
             if path is not None:
-                _save_npz_atomic(path, mu=stats[0], sigma=stats[1])
+                with atomic_write(path) as handle:
+                    np.savez(handle, mu=stats[0], sigma=stats[1])
         self._memo[key] = stats
         return stats
 
