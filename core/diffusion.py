@@ -31,6 +31,7 @@ import torch
 
 __all__ = [
     "SPACINGS",
+    "VARIANCES",
     "DiscreteSchedule",
     "ScheduleTables",
     "eps_from_v",
@@ -47,6 +48,9 @@ __all__ = [
 
 #: Timestep spacings for shortened chains, named as diffusers names them.
 SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
+#: The reverse process's fixed variances (Ho et al. 2020, section 3.2): ``fixed_small`` is
+#: the posterior variance beta~_t, ``fixed_large`` is beta_t.
+VARIANCES: tuple[str, ...] = ("fixed_small", "fixed_large")
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
 

@@ -276,6 +276,13 @@ class Run:
     def num_classes(self) -> int | None:
         return getattr(self.model, "num_classes", None)
 
+    def clip_gradients(self) -> None:
+        """Clip the gradients' total norm to ``train.grad_clip`` when it is set, keeping the
+        norm before clipping in ``grad_norm`` (a device tensor: no host sync)."""
+        clip = self.recipe.train.grad_clip
+        if clip is not None:
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+
     def optimizer_step_skipped(self) -> bool:
         """Whether a plugin (the float16 AMP hook's GradScaler) skipped the last optimizer
         step, from :func:`~denoisekit.hookspecs.denoisekit_optimizer_step_skipped` (one
@@ -395,9 +402,7 @@ class CoreDefaults:
 
     @hookimpl(trylast=True)
     def denoisekit_optimizer_step(self, run: Run) -> bool:
-        clip = run.recipe.train.grad_clip
-        if clip is not None:
-            run.grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip)
+        run.clip_gradients()
         run.optimizer.step()
         return True
 

@@ -136,9 +136,7 @@ class AMPHook:
         optimizer = run.optimizer
         scaler.unscale_(optimizer)  # gradients in true units, for clipping and logging
         self._record_found_inf(optimizer)
-        clip = run.recipe.train.grad_clip
-        if clip is not None:
-            run.grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip)
+        run.clip_gradients()
         scaler.step(optimizer)  # skipped when the gradients hold inf/NaN
         scaler.update()
         # True: handled (the step may have been skipped; see step_skipped()).

@@ -52,9 +52,9 @@ import torch
 
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import option
+from denoisekit.diffusion import VARIANCES
 from denoisekit.evaluation import EvalContext, eval_mode, quantize
 
-VARIANCES = ("fixed_small", "fixed_large")
 _LN2 = math.log(2.0)
 
 

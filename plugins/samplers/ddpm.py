@@ -21,9 +21,14 @@ import torch
 
 from denoisekit import ComponentSpec, DenoiserLike, hookimpl
 from denoisekit.config import option
-from denoisekit.diffusion import SPACINGS, DiscreteSchedule, randn, spaced_timesteps, start_noise
-
-VARIANCES = ("fixed_small", "fixed_large")
+from denoisekit.diffusion import (
+    SPACINGS,
+    VARIANCES,
+    DiscreteSchedule,
+    randn,
+    spaced_timesteps,
+    start_noise,
+)
 
 
 @attrs.frozen(kw_only=True)
