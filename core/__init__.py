@@ -9,7 +9,9 @@ The public plugin API, everything a plugin author imports (see docs/writing-a-pl
   :class:`DataLike`, :class:`Metric`), the kinds (:data:`KINDS`) and the build context of
   each kind (:data:`BUILD_CONTEXT`);
 * config helpers: :func:`option` (a field with a default and a one-line doc),
-  :func:`option_doc` and the validators :func:`unit_interval` and :func:`positive_ints`;
+  :func:`option_doc` and the validators :func:`unit_interval`, :func:`open_unit_interval`,
+  :func:`int_at_least`, :func:`positive_finite`, :func:`non_negative_finite` and
+  :func:`positive_ints`;
 * :class:`Denoiser` (backbone + schedule + prediction type → ``(eps, x0)``),
   :class:`DiscreteSchedule` and the forward-process math module :mod:`diffusion`;
 * the user-facing errors (:class:`DenoisekitError` and its kinds).
@@ -38,7 +40,16 @@ from denoisekit.components import (
     NoiseSchedule,
     SamplerLike,
 )
-from denoisekit.config import option, option_doc, positive_ints, unit_interval
+from denoisekit.config import (
+    int_at_least,
+    non_negative_finite,
+    open_unit_interval,
+    option,
+    option_doc,
+    positive_finite,
+    positive_ints,
+    unit_interval,
+)
 from denoisekit.errors import (
     CheckpointError,
     DataError,
@@ -106,8 +117,12 @@ __all__ = [
     "__version__",
     "diffusion",
     "hookimpl",
+    "int_at_least",
+    "non_negative_finite",
+    "open_unit_interval",
     "option",
     "option_doc",
+    "positive_finite",
     "positive_ints",
     "unit_interval",
 ]

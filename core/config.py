@@ -15,11 +15,16 @@ built-in validators already do (``'steps' must be > 0: -1``).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
 DOC_KEY = "denoisekit.doc"
+
+#: An attrs validator: ``check(instance, attribute, value)`` raises ``ValueError``.
+Validator = Callable[[Any, attrs.Attribute, Any], None]
 
 
 def option(
@@ -49,6 +54,45 @@ def unit_interval(inst: Any, attribute: attrs.Attribute, value: float) -> None:
     """Validator: ``0 <= value <= 1``."""
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"'{attribute.name}' must be in [0, 1]: {value!r}")
+
+
+def open_unit_interval(inst: Any, attribute: attrs.Attribute, value: float) -> None:
+    """Validator: ``0 < value < 1``."""
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"'{attribute.name}' must be in (0, 1): {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def int_at_least(low: int, *, optional: bool = False) -> Validator:
+    """Validator: an ``int`` (not a bool) ``>= low``; with ``optional``, also ``None``."""
+    wanted = "a positive integer" if low == 1 else f"an integer >= {low}"
+
+    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if optional and value is None:
+            return
+        if not (_is_int(value) and value >= low):
+            raise ValueError(f"'{attribute.name}' must be {wanted}: {value!r}")
+
+    return check
+
+
+def positive_finite(inst: Any, attribute: attrs.Attribute, value: float) -> None:
+    """Validator: a finite number > 0."""
+    if not (_is_number(value) and math.isfinite(value) and value > 0):
+        raise ValueError(f"'{attribute.name}' must be a finite number > 0: {value!r}")
+
+
+def non_negative_finite(inst: Any, attribute: attrs.Attribute, value: float) -> None:
+    """Validator: a finite number >= 0."""
+    if not (_is_number(value) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"'{attribute.name}' must be a finite number >= 0: {value!r}")
 
 
 def positive_ints(inst: Any, attribute: attrs.Attribute, value: tuple[int, ...]) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import torch
 
-from denoisekit import ComponentSpec, DiscreteSchedule, hookimpl, option
+from denoisekit import ComponentSpec, DiscreteSchedule, hookimpl, option, positive_finite
 
 
 def _finite(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -34,12 +34,6 @@ def _end_above_start(inst: SigmoidConfig, attribute: attrs.Attribute, value: Any
     _finite(inst, attribute, value)
     if value <= inst.start:
         raise ValueError(f"'end' ({value}) must be greater than 'start' ({inst.start})")
-
-
-def _positive(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    _finite(inst, attribute, value)
-    if value <= 0:
-        raise ValueError(f"'{attribute.name}' must be > 0: {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -55,11 +49,13 @@ class SigmoidConfig:
     end: float = option(
         3.0, "sigmoid input at s = 1 (greater than start)", validator=_end_above_start
     )
-    tau: float = option(1.0, "temperature: larger keeps more signal mid-way", validator=_positive)
+    tau: float = option(
+        1.0, "temperature: larger keeps more signal mid-way", validator=positive_finite
+    )
     clip_min: float = option(
         1e-9,
         "smallest alpha_bar (the last step would be 0)",
-        validator=[_positive, attrs.validators.lt(0.5)],
+        validator=[positive_finite, attrs.validators.lt(0.5)],
     )
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import option, positive_ints
+from denoisekit.config import int_at_least, option, positive_ints
 from denoisekit.plugins.backbones.unet_layers import (
     AttentionBlock,
     Downsample,
@@ -43,14 +43,8 @@ LOG_SNR_CLAMP = 50.0
 # --------------------------------------------------------------------------- validators
 
 
-def _positive_int(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"'{attribute.name}' must be a positive integer: {value!r}")
-
-
-def _optional_positive_int(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None:
-        _positive_int(inst, attribute, value)
+_positive_int = int_at_least(1)
+_optional_positive_int = int_at_least(1, optional=True)
 
 
 def _check_channels(inst: Any, attribute: attrs.Attribute, value: Any) -> None:

@@ -23,15 +23,10 @@ import attrs
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import option
+from denoisekit.config import int_at_least, option
 from denoisekit.plugins.data._transforms import resize_tensor
 
 SPLITS = ("train", "test", "all")
-
-
-def _check_size(inst: Any, attribute: attrs.Attribute, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"'{attribute.name}' must be a positive integer: {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -39,7 +34,7 @@ class DigitsConfig:
     """Options of ``type = "digits"``."""
 
     image_size: int = option(
-        8, "side in pixels (8 = native; else bilinear resize)", validator=_check_size
+        8, "side in pixels (8 = native; else bilinear resize)", validator=int_at_least(1)
     )
     split: str | None = option(
         None,

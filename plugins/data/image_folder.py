@@ -35,18 +35,13 @@ import attrs
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import option, unit_interval
+from denoisekit.config import int_at_least, option, unit_interval
 from denoisekit.errors import DataError
 from denoisekit.plugins.data._transforms import fit_square, pil_to_tensor, random_hflip
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def _check_size(inst: Any, attribute: attrs.Attribute, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"'{attribute.name}' must be a positive integer: {value!r}")
 
 
 def _check_extensions(inst: Any, attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
@@ -66,7 +61,7 @@ class ImageFolderConfig:
     path: str = option(
         "images", "folder of images, relative to the recipe's folder unless absolute"
     )
-    image_size: int = option(64, "side of the square images, in pixels", validator=_check_size)
+    image_size: int = option(64, "side of the square images, in pixels", validator=int_at_least(1))
     center_crop: bool = option(True, "crop the centered square (else stretch to the square)")
     hflip: float = option(
         0.5, "probability of a left-right flip (training only)", validator=unit_interval

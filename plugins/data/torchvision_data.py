@@ -30,7 +30,7 @@ import attrs
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import option, unit_interval
+from denoisekit.config import int_at_least, option, unit_interval
 from denoisekit.errors import DataError
 from denoisekit.plugins.data._transforms import fit_square, pil_to_tensor, random_hflip
 
@@ -154,8 +154,7 @@ def _check_image_size(inst: Any, attribute: attrs.Attribute, value: int | None) 
                 f"'{attribute.name}' must be set for {inst.name}: its images vary in size"
             )
         return
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"'{attribute.name}' must be a positive integer: {value!r}")
+    int_at_least(1)(inst, attribute, value)
 
 
 @attrs.frozen(kw_only=True)

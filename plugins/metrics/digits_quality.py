@@ -24,20 +24,13 @@ Recipe example::
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import option
+from denoisekit.config import open_unit_interval, option
 from denoisekit.errors import DenoisekitError
 from denoisekit.evaluation import EvalContext, quantize
-
-
-def _open_unit(inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"'{attribute.name}' must be in (0, 1): {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -47,7 +40,7 @@ class DigitsQualityConfig:
     threshold: float = option(
         0.9,
         "a sample is confident when its top digit probability exceeds this",
-        validator=_open_unit,
+        validator=open_unit_interval,
     )
 
 

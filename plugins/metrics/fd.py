@@ -44,18 +44,13 @@ import torch
 
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.checkpoint import atomic_write
-from denoisekit.config import option
+from denoisekit.config import int_at_least, option
 from denoisekit.errors import DenoisekitError
 from denoisekit.evaluation import EvalContext, quantize
 
 log = logging.getLogger(__name__)
 
 FEATURES = ("auto", "inception", "digits")
-
-
-def _optional_at_least_two(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 2):
-        raise ValueError(f"'{attribute.name}' must be an integer >= 2: {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -77,7 +72,7 @@ class FDConfig:
     num_reference: int | None = option(
         None,
         "reference (held-out) images for the reference statistics; None = all",
-        validator=_optional_at_least_two,
+        validator=int_at_least(2, optional=True),
     )
     batch_size: int = option(
         100,

@@ -51,21 +51,11 @@ import numpy as np
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import option
+from denoisekit.config import int_at_least, option
 from denoisekit.diffusion import VARIANCES
 from denoisekit.evaluation import EvalContext, eval_mode, quantize
 
 _LN2 = math.log(2.0)
-
-
-def _optional_int_at_least(low: int) -> Any:
-    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value is None:
-            return
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"'{attribute.name}' must be an integer >= {low}: {value!r}")
-
-    return check
 
 
 @attrs.frozen(kw_only=True)
@@ -76,17 +66,17 @@ class NLLConfig:
         None,
         "network evaluations per image: None = the full bound (all T terms; use for final "
         "numbers), K = decoder + one KL term drawn in each of K-1 even ranges (unbiased)",
-        validator=_optional_int_at_least(2),
+        validator=int_at_least(2, optional=True),
     )
     num_images: int | None = option(
         1000,
         "held-out images to average over (a fixed seeded subset); None = all",
-        validator=_optional_int_at_least(1),
+        validator=int_at_least(1, optional=True),
     )
     batch_size: int | None = option(
         None,
         "images per batch; None = the evaluation's batch size",
-        validator=_optional_int_at_least(1),
+        validator=int_at_least(1, optional=True),
     )
     variance: str = option(
         "fixed_small",

@@ -19,19 +19,12 @@ Recipe example::
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import option
+from denoisekit.config import int_at_least, option
 from denoisekit.errors import DenoisekitError
 from denoisekit.evaluation import EvalContext, draw_samples
-
-
-def _optional_positive(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise ValueError(f"'{attribute.name}' must be a positive integer: {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -42,7 +35,7 @@ class SampleTimeConfig:
         None,
         "None: time the evaluation's shared sample set; N: time a separate draw of N images "
         "after a warm-up batch",
-        validator=_optional_positive,
+        validator=int_at_least(1, optional=True),
     )
     warmup: bool = option(
         True,

@@ -20,7 +20,6 @@ Recipe example::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,7 +27,7 @@ import attrs
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import option
+from denoisekit.config import non_negative_finite, option, positive_finite
 from denoisekit.errors import RecipeError
 
 IMPLEMENTATIONS = ("auto", "fused", "foreach", "for-loop")
@@ -41,27 +40,11 @@ _AUTO_FUSED_DEVICE_TYPES = ("cuda", "cpu")
 # --------------------------------------------------------------------------- validators
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def positive_finite(inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    """Validator: a finite number > 0."""
-    if not (_is_number(value) and math.isfinite(value) and value > 0):
-        raise ValueError(f"'{attribute.name}' must be a finite number > 0: {value!r}")
-
-
-def non_negative_finite(inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    """Validator: a finite number >= 0."""
-    if not (_is_number(value) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"'{attribute.name}' must be a finite number >= 0: {value!r}")
-
-
 def _check_betas(inst: Any, attribute: attrs.Attribute, value: tuple[float, float]) -> None:
     if len(value) != 2:
         raise ValueError(f"'{attribute.name}' must hold two numbers (beta1, beta2): {value!r}")
     for i, b in enumerate(value):
-        if not (_is_number(b) and 0.0 <= b < 1.0):
+        if not (isinstance(b, int | float) and not isinstance(b, bool) and 0.0 <= b < 1.0):
             raise ValueError(f"'{attribute.name}[{i}]' must be in [0, 1): {b!r}")
 
 

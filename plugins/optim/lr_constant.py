@@ -20,26 +20,20 @@ Recipe example::
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import attrs
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import option, unit_interval
-
-
-def _check_steps(inst: Any, attribute: attrs.Attribute, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"'{attribute.name}' must be an integer >= 0: {value!r}")
+from denoisekit.config import int_at_least, option, unit_interval
 
 
 @attrs.frozen(kw_only=True)
 class ConstantLRConfig:
     """Options of ``type = "constant"``."""
 
-    warmup_steps: int = option(0, "steps of linear warmup (0 = none)", validator=_check_steps)
+    warmup_steps: int = option(0, "steps of linear warmup (0 = none)", validator=int_at_least(0))
     warmup_start: float = option(
         0.0, "warmup starts at this fraction of the learning rate", validator=unit_interval
     )

@@ -29,44 +29,28 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
 
 import attrs
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import option, unit_interval
+from denoisekit.config import int_at_least, non_negative_finite, option, unit_interval
 from denoisekit.errors import RecipeError
-
-
-def _check_steps(inst: Any, attribute: attrs.Attribute, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"'{attribute.name}' must be an integer >= 0: {value!r}")
-
-
-def _check_min_lr(inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value >= 0
-    ):
-        raise ValueError(f"'{attribute.name}' must be a finite number >= 0: {value!r}")
 
 
 @attrs.frozen(kw_only=True)
 class WarmupCosineConfig:
     """Options of ``type = "warmup-cosine"``."""
 
-    warmup_steps: int = option(0, "steps of linear warmup (0 = none)", validator=_check_steps)
+    warmup_steps: int = option(0, "steps of linear warmup (0 = none)", validator=int_at_least(0))
     warmup_start: float = option(
         0.0, "warmup starts at this fraction of the learning rate", validator=unit_interval
     )
     min_lr: float = option(
         0.0,
         "absolute learning rate reached at the last step and kept after it",
-        validator=_check_min_lr,
+        validator=non_negative_finite,
     )
 
 

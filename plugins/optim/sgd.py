@@ -22,15 +22,10 @@ import attrs
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import option
+from denoisekit.config import non_negative_finite, option, positive_finite
 
 # Shared helpers of the optim plugins (same package, same owner).
-from denoisekit.plugins.optim.adam import (
-    IMPLEMENTATIONS,
-    kernel_flags,
-    non_negative_finite,
-    positive_finite,
-)
+from denoisekit.plugins.optim.adam import IMPLEMENTATIONS, kernel_flags
 
 
 def _check_momentum(inst: Any, attribute: attrs.Attribute, value: float) -> None:

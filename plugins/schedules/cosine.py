@@ -15,13 +15,8 @@ import attrs
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import option
+from denoisekit.config import open_unit_interval, option
 from denoisekit.diffusion import DiscreteSchedule
-
-
-def _open_unit_interval(inst: object, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"'{attribute.name}' must be in (0, 1): {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -41,7 +36,7 @@ class CosineScheduleConfig:
     max_beta: float = option(
         0.999,
         "upper clip of every beta (avoids the singularity at t = T)",
-        validator=_open_unit_interval,
+        validator=open_unit_interval,
     )
 
 

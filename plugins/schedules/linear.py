@@ -12,18 +12,12 @@ import attrs
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import option
+from denoisekit.config import open_unit_interval, option
 from denoisekit.diffusion import DiscreteSchedule
 
 
-def _check_beta_start(inst: object, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"'{attribute.name}' must be in (0, 1): {value!r}")
-
-
 def _check_beta_end(inst: LinearScheduleConfig, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"'{attribute.name}' must be in (0, 1): {value!r}")
+    open_unit_interval(inst, attribute, value)
     if value < inst.beta_start:
         raise ValueError(
             f"'{attribute.name}' must be >= 'beta_start' ({inst.beta_start!r}): {value!r}"
@@ -46,7 +40,7 @@ class LinearScheduleConfig:
         validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
     )
     beta_start: float = option(
-        1e-4, "beta_1 for T = 1000 (scaled by 1000 / T)", validator=_check_beta_start
+        1e-4, "beta_1 for T = 1000 (scaled by 1000 / T)", validator=open_unit_interval
     )
     beta_end: float = option(
         0.02, "beta_T for T = 1000 (scaled by 1000 / T)", validator=_check_beta_end

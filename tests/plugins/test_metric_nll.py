@@ -257,7 +257,7 @@ def test_discretized_likelihood_is_a_distribution_on_the_8bit_grid() -> None:
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="'timesteps' must be an integer >= 2"):
         NLLConfig(timesteps=1)
-    with pytest.raises(ValueError, match="'num_images' must be an integer >= 1"):
+    with pytest.raises(ValueError, match="'num_images' must be a positive integer"):
         NLLConfig(num_images=0)
     with pytest.raises(ValueError, match="variance"):
         NLLConfig(variance="learned")

@@ -18,13 +18,10 @@ from typing import Any
 
 import attrs
 import torch
-from denoisekit import ComponentSpec, option
+from denoisekit import ComponentSpec, int_at_least, option
 from torch import nn
 
-
-def _positive_int(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"'{attribute.name}' must be a positive integer: {value!r}")
+_positive_int = int_at_least(1)
 
 
 def _even_positive_int(inst: Any, attribute: attrs.Attribute, value: Any) -> None:

@@ -32,20 +32,20 @@ from typing import Any
 
 import attrs
 import torch
-from denoisekit import ComponentSpec, DenoiserLike, diffusion, option
+from denoisekit import (
+    ComponentSpec,
+    DenoiserLike,
+    diffusion,
+    int_at_least,
+    option,
+    positive_finite,
+)
 
 #: How the timesteps are chosen: EDM's rho-spacing of sigmas, or the DDIM-style spacings.
 SPACINGS: tuple[str, ...] = ("karras", *diffusion.SPACINGS)
 
 
-def _positive_int(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"'{attribute.name}' must be a positive integer: {value!r}")
-
-
-def _positive_finite(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-        raise ValueError(f"'{attribute.name}' must be a positive number: {value!r}")
+_positive_int = int_at_least(1)
 
 
 @attrs.frozen(kw_only=True)
@@ -60,7 +60,7 @@ class EulerConfig:
         "timesteps: karras (EDM eq. 5 rho-spacing of sigmas), linspace, leading, trailing",
         validator=attrs.validators.in_(SPACINGS),
     )
-    rho: float = option(7.0, "exponent of the karras spacing (EDM: 7)", validator=_positive_finite)
+    rho: float = option(7.0, "exponent of the karras spacing (EDM: 7)", validator=positive_finite)
     clip_denoised: bool = option(
         False,
         "clip each x0 estimate to [-1, 1] (not in EDM; can help undertrained models)",
@@ -82,7 +82,7 @@ class HeunConfig:
         "timesteps: karras (EDM eq. 5 rho-spacing of sigmas), linspace, leading, trailing",
         validator=attrs.validators.in_(SPACINGS),
     )
-    rho: float = option(7.0, "exponent of the karras spacing (EDM: 7)", validator=_positive_finite)
+    rho: float = option(7.0, "exponent of the karras spacing (EDM: 7)", validator=positive_finite)
     clip_denoised: bool = option(
         False,
         "clip each x0 estimate to [-1, 1] (not in EDM; can help undertrained models)",
