@@ -34,6 +34,7 @@ __all__ = [
     "VARIANCES",
     "DiscreteSchedule",
     "ScheduleTables",
+    "batch_timesteps",
     "eps_from_v",
     "predict_eps_from_x0",
     "predict_x0_from_eps",
@@ -484,6 +485,15 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     if x.device.type == "cpu" and device.type == "cuda":
         return x.pin_memory().to(device, non_blocking=True)
     return x.to(device)
+
+
+def batch_timesteps(
+    timesteps: Sequence[int] | torch.Tensor, batch: int, device: torch.device | str
+) -> torch.Tensor:
+    """Every step's timestep for a whole batch, moved to ``device`` once before a sampling
+    loop: row ``i`` is ``timesteps[i]`` repeated ``batch`` times (an expanded view)."""
+    t = torch.as_tensor(timesteps, dtype=torch.long).to(device)
+    return t.view(-1, 1).expand(t.numel(), batch)
 
 
 def start_noise(

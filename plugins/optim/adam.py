@@ -153,30 +153,13 @@ class AdamConfig:
 
 
 @attrs.frozen(kw_only=True)
-class AdamWConfig:
+class AdamWConfig(AdamConfig):
     """Options of ``type = "adamw"`` (decoupled weight decay, Loshchilov & Hutter 2019)."""
 
-    lr: float = option(
-        2e-4, "learning rate (the peak, when an lr_schedule warms up)", validator=positive_finite
-    )
-    betas: tuple[float, float] = option(
-        (0.9, 0.999),
-        "coefficients of the running averages of the gradient and its square",
-        validator=_check_betas,
-        converter=tuple,
-    )
-    eps: float = option(
-        1e-8, "term added to the denominator for stability", validator=positive_finite
-    )
     weight_decay: float = option(
         0.0,
         "decoupled weight decay (0 as in DDPM; torch's own default is 1e-2)",
         validator=non_negative_finite,
-    )
-    implementation: str = option(
-        "auto",
-        "kernel: auto (fused on CUDA/CPU, else torch's default), fused, foreach, for-loop",
-        validator=_check_implementation,
     )
 
 

@@ -27,7 +27,7 @@ import torch
 
 from denoisekit import ComponentSpec, DenoiserLike, hookimpl
 from denoisekit.config import option, unit_interval
-from denoisekit.diffusion import SPACINGS, randn, spaced_timesteps, start_noise
+from denoisekit.diffusion import SPACINGS, batch_timesteps, randn, spaced_timesteps, start_noise
 
 
 @attrs.frozen(kw_only=True)
@@ -124,7 +124,7 @@ class DDIMSampler:
             c_eps.append(math.sqrt(max(1.0 - ab_s - var, 0.0)))
             sigma.append(math.sqrt(var))
         K, B = len(ts), shape[0]
-        t_batch = torch.tensor(ts, dtype=torch.long).to(device).view(K, 1).expand(K, B)
+        t_batch = batch_timesteps(ts, B, device)
 
         x = start_noise(shape, generator, device=device, dtype=dtype, x_T=x_T)
         dtype = x.dtype

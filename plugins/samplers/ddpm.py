@@ -25,6 +25,7 @@ from denoisekit.diffusion import (
     SPACINGS,
     VARIANCES,
     DiscreteSchedule,
+    batch_timesteps,
     randn,
     spaced_timesteps,
     start_noise,
@@ -120,7 +121,7 @@ class DDPMSampler:
         coef_xt = host.posterior_mean_coef2.tolist()
         sigma = var.sqrt().tolist()
         K, B = len(ts), shape[0]
-        t_batch = timestep_map.to(device).view(K, 1).expand(K, B)  # row i: t_i for the batch
+        t_batch = batch_timesteps(timestep_map, B, device)  # row i: t_i for the batch
 
         x = start_noise(shape, generator, device=device, dtype=dtype, x_T=x_T)
         dtype = x.dtype

@@ -351,3 +351,12 @@ def test_start_noise_draws_per_image_or_copies_the_callers_x_T():
     assert D.start_noise((3, 2, 4, 4), None, x_T=x_T, dtype=torch.float32).dtype == torch.float32
     with pytest.raises(ValueError, match=r"x_T has shape \(3, 2, 4, 4\), expected \(3, 2, 8, 8\)"):
         D.start_noise((3, 2, 8, 8), None, x_T=x_T)
+
+
+def test_batch_timesteps_rows_repeat_each_timestep():
+    rows = D.batch_timesteps([999, 500, 0], 4, "cpu")
+    assert rows.dtype == torch.long and rows.shape == (3, 4)
+    assert rows.tolist() == [[999] * 4, [500] * 4, [0] * 4]
+    assert torch.equal(
+        D.batch_timesteps(torch.tensor([7, 3]), 2, "cpu"), torch.tensor([[7, 7], [3, 3]])
+    )

@@ -199,7 +199,7 @@ class KarrasSampler:
         sigmas = [sigma_all[t] for t in ts] + [0.0]
         scale = [math.sqrt(alpha_bar[t]) for t in ts]  # x_t = sqrt(alpha_bar_t) x
         N, B = len(ts), shape[0]
-        t_batch = torch.tensor(ts, dtype=torch.long).to(device).view(N, 1).expand(N, B)
+        t_batch = diffusion.batch_timesteps(ts, B, device)
 
         x_T = diffusion.start_noise(shape, generator, device=device, dtype=dtype, x_T=x_T)
         x = x_T / scale[0]  # the VE state
