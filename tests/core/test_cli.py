@@ -89,17 +89,16 @@ def test_plugins_with_recipe_plugins(recipe_dir, capsys):
     assert "channels: int = 8  base channels" in out
 
 
-def test_console_entry_and_python_m(recipe_dir):
-    for cmd in (["denoisekit"], [sys.executable, "-m", "denoisekit"]):
-        exe = shutil.which(cmd[0]) if cmd[0] == "denoisekit" else cmd[0]
-        if exe is None:
-            pytest.skip("console script not on PATH")
-        result = subprocess.run(
-            [*cmd, "recipe", "check", str(recipe_dir / "r.toml"), "--set", "backbone.chanels=3"],
-            capture_output=True,
-            text=True,
-        )
-        assert result.returncode == 2
-        assert result.stderr.strip().endswith(
-            "backbone.chanels: unknown key (did you mean 'channels'?) (set by --set)"
-        )
+@pytest.mark.parametrize("cmd", [["denoisekit"], [sys.executable, "-m", "denoisekit"]])
+def test_console_entry_and_python_m(recipe_dir, cmd):
+    if cmd == ["denoisekit"] and shutil.which("denoisekit") is None:
+        pytest.skip("console script not on PATH")
+    result = subprocess.run(
+        [*cmd, "recipe", "check", str(recipe_dir / "r.toml"), "--set", "backbone.chanels=3"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(
+        "backbone.chanels: unknown key (did you mean 'channels'?) (set by --set)"
+    )

@@ -97,11 +97,10 @@ def test_float16_scaler_steps_and_logs(tmp_path) -> None:
     assert hook.scaler is not None
     last = _metrics(run)[-1]
     skipped = last["amp_skipped_steps"]
-    assert 0 <= skipped <= 2
+    assert 0 <= skipped < 2  # seeded: at least one of the two steps is applied
     assert last["amp_scale"] == 65536.0 * 0.5**skipped  # no growth within 2000 steps
-    if skipped < 2:
-        after = run.model.state_dict()
-        assert any(not torch.equal(after[k], v) for k, v in before.items())
+    after = run.model.state_dict()
+    assert any(not torch.equal(after[k], v) for k, v in before.items())
     state = run.state_dict()["hooks"]["amp"]
     assert state["skipped_steps"] == skipped
     assert state["scaler"]["scale"] == last["amp_scale"]

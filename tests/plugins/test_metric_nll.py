@@ -117,7 +117,21 @@ def analytic_bound_bpd(x0: np.ndarray, betas: np.ndarray, *, variance: str) -> f
         err2 = (1 - gain[t] * a[t]) ** 2 * (x - M) ** 2 + gain[t] ** 2 * (1 - ab[t])
         kl = 0.5 * (np.log(v_p / v_q) + (v_q + c1**2 * err2) / v_p - 1)
         total += kl.mean()
-    # decoder at t = 0: mean = x0_hat ~ N(mu0(x), (g sqrt(1-ab))²); scale sqrt(post_var[1]).
+    total += analytic_decoder_nats(x, betas).mean()
+    return total / math.log(2)
+
+
+def analytic_decoder_nats(x: np.ndarray, betas: np.ndarray) -> np.ndarray:
+    """The decoder term -log p(x0 | x1) per value, in nats, expected over the noise.
+
+    Its mean is x0_hat ~ N(mu0(x), (g sqrt(1 - ab))²) (Gauss–Hermite quadrature over it);
+    its scale is sqrt(post_var[1]) (the clipped posterior variance, for both variances).
+    """
+    ab = np.cumprod(1 - betas)
+    ab_prev = np.concatenate([[1.0], ab[:-1]])
+    post_var = betas * (1 - ab_prev) / (1 - ab)
+    a = np.sqrt(ab)
+    gain = a * S**2 / (ab * S**2 + 1 - ab)
     sigma = np.sqrt(post_var[1])
     nodes, weights = hermegauss(80)
     weights = weights / weights.sum()
@@ -129,9 +143,7 @@ def analytic_bound_bpd(x0: np.ndarray, betas: np.ndarray, *, variance: str) -> f
     prob = np.where(
         x[:, None] < -0.999, upper, np.where(x[:, None] > 0.999, 1 - lower, upper - lower)
     )
-    decoder = -(np.log(np.maximum(prob, 1e-300)) * weights[None, :]).sum(axis=1)
-    total += decoder.mean()
-    return total / math.log(2)
+    return -(np.log(np.maximum(prob, 1e-300)) * weights[None, :]).sum(axis=1)
 
 
 @pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
@@ -181,6 +193,10 @@ def test_each_term_matches_its_closed_form() -> None:
     kl_expected = (0.5 * (c1**2 * err2 / post_var[t])).mean() / math.log(2)  # equal variances
     se = float(terms[0].std()) / math.sqrt(terms.shape[1])
     assert abs(float(terms[0].mean()) - kl_expected) < 4 * se
+    # the decoder (t = 0) against its quadrature over the denoiser's x0 estimate
+    decoder_expected = analytic_decoder_nats(x, BETAS).mean() / math.log(2)
+    se = float(terms[1].std()) / math.sqrt(terms.shape[1])
+    assert abs(float(terms[1].mean()) - decoder_expected) < 4 * se
 
 
 def test_better_model_has_lower_bound() -> None:

@@ -196,7 +196,7 @@ class WigglyX0(torch.nn.Module):
 def test_eta1_equals_ddpm_fixed_small(spacing, clip, amplitude):
     sched = linear.build_linear(linear.LinearScheduleConfig(timesteps=100))
     den = Denoiser(WigglyX0(amplitude), sched, "x0")
-    out = {}
+    out, states = {}, {}
     for name, smp in [
         ("ddim", sampler(steps=20, eta=1.0, spacing=spacing, clip_denoised=clip)),
         ("ddpm", ddpm.DDPMSampler(ddpm.DDPMConfig(steps=20, spacing=spacing, clip_denoised=clip))),
@@ -206,7 +206,13 @@ def test_eta1_equals_ddpm_fixed_small(spacing, clip, amplitude):
         out[name] = smp.sample(den, (4, 8), generator=g, dtype=torch.float64, callback=seen.append)
         x0_max = max(float(info["x0"].abs().max()) for info in seen)
         assert x0_max == 1.0 if clip else x0_max < 1.0  # clipping active / not needed
+        states[name] = [info["x_t"] for info in seen]
     torch.testing.assert_close(out["ddim"], out["ddpm"], rtol=1e-10, atol=1e-10)
+    # Every intermediate state too: they are not clamped, so this holds where the final
+    # clamp saturates much of the output (with clipping on).
+    assert len(states["ddim"]) == len(states["ddpm"]) == 20
+    for a, b in zip(states["ddim"], states["ddpm"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     assert float(out["ddim"].abs().max()) < 1.0 or clip  # not saturated by the final clamp
 
 

@@ -15,6 +15,8 @@ from denoisekit.plugins.backbones import unet as unet_mod
 from denoisekit.plugins.backbones.unet import UNet, UNetConfig, build_unet
 from denoisekit.plugins.backbones.unet_layers import AttentionBlock, SinusoidalEmbedding
 from denoisekit.recipe import structure_config
+from denoisekit.registry import default_registry
+from denoisekit.testing import check_config_roundtrip
 
 
 @pytest.fixture(autouse=True)
@@ -424,8 +426,9 @@ def test_config_defaults_valid_and_round_trip_through_recipe_converter():
     )
     assert cfg.channel_mults == (1, 2)
     assert cfg.attention_resolutions == (16,)
-    assert attrs.evolve(cfg) == cfg
-    assert UNetConfig() == UNetConfig()
+    spec = default_registry().get("backbone", "unet").spec
+    check_config_roundtrip(spec, cfg)
+    check_config_roundtrip(spec)  # the defaults
     assert all(option_doc(f) for f in attrs.fields(UNetConfig))  # every option documented
 
 
