@@ -1,0 +1,78 @@
+"""The conformance checks of denoisekit.testing catch what they claim to catch.
+
+Each test hands a check a component broken in one way and expects that check's message.
+"""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+import torch
+
+from denoisekit import ComponentSpec
+from denoisekit.plugins.losses import mse
+from denoisekit.plugins.samplers import ddim
+from denoisekit.testing.conformance import (
+    check_config_roundtrip,
+    check_loss,
+    check_sampler,
+    check_schedule,
+)
+
+
+@attrs.frozen(kw_only=True)
+class Empty:
+    """No options."""
+
+
+def _spec(kind: str, build, config=Empty) -> ComponentSpec:
+    return ComponentSpec(kind=kind, name="broken", config=config, build=build, summary="broken")
+
+
+def test_check_config_roundtrip_catches_a_lossy_config():
+    @attrs.frozen(kw_only=True)
+    class Doubling:
+        """A converter that changes the value again on every structuring."""
+
+        scale: float = attrs.field(default=1.0, converter=lambda v: 2 * v)
+
+    spec = _spec("schedule", lambda cfg: None, Doubling)
+    with pytest.raises(AssertionError, match="does not survive a cattrs round trip"):
+        check_config_roundtrip(spec)
+
+
+def test_check_schedule_catches_an_increasing_alpha_bar():
+    class Rising:  # DiscreteSchedule refuses this; a plugin's own class might not
+        num_timesteps = 10
+        alphas_cumprod = torch.linspace(0.1, 0.9, 10, dtype=torch.float64)
+
+    spec = _spec("schedule", lambda cfg: Rising())
+    with pytest.raises(AssertionError, match="not strictly decreasing"):
+        check_schedule(spec)
+
+
+def test_check_loss_catches_a_batch_mean_and_a_wrong_target():
+    class MeanLoss(mse.MSELoss):
+        def __call__(self, model_output, **kwargs):
+            return super().__call__(model_output, **kwargs).mean()
+
+    class WrongTarget(mse.MSELoss):
+        def target(self, *, x0, noise, t):
+            return x0  # claims eps, regresses onto x0
+
+    for cls, message in [(MeanLoss, r"shape \(B,\)"), (WrongTarget, "not 0 when the output")]:
+        spec = _spec("loss", lambda cfg, schedule, cls=cls: cls(schedule, "eps"))
+        with pytest.raises(AssertionError, match=message):
+            check_loss(spec)
+
+
+def test_check_sampler_catches_a_sampler_that_edits_x_T():
+    class InPlace(ddim.DDIMSampler):
+        def sample(self, denoiser, shape, *, x_T=None, **kwargs):
+            if x_T is not None:
+                x_T.mul_(0.5)  # the caller's tensor, changed
+            return super().sample(denoiser, shape, x_T=x_T, **kwargs)
+
+    spec = _spec("sampler", lambda cfg: InPlace(ddim.DDIMConfig(steps=5)))
+    with pytest.raises(AssertionError, match="modified the x_T it was given"):
+        check_sampler(spec)
