@@ -14,6 +14,7 @@ from typing import Any
 import tomli_w
 import torch
 
+from denoisekit import hookimpl, testing
 from denoisekit.plugin_manager import get_plugin_manager
 from denoisekit.recipe import Recipe, load_recipe
 from denoisekit.registry import Registry
@@ -51,17 +52,10 @@ TINY_UNET = {
 
 
 def single_thread() -> Iterator[None]:
-    """Fixture body: one intra-op thread while a test module runs, then restore.
-
-    These tensors are far too small for intra-op parallelism, and on a shared, loaded
-    machine two spinning OpenMP threads make each tiny step ~100x slower.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    """Fixture body (``yield from single_thread()``): one intra-op thread while a test
+    module runs (see :func:`denoisekit.testing.single_thread`), then restore."""
+    with testing.single_thread():
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @functools.cache
@@ -118,3 +112,16 @@ def tiny_run(
 def params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Detached copies of a module's parameters and buffers."""
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+class Poison:
+    """A plugin that makes the model output (hence the loss and the gradients) NaN from
+    optimization step ``from_step`` on."""
+
+    def __init__(self, from_step: int) -> None:
+        self.from_step = from_step
+
+    @hookimpl(tryfirst=True)
+    def denoisekit_train_forward(self, run, x_t, t, cond):
+        out = run.train_model(x_t, t, cond)
+        return out * float("nan") if run.step + 1 >= self.from_step else out

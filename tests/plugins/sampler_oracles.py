@@ -15,6 +15,10 @@ import math
 import numpy as np
 import torch
 
+from denoisekit.denoiser import Denoiser
+from denoisekit.diffusion import DiscreteSchedule
+from denoisekit.plugins.schedules import cosine
+
 MU, SIGMA = 0.2, 0.15  # data far inside [-1, 1]: 5 sigma from either end
 
 
@@ -50,3 +54,21 @@ def mean_std_tolerances(sigma: float, n: int, z: float = 5.0) -> tuple[float, fl
     sd(mean) = sigma / sqrt(n); sd(std) ≈ sigma / sqrt(2 (n - 1)).
     """
     return z * sigma / math.sqrt(n), z * sigma / math.sqrt(2 * (n - 1))
+
+
+def cos_sched(T: int) -> DiscreteSchedule:
+    """The cosine schedule with ``T`` steps."""
+    return cosine.build_cosine(cosine.CosineScheduleConfig(timesteps=T))
+
+
+def oracle_denoiser(sched, mu, sigma, prediction="eps"):
+    """``(Denoiser, model)`` over the exact :class:`GaussianOracle` of ``N(mu, sigma²)``."""
+    model = GaussianOracle(sched.alphas_cumprod.numpy(), mu, sigma, prediction)
+    return Denoiser(model, sched, prediction), model
+
+
+class WigglyEps(torch.nn.Module):
+    """A nonlinear eps model, so that equivalence checks do not hinge on linearity."""
+
+    def forward(self, x_t, t):
+        return 0.8 * torch.tanh(x_t) + 0.05 * torch.sin(0.1 * t).view(-1, *[1] * (x_t.ndim - 1))

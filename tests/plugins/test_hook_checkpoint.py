@@ -15,7 +15,7 @@ from denoisekit.checkpoint import load_checkpoint
 from denoisekit.plugin_manager import get_plugin_manager
 from denoisekit.plugins.hooks.checkpoint import CheckpointConfig, CheckpointHook
 from denoisekit.training import Run, TrainingInterrupted, resume_from, train
-from tests.plugins.hook_runs import single_thread, tiny_recipe, tiny_run
+from tests.plugins.hook_runs import Poison, single_thread, tiny_recipe, tiny_run
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -187,16 +187,9 @@ def test_interrupt_inside_the_optimizer_update_writes_nothing(tmp_path, caplog) 
     assert "half-updated" in caplog.text
 
 
-class _Poison:
-    @hookimpl(tryfirst=True)
-    def denoisekit_train_forward(self, run, x_t, t, cond):
-        out = run.train_model(x_t, t, cond)
-        return out * float("nan") if run.step + 1 >= 2 else out
-
-
 def test_without_the_guard_non_finite_steps_are_not_checkpointed(tmp_path, caplog) -> None:
     recipe = tiny_recipe(tmp_path, steps=3, hooks={"checkpoint": {"every": 1}})
-    run = tiny_run(tmp_path, recipe, extra_hooks=(_Poison(),))
+    run = tiny_run(tmp_path, recipe, extra_hooks=(Poison(from_step=2),))
     train(run)  # no guard: the run goes on, with NaN weights from step 2
     folder = run.out_dir / "checkpoints"
     assert _step_files(folder) == ["step-00000001.pt"]

@@ -13,7 +13,7 @@ from denoisekit.errors import NonFiniteLossError
 from denoisekit.plugin_manager import get_plugin_manager
 from denoisekit.plugins.hooks.nan_guard import NaNGuardConfig, NaNGuardHook
 from denoisekit.training import Run, train
-from tests.plugins.hook_runs import single_thread, tiny_recipe, tiny_run
+from tests.plugins.hook_runs import Poison, single_thread, tiny_recipe, tiny_run
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -21,22 +21,10 @@ def _single_thread():
     yield from single_thread()
 
 
-class _Poison:
-    """Makes the model output (hence the loss and the gradients) NaN from a step on."""
-
-    def __init__(self, from_step: int) -> None:
-        self.from_step = from_step
-
-    @hookimpl(tryfirst=True)
-    def denoisekit_train_forward(self, run, x_t, t, cond):
-        out = run.train_model(x_t, t, cond)
-        return out * float("nan") if run.step + 1 >= self.from_step else out
-
-
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path) -> None:
     hooks = {"ema": {"decay": 0.9}, "checkpoint": {"every": 1}, "nan-guard": {}}
     recipe = tiny_recipe(tmp_path, steps=5, hooks=hooks)
-    run = tiny_run(tmp_path, recipe, extra_hooks=(_Poison(from_step=3),))
+    run = tiny_run(tmp_path, recipe, extra_hooks=(Poison(from_step=3),))
     with pytest.raises(NonFiniteLossError) as info:
         train(run)
     folder = run.out_dir / "checkpoints"

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from denoisekit import hookimpl
 from denoisekit.errors import NonFiniteLossError
 from denoisekit.plugins.hooks.tensorboard import (
     TensorBoardConfig,
@@ -16,7 +15,7 @@ from denoisekit.plugins.hooks.tensorboard import (
     flatten_recipe,
 )
 from denoisekit.training import train
-from tests.plugins.hook_runs import single_thread, tiny_recipe, tiny_run
+from tests.plugins.hook_runs import Poison, single_thread, tiny_recipe, tiny_run
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -154,17 +153,10 @@ def test_hparams_link_the_recipe_to_final_metrics(logged_run) -> None:
     assert run.hooks["tensorboard"].writer is None  # closed
 
 
-class _Poison:
-    @hookimpl(tryfirst=True)
-    def denoisekit_train_forward(self, run, x_t, t, cond):
-        out = run.train_model(x_t, t, cond)
-        return out * float("nan") if run.step + 1 >= 2 else out
-
-
 def test_closes_and_keeps_events_on_error(tmp_path) -> None:
     hooks = {"tensorboard": {}, "nan-guard": {}}
     recipe = tiny_recipe(tmp_path, steps=3, hooks=hooks, train={"log_every": 1})
-    run = tiny_run(tmp_path, recipe, extra_hooks=(_Poison(),))
+    run = tiny_run(tmp_path, recipe, extra_hooks=(Poison(from_step=2),))
     with pytest.raises(NonFiniteLossError):
         train(run)
     assert run.hooks["tensorboard"].writer is None

@@ -10,15 +10,16 @@ import pytest
 import torch
 
 from denoisekit.denoiser import Denoiser
-from denoisekit.diffusion import DiscreteSchedule
 from denoisekit.plugins.samplers import ddim, ddpm
-from denoisekit.plugins.schedules import cosine, linear
+from denoisekit.plugins.schedules import linear
 from tests.plugins.sampler_oracles import (
     MU,
     SIGMA,
-    GaussianOracle,
+    WigglyEps,
+    cos_sched,
     linear_oracle_coefficients,
     mean_std_tolerances,
+    oracle_denoiser,
 )
 
 SPEC = ddim.denoisekit_components()[0]
@@ -26,22 +27,6 @@ SPEC = ddim.denoisekit_components()[0]
 
 def sampler(**kwargs) -> ddim.DDIMSampler:
     return SPEC.build(ddim.DDIMConfig(**kwargs))
-
-
-def cos_sched(T: int) -> DiscreteSchedule:
-    return cosine.build_cosine(cosine.CosineScheduleConfig(timesteps=T))
-
-
-def oracle_denoiser(sched, mu, sigma, prediction="eps"):
-    model = GaussianOracle(sched.alphas_cumprod.numpy(), mu, sigma, prediction)
-    return Denoiser(model, sched, prediction), model
-
-
-class WigglyEps(torch.nn.Module):
-    """A nonlinear eps model, so that equivalence checks do not hinge on linearity."""
-
-    def forward(self, x_t, t):
-        return 0.8 * torch.tanh(x_t) + 0.05 * torch.sin(0.1 * t).view(-1, *[1] * (x_t.ndim - 1))
 
 
 # --------------------------------------------------------------------------- config, steps

@@ -11,13 +11,15 @@ import torch
 from denoisekit.denoiser import Denoiser
 from denoisekit.diffusion import DiscreteSchedule
 from denoisekit.plugins.samplers import ddpm
-from denoisekit.plugins.schedules import cosine, linear
+from denoisekit.plugins.schedules import linear
 from tests.plugins.sampler_oracles import (
     MU,
     SIGMA,
-    GaussianOracle,
+    WigglyEps,
+    cos_sched,
     linear_oracle_coefficients,
     mean_std_tolerances,
+    oracle_denoiser,
 )
 
 SPEC = ddpm.denoisekit_components()[0]
@@ -27,17 +29,8 @@ def sampler(**kwargs) -> ddpm.DDPMSampler:
     return SPEC.build(ddpm.DDPMConfig(**kwargs))
 
 
-def cos_sched(T: int) -> DiscreteSchedule:
-    return cosine.build_cosine(cosine.CosineScheduleConfig(timesteps=T))
-
-
 def lin_sched(T: int) -> DiscreteSchedule:
     return linear.build_linear(linear.LinearScheduleConfig(timesteps=T))
-
-
-def oracle_denoiser(sched, mu, sigma, prediction="eps"):
-    model = GaussianOracle(sched.alphas_cumprod.numpy(), mu, sigma, prediction)
-    return Denoiser(model, sched, prediction), model
 
 
 # --------------------------------------------------------------------------- config
@@ -76,13 +69,6 @@ def test_steps_beyond_schedule_rejected_at_sample_time():
 
 
 # --------------------------------------------------------------------------- algorithm 2
-
-
-class WigglyEps(torch.nn.Module):
-    """A nonlinear eps model, so that the check does not hinge on linearity."""
-
-    def forward(self, x_t, t):
-        return 0.8 * torch.tanh(x_t) + 0.05 * torch.sin(0.1 * t).view(-1, *[1] * (x_t.ndim - 1))
 
 
 @pytest.mark.parametrize("make_sched", [cos_sched, lin_sched])
