@@ -349,21 +349,12 @@ def run_sample(args, layout, names, ceiling, flops) -> tuple[list[dict], list[di
 
 
 def _compare(kind: str, variant: models.Variant, out: torch.Tensor, ref: torch.Tensor) -> dict:
-    rel = float((out - ref).norm() / ref.norm().clamp_min(1e-30))
-    tol = models.tolerance(variant)
-    ok = bool(rel <= tol and torch.isfinite(out).all())
+    row = models.compare_outputs(kind, variant, out, ref)
     log(
-        f"check {variant.name} {kind}: relative error {rel:.2e} (tolerance {tol:.0e}) "
-        + ("ok" if ok else "FAIL")
+        f"check {variant.name} {kind}: relative error {row['rel_err']:.2e} "
+        f"(tolerance {row['tolerance']:.0e}) " + ("ok" if row["ok"] else "FAIL")
     )
-    return {
-        "model": kind,
-        "variant": variant.name,
-        "rel_err": rel,
-        "max_abs_err": float((out - ref).abs().max()),
-        "tolerance": tol,
-        "ok": ok,
-    }
+    return row
 
 
 def run_loop(args, layout, names) -> list[dict[str, Any]]:
@@ -499,6 +490,21 @@ def _fmt_stat(st: dict[str, float], digits: int = 1) -> str:
     return f"{st['median']:.{digits}f} ({st['min']:.{digits}f}-{st['max']:.{digits}f})"
 
 
+def _skipped_line(row: dict[str, Any]) -> str:
+    return f"{row['variant']:<14} {row['model']:<11} skipped: {row['skipped']}"
+
+
+def _compile_cell(row: dict[str, Any]) -> str:
+    return f"{row['compile_s']:.1f}" if "compile_s" in row else ""
+
+
+def _break_even_cell(row: dict[str, Any]) -> str:
+    if "break_even_steps" not in row:  # not a compiled variant
+        return ""
+    steps = row["break_even_steps"]
+    return "never" if steps is None else f"{steps:.0f}"
+
+
 def render(result: dict[str, Any]) -> str:
     """The printed report: a few plain-text tables."""
     lines: list[str] = []
@@ -553,19 +559,13 @@ def render(result: dict[str, Any]) -> str:
         )
         for r in result["train"]:
             if "skipped" in r:
-                lines.append(f"{r['variant']:<14} {r['model']:<11} skipped: {r['skipped']}")
+                lines.append(_skipped_line(r))
                 continue
-            be = r.get("break_even_steps", "")
-            be = (
-                "never"
-                if "break_even_steps" in r and be is None
-                else (f"{be:.0f}" if be != "" else "")
-            )
-            comp = f"{r['compile_s']:.1f}" if "compile_s" in r else ""
             lines.append(
                 f"{r['variant']:<14} {r['model']:<11} {_fmt_stat(r['images_per_s']):>22} "
                 f"{r['step_ms']['median']:>8.0f} {r['gflops']:>8.1f} "
-                f"{100 * r['fraction_of_ceiling']:>7.1f}% {comp:>10} {be:>11}"
+                f"{100 * r['fraction_of_ceiling']:>7.1f}% {_compile_cell(r):>10} "
+                f"{_break_even_cell(r):>11}"
             )
     if result.get("sample"):
         lines.append("")
@@ -579,13 +579,13 @@ def render(result: dict[str, Any]) -> str:
         )
         for r in result["sample"]:
             if "skipped" in r:
-                lines.append(f"{r['variant']:<14} {r['model']:<11} skipped: {r['skipped']}")
+                lines.append(_skipped_line(r))
                 continue
-            comp = f"{r['compile_s']:.1f}" if "compile_s" in r else ""
             lines.append(
                 f"{r['variant']:<14} {r['model']:<11} "
                 f"{_fmt_stat(r['ms_per_eval_per_image'], 3):>24} "
-                f"{r['gflops']:>8.1f} {100 * r['fraction_of_ceiling']:>7.1f}% {comp:>10}"
+                f"{r['gflops']:>8.1f} {100 * r['fraction_of_ceiling']:>7.1f}% "
+                f"{_compile_cell(r):>10}"
             )
     if result.get("sampler_loop"):
         lines.append("")

@@ -519,8 +519,14 @@ def check_variant(
         kind, variant, layout, batch=batch, device=device, perturb=True,
         compile_kwargs=compile_kwargs,
     )  # fmt: skip
-    ref = ref_fn().float()
-    out = fn().float()
+    return compare_outputs(kind, variant, fn().float(), ref_fn().float())
+
+
+def compare_outputs(
+    kind: str, variant: Variant, out: torch.Tensor, ref: torch.Tensor
+) -> dict[str, Any]:
+    """``out`` against the eager fp32 ``ref``: ``{"model", "variant", "rel_err",
+    "max_abs_err", "tolerance", "ok"}`` with ``rel_err = ||out - ref|| / ||ref||``."""
     rel = float((out - ref).norm() / ref.norm().clamp_min(1e-30))
     tol = tolerance(variant)
     return {
