@@ -102,6 +102,7 @@ class TensorBoardHook:
         self._num_timesteps = 1
         self._loss_sum: torch.Tensor | None = None  # (bins,) on the device
         self._count: torch.Tensor | None = None
+        self._bin_of_t: torch.Tensor | None = None  # (T,) bin index of each timestep
         self._last_scalars: dict[str, float] = {}
 
     def bin_edges(self) -> list[tuple[int, int]]:
@@ -119,6 +120,10 @@ class TensorBoardHook:
         bins = self.config.timestep_bins
         self._loss_sum = torch.zeros(bins, device=run.device)
         self._count = torch.zeros(bins, device=run.device)
+        bin_of_t = torch.empty(self._num_timesteps, dtype=torch.long)
+        for i, (lo, hi) in enumerate(self.bin_edges()):
+            bin_of_t[lo : hi + 1] = i
+        self._bin_of_t = bin_of_t.to(run.device)  # per step: one gather, no arithmetic
 
     @hookimpl
     def denoisekit_train_start(self, run: Any) -> None:
@@ -139,12 +144,7 @@ class TensorBoardHook:
         losses, t = run.last_loss_per_sample, run.last_t
         if losses is None or t is None or self._loss_sum is None or self._count is None:
             return
-        # bin of t = floor(t k / T): the equal ranges of bin_edges(); all on the device.
-        bins = (
-            (t.long() * self.config.timestep_bins)
-            .div(self._num_timesteps, rounding_mode="floor")
-            .clamp_(0, self.config.timestep_bins - 1)
-        )
+        bins = self._bin_of_t[t]  # the ranges of bin_edges(); on the device
         self._loss_sum.index_add_(0, bins, losses.detach().float())
         self._count.index_add_(0, bins, torch.ones_like(losses, dtype=self._count.dtype))
 
