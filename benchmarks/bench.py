@@ -58,9 +58,17 @@ DEFAULT_VARIANTS = (
     "compile",
     "compile_cl",
     "compile_bf16",
+    "regional",
+    "regional_bf16",
 )
 #: A compiled variant's eager twin, for the break-even step count.
-EAGER_TWIN = {"compile": "eager", "compile_cl": "channels_last", "compile_bf16": "bf16"}
+EAGER_TWIN = {
+    "compile": "eager",
+    "compile_cl": "channels_last",
+    "compile_bf16": "bf16",
+    "regional": "eager",
+    "regional_bf16": "bf16",
+}
 
 
 # --------------------------------------------------------------------------- arguments

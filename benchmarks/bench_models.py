@@ -76,6 +76,7 @@ class Variant:
     dtype: str = "fp32"  # autocast dtype: fp32 (no autocast), bf16, fp16
     channels_last: bool = False
     compile: bool = False
+    regional: bool = False  # with compile: each repeated block, not the whole model
     adamw: str = "fused"  # fused or foreach
     summary: str = ""
 
@@ -98,6 +99,19 @@ VARIANTS: dict[str, Variant] = {
         Variant("compile", compile=True, summary="torch.compile, fp32"),
         Variant("compile_cl", compile=True, channels_last=True, summary="compile, channels-last"),
         Variant("compile_bf16", dtype="bf16", compile=True, summary="compile + bf16 autocast"),
+        Variant(
+            "regional",
+            compile=True,
+            regional=True,
+            summary="torch.compile of each residual and attention block (regional), fp32",
+        ),
+        Variant(
+            "regional_bf16",
+            dtype="bf16",
+            compile=True,
+            regional=True,
+            summary="regional compile + bf16 autocast",
+        ),
     )
 }
 #: Variants with no optimizer in them are the same for sampling: these are timed there.
@@ -214,8 +228,23 @@ def _apply_variant(
 ) -> tuple[nn.Module, nn.Module]:
     """``(raw, callable)``: the model moved / converted, and what the step calls."""
     model = model.to(device=device, memory_format=_memory_format(variant))
+    if variant.regional:
+        for block in repeated_blocks(model):
+            block.compile(dynamic=False, **compile_kwargs)
+        return model, model
     call = torch.compile(model, **compile_kwargs) if variant.compile else model
     return model, call
+
+
+#: The blocks regional compilation compiles: denoisekit's residual and attention blocks,
+#: and their diffusers counterparts (what ``compile_repeated_blocks`` would name, had
+#: ``UNet2DModel`` declared ``_repeated_blocks``).
+REPEATED_BLOCKS: tuple[str, ...] = ("ResBlock", "AttentionBlock", "ResnetBlock2D", "Attention")
+
+
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` that regional compilation compiles, one by one."""
+    return [m for m in model.modules() if type(m).__name__ in REPEATED_BLOCKS]
 
 
 def data_batch(

@@ -4,6 +4,11 @@ The forward pass runs under ``torch.autocast(device_type, dtype)`` on the run's 
 type (CPU or CUDA); the loss is computed in float32 outside it (the core casts the model
 output). Parameters, gradients and the optimizer stay in float32.
 
+* ``dtype = "auto"`` picks what pays on the device at hand: bfloat16 where the hardware
+  computes it natively (a CPU with AVX-512 BF16 or AMX; a GPU with bfloat16 support),
+  float16 + GradScaler on a GPU without bfloat16, and plain float32 (the hook does
+  nothing) on a CPU that would only emulate bfloat16 — there it is 10-16× slower
+  (docs/performance.md). The choice is logged (``denoisekit --debug train ...`` shows it).
 * ``dtype = "bfloat16"`` (default) has float32's exponent range: no loss scaling is needed,
   and this hook only wraps the forward pass. It needs a GPU with bfloat16 support
   (Ampere or newer) or a CPU.
@@ -28,6 +33,7 @@ Recipe example::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Generator
 from typing import Any
 
@@ -38,7 +44,31 @@ from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import option
 from denoisekit.errors import DenoisekitError
 
+log = logging.getLogger(__name__)
+
 DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+CHOICES: tuple[str, ...] = ("auto", *DTYPES)
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 products in hardware (not emulated).
+
+    CPUs: AVX-512 BF16 or AMX tiles (``torch.cpu`` probes, present since torch 2.1);
+    CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere or newer).
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
+
+
+def auto_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype ``dtype = "auto"`` picks on ``device`` (None: stay in float32)."""
+    if native_bfloat16(device):
+        return torch.bfloat16
+    return torch.float16 if device.type == "cuda" else None
 
 
 @attrs.frozen(kw_only=True)
@@ -47,8 +77,9 @@ class AMPConfig:
 
     dtype: str = option(
         "bfloat16",
-        "autocast dtype: bfloat16, or float16 (adds a GradScaler)",
-        validator=attrs.validators.in_(tuple(DTYPES)),
+        "autocast dtype: bfloat16, float16 (adds a GradScaler), or auto (bfloat16 where the "
+        "hardware has it natively, float16 on other GPUs, float32 on other CPUs)",
+        validator=attrs.validators.in_(CHOICES),
     )
     init_scale: float = option(
         65536.0, "float16 only: the GradScaler's initial scale", validator=attrs.validators.gt(0)
@@ -65,13 +96,14 @@ class AMPHook:
 
     Attributes:
         device_type: ``"cpu"`` or ``"cuda"`` (set by ``denoisekit_configure``).
-        dtype: the autocast dtype.
+        dtype: the autocast dtype (None: float32, the hook is idle; ``auto`` on a CPU
+            without native bfloat16). ``auto`` is resolved by ``denoisekit_configure``.
         scaler: the ``torch.amp.GradScaler`` (float16), else None.
     """
 
     def __init__(self, config: AMPConfig) -> None:
         self.config = config
-        self.dtype = DTYPES[config.dtype]
+        self.dtype: torch.dtype | None = DTYPES.get(config.dtype)
         self.device_type = "cpu"
         self.scaler: torch.amp.GradScaler | None = None
         self._skipped: torch.Tensor | None = None  # skipped steps so far (device, float)
@@ -95,6 +127,11 @@ class AMPHook:
     @hookimpl
     def denoisekit_configure(self, run: Any) -> None:
         self.device_type = run.device.type
+        if self.config.dtype == "auto":
+            self.dtype = auto_dtype(run.device)
+            log.info("amp: dtype auto -> %s on %s", self.dtype or "float32", run.device)
+            if self.dtype is None:
+                return
         if not torch.amp.is_autocast_available(self.device_type):
             raise DenoisekitError(
                 f"hooks.amp: autocast is not available on device {str(run.device)!r}; remove "
@@ -118,6 +155,8 @@ class AMPHook:
 
     @hookimpl(wrapper=True)
     def denoisekit_train_forward(self) -> Generator[None, Any, Any]:
+        if self.dtype is None:
+            return (yield)
         with torch.autocast(self.device_type, dtype=self.dtype):
             return (yield)
 

@@ -9,6 +9,7 @@ import torch
 
 from denoisekit import hookimpl
 from denoisekit.errors import NonFiniteLossError
+from denoisekit.plugins.hooks import amp
 from denoisekit.plugins.hooks.amp import AMPConfig
 from denoisekit.training import train
 from tests.plugins.hook_runs import params, single_thread, tiny_recipe, tiny_run
@@ -85,6 +86,38 @@ def test_forward_runs_under_the_autocast_dtype(tmp_path, hooks, expected) -> Non
     assert out_dtype == dtype
     # Outside the forward pass autocast is off again.
     assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "emulated-bf16"])
+def test_auto_dtype_follows_the_cpus_bfloat16_support(tmp_path, monkeypatch, native) -> None:
+    # The probes torch.cpu offers decide; both answers are simulated on any machine.
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: native, raising=False)
+    seen = _Probe()
+    hooks = {"amp": {"dtype": "auto"}}
+    run = tiny_run(tmp_path, tiny_recipe(tmp_path, steps=1, hooks=hooks), extra_hooks=(seen,))
+    train(run)
+    enabled, _, out_dtype = seen.seen[0]
+    assert run.hooks["amp"].dtype == (torch.bfloat16 if native else None)
+    assert enabled is native
+    assert out_dtype == (torch.bfloat16 if native else torch.float32)
+    assert run.hooks["amp"].scaler is None
+
+
+def test_auto_dtype_on_cuda_without_bfloat16_is_float16(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert amp.auto_dtype(torch.device("cuda")) is torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert amp.auto_dtype(torch.device("cuda")) is torch.bfloat16
+
+
+def test_native_bfloat16_reads_the_cpu_probes(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert amp.native_bfloat16(torch.device("cpu"))
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not amp.native_bfloat16(torch.device("cpu"))
+    assert not amp.native_bfloat16(torch.device("meta"))
 
 
 @needs_cpu_float16

@@ -13,7 +13,12 @@ import torch.nn.functional as F
 from denoisekit.config import option_doc
 from denoisekit.plugins.backbones import unet as unet_mod
 from denoisekit.plugins.backbones.unet import UNet, UNetConfig, build_unet
-from denoisekit.plugins.backbones.unet_layers import AttentionBlock, SinusoidalEmbedding
+from denoisekit.plugins.backbones.unet_layers import (
+    AttentionBlock,
+    Dropout,
+    SinusoidalEmbedding,
+    attention,
+)
 from denoisekit.recipe import structure_config
 from denoisekit.registry import default_registry
 from denoisekit.testing import check_config_roundtrip
@@ -264,6 +269,91 @@ def test_attention_block_matches_reference(channels_last):
         x = x.to(memory_format=torch.channels_last)
     with torch.no_grad():
         torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize("length", [16, 64])
+def test_bf16_cpu_attention_matches_float64_softmax_attention(length):
+    # The bf16 CPU path (two products and a softmax) against an independent float64
+    # evaluation of softmax(q kᵀ / √d) v on the same bf16-rounded inputs, and its gradients.
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, length, 16).bfloat16().requires_grad_() for _ in range(3))
+    out = attention(q, k, v)
+    assert out.dtype == torch.bfloat16
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = torch.einsum("bhij,bhjd->bhid", (q64 @ k64.transpose(-1, -2) / 4.0).softmax(-1), v64)
+    assert _rel_err(out, ref) < 1e-2
+    grad = torch.randn_like(ref)
+    out.backward(grad.bfloat16())
+    ref.backward(grad)
+    for mine, theirs in ((q.grad, q64.grad), (k.grad, k64.grad), (v.grad, v64.grad)):
+        assert _rel_err(mine, theirs) < 3e-2
+
+
+def test_float32_attention_is_sdpa():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 10, 8) for _ in range(3))
+    assert torch.equal(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_attention_block_under_bf16_autocast_matches_reference():
+    torch.manual_seed(0)
+    block = AttentionBlock(16, num_heads=2, groups=4)
+    with torch.no_grad():
+        block.proj.weight.normal_()
+        block.proj.bias.normal_()
+    x = torch.randn(4, 16, 8, 8)
+    expected = reference_attention(block, x)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(x)
+    assert _rel_err(out, expected) < 2e-2
+
+
+def test_dropout_keeps_each_element_independently_with_probability_one_minus_p():
+    p, n = 0.1, 200_000
+    drop = Dropout(p).train()
+    x = torch.ones(4, 5, 100, 100)  # n elements
+    torch.manual_seed(0)
+    y = drop(x)
+    kept = y != 0
+    # Kept values are scaled by exactly 1 / (1 - p); dropped ones are exactly 0.
+    assert torch.equal(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    # Keep rate within 5 binomial standard deviations of 1 - p.
+    rate = kept.double().mean().item()
+    assert abs(rate - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+    # Independence: neighbours along each axis and across two calls are uncorrelated.
+    flat = kept.double()
+    pairs = [
+        (flat[..., 1:], flat[..., :-1]),
+        (flat[:, :, 1:], flat[:, :, :-1]),
+        (flat[:, 1:], flat[:, :-1]),
+        (flat, (drop(x) != 0).double()),
+    ]
+    for a, b in pairs:
+        corr = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
+        assert abs(corr) < 5 / math.sqrt(a.numel())
+    # The mean is kept (E[y] = x): dropout's defining property.
+    assert abs(y.double().mean().item() - 1.0) < 5 * math.sqrt(p / (1 - p) / n)
+
+
+def test_dropout_gradient_is_the_mask_and_eval_is_identity():
+    drop = Dropout(0.3).train()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.bfloat16, requires_grad=True)
+    y = drop(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    mask = (y != 0).to(torch.bfloat16) / 0.7
+    nonzero = x.detach() != 0
+    assert torch.equal(x.grad[nonzero], mask[nonzero])
+    drop.eval()
+    assert drop(x) is x
+    cl = torch.randn(2, 3, 8, 8).to(memory_format=torch.channels_last)
+    assert drop.train()(cl).is_contiguous(memory_format=torch.channels_last)
+    # Same state dict (none) as nn.Dropout: checkpoints of either load into the other.
+    assert drop.state_dict() == torch.nn.Dropout(0.3).state_dict() == {}
 
 
 def test_num_heads_need_only_divide_attention_widths():
