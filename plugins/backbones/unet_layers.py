@@ -52,22 +52,32 @@ class SinusoidalEmbedding(nn.Module):
         return emb
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``softmax(q kᵀ / √d) v`` over ``(B, heads, L, d)``, by the kernel measured fastest.
+def channels_first_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``softmax(qᵀk / √d)`` applied to ``v``, all ``(B, heads, d, L)``, by two matrix products.
 
-    On a CPU in bfloat16 (autocast) two batched matrix products and a softmax beat SDPA's
-    flash kernel 3× for forward + backward (4.1 vs 13.3 ms at B=32, L=256, d=64; 0.28 vs
-    0.87 ms at L=16; AVX-512 BF16, docs/performance.md): the products run on the native
-    bf16 units, the flash kernel does not. Everywhere else (float32 on CPU, where flash was
-    fastest, and CUDA's flash / memory-efficient kernels) SDPA picks its fused kernel.
-    The scores are rounded to bfloat16 before the softmax (as in any bf16 "math"
-    attention): about 0.4% relative error in the output against SDPA's 0.2%, inside
-    bf16 autocast's 3% tolerance for the whole network.
+    The layout is the NCHW one (channels first): ``q``, ``k`` and ``v`` are views of the
+    qkv convolution's output and the result, ``(B, heads, d, L)``, is a view of a
+    ``(B, C, H, W)`` tensor, so no transpose is copied on the way in or out. Attention
+    weights ``w = softmax(qᵀk / √d)`` are ``(B, heads, L, L)``; output ``o = v wᵀ``.
+
+    Used for bfloat16 on a CPU, where it beats SDPA's flash kernel 3× for forward +
+    backward (4.1 vs 13.3 ms at B=32, L=256, d=64; 0.28 vs 0.87 ms at L=16; AVX-512 BF16,
+    docs/performance.md): the products run on the native bf16 units, the flash kernel does
+    not. The scores are rounded to bfloat16 before the softmax, as in any bf16 "math"
+    attention: about 0.4% relative error in the output against SDPA's 0.2%, inside bf16
+    autocast's 3% for the whole network.
     """
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (B, heads, L, L)
-        return scores.softmax(dim=-1) @ v
-    return F.scaled_dot_product_attention(q, k, v)
+    w = (q.transpose(-1, -2) * q.shape[-2] ** -0.5) @ k  # (B, heads, L, L)
+    return v @ w.softmax(dim=-1).transpose(-1, -2)
+
+
+def _bf16_on_cpu(x: torch.Tensor) -> bool:
+    """Whether the block computes in bfloat16 on a CPU (bf16 input, or bf16 autocast)."""
+    if x.device.type != "cpu":
+        return False
+    if x.dtype == torch.bfloat16:
+        return True
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
 class Dropout(nn.Dropout):
@@ -84,9 +94,10 @@ class Dropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return super().forward(x)
-        # keep_i = 1[u_i >= p] / (1 - p), u_i ~ U[0, 1): E[keep_i] = 1, as nn.Dropout.
-        keep = torch.rand_like(x, dtype=torch.float32).ge_(self.p).mul_(1.0 / (1.0 - self.p))
-        return x * keep.to(x.dtype)
+        # y_i = 0 where u_i < p, else x_i / (1 - p); u_i ~ U[0, 1): E[y_i] = x_i, as
+        # nn.Dropout. The mask saved for backward is one byte an element.
+        dropped = torch.rand_like(x, dtype=torch.float32) < self.p
+        return torch.where(dropped, 0.0, x).mul_(1.0 / (1.0 - self.p))  # keeps the layout
 
 
 class ResBlock(nn.Module):
@@ -159,6 +170,13 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         heads = self.num_heads
+        if _bf16_on_cpu(x):  # the kernel measured fastest there (channels_first_attention)
+            # (B, 3C, H, W) → (B, 3, heads, d, L): a view of an NCHW qkv.
+            qkv = self.qkv(self.norm(x)).reshape(B, 3, heads, C // heads, H * W)
+            o = channels_first_attention(*qkv.unbind(1)).reshape(B, C, H, W)
+            if not x.is_contiguous():  # a channels-last model stays channels-last
+                o = o.contiguous(memory_format=torch.channels_last)
+            return x + self.proj(o)
         # SDPA's fused kernels (CPU flash, CUDA flash / mem-efficient) need q, k, v with a
         # unit stride along the head dim, i.e. channels-last activations; on NCHW input they
         # fall back to the unfused math path (3-4× slower on CPU at 32×32). So the block works
@@ -167,7 +185,7 @@ class AttentionBlock(nn.Module):
         # (B, 3C, H, W) → (B, 3, heads, d, L): a view of the channels-last qkv.
         qkv = self.qkv(h).reshape(B, 3, heads, C // heads, H * W)
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, L, d), stride(-1) == 1
-        o = attention(q, k, v)  # (B, heads, L, d)
+        o = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, d)
         # (B, heads, L, d) → (B, L, heads·d) = (B, H, W, C) → permuted to a channels-last
         # (B, C, H, W) view; the reshape is the one copy of the attention output.
         o = o.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)

@@ -17,7 +17,7 @@ from denoisekit.plugins.backbones.unet_layers import (
     AttentionBlock,
     Dropout,
     SinusoidalEmbedding,
-    attention,
+    channels_first_attention,
 )
 from denoisekit.recipe import structure_config
 from denoisekit.registry import default_registry
@@ -276,15 +276,18 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("length", [16, 64])
-def test_bf16_cpu_attention_matches_float64_softmax_attention(length):
-    # The bf16 CPU path (two products and a softmax) against an independent float64
-    # evaluation of softmax(q kᵀ / √d) v on the same bf16-rounded inputs, and its gradients.
+def test_bf16_channels_first_attention_matches_float64_softmax_attention(length):
+    # The bf16 CPU path (two products and a softmax, (B, heads, d, L) layout) against an
+    # independent float64 softmax(Q Kᵀ / √d) V in the (B, heads, L, d) layout, on the same
+    # bf16-rounded inputs, and its gradients.
     torch.manual_seed(0)
-    q, k, v = (torch.randn(3, 2, length, 16).bfloat16().requires_grad_() for _ in range(3))
-    out = attention(q, k, v)
-    assert out.dtype == torch.bfloat16
+    q, k, v = (torch.randn(3, 2, 16, length).bfloat16().requires_grad_() for _ in range(3))
+    out = channels_first_attention(q, k, v)
+    assert out.dtype == torch.bfloat16 and out.shape == (3, 2, 16, length)
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
-    ref = torch.einsum("bhij,bhjd->bhid", (q64 @ k64.transpose(-1, -2) / 4.0).softmax(-1), v64)
+    Q, K, V = (t.transpose(-1, -2) for t in (q64, k64, v64))  # (B, heads, L, d)
+    ref = torch.einsum("bhij,bhjd->bhid", (Q @ K.transpose(-1, -2) / 4.0).softmax(-1), V)
+    ref = ref.transpose(-1, -2)
     assert _rel_err(out, ref) < 1e-2
     grad = torch.randn_like(ref)
     out.backward(grad.bfloat16())
@@ -293,22 +296,24 @@ def test_bf16_cpu_attention_matches_float64_softmax_attention(length):
         assert _rel_err(mine, theirs) < 3e-2
 
 
-def test_float32_attention_is_sdpa():
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 2, 10, 8) for _ in range(3))
-    assert torch.equal(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
-
-
-def test_attention_block_under_bf16_autocast_matches_reference():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_attention_block_under_bf16_autocast_matches_reference(channels_last):
     torch.manual_seed(0)
     block = AttentionBlock(16, num_heads=2, groups=4)
     with torch.no_grad():
         block.proj.weight.normal_()
         block.proj.bias.normal_()
-    x = torch.randn(4, 16, 8, 8)
+    x = torch.randn(4, 16, 8, 6)
     expected = reference_attention(block, x)
+    if channels_last:
+        block = block.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = block(x)
+    assert _rel_err(out, expected) < 2e-2
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    with torch.no_grad():  # bf16 weights and input, no autocast: the same path
+        out = block.bfloat16()(x.bfloat16())
     assert _rel_err(out, expected) < 2e-2
 
 
