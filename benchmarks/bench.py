@@ -132,7 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.variants is None:
-        chosen = [v for v in DEFAULT_VARIANTS if not (q and not args.compile and "compile" in v)]
+        compiled = {v for v in DEFAULT_VARIANTS if models.VARIANTS[v].compile}
+        chosen = [v for v in DEFAULT_VARIANTS if not (q and not args.compile and v in compiled)]
     else:
         chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in chosen if v not in models.VARIANTS]

@@ -71,7 +71,8 @@ def test_quick_json_has_every_section_with_median_min_max(quick):
         "python benchmarks/bench.py"
     )
     assert data["ceiling"]["fp32"]["gflops"] > 0 and data["ceiling"]["bf16"]["gflops"] > 0
-    assert not any("compile" in v for v in data["config"]["variants"])  # --quick: no compile
+    assert data["config"]["variants"]  # --quick: no compiled variant (regional ones too)
+    assert not any(models.VARIANTS[v].compile for v in data["config"]["variants"])
     assert data["config"]["compile_cache"].startswith("cold")  # compile times are cold starts
     timed = [r for r in data["train"] if "skipped" not in r]
     assert {(r["model"], r["variant"]) for r in timed} == {
@@ -226,7 +227,7 @@ def test_eager_variants_match_fp32_within_tolerance(kind, variant):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("variant", ["compile", "compile_cl"])
+@pytest.mark.parametrize("variant", ["compile", "compile_cl", "regional"])
 def test_compiled_variants_match_fp32(kind, variant):
     # aot_eager traces forward and backward like inductor but runs aten ops: the graph
     # capture is what is checked here; the slow test below runs inductor's code.
@@ -295,8 +296,24 @@ def test_sampler_loops_agree_between_denoisekit_and_diffusers():
     assert timed_ours.calls == timed_theirs.calls == 4
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_regional_compile_compiles_each_residual_and_attention_block(kind):
+    if kind == "diffusers" and not HAS_DIFFUSERS:
+        pytest.skip("diffusers (the bench extra) is not installed")
+    model = models.build_model(kind, TINY)
+    blocks = models.repeated_blocks(model)
+    names = {type(b).__name__ for b in blocks}
+    expected = {"ResBlock", "AttentionBlock"} if kind == "denoisekit" else {
+        "ResnetBlock2D",
+        "Attention",
+    }
+    assert names == expected
+    # The layouts match block for block, so both sides compile as many regions.
+    assert len(blocks) == len(models.repeated_blocks(models.build_model("denoisekit", TINY)))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["compile", "compile_cl"])
+@pytest.mark.parametrize("variant", ["compile", "compile_cl", "regional", "regional_bf16"])
 def test_inductor_compiled_variants_match_fp32(variant):
     torch._dynamo.reset()
     result = models.check_variant("denoisekit", models.VARIANTS[variant], TINY)
