@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from denoisekit import distributed, hookimpl, hookspecs
-from denoisekit.checkpoint import load_checkpoint, strip_compile_prefix
+from denoisekit.checkpoint import atomic_write, load_checkpoint, strip_compile_prefix
 from denoisekit.denoiser import Denoiser
 from denoisekit.diffusion import q_sample
 from denoisekit.distributed import SINGLE, DistContext
@@ -557,11 +557,14 @@ def _check_backbone_fits_data(recipe: Recipe, model: nn.Module, dataset: Any) ->
 
 
 def write_run_files(run: Run) -> None:
-    """The resolved recipe and the versions, in the run folder."""
-    (run.out_dir / "recipe.toml").write_text(run.recipe.to_toml(), encoding="utf-8")
-    (run.out_dir / "versions.json").write_text(
-        json.dumps(versions(run.registry), indent=2) + "\n", encoding="utf-8"
-    )
+    """The resolved recipe and the versions, in the run folder (atomic writes)."""
+    texts = {
+        "recipe.toml": run.recipe.to_toml(),
+        "versions.json": json.dumps(versions(run.registry), indent=2) + "\n",
+    }
+    for name, text in texts.items():
+        with atomic_write(run.out_dir / name) as handle:
+            handle.write(text.encode("utf-8"))
 
 
 # --------------------------------------------------------------------------- the loop
