@@ -147,11 +147,15 @@ def test_missing_checkpoint_is_one_line(tmp_path):
 EXISTS = "the file exists; pass --overwrite to replace it, or name another"
 IN_A_FILE = "{file} is a file, not a folder"
 OUTPUT_PROBLEMS = [
-    pytest.param(["--out", "folder"], "--out {folder}: is a folder; name a file in it"),
-    pytest.param(["--out", "file/s.npz"], "--out {file}/s.npz: " + IN_A_FILE),
-    pytest.param(["--grid", "folder"], "--grid {folder}: is a folder; name a file in it"),
-    pytest.param(["--trajectory", "file/t.gif"], "--trajectory {file}/t.gif: " + IN_A_FILE),
-    pytest.param(["--out", "old.npz"], "--out {old}: " + EXISTS),
+    pytest.param(["--out", "folder"], "--out {folder}: is a folder; name a file in it",
+                 id="out-is-a-folder"),
+    pytest.param(["--out", "file/s.npz"], "--out {file}/s.npz: " + IN_A_FILE,
+                 id="out-under-a-file"),
+    pytest.param(["--grid", "folder"], "--grid {folder}: is a folder; name a file in it",
+                 id="grid-is-a-folder"),
+    pytest.param(["--trajectory", "file/t.gif"], "--trajectory {file}/t.gif: " + IN_A_FILE,
+                 id="trajectory-under-a-file"),
+    pytest.param(["--out", "old.npz"], "--out {old}: " + EXISTS, id="out-exists"),
     pytest.param(["--out", "g.png", "--grid", "g.png"], "--grid {g}: is also --out; name two "
                  "different files", id="grid-is-out"),
 ]  # fmt: skip
