@@ -288,23 +288,39 @@ def save_npz(path: Path | str, images: torch.Tensor, labels: torch.Tensor | None
 def save_grid(
     path: Path | str, images: torch.Tensor, nrow: int | None = None, *, padding: int = 1
 ) -> Path:
-    """A PNG grid of [-1, 1] images (``padding`` pixels between them)."""
+    """A PNG grid of [-1, 1] images (``padding`` pixels between them), written atomically
+    (the format follows the file's extension)."""
     from torchvision.utils import save_image
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     nrow = nrow or max(1, int(np.ceil(np.sqrt(images.shape[0]))))
-    save_image(images, path, nrow=nrow, normalize=True, value_range=(-1, 1), padding=padding)
+    with atomic_write(path) as handle:
+        save_image(
+            images,
+            handle,
+            format=_image_format(path),
+            nrow=nrow,
+            normalize=True,
+            value_range=(-1, 1),
+            padding=padding,
+        )
     return path
 
 
+def _image_format(path: Path) -> str:
+    """PIL's format for a file name's extension (PNG when it has none PIL knows)."""
+    from PIL import Image
+
+    return Image.registered_extensions().get(path.suffix.lower(), "PNG")
+
+
 def save_trajectory(path: Path | str, frames: list[torch.Tensor], *, duration_ms: int = 80) -> Path:
-    """An animated GIF of x0 estimates over the steps (each frame a grid)."""
+    """An animated GIF of x0 estimates over the steps (each frame a grid), written
+    atomically."""
     from PIL import Image
     from torchvision.utils import make_grid
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     pictures = []
     for frame in frames:
         nrow = max(1, int(np.ceil(np.sqrt(frame.shape[0]))))
@@ -317,5 +333,9 @@ def save_trajectory(path: Path | str, frames: list[torch.Tensor], *, duration_ms
         pictures.append(
             picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
         )
-    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=duration_ms, loop=0)
+    with atomic_write(path) as handle:
+        pictures[0].save(
+            handle, format="GIF", save_all=True, append_images=pictures[1:],
+            duration=duration_ms, loop=0,
+        )  # fmt: skip
     return path

@@ -40,7 +40,7 @@ from denoisekit.checkpoint import atomic_write, load_checkpoint, strip_compile_p
 from denoisekit.denoiser import Denoiser
 from denoisekit.diffusion import q_sample
 from denoisekit.distributed import SINGLE, DistContext
-from denoisekit.errors import CheckpointError, DataError
+from denoisekit.errors import CheckpointError, DataError, OutputError
 from denoisekit.evaluation import eval_mode
 from denoisekit.recipe import Recipe
 from denoisekit.registry import Registry
@@ -419,8 +419,11 @@ class MetricsFile:
 
     @hookimpl(trylast=True)
     def denoisekit_log_scalars(self, step: int, scalars: dict[str, float]) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": step, **scalars}) + "\n")
+        try:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": step, **scalars}) + "\n")
+        except OSError as exc:  # a full disk: one line, the checkpoints stay
+            raise OutputError(f"{self.path}: cannot append ({exc.strerror or exc})") from exc
 
 
 # --------------------------------------------------------------------------- building

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ import torch
 
 from denoisekit import sampling
 from denoisekit.cli import main
-from denoisekit.errors import CheckpointError
+from denoisekit.errors import CheckpointError, OutputError
 from denoisekit.recipe import load_recipe
 from denoisekit.sampling import load_trained, sample_images, to_uint8_nhwc
 from denoisekit.training import build_run, train
@@ -188,3 +191,23 @@ def test_overwrite_replaces_an_existing_sample_file(trained, tmp_path):
     assert main(["sample", str(trained), "-n", "2", "--out", str(out), "--overwrite"]) == 0
     with np.load(out) as data:
         assert data["arr_0"].shape == (2, 8, 8, 1)
+
+
+def test_a_failed_grid_write_keeps_the_previous_grid(tmp_path, monkeypatch):
+    import torchvision.utils
+
+    grid = tmp_path / "grid.png"
+    grid.write_bytes(b"old grid")
+
+    def full_disk(tensor, fp, **kwargs):
+        if hasattr(fp, "write"):
+            fp.write(b"part")
+        else:
+            Path(fp).write_bytes(b"part")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torchvision.utils, "save_image", full_disk)
+    with pytest.raises(OutputError, match=r"grid\.png: cannot write \(No space left on device\)"):
+        sampling.save_grid(grid, torch.zeros(4, 1, 8, 8))
+    assert grid.read_bytes() == b"old grid"
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
