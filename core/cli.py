@@ -33,6 +33,15 @@ def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_trust_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-plugins",
+        action="store_true",
+        help="import the plugins the run's stored recipe names from the run folder or the "
+        "working directory (runs their code; without it only installed plugins load)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(
@@ -51,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
         const="last",
         metavar="CHECKPOINT",
         help="resume from a checkpoint (default: the run folder's checkpoints/last.pt)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in the folder: its recipe.toml, versions.json, "
+        "metrics.jsonl, checkpoints/, tensorboard/ and samples/ are removed first (other "
+        "files stay); without it training into a folder holding a run is refused",
     )
     p.set_defaults(func=_cmd_train)
 
@@ -71,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("samples.npz"), help="the .npz to write")
     p.add_argument("--grid", type=Path, help="also write a PNG grid")
     p.add_argument("--trajectory", type=Path, help="also write a GIF of the x0 estimates")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace existing --out/--grid/--trajectory files"
+    )
     p.add_argument("--device", help="run on this device instead of the recipe's")
+    _add_trust_arg(p)
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("compare", help="run variants of recipes side by side in TensorBoard")
@@ -98,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="override every variant's recipe",
     )
     p.add_argument("--out", type=Path, default=Path("runs/compare"), help="the log directory")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier comparison in --out (its compare.*, variants/, train/)",
+    )
+    _add_trust_arg(p)
     p.add_argument(
         "--metric", action="append", default=[], help="metrics to compute (fd, nll, ...)"
     )
@@ -140,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         "data type name (digits)",
     )
     p.add_argument("--no-log", action="store_true", help="do not append to metrics.jsonl")
+    _add_trust_arg(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("plugins", help="list every component with its provider and options")
@@ -170,20 +197,38 @@ def _version() -> str:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from denoisekit import distributed
+    from denoisekit.outputs import RUN_OUTPUTS, check_output_folder
     from denoisekit.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
+    if args.resume is not None and args.overwrite:
+        raise DenoisekitError(
+            "--resume continues the run in the folder, --overwrite replaces it: pass one"
+        )
+    if args.resume is None:  # every rank checks before any rank writes
+        check_output_folder(
+            _train_folder(args, recipe),
+            RUN_OUTPUTS,
+            overwrite=args.overwrite,
+            what="a run",
+            fix="continue it with --resume, ",
+        )
     # Under torchrun every rank runs this (DDP); outside it the session does nothing.
     with distributed.session(recipe.train.device) as dist:
         return _train(args, recipe, dist)
 
 
+def _train_folder(args: argparse.Namespace, recipe: Any) -> Path:
+    return args.out if args.out is not None else Path("runs") / recipe.name
+
+
 def _train(args: argparse.Namespace, recipe: Any, dist: Any) -> int:
     from denoisekit import distributed
     from denoisekit.errors import CheckpointError
+    from denoisekit.outputs import RUN_OUTPUTS, clear_outputs
     from denoisekit.training import TrainingInterrupted, build_run, resume_from, train
 
-    out_dir = args.out if args.out is not None else Path("runs") / recipe.name
+    out_dir = _train_folder(args, recipe)
     checkpoint = None
     if args.resume is not None:
         checkpoint = (
@@ -194,6 +239,10 @@ def _train(args: argparse.Namespace, recipe: Any, dist: Any) -> int:
                 f"{checkpoint}: checkpoint not found (enable [hooks.checkpoint] in the recipe, "
                 "or pass --resume PATH)"
             )
+    if args.overwrite and dist.is_main:
+        removed = clear_outputs(out_dir, RUN_OUTPUTS)
+        if removed:
+            print(f"--overwrite: removed the previous run's {', '.join(removed)} from {out_dir}")
     run = build_run(recipe, out_dir=out_dir, dist=dist)
     if checkpoint is not None:
         resume_from(run, checkpoint)
@@ -228,6 +277,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     if args.num <= 0 or args.batch_size <= 0:
         raise DenoisekitError("-n and --batch-size must be positive")
+    from denoisekit.outputs import check_output_files
+
+    outputs = [("--out", args.out), ("--grid", args.grid), ("--trajectory", args.trajectory)]
+    check_output_files(outputs, overwrite=args.overwrite)
     # Under torchrun each rank draws a share of the images; rank 0 writes the files.
     with distributed.session(args.device or "auto") as dist:
         return _sample(args, dist)
@@ -248,7 +301,13 @@ def _sample(args: argparse.Namespace, dist: Any) -> int:
     overrides = list(args.overrides)
     if args.sampler:
         overrides.insert(0, f"sampler.type={args.sampler}")
-    run = load_trained(args.run, overrides=overrides, device=args.device, dist=dist)
+    run = load_trained(
+        args.run,
+        overrides=overrides,
+        device=args.device,
+        dist=dist,
+        trust_plugins=args.trust_plugins,
+    )
     frames: list[Any] = []
     first_batch = [True]
 
@@ -291,10 +350,21 @@ def _sample(args: argparse.Namespace, dist: Any) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from denoisekit.compare import plan, run_compare, training_groups
+    from denoisekit.outputs import COMPARE_OUTPUTS, check_output_folder, clear_outputs
 
     if bool(args.recipes) == (args.run is not None):
         raise DenoisekitError("compare takes recipe files or --run RUN_OR_CHECKPOINT (one of)")
-    variants = plan(args.recipes, args.vary, args.overrides, from_run=args.run)
+    if not args.dry_run:
+        check_output_folder(
+            args.out, COMPARE_OUTPUTS, overwrite=args.overwrite, what="a comparison", fix=""
+        )
+    variants = plan(
+        args.recipes,
+        args.vary,
+        args.overrides,
+        from_run=args.run,
+        trust_plugins=args.trust_plugins,
+    )
     groups = training_groups(variants)
     if args.dry_run:
         trainings = 0 if args.run is not None else len(groups)
@@ -304,6 +374,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             for variant in members:
                 print(f"    {variant.name}")
         return 0
+    if args.overwrite:
+        removed = clear_outputs(args.out, COMPARE_OUTPUTS)
+        if removed:
+            print(f"--overwrite: removed the previous {', '.join(removed)} from {args.out}")
     run_compare(
         variants,
         out_dir=args.out,
@@ -312,6 +386,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         metrics=args.metric,
         from_run=args.run,
+        trust_plugins=args.trust_plugins,
     )
     print(
         f"wrote {args.out / 'compare.md'}, compare.csv, compare.png; "
@@ -342,7 +417,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise DenoisekitError(
                 "--samples needs --reference: a recipe, run folder, checkpoint or data type name"
             )
-        recipe, registry = reference_recipe(args.reference, args.overrides)
+        recipe, registry = reference_recipe(
+            args.reference, args.overrides, trust_plugins=args.trust_plugins
+        )
         sample_set = load_samples_npz(args.samples)
         if args.metrics:
             metrics = build_metrics(recipe, registry, args.metrics)
@@ -369,7 +446,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.sampler:
         overrides.insert(0, f"sampler.type={args.sampler}")
-    run = load_trained(args.run, overrides=overrides, device=args.device)
+    run = load_trained(
+        args.run, overrides=overrides, device=args.device, trust_plugins=args.trust_plugins
+    )
     names = args.metrics or list(run.recipe.metrics)
     if not names:
         known = ", ".join(run.registry.names("metric"))

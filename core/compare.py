@@ -93,17 +93,19 @@ def plan(
     overrides: Sequence[str] = (),
     *,
     from_run: Path | None = None,
+    trust_plugins: bool = False,
 ) -> list[Variant]:
     """Every variant, in order: recipe files, then the ``--vary`` product.
 
     With ``from_run`` (a run folder or checkpoint) the variants start from that run's
     stored recipe and may vary only sampling options (``[sampler]``, ``[metrics]``): they
-    all reuse its trained weights.
+    all reuse its trained weights. Its plugins are imported as
+    :func:`denoisekit.sampling.stored_registry` says (``trust_plugins``).
     """
     axes = [parse_vary(v) for v in vary]
     combos = list(itertools.product(*[[(k, v) for v in values] for k, values in axes]))
     sources: list[Path | None] = [None] if from_run is not None else list(recipes)
-    recipe_of_run = _recipe_of_run(Path(from_run)) if from_run is not None else None
+    recipe_of_run = _recipe_of_run(Path(from_run), trust_plugins) if from_run is not None else None
     variants: list[Variant] = []
     for path in sources:
         for combo in combos:
@@ -140,7 +142,7 @@ def plan(
     return variants
 
 
-def _recipe_of_run(path: Path) -> Callable[[Sequence[str]], Recipe]:
+def _recipe_of_run(path: Path, trust_plugins: bool) -> Callable[[Sequence[str]], Recipe]:
     """The recipe stored in a run's checkpoint, read once; call with overrides."""
     import copy
 
@@ -149,7 +151,7 @@ def _recipe_of_run(path: Path) -> Callable[[Sequence[str]], Recipe]:
 
     checkpoint = find_checkpoint(path)
     stored = stored_recipe(checkpoint)
-    registry = stored_registry(checkpoint, stored)
+    registry = stored_registry(checkpoint, stored, trust_plugins=trust_plugins)
 
     def with_overrides(overrides: Sequence[str]) -> Recipe:
         origins = _Origins()
@@ -209,8 +211,10 @@ def run_compare(
     metrics: Sequence[str] = (),
     log: Callable[[str], None] = print,
     from_run: Path | None = None,
+    trust_plugins: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train each group once (or load ``from_run``), sample and score every variant."""
+    """Train each group once (or load ``from_run``, its plugins as ``trust_plugins`` says),
+    sample and score every variant."""
     from torch.utils.tensorboard import SummaryWriter
 
     from denoisekit.evaluation import draw_samples
@@ -225,7 +229,7 @@ def run_compare(
             from denoisekit.sampling import load_trained
 
             log(f"sampling {len(members)} variant(s) from the trained run {from_run}")
-            run = load_trained(from_run)
+            run = load_trained(from_run, trust_plugins=trust_plugins)
         else:
             log(f"training {group} ({recipe.train.steps} steps) for {len(members)} variant(s)")
             run = build_run(recipe, out_dir=out_dir / "train" / group)

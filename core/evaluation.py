@@ -220,9 +220,13 @@ def reference_key(recipe: Any) -> str:
     return f"{choice.type}-heldout-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def reference_recipe(spec: str | Path, overrides: Sequence[str] = ()) -> tuple[Any, Any]:
+def reference_recipe(
+    spec: str | Path, overrides: Sequence[str] = (), *, trust_plugins: bool = False
+) -> tuple[Any, Any]:
     """A recipe (and its registry) naming reference data, from a recipe file, a run folder
     or checkpoint, or a data type name (``digits``); ``overrides`` apply as ``--set``.
+    A run's stored recipe imports its plugins as
+    :func:`denoisekit.sampling.stored_registry` says (``trust_plugins``).
 
     Returns:
         ``(recipe, registry)``.
@@ -241,7 +245,7 @@ def reference_recipe(spec: str | Path, overrides: Sequence[str] = ()) -> tuple[A
         return recipe, registry
     origins = _Origins()
     if path.exists():
-        from denoisekit.sampling import find_checkpoint, stored_recipe
+        from denoisekit.sampling import find_checkpoint, stored_recipe, stored_registry
 
         checkpoint = find_checkpoint(path)
         data = stored_recipe(checkpoint)
@@ -256,7 +260,10 @@ def reference_recipe(spec: str | Path, overrides: Sequence[str] = ()) -> tuple[A
         data = {"name": "reference", "data": {"type": text}}
         source = None
     data = apply_overrides(data, overrides, origins)
-    registry = Registry.from_plugin_manager(get_plugin_manager(plugins=data.get("plugins", [])))
+    if source is not None:
+        registry = stored_registry(source, data, trust_plugins=trust_plugins)
+    else:
+        registry = Registry.from_plugin_manager(get_plugin_manager(plugins=data.get("plugins", [])))
     try:
         recipe = recipe_from_data(data, registry, source=source, origins=origins)
     except RecipeError as exc:

@@ -8,10 +8,19 @@
   gathers them).
 * :func:`save_npz` writes key ``arr_0``, uint8, N×H×W×C (and ``arr_1`` labels): the format
   that public FID evaluators read.
+
+Trust: opening a run folder or checkpoint must not run its code. The weights load with
+``weights_only=True``, and the stored recipe's ``plugins`` are imported only as installed
+(found on ``sys.path`` as it is, outside the run's folder) unless the caller passes
+``trust_plugins=True`` (``--trust-plugins``): see :func:`stored_registry`.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
+import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +30,7 @@ import torch
 
 from denoisekit import distributed
 from denoisekit.checkpoint import atomic_write, load_checkpoint
-from denoisekit.errors import CheckpointError
+from denoisekit.errors import CheckpointError, PluginLoadError
 from denoisekit.evaluation import eval_mode
 from denoisekit.recipe import apply_overrides, recipe_from_data
 from denoisekit.registry import Registry
@@ -50,6 +59,7 @@ def load_trained(
     registry: Registry | None = None,
     with_data: bool = False,
     dist: distributed.DistContext | None = None,
+    trust_plugins: bool = False,
 ) -> Any:
     """Build a run from a checkpoint's own recipe and load its weights (EMA included).
 
@@ -63,6 +73,8 @@ def load_trained(
         with_data: also build the training data (evaluation against it).
         dist: this rank under torchrun (default: the initialized process group, if any):
             the run goes to its ``cuda:LOCAL_RANK``.
+        trust_plugins: import the stored recipe's plugins from the run folder or the
+            working directory (see :func:`stored_registry`).
     """
     from denoisekit.recipe import _Origins
     from denoisekit.training import build_run
@@ -74,7 +86,7 @@ def load_trained(
     if device is not None:
         data.setdefault("train", {})["device"] = device
     if registry is None:
-        registry = stored_registry(checkpoint, data)
+        registry = stored_registry(checkpoint, data, trust_plugins=trust_plugins)
     recipe = recipe_from_data(data, registry, source=checkpoint, origins=origins)
     run_dir = _run_folder(checkpoint)
     out_dir = run_dir if run_dir is not None else checkpoint.parent
@@ -96,15 +108,66 @@ def stored_recipe(checkpoint: Path, state: dict[str, Any] | None = None) -> dict
         raise CheckpointError(f"{checkpoint}: holds no readable recipe ({exc})") from exc
 
 
-def stored_registry(checkpoint: Path, data: dict[str, Any]) -> Registry:
-    """The registry for a stored recipe: its ``plugins`` looked up in the run folder, then
-    the working directory."""
+def stored_registry(
+    checkpoint: Path, data: dict[str, Any], *, trust_plugins: bool = False
+) -> Registry:
+    """The registry for a stored recipe (a run folder's or a checkpoint's).
+
+    Its ``plugins`` are imported only as installed: found on ``sys.path`` as it is (or
+    through their entry point), not inside the run's folder, so a run folder someone
+    shared cannot run code when it is opened. ``trust_plugins`` looks them up in the run
+    folder (or the checkpoint's folder), then the working directory, first.
+
+    Raises:
+        PluginLoadError: a plugin that is not installed, or would come from the run
+            folder, without ``trust_plugins``; one line naming it and ``--trust-plugins``.
+    """
     from denoisekit.plugin_manager import get_plugin_manager
 
-    search = [p for p in (_run_folder(checkpoint), Path.cwd()) if p is not None]
-    return Registry.from_plugin_manager(
-        get_plugin_manager(plugins=data.get("plugins", []), search_paths=search)
-    )
+    folder = (_run_folder(checkpoint) or checkpoint.parent).resolve()
+    names = data.get("plugins", [])
+    search: list[Path] = []
+    if trust_plugins:
+        search = [folder, Path.cwd()]
+    elif isinstance(names, list):
+        for name in names:
+            if isinstance(name, str):
+                _check_installed(name, folder, checkpoint)
+    return Registry.from_plugin_manager(get_plugin_manager(plugins=names, search_paths=search))
+
+
+def _check_installed(name: str, folder: Path, checkpoint: Path) -> None:
+    """Raise unless plugin module ``name`` imports from outside ``folder`` as things are."""
+    from denoisekit.plugin_manager import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP
+
+    if not os.environ.get(DISABLE_AUTOLOAD_ENV) and name in {
+        ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    }:
+        return  # loaded through its entry point: installed
+    top = name.partition(".")[0]  # finding a submodule would import its package
+    module = sys.modules.get(top)
+    if module is not None:
+        found, places = True, [getattr(module, "__file__", None), *getattr(module, "__path__", ())]
+    else:
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            spec = None
+        found = spec is not None
+        places = [spec.origin, *(spec.submodule_search_locations or ())] if spec else []
+    files = [Path(p).resolve() for p in places if p and os.path.exists(p)]
+    if any(f == folder or folder in f.parents for f in files):
+        raise PluginLoadError(
+            f"{checkpoint}: the stored recipe's plugin {name!r} would be imported from the "
+            f"run folder {folder}; pass --trust-plugins to run that code (only if you trust "
+            "the folder), or install the plugin"
+        )
+    if not found:
+        raise PluginLoadError(
+            f"{checkpoint}: the stored recipe's plugin {name!r} is not installed; install it, "
+            f"or pass --trust-plugins to import {top}.py from the run folder {folder} or the "
+            "working directory (only if you trust them)"
+        )
 
 
 def _run_folder(checkpoint: Path) -> Path | None:
@@ -225,23 +288,39 @@ def save_npz(path: Path | str, images: torch.Tensor, labels: torch.Tensor | None
 def save_grid(
     path: Path | str, images: torch.Tensor, nrow: int | None = None, *, padding: int = 1
 ) -> Path:
-    """A PNG grid of [-1, 1] images (``padding`` pixels between them)."""
+    """A PNG grid of [-1, 1] images (``padding`` pixels between them), written atomically
+    (the format follows the file's extension)."""
     from torchvision.utils import save_image
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     nrow = nrow or max(1, int(np.ceil(np.sqrt(images.shape[0]))))
-    save_image(images, path, nrow=nrow, normalize=True, value_range=(-1, 1), padding=padding)
+    with atomic_write(path) as handle:
+        save_image(
+            images,
+            handle,
+            format=_image_format(path),
+            nrow=nrow,
+            normalize=True,
+            value_range=(-1, 1),
+            padding=padding,
+        )
     return path
 
 
+def _image_format(path: Path) -> str:
+    """PIL's format for a file name's extension (PNG when it has none PIL knows)."""
+    from PIL import Image
+
+    return Image.registered_extensions().get(path.suffix.lower(), "PNG")
+
+
 def save_trajectory(path: Path | str, frames: list[torch.Tensor], *, duration_ms: int = 80) -> Path:
-    """An animated GIF of x0 estimates over the steps (each frame a grid)."""
+    """An animated GIF of x0 estimates over the steps (each frame a grid), written
+    atomically."""
     from PIL import Image
     from torchvision.utils import make_grid
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     pictures = []
     for frame in frames:
         nrow = max(1, int(np.ceil(np.sqrt(frame.shape[0]))))
@@ -254,5 +333,9 @@ def save_trajectory(path: Path | str, frames: list[torch.Tensor], *, duration_ms
         pictures.append(
             picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
         )
-    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=duration_ms, loop=0)
+    with atomic_write(path) as handle:
+        pictures[0].save(
+            handle, format="GIF", save_all=True, append_images=pictures[1:],
+            duration=duration_ms, loop=0,
+        )  # fmt: skip
     return path

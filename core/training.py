@@ -36,11 +36,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from denoisekit import distributed, hookimpl, hookspecs
-from denoisekit.checkpoint import load_checkpoint, strip_compile_prefix
+from denoisekit.checkpoint import atomic_write, load_checkpoint, strip_compile_prefix
 from denoisekit.denoiser import Denoiser
 from denoisekit.diffusion import q_sample
 from denoisekit.distributed import SINGLE, DistContext
-from denoisekit.errors import CheckpointError, DataError
+from denoisekit.errors import CheckpointError, DataError, OutputError
 from denoisekit.evaluation import eval_mode
 from denoisekit.recipe import Recipe
 from denoisekit.registry import Registry
@@ -419,8 +419,11 @@ class MetricsFile:
 
     @hookimpl(trylast=True)
     def denoisekit_log_scalars(self, step: int, scalars: dict[str, float]) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": step, **scalars}) + "\n")
+        try:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": step, **scalars}) + "\n")
+        except OSError as exc:  # a full disk: one line, the checkpoints stay
+            raise OutputError(f"{self.path}: cannot append ({exc.strerror or exc})") from exc
 
 
 # --------------------------------------------------------------------------- building
@@ -557,11 +560,14 @@ def _check_backbone_fits_data(recipe: Recipe, model: nn.Module, dataset: Any) ->
 
 
 def write_run_files(run: Run) -> None:
-    """The resolved recipe and the versions, in the run folder."""
-    (run.out_dir / "recipe.toml").write_text(run.recipe.to_toml(), encoding="utf-8")
-    (run.out_dir / "versions.json").write_text(
-        json.dumps(versions(run.registry), indent=2) + "\n", encoding="utf-8"
-    )
+    """The resolved recipe and the versions, in the run folder (atomic writes)."""
+    texts = {
+        "recipe.toml": run.recipe.to_toml(),
+        "versions.json": json.dumps(versions(run.registry), indent=2) + "\n",
+    }
+    for name, text in texts.items():
+        with atomic_write(run.out_dir / name) as handle:
+            handle.write(text.encode("utf-8"))
 
 
 # --------------------------------------------------------------------------- the loop

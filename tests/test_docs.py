@@ -189,7 +189,7 @@ def test_docstring_examples_take_precedence_over_the_fallbacks():
 # --------------------------------------------------------------------------- guides
 
 
-GUIDES = ["quickstart.md", "writing-a-plugin.md", "architecture.md"]
+GUIDES = ["quickstart.md", "writing-a-plugin.md", "architecture.md", "errors-and-safety.md"]
 
 
 def _shell_commands(text: str) -> list[list[str]]:

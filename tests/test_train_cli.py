@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from denoisekit import testing, training
 from denoisekit.cli import main
 
 RECIPE = """
@@ -139,3 +140,51 @@ def test_corrupt_checkpoint_is_one_line_naming_the_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 2
     assert err.count("\n") == 1 and str(bad) in err
+
+
+def train_tiny_run(folder: Path) -> tuple[Path, Path]:
+    """A 2-step tiny run with a checkpoint per step: ``(recipe, run folder)``."""
+    recipe = testing.write_recipe(folder, {"hooks": {"checkpoint": {"every": 1}}})
+    out = folder / "run"
+    out.mkdir()  # an existing empty folder holds no run
+    with testing.single_thread():
+        assert main(["train", str(recipe), "--out", str(out)]) == 0
+    return recipe, out
+
+
+def test_training_into_a_folder_holding_a_run_is_refused_before_any_work(
+    tmp_path, capsys, monkeypatch
+):
+    recipe, out = train_tiny_run(tmp_path)
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the run was built")
+
+    monkeypatch.setattr(training, "build_run", no_work)
+    assert main(["train", str(recipe), "--out", str(out), "--set", "seed=1"]) == 2
+    assert capsys.readouterr().err == (
+        f"denoisekit: error: {out}: already holds a run (recipe.toml, versions.json, "
+        "metrics.jsonl, checkpoints/); continue it with --resume, replace it with "
+        "--overwrite, or pick a new folder with --out DIR\n"
+    )
+    assert main(["train", str(recipe), "--out", str(out), "--resume", "--overwrite"]) == 2
+    assert "pass one" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+
+
+def test_overwrite_replaces_the_run_and_keeps_other_files(tmp_path, capsys):
+    recipe, out = train_tiny_run(tmp_path)
+    (out / "notes.txt").write_text("mine")
+    (out / "checkpoints" / "step-00000099.pt").write_bytes(b"the old run's")
+    with testing.single_thread():
+        status = main(["train", str(recipe), "--out", str(out), "--overwrite", "--set", "seed=1"])
+    assert status == 0
+    assert "removed the previous run's recipe.toml, versions.json" in capsys.readouterr().out
+    assert (out / "notes.txt").read_text() == "mine"
+    assert "seed = 1" in (out / "recipe.toml").read_text()
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2]  # the new run's alone, nothing appended
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["last.pt", "step-00000001.pt", "step-00000002.pt"]

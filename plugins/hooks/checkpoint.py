@@ -10,6 +10,11 @@ Files, in ``<run>/checkpoints/``:
   atomically, or a copy where the file system has no hard links.
   ``denoisekit train --resume runs/NAME/checkpoints/last.pt`` continues exactly.
 
+A process killed mid-write (``kill -9``) leaves only a temporary file, which the next run's
+start removes (:func:`denoisekit.checkpoint.remove_stale_temporaries`); ``last.pt`` and the
+step files are those of the last completed write. A full disk is a one-line error naming
+the file.
+
 Pruning only considers step files up to the step the run started from (after a resume) and
 the ones this run wrote; files of steps beyond it (an abandoned branch) are left alone.
 
@@ -51,9 +56,9 @@ import attrs
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.checkpoint import save_checkpoint
+from denoisekit.checkpoint import remove_stale_temporaries, save_checkpoint, temporary_prefix
 from denoisekit.config import option
-from denoisekit.errors import NonFiniteLossError
+from denoisekit.errors import NonFiniteLossError, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +126,7 @@ class CheckpointHook:
         self._history = []
         later = []
         if self.folder is not None and self.folder.is_dir():
+            remove_stale_temporaries(self.folder)
             for path in self.folder.iterdir():
                 match = STEP_FILE_RE.match(path.name)
                 if match:
@@ -263,15 +269,20 @@ def _loss_ok(run: Any, loss: torch.Tensor) -> bool:
 
 def _replace_with_link(target: Path, link: Path) -> None:
     """Make ``link`` name ``target``'s bytes: hard link (else copy), swapped in atomically."""
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp = link.with_name(temporary_prefix(link) + "link.tmp")
     tmp.unlink(missing_ok=True)
     try:
-        os.link(target, tmp)
-    except OSError:
-        shutil.copyfile(target, tmp)
-        with tmp.open("rb+") as handle:
-            os.fsync(handle.fileno())
-    os.replace(tmp, link)
+        try:
+            os.link(target, tmp)
+        except OSError:
+            shutil.copyfile(target, tmp)
+            with tmp.open("rb+") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, link)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        reason = exc.strerror or exc
+        raise OutputError(f"{link}: cannot write ({reason}); {target} is intact") from exc
 
 
 def build_checkpoint(config: CheckpointConfig) -> CheckpointHook:

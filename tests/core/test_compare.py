@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from denoisekit import training
+from denoisekit import compare, training
 from denoisekit.cli import main
 from denoisekit.compare import parse_vary, plan, run_compare, split_values, training_groups
 
@@ -241,3 +242,35 @@ def test_compare_from_a_trained_run_trains_nothing(recipe_path, tmp_path, capsys
     status = main(["compare", "--run", str(run_dir), "--vary", "schedule.type=linear", "--dry-run"])
     assert status == 2
     assert "may vary only [sampler] and [metrics]" in capsys.readouterr().err
+
+
+def test_compare_into_an_earlier_comparison_is_refused_before_any_work(
+    recipe_path, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "cmp"
+    (out / "variants").mkdir(parents=True)
+    (out / "compare.md").write_text("earlier")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the comparison started")
+
+    monkeypatch.setattr(compare, "plan", no_work)
+    argv = ["compare", str(recipe_path), "--vary", "sampler.steps=2,3", "--out", str(out)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"denoisekit: error: {out}: already holds a comparison (compare.md, variants/); "
+        "replace it with --overwrite, or pick a new folder with --out DIR\n"
+    )
+    assert (out / "compare.md").read_text() == "earlier"
+
+
+def test_compare_overwrite_clears_the_earlier_comparison_only(recipe_path, tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    (out / "variants" / "old").mkdir(parents=True)
+    (out / "compare.md").write_text("earlier")
+    (out / "notes.txt").write_text("mine")
+    seen = []
+    monkeypatch.setattr(compare, "run_compare", lambda *a, **k: seen.extend(os.listdir(out)))
+    argv = ["compare", str(recipe_path), "--vary", "sampler.steps=2,3", "--out", str(out)]
+    assert main([*argv, "--overwrite"]) == 0
+    assert seen == ["notes.txt"]

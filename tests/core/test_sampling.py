@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from denoisekit import sampling
 from denoisekit.cli import main
-from denoisekit.errors import CheckpointError
+from denoisekit.errors import CheckpointError, OutputError
 from denoisekit.recipe import load_recipe
 from denoisekit.sampling import load_trained, sample_images, to_uint8_nhwc
 from denoisekit.training import build_run, train
@@ -141,3 +145,69 @@ def test_missing_checkpoint_is_one_line(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     assert main(["sample", str(bad)]) == 2
+
+
+EXISTS = "the file exists; pass --overwrite to replace it, or name another"
+IN_A_FILE = "{file} is a file, not a folder"
+OUTPUT_PROBLEMS = [
+    pytest.param(["--out", "folder"], "--out {folder}: is a folder; name a file in it",
+                 id="out-is-a-folder"),
+    pytest.param(["--out", "file/s.npz"], "--out {file}/s.npz: " + IN_A_FILE,
+                 id="out-under-a-file"),
+    pytest.param(["--grid", "folder"], "--grid {folder}: is a folder; name a file in it",
+                 id="grid-is-a-folder"),
+    pytest.param(["--trajectory", "file/t.gif"], "--trajectory {file}/t.gif: " + IN_A_FILE,
+                 id="trajectory-under-a-file"),
+    pytest.param(["--out", "old.npz"], "--out {old}: " + EXISTS, id="out-exists"),
+    pytest.param(["--out", "g.png", "--grid", "g.png"], "--grid {g}: is also --out; name two "
+                 "different files", id="grid-is-out"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("flags", "problem"), OUTPUT_PROBLEMS)
+def test_sample_outputs_are_checked_before_any_work(
+    trained, tmp_path, capsys, monkeypatch, flags, problem
+):
+    paths = {name: tmp_path / name for name in ("folder", "file", "old.npz", "g.png")}
+    paths["folder"].mkdir()
+    paths["file"].write_text("a file")
+    paths["old.npz"].write_bytes(b"old")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("sampling started")
+
+    monkeypatch.setattr(sampling, "load_trained", no_work)
+    argv = [str(tmp_path / f) if i % 2 else f for i, f in enumerate(flags)]
+    assert main(["sample", str(trained), "-n", "2", *argv]) == 2
+    names = {"folder": paths["folder"], "file": paths["file"], "old": paths["old.npz"]}
+    expected = problem.format(**names, g=paths["g.png"])
+    assert capsys.readouterr().err == f"denoisekit: error: {expected}\n"
+    assert paths["old.npz"].read_bytes() == b"old"
+
+
+def test_overwrite_replaces_an_existing_sample_file(trained, tmp_path):
+    out = tmp_path / "s.npz"
+    out.write_bytes(b"old")
+    assert main(["sample", str(trained), "-n", "2", "--out", str(out), "--overwrite"]) == 0
+    with np.load(out) as data:
+        assert data["arr_0"].shape == (2, 8, 8, 1)
+
+
+def test_a_failed_grid_write_keeps_the_previous_grid(tmp_path, monkeypatch):
+    import torchvision.utils
+
+    grid = tmp_path / "grid.png"
+    grid.write_bytes(b"old grid")
+
+    def full_disk(tensor, fp, **kwargs):
+        if hasattr(fp, "write"):
+            fp.write(b"part")
+        else:
+            Path(fp).write_bytes(b"part")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torchvision.utils, "save_image", full_disk)
+    with pytest.raises(OutputError, match=r"grid\.png: cannot write \(No space left on device\)"):
+        sampling.save_grid(grid, torch.zeros(4, 1, 8, 8))
+    assert grid.read_bytes() == b"old grid"
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]

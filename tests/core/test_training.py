@@ -8,9 +8,9 @@ import attrs
 import pytest
 import torch
 
-from denoisekit.errors import DataError
+from denoisekit.errors import DataError, OutputError
 from denoisekit.recipe import load_recipe
-from denoisekit.training import BatchStream, build_run, train
+from denoisekit.training import BatchStream, MetricsFile, build_run, train
 
 TINY = """
 name = "tiny"
@@ -118,3 +118,9 @@ def test_backbone_not_matching_data_is_one_line(recipe, tmp_path):
     )
     with pytest.raises(DataError, match=r"set backbone\.in_channels = 1"):
         build_run(bad, out_dir=tmp_path / "run")
+
+
+def test_a_failed_metrics_append_is_one_line_naming_the_file(tmp_path):
+    path = tmp_path / "gone" / "metrics.jsonl"  # the folder was removed (or the disk is full)
+    with pytest.raises(OutputError, match=r"gone/metrics\.jsonl: cannot append \(No such file"):
+        MetricsFile(path).denoisekit_log_scalars(step=1, scalars={"loss": 1.0})
