@@ -1,0 +1,88 @@
+"""Bad input gives one line on stderr (``denoisekit: error: ...``) naming what and where, exit
+status 2, before any work starts; ``--debug`` shows the traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from denoisekit.cli import main
+from denoisekit.testing import write_recipe
+
+
+def error_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the CLI; assert exit status 2 and exactly one stderr line; return that line."""
+    try:
+        status = main(argv)
+    except SystemExit as exc:  # argparse exits itself
+        status = exc.code
+    err = capsys.readouterr().err
+    assert status == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("denoisekit: error: "), err
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- recipe files
+
+
+def test_recipe_not_utf8_names_file_offset_and_line(tmp_path, capsys):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('name = "x"\n# café\n'.encode("latin-1"))
+    line = error_line(["recipe", "check", str(path)], capsys)
+    assert line == (
+        f"denoisekit: error: {path}: not UTF-8 text: byte 0xe9 at offset 16 (line 2); TOML "
+        "files must be UTF-8, re-save it in that encoding"
+    )
+
+
+def test_extended_recipe_not_utf8_names_that_file(tmp_path, capsys):
+    (tmp_path / "base.toml").write_bytes(b"seed = 1 # \xff\n")
+    path = tmp_path / "top.toml"
+    path.write_text('extends = "base.toml"\n')
+    line = error_line(["recipe", "check", str(path)], capsys)
+    assert f"{tmp_path / 'base.toml'}: not UTF-8 text: byte 0xff at offset 11 (line 1)" in line
+
+
+def test_recipe_with_byte_order_mark_loads(tmp_path, capsys):
+    path = write_recipe(tmp_path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert main(["recipe", "check", str(path)]) == 0
+    assert "ok (tiny)" in capsys.readouterr().out
+
+
+def test_recipe_path_that_is_a_folder(tmp_path, capsys):
+    line = error_line(["recipe", "check", str(tmp_path)], capsys)
+    assert line == f"denoisekit: error: {tmp_path}: is a folder; give the recipe's .toml file"
+
+
+def test_missing_recipe_suggests_a_sibling(tmp_path, capsys):
+    write_recipe(tmp_path)
+    line = error_line(["train", str(tmp_path / "tiy.toml")], capsys)
+    assert line == (
+        f"denoisekit: error: {tmp_path / 'tiy.toml'}: recipe file not found "
+        "(did you mean 'tiny.toml'?)"
+    )
+
+
+def test_recipe_syntax_error_names_file_and_line(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text('name = "x"\n[data\ntype = "digits"\n')
+    line = error_line(["recipe", "check", str(path)], capsys)
+    assert line.startswith(f"denoisekit: error: {path}: TOML syntax error: ")
+    assert "(at line 2, column 6)" in line
+
+
+def test_extends_missing_file(tmp_path, capsys):
+    path = tmp_path / "top.toml"
+    path.write_text('extends = "nothere.toml"\n')
+    line = error_line(["recipe", "check", str(path)], capsys)
+    assert f"{path}: extends: 'nothere.toml' not found" in line
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b"# \xe9\n")
+    assert main(["--debug", "recipe", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.splitlines()[-1].startswith("denoisekit: error: ")
