@@ -86,3 +86,54 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
     assert main(["--debug", "recipe", "check", str(path)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and err.splitlines()[-1].startswith("denoisekit: error: ")
+
+
+# --------------------------------------------------------------------------- command lines
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["train", "r.toml", "--bogus"],
+            "unrecognized arguments: --bogus (see denoisekit train --help)",
+        ),
+        (
+            ["recipe", "check"],
+            "the following arguments are required: recipe (see denoisekit recipe check --help)",
+        ),
+        (
+            ["sample", "run", "--seed", "x"],
+            "argument --seed: invalid int value: 'x' (see denoisekit sample --help)",
+        ),
+        (
+            ["trian", "r.toml"],
+            "argument COMMAND: invalid choice: 'trian' (did you mean 'train'?) (choose from "
+            "'train', 'sample', 'compare', 'eval', 'plugins', 'recipe') (see denoisekit --help)",
+        ),
+        (
+            ["recipe", "chek", "r.toml"],
+            "argument ACTION: invalid choice: 'chek' (did you mean 'check'?) (choose from "
+            "'check', 'show') (see denoisekit recipe --help)",
+        ),
+        ([], "the following arguments are required: COMMAND (see denoisekit --help)"),
+    ],
+)
+def test_usage_error_is_one_line_naming_the_argument_and_the_help(argv, expected, capsys):
+    assert error_line(argv, capsys) == f"denoisekit: error: {expected}"
+
+
+def test_help_is_unchanged(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    captured = capsys.readouterr()
+    assert info.value.code == 0 and captured.err == ""
+    assert captured.out.startswith("usage: denoisekit train [-h] [--set KEY.PATH=VALUE]")
+    assert "--debug" not in captured.out  # accepted after the command, documented before it
+
+
+def test_debug_after_the_command_shows_the_traceback(tmp_path, capsys):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b"# \xe9\n")
+    assert main(["recipe", "check", str(path), "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err

@@ -36,9 +36,7 @@ HOOKS = ["denoisekit_train_start", "denoisekit_train_end", "denoisekit_train_ste
 )
 def test_closest(word, candidates, expected):
     assert closest(word, candidates) == expected
-    assert did_you_mean(word, candidates) == (
-        f" (did you mean {expected!r}?)" if expected else ""
-    )
+    assert did_you_mean(word, candidates) == (f" (did you mean {expected!r}?)" if expected else "")
 
 
 @pytest.mark.parametrize(
