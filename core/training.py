@@ -40,8 +40,9 @@ from denoisekit.checkpoint import load_checkpoint, strip_compile_prefix
 from denoisekit.denoiser import Denoiser
 from denoisekit.diffusion import q_sample
 from denoisekit.distributed import SINGLE, DistContext
-from denoisekit.errors import CheckpointError, DataError
+from denoisekit.errors import CheckpointError, ComponentError, DataError
 from denoisekit.evaluation import eval_mode
+from denoisekit.plugin_manager import hook_problem
 from denoisekit.recipe import Recipe
 from denoisekit.registry import Registry
 
@@ -493,19 +494,21 @@ def build_run(
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     pm.register(CoreDefaults(), name="core:defaults")
-    out_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main:
         pm.register(MetricsFile(out_dir / "metrics.jsonl"), name="core:metrics-file")
     hooks: dict[str, Any] = {}
+    to_register: list[tuple[Any, str, str]] = []  # (hook, name, how errors name it)
     for name, choice in recipe.hooks.items():
         hook = registry.build("hook", choice.type, choice.config)
         if not dist.is_main and _rank_zero_only(choice.type, hook):
             continue
-        pm.register(hook, name=f"hook:{name}")
+        label = f"{registry.get('hook', choice.type).label} ([hooks.{name}])"
+        to_register.append((hook, f"hook:{name}", label))
         hooks[name] = hook
     for i, hook in enumerate(extra_hooks):
-        pm.register(hook, name=f"extra:{i}")
-    pm.check_pending()
+        to_register.append((hook, f"extra:{i}", f"extra hook {type(hook).__name__} (#{i})"))
+    _register_hooks(pm, to_register)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once every component is built
 
     run = Run(
         recipe=recipe,
@@ -532,6 +535,18 @@ def build_run(
         # After configure: DDP wraps whatever the hooks made of train_model (compile).
         run.train_model = distributed.wrap_model(run.train_model, dist, device)
     return run
+
+
+def _register_hooks(pm: pluggy.PluginManager, hooks: list[tuple[Any, str, str]]) -> None:
+    """Register ``(hook, name, label)``s; a hook pluggy rejects is one error naming it."""
+    labels = {id(hook): label for hook, _, label in hooks}
+    try:
+        for hook, name, _ in hooks:
+            pm.register(hook, name=name)
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        label = labels.get(id(exc.plugin), repr(exc.plugin))
+        raise ComponentError(f"{label}: {hook_problem(exc)}") from exc
 
 
 def _rank_zero_only(type_name: str, hook: Any) -> bool:

@@ -3,6 +3,10 @@ status 2, before any work starts; ``--debug`` shows the traceback."""
 
 from __future__ import annotations
 
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 
 from denoisekit.cli import main
@@ -137,3 +141,104 @@ def test_debug_after_the_command_shows_the_traceback(tmp_path, capsys):
     path.write_bytes(b"# \xe9\n")
     assert main(["recipe", "check", str(path), "--debug"]) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- failing plugins
+
+PLUGIN_HEAD = """
+import attrs
+from denoisekit import ComponentSpec, hookimpl
+
+@attrs.frozen
+class Cfg:
+    in_channels: int = 1
+    image_size: int = 8
+"""
+
+
+@pytest.fixture
+def plugin_recipe(tmp_path):
+    """Write ``<module>.py`` (``PLUGIN_HEAD`` + code) and a tiny recipe loading it."""
+    modules: list[str] = []
+
+    def write(module: str, code: str, overrides: dict) -> Path:
+        (tmp_path / f"{module}.py").write_text(PLUGIN_HEAD + textwrap.dedent(code))
+        modules.append(module)
+        return write_recipe(tmp_path, {"plugins": [module], **overrides})
+
+    yield write
+    for module in modules:
+        sys.modules.pop(module, None)
+
+
+def test_backbone_build_raising_names_plugin_and_component(plugin_recipe, tmp_path, capsys):
+    recipe = plugin_recipe(
+        "errplug_build",
+        """
+        def build(config):
+            raise ValueError("third-party says no")
+
+        @hookimpl
+        def denoisekit_components():
+            return [ComponentSpec(kind="backbone", name="badnet", config=Cfg, build=build)]
+        """,
+        {"backbone": {"type": "badnet"}},
+    )
+    line = error_line(["train", str(recipe), "--out", str(tmp_path / "run")], capsys)
+    assert line == (
+        "denoisekit: error: plugin 'errplug_build' (recipe): backbone 'badnet' failed to build: "
+        "ValueError: third-party says no (--debug shows where)"
+    )
+    assert not (tmp_path / "run").exists()
+    assert main(["--debug", "train", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert 'raise ValueError("third-party says no")' in err  # the plugin's own frame
+
+
+HOOK_PLUGIN = """
+class Hook:
+    @hookimpl{marker}
+    def {method}:
+        pass
+
+def build(config):
+    return Hook()
+
+@hookimpl
+def denoisekit_components():
+    return [ComponentSpec(kind="hook", name="myhook", config=Cfg, build=build)]
+"""
+
+
+@pytest.mark.parametrize(
+    ("marker", "method", "problem"),
+    [
+        (
+            "",
+            "denoisekit_train_stat(self, run)",
+            "plugin 'errplug_hook' (recipe): hook 'myhook': Hook.denoisekit_train_stat implements "
+            "unknown hook 'denoisekit_train_stat' (did you mean 'denoisekit_train_start'?)",
+        ),
+        (
+            "",
+            "denoisekit_train_start(self, runn)",
+            "plugin 'errplug_hook' (recipe): hook 'myhook': Hook.denoisekit_train_start asks for "
+            "['runn'], which hook denoisekit_train_start does not pass (it passes ['run']) "
+            "(did you mean 'run'?)",
+        ),
+        (  # what only pluggy checks: a wrapper of a historic hook
+            "(hookwrapper=True)",
+            "denoisekit_configure(self, run)",
+            "plugin 'errplug_hook' (recipe): hook 'myhook' ([hooks.mine]): Plugin 'hook:mine' hook "
+            "'denoisekit_configure' historic incompatible with yield/wrapper/hookwrapper",
+        ),
+    ],
+)
+def test_broken_hook_names_plugin_and_hook(
+    marker, method, problem, plugin_recipe, tmp_path, capsys
+):
+    code = HOOK_PLUGIN.format(marker=marker, method=method)
+    recipe = plugin_recipe("errplug_hook", code, {"hooks": {"mine": {"type": "myhook"}}})
+    line = error_line(["train", str(recipe), "--out", str(tmp_path / "run")], capsys)
+    assert line == f"denoisekit: error: {problem}"
+    assert not (tmp_path / "run").exists()
