@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from denoisekit import distributed, hookimpl, hookspecs
 from denoisekit.checkpoint import load_checkpoint, strip_compile_prefix
-from denoisekit.denoiser import Denoiser
+from denoisekit.denoiser import Denoiser, check_output_shape
 from denoisekit.diffusion import q_sample
 from denoisekit.distributed import SINGLE, DistContext
 from denoisekit.errors import CheckpointError, ComponentError, DataError
@@ -294,7 +294,7 @@ class Run:
     def sampling_denoiser(self) -> Denoiser:
         """The denoiser over the sampling weights (EMA where the hook is on)."""
         model = self.pm.hook.denoisekit_sampling_model(run=self)
-        return Denoiser(model, self.schedule, self.loss_fn.prediction_type)
+        return Denoiser(model, self.schedule, self.loss_fn.prediction_type, name=self.denoiser.name)
 
     @torch.no_grad()
     def sample(
@@ -521,7 +521,9 @@ def build_run(
         train_model=model,
         schedule=schedule,
         loss_fn=loss_fn,
-        denoiser=Denoiser(model, schedule, loss_fn.prediction_type),
+        denoiser=Denoiser(
+            model, schedule, loss_fn.prediction_type, name=_backbone_label(recipe, registry, model)
+        ),
         optimizer=optimizer,
         lr_scheduler=lr_scheduler,
         sampler=sampler,
@@ -547,6 +549,16 @@ def _register_hooks(pm: pluggy.PluginManager, hooks: list[tuple[Any, str, str]])
     except pluggy.PluginValidationError as exc:
         label = labels.get(id(exc.plugin), repr(exc.plugin))
         raise ComponentError(f"{label}: {hook_problem(exc)}") from exc
+
+
+def _backbone_label(recipe: Recipe, registry: Registry, model: nn.Module) -> str:
+    """How errors name the backbone: the recipe file, the type, the class and the plugin."""
+    entry = registry.get("backbone", recipe.backbone.type)
+    where = f"{recipe.path}: " if recipe.path is not None else ""
+    return (
+        f"{where}backbone {entry.name!r} ({type(model).__name__}, plugin {entry.plugin!r} "
+        f"({entry.source}))"
+    )
 
 
 def _rank_zero_only(type_name: str, hook: Any) -> bool:
@@ -652,6 +664,7 @@ def _loop(run: Run, cfg: Any) -> None:
     world_size = run.world_size
     loss_sum = torch.zeros((), device=run.device)
     steps_since_log = 0
+    shape_checked = False  # the backbone's output shape, on the first micro-batch only
     tick = time.perf_counter()
     while run.step < cfg.steps:
         run.optimizer.zero_grad(set_to_none=True)
@@ -675,6 +688,9 @@ def _loop(run: Run, cfg: Any) -> None:
                 output = hook.denoisekit_train_forward(
                     run=run, x_t=x_t, t=run.denoiser.model_time(t), cond=cond
                 )
+                if not shape_checked:  # before the loss can broadcast it, or fail on it
+                    check_output_shape(output, x_t, run.denoiser.name)
+                    shape_checked = True
                 per_sample = run.loss_fn(output.float(), x0=x0, noise=noise, t=t)
                 loss = per_sample.mean()
                 hook.denoisekit_backward(run=run, loss=loss / cfg.grad_accum)

@@ -242,3 +242,56 @@ def test_broken_hook_names_plugin_and_hook(
     line = error_line(["train", str(recipe), "--out", str(tmp_path / "run")], capsys)
     assert line == f"denoisekit: error: {problem}"
     assert not (tmp_path / "run").exists()
+
+
+SHAPE_PLUGIN = """
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.conv = nn.Conv2d(1, {out_channels}, 1)
+
+    def forward(self, x_t, t, cond=None):
+        return self.conv(x_t)[..., ::{stride}, ::{stride}]
+
+@hookimpl
+def denoisekit_components():
+    return [ComponentSpec(kind="backbone", name="net", config=Cfg, build=Net)]
+"""
+
+
+@pytest.mark.parametrize(
+    ("out_channels", "stride", "shape"),
+    [(2, 1, "(8, 2, 8, 8)"), (1, 2, "(8, 1, 4, 4)")],  # broadcasts in the loss / fails in it
+)
+def test_backbone_output_of_the_wrong_shape_stops_training_at_once(
+    out_channels, stride, shape, plugin_recipe, tmp_path, capsys
+):
+    code = SHAPE_PLUGIN.format(out_channels=out_channels, stride=stride)
+    recipe = plugin_recipe("errplug_shape", code, {"backbone": {"type": "net"}})
+    line = error_line(["train", str(recipe), "--out", str(tmp_path / "run")], capsys)
+    assert line == (
+        f"denoisekit: error: {recipe}: backbone 'net' (Net, plugin 'errplug_shape' (recipe)) "
+        f"returned shape {shape} for an input of shape (8, 1, 8, 8); a backbone must return a "
+        "tensor of its input's shape (one prediction per input value)"
+    )
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no step was taken
+
+
+def test_unet_with_more_output_channels_stops_training(tmp_path, capsys):
+    recipe = write_recipe(tmp_path)
+    argv = [
+        "train",
+        str(recipe),
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "backbone.out_channels=2",
+    ]
+    line = error_line(argv, capsys)
+    assert line.startswith(
+        f"denoisekit: error: {recipe}: backbone 'unet' (UNet, plugin 'builtin:unet' (builtin)) "
+        "returned shape (8, 2, 8, 8) for an input of shape (8, 1, 8, 8)"
+    )
