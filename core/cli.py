@@ -521,7 +521,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DenoisekitError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"denoisekit: error: {exc}", file=sys.stderr)
+        line = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+        print(f"denoisekit: error: {line}", file=sys.stderr)  # one line, whatever the message
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("denoisekit: interrupted", file=sys.stderr)

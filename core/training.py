@@ -50,12 +50,27 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else as torch reads it."""
+    """``auto`` → CUDA when available, else CPU; anything else as torch reads it.
+
+    Raises:
+        DataError: a name torch does not read, or a CUDA device this machine lacks.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DataError(
+            f"train.device = {name!r} is not a device name; use 'auto', 'cpu', 'cuda' or "
+            "'cuda:N'"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DataError(f"train.device = {name!r}, but CUDA is not available; use 'auto' or 'cpu'")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DataError(
+            f"train.device = {name!r}, but this machine has {torch.cuda.device_count()} CUDA "
+            "device(s), numbered from 0"
+        )
     return device
 
 

@@ -295,3 +295,51 @@ def test_unet_with_more_output_channels_stops_training(tmp_path, capsys):
         f"denoisekit: error: {recipe}: backbone 'unet' (UNet, plugin 'builtin:unet' (builtin)) "
         "returned shape (8, 2, 8, 8) for an input of shape (8, 1, 8, 8)"
     )
+
+
+# --------------------------------------------------------------------------- more bad input
+
+
+def test_unknown_device_name(tmp_path, capsys):
+    recipe = write_recipe(tmp_path)
+    argv = ["train", str(recipe), "--out", str(tmp_path / "run"), "--set", "train.device=bogus"]
+    assert error_line(argv, capsys) == (
+        "denoisekit: error: train.device = 'bogus' is not a device name; use 'auto', 'cpu', "
+        "'cuda' or 'cuda:N'"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_component_kind_lists_the_kinds(capsys):
+    assert error_line(["plugins", "nosuchkind"], capsys) == (
+        "denoisekit: error: unknown component kind 'nosuchkind'; the kinds are data, schedule, "
+        "backbone, loss, optimizer, lr_schedule, sampler, hook, metric"
+    )
+
+
+def test_unknown_compare_metric_fails_before_training(tmp_path, capsys):
+    recipe = write_recipe(tmp_path)
+    out = tmp_path / "cmp"
+    argv = ["compare", str(recipe), "--vary", "sampler.steps=1,2", "--metric", "fid"]
+    line = error_line([*argv, "-n", "2", "--out", str(out)], capsys)
+    assert line.startswith("denoisekit: error: unknown metric 'fid' (did you mean 'fd'?)")
+    assert not out.exists()
+
+
+def test_a_multi_line_message_prints_as_one_line(plugin_recipe, tmp_path, capsys):
+    recipe = plugin_recipe(
+        "errplug_lines",
+        """
+        from denoisekit import DataError
+
+        def build(config, root, train):
+            raise DataError("no images in data/\\n  (looked for *.png)")
+
+        @hookimpl
+        def denoisekit_components():
+            return [ComponentSpec(kind="data", name="lines", config=Cfg, build=build)]
+        """,
+        {"data": {"type": "lines"}},
+    )
+    line = error_line(["train", str(recipe), "--out", str(tmp_path / "run")], capsys)
+    assert line == "denoisekit: error: no images in data/ (looked for *.png)"
