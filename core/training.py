@@ -61,8 +61,7 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise DataError(
-            f"train.device = {name!r} is not a device name; use 'auto', 'cpu', 'cuda' or "
-            "'cuda:N'"
+            f"train.device = {name!r} is not a device name; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DataError(f"train.device = {name!r}, but CUDA is not available; use 'auto' or 'cpu'")
