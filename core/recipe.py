@@ -284,13 +284,15 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise RecipeError(f"{path}: is a folder; give the recipe's .toml file") from None
     except OSError as exc:
         raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from None
+    start = 3 if raw.startswith(b"\xef\xbb\xbf") else 0  # tolerate an editor's byte-order mark
     try:
-        text = raw.decode("utf-8-sig")  # TOML is UTF-8; tolerate an editor's byte-order mark
+        text = raw[start:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
+        offset = start + exc.start
+        line = raw.count(b"\n", 0, offset) + 1
         raise RecipeError(
-            f"{path}: not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
-            f"(line {line}); TOML files must be UTF-8, re-save it in that encoding"
+            f"{path}: not UTF-8 text: byte 0x{raw[offset]:02x} at offset {offset} (line {line}); "
+            "TOML files must be UTF-8, re-save it in that encoding"
         ) from None
     try:
         return tomllib.loads(text)

@@ -53,6 +53,9 @@ def test_recipe_with_byte_order_mark_loads(tmp_path, capsys):
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     assert main(["recipe", "check", str(path)]) == 0
     assert "ok (tiny)" in capsys.readouterr().out
+    path.write_bytes(b"\xef\xbb\xbfseed = 1\n# \xff\n")
+    line = error_line(["recipe", "check", str(path)], capsys)
+    assert f"{path}: not UTF-8 text: byte 0xff at offset 14 (line 2)" in line  # the file's offset
 
 
 def test_recipe_path_that_is_a_folder(tmp_path, capsys):
