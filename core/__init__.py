@@ -52,6 +52,7 @@ from denoisekit.config import (
 )
 from denoisekit.errors import (
     CheckpointError,
+    ComponentError,
     DataError,
     DenoisekitError,
     PluginLoadError,
@@ -100,6 +101,7 @@ __all__ = [
     "PROBE_KINDS",
     "Backbone",
     "CheckpointError",
+    "ComponentError",
     "ComponentSpec",
     "DataError",
     "DataLike",

@@ -8,17 +8,47 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 
 from denoisekit.errors import DenoisekitError
+from denoisekit.suggest import did_you_mean
 
 EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: what is wrong and which ``--help`` to read."""
+
+    def error(self, message: str) -> NoReturn:
+        match = re.search(r"invalid choice: '([^']*)'(?= \(choose from (.*)\)$)", message)
+        if match:
+            hint = did_you_mean(match.group(1), re.findall(r"'([^']*)'", match.group(2)))
+            message = message[: match.end()] + hint + message[match.end() :]
+        self.exit(EXIT_USAGE, f"denoisekit: error: {message} (see {self.prog} --help)\n")
+
+
+class _CommandParser(_Parser):
+    """A sub-command's parser: it rejects arguments it does not know itself, so the error
+    names the sub-command, and it accepts ``--debug`` after the command too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
 
 
 def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
@@ -44,12 +74,14 @@ def _add_trust_arg(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="denoisekit", description="Modular denoising diffusion models in PyTorch."
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
+    )
 
     p = sub.add_parser("train", help="train a recipe; leaves runs/<name>/")
     _add_recipe_args(p)
@@ -568,7 +600,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DenoisekitError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"denoisekit: error: {exc}", file=sys.stderr)
+        line = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+        print(f"denoisekit: error: {line}", file=sys.stderr)  # one line, whatever the message
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("denoisekit: interrupted", file=sys.stderr)

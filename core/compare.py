@@ -220,6 +220,8 @@ def run_compare(
     from denoisekit.evaluation import draw_samples
     from denoisekit.training import build_run, train
 
+    if from_run is None:
+        _check_metric_names(variants, metrics)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     picture_rows: list[torch.Tensor] = []
@@ -263,6 +265,27 @@ def run_compare(
             log("  " + "  ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
     _write_outputs(out_dir, rows, picture_rows, row_images)
     return rows
+
+
+def _check_metric_names(variants: Sequence[Variant], metrics: Sequence[str]) -> None:
+    """An unknown ``--metric`` fails before anything trains: each name must be a
+    ``[metrics.NAME]`` table of every variant or a metric its plugins register."""
+    from denoisekit.plugin_manager import get_plugin_manager
+    from denoisekit.registry import Registry
+
+    registries: dict[tuple[Any, ...], Registry] = {}
+    for variant in variants:
+        recipe = variant.recipe
+        missing = [name for name in metrics if name not in recipe.metrics]
+        if not missing:
+            continue
+        search = [recipe.path.parent.resolve()] if recipe.path is not None else []
+        key = (recipe.plugins, *search)
+        if key not in registries:  # the registry build_run will build
+            pm = get_plugin_manager(plugins=recipe.plugins, search_paths=search)
+            registries[key] = Registry.from_plugin_manager(pm)
+        for name in missing:
+            registries[key].get("metric", name)
 
 
 def _metric_values(

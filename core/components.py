@@ -316,6 +316,12 @@ def _class_problems(kind: str, cls: type) -> list[str]:
     return []
 
 
+def hook_problems(hook: Any) -> list[str]:
+    """What a built hook component (or its class) gets wrong: ``@hookimpl`` methods naming
+    a hook that does not exist, or arguments their hook does not pass."""
+    return _hook_class_problems(hook if isinstance(hook, type) else type(hook))
+
+
 def _hook_class_problems(cls: type) -> list[str]:
     from denoisekit import hookspecs
 
@@ -348,9 +354,11 @@ def _hook_class_problems(cls: type) -> list[str]:
         allowed = set(inspect.signature(spec_fn).parameters)
         extra = [p for p in params if p not in allowed]
         if extra:
+            from denoisekit.suggest import did_you_mean
+
             problems.append(
                 f"{cls.__name__}.{attr_name} asks for {extra}, which hook {hook} does not pass "
-                f"(it passes {sorted(allowed)})"
+                f"(it passes {sorted(allowed)}){did_you_mean(extra[0], sorted(allowed))}"
             )
     return problems
 

@@ -13,11 +13,34 @@ import torch
 
 from denoisekit import diffusion
 from denoisekit.diffusion import DiscreteSchedule
+from denoisekit.errors import ComponentError
 
-__all__ = ["PREDICTION_TYPES", "Denoiser"]
+__all__ = ["PREDICTION_TYPES", "Denoiser", "check_output_shape"]
 
 #: What a backbone may be trained to predict.
 PREDICTION_TYPES: tuple[str, ...] = ("eps", "x0", "v")
+
+
+def check_output_shape(output: Any, x_t: torch.Tensor, backbone: str) -> None:
+    """Raise :class:`ComponentError` unless the backbone's ``output`` is a tensor of
+    ``x_t``'s shape (no learned variance here: one prediction per input value).
+
+    A comparison of sizes on the host: it never waits for the device.
+
+    Args:
+        backbone: how the error names the backbone (its type, class and plugin).
+    """
+    if isinstance(output, torch.Tensor) and output.shape == x_t.shape:
+        return
+    got = (
+        f"shape {tuple(output.shape)}"
+        if isinstance(output, torch.Tensor)
+        else f"a {type(output).__name__}"
+    )
+    raise ComponentError(
+        f"{backbone} returned {got} for an input of shape {tuple(x_t.shape)}; a backbone "
+        "must return a tensor of its input's shape (one prediction per input value)"
+    )
 
 
 class Denoiser:
@@ -30,6 +53,11 @@ class Denoiser:
         schedule: the schedule the backbone was trained on (any object with
             ``alphas_cumprod`` is accepted and wrapped into a :class:`DiscreteSchedule`).
         prediction_type: ``"eps"``, ``"x0"`` or ``"v"``.
+        name: how errors name the backbone (default: ``the backbone <its class>``).
+
+    Raises:
+        ComponentError: from :meth:`predict`, when the backbone's output is not a tensor of
+            its input's shape.
 
     Attributes:
         nfe: number of network evaluations made through :meth:`predict` since creation or
@@ -37,7 +65,12 @@ class Denoiser:
     """
 
     def __init__(
-        self, model: Any, schedule: DiscreteSchedule, prediction_type: str = "eps"
+        self,
+        model: Any,
+        schedule: DiscreteSchedule,
+        prediction_type: str = "eps",
+        *,
+        name: str | None = None,
     ) -> None:
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(
@@ -51,6 +84,7 @@ class Denoiser:
         # Any NoiseSchedule works: wrap a foreign one to get the cached coefficient tables.
         self.schedule = DiscreteSchedule.of(schedule)
         self.prediction_type = prediction_type
+        self.name = name if name is not None else f"the backbone {type(model).__name__}"
         self.nfe = 0
 
     def reset_nfe(self) -> None:
@@ -87,11 +121,7 @@ class Denoiser:
         time = self.model_time(t, torch.promote_types(x_t.dtype, torch.float32))
         out = self.model(x_t, time) if cond is None else self.model(x_t, time, cond)
         self.nfe += 1
-        if out.shape != x_t.shape:
-            raise ValueError(
-                f"the backbone returned shape {tuple(out.shape)} for an input of shape "
-                f"{tuple(x_t.shape)}; a denoiser needs one prediction per input value"
-            )
+        check_output_shape(out, x_t, self.name)
         # Under autocast the backbone may answer in half precision: do the conversions in
         # the sampler state's dtype.
         out = out.to(x_t.dtype)

@@ -23,6 +23,11 @@ class PluginLoadError(DenoisekitError):
     """A plugin that fails to import or to register."""
 
 
+class ComponentError(DenoisekitError):
+    """A component that fails to build, or breaks its contract in a run (a backbone's output
+    shape); the message names the plugin that provides it."""
+
+
 class DataError(DenoisekitError):
     """Missing, empty or unreadable training data."""
 
@@ -38,3 +43,11 @@ class NonFiniteLossError(DenoisekitError):
 class OutputError(DenoisekitError):
     """An output that cannot be written (no space, a folder in the way) or that would
     replace the user's files without ``--overwrite``."""
+
+
+def exception_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` of a foreign exception on one line (whitespace collapsed, cut to
+    ``limit`` characters), for error lines that quote it."""
+    text = " ".join(str(exc).split())
+    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."

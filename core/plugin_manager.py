@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -80,7 +82,7 @@ class PluginManager(pluggy.PluginManager):
         try:
             self.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
-            raise PluginLoadError(f"plugin {name!r} ({source}): {_hook_problem(exc)}") from exc
+            raise PluginLoadError(f"plugin {name!r} ({source}): {hook_problem(exc)}") from exc
         except ValueError as exc:  # already registered under this name
             raise PluginLoadError(f"plugin {name!r} ({source}): {exc}") from exc
         self.sources[name] = source
@@ -148,7 +150,7 @@ def get_plugin_manager(
     except pluggy.PluginValidationError as exc:
         name = pm.get_name(exc.plugin) or repr(exc.plugin)
         raise PluginLoadError(
-            f"plugin {name!r} ({pm.describe(name)}): {_hook_problem(exc)}"
+            f"plugin {name!r} ({pm.describe(name)}): {hook_problem(exc)}"
         ) from exc
     return pm
 
@@ -202,12 +204,25 @@ class _search_path:
             sys.path.remove(p)
 
 
-def _hook_problem(exc: pluggy.PluginValidationError) -> str:
-    """Reword pluggy's validation message, suggesting the closest hook name."""
+def hook_problem(exc: pluggy.PluginValidationError) -> str:
+    """Reword pluggy's validation message on one line, suggesting the closest hook or
+    argument name."""
     message = str(exc)
-    marker = "unknown hook '"
-    if marker in message:
-        hook = message.split(marker, 1)[1].split("'", 1)[0]
-        known = [n for n in dir(hookspecs) if n.startswith("denoisekit_")]
+    known = [n for n in dir(hookspecs) if n.startswith("denoisekit_")]
+    unknown_hook = re.search(r"unknown hook '(\w+)'", message)
+    if unknown_hook:
+        hook = unknown_hook.group(1)
         return f"unknown hook {hook!r}{did_you_mean(hook, known)}"
-    return message.replace("\n", " ")
+    bad_args = re.search(
+        r"for hook '(\w+)'\nhookimpl definition: (.*)\nArgument\(s\) \{(.*)\} are declared",
+        message,
+    )
+    if bad_args and bad_args.group(1) in known:
+        hook, definition = bad_args.group(1), bad_args.group(2)
+        extra = sorted(re.findall(r"'(\w+)'", bad_args.group(3)))
+        passed = list(inspect.signature(getattr(hookspecs, hook)).parameters)
+        return (
+            f"{definition} asks for {extra}, which hook {hook} does not pass (it passes "
+            f"{passed}){did_you_mean(extra[0], passed) if extra else ''}"
+        )
+    return " ".join(message.split())

@@ -274,11 +274,26 @@ class _Origins:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
-        raise RecipeError(f"{path}: recipe file not found") from None
+        siblings = [p.name for p in path.parent.glob("*.toml")] if path.parent.is_dir() else []
+        raise RecipeError(
+            f"{path}: recipe file not found{did_you_mean(path.name, siblings)}"
+        ) from None
+    except IsADirectoryError:
+        raise RecipeError(f"{path}: is a folder; give the recipe's .toml file") from None
     except OSError as exc:
         raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from None
+    start = 3 if raw.startswith(b"\xef\xbb\xbf") else 0  # tolerate an editor's byte-order mark
+    try:
+        text = raw[start:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = start + exc.start
+        line = raw.count(b"\n", 0, offset) + 1
+        raise RecipeError(
+            f"{path}: not UTF-8 text: byte 0x{raw[offset]:02x} at offset {offset} (line {line}); "
+            "TOML files must be UTF-8, re-save it in that encoding"
+        ) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

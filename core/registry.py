@@ -13,8 +13,14 @@ from typing import Any
 
 import attrs
 
-from denoisekit.components import KINDS, ComponentSpec, contract_problems
-from denoisekit.errors import PluginLoadError, RegistryError
+from denoisekit.components import KINDS, ComponentSpec, contract_problems, hook_problems
+from denoisekit.errors import (
+    ComponentError,
+    DenoisekitError,
+    PluginLoadError,
+    RegistryError,
+    exception_line,
+)
 from denoisekit.plugin_manager import PluginManager, get_plugin_manager
 from denoisekit.suggest import did_you_mean
 
@@ -34,6 +40,11 @@ class RegisteredComponent:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def label(self) -> str:
+        """``plugin 'p' (source): kind 'name'``, how error messages name the component."""
+        return f"plugin {self.plugin!r} ({self.source}): {self.kind} {self.name!r}"
 
 
 class Registry:
@@ -75,8 +86,7 @@ class Registry:
                 problems = contract_problems(entry.spec)
                 if problems:
                     raise RegistryError(
-                        f"plugin {entry.plugin!r} ({entry.source}): {entry.kind} {entry.name!r} "
-                        f"breaks the {entry.kind} contract: {'; '.join(problems)}"
+                        f"{entry.label} breaks the {entry.kind} contract: {'; '.join(problems)}"
                     )
 
     @classmethod
@@ -110,16 +120,39 @@ class Registry:
             ) from None
 
     def build(self, kind: str, name: str, config: Any = None, **context: Any) -> Any:
-        """Build a component: ``spec.build(config, **context)``; config defaults to the class's."""
-        spec = self.get(kind, name).spec
+        """Build a component: ``spec.build(config, **context)``; config defaults to the class's.
+
+        Every component of a run is built here, so a failing factory is reported in one
+        place, naming its plugin.
+
+        Raises:
+            ComponentError: the factory raised (a :class:`DenoisekitError` passes through
+                as it is; anything else is quoted, and is the error's ``__cause__``), or it
+                built a hook whose ``@hookimpl`` methods name an unknown hook or argument.
+        """
+        entry = self.get(kind, name)
         if config is None:
-            config = spec.config()
-        return spec.build(config, **context)
+            config = entry.spec.config()
+        try:
+            built = entry.spec.build(config, **context)
+        except DenoisekitError:
+            raise
+        except Exception as exc:
+            raise ComponentError(
+                f"{entry.label} failed to build: {exception_line(exc)} (--debug shows where)"
+            ) from exc
+        problems = hook_problems(built) if kind == "hook" else []
+        if problems:
+            raise ComponentError(f"{entry.label}: {'; '.join(problems)}")
+        return built
 
 
 def _checked_kind(kind: str) -> str:
     if kind not in KINDS:
-        raise RegistryError(f"unknown component kind {kind!r}{did_you_mean(kind, KINDS)}")
+        raise RegistryError(
+            f"unknown component kind {kind!r}{did_you_mean(kind, KINDS)}; the kinds are "
+            f"{', '.join(KINDS)}"
+        )
     return kind
 
 

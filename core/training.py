@@ -37,11 +37,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from denoisekit import distributed, hookimpl, hookspecs
 from denoisekit.checkpoint import atomic_write, load_checkpoint, strip_compile_prefix
-from denoisekit.denoiser import Denoiser
+from denoisekit.denoiser import Denoiser, check_output_shape
 from denoisekit.diffusion import q_sample
 from denoisekit.distributed import SINGLE, DistContext
-from denoisekit.errors import CheckpointError, DataError, OutputError
+from denoisekit.errors import CheckpointError, ComponentError, DataError, OutputError
 from denoisekit.evaluation import eval_mode
+from denoisekit.plugin_manager import hook_problem
 from denoisekit.recipe import Recipe
 from denoisekit.registry import Registry
 
@@ -49,12 +50,26 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else as torch reads it."""
+    """``auto`` → CUDA when available, else CPU; anything else as torch reads it.
+
+    Raises:
+        DataError: a name torch does not read, or a CUDA device this machine lacks.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DataError(
+            f"train.device = {name!r} is not a device name; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DataError(f"train.device = {name!r}, but CUDA is not available; use 'auto' or 'cpu'")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DataError(
+            f"train.device = {name!r}, but this machine has {torch.cuda.device_count()} CUDA "
+            "device(s), numbered from 0"
+        )
     return device
 
 
@@ -293,7 +308,7 @@ class Run:
     def sampling_denoiser(self) -> Denoiser:
         """The denoiser over the sampling weights (EMA where the hook is on)."""
         model = self.pm.hook.denoisekit_sampling_model(run=self)
-        return Denoiser(model, self.schedule, self.loss_fn.prediction_type)
+        return Denoiser(model, self.schedule, self.loss_fn.prediction_type, name=self.denoiser.name)
 
     @torch.no_grad()
     def sample(
@@ -496,19 +511,21 @@ def build_run(
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     pm.register(CoreDefaults(), name="core:defaults")
-    out_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main:
         pm.register(MetricsFile(out_dir / "metrics.jsonl"), name="core:metrics-file")
     hooks: dict[str, Any] = {}
+    to_register: list[tuple[Any, str, str]] = []  # (hook, name, how errors name it)
     for name, choice in recipe.hooks.items():
         hook = registry.build("hook", choice.type, choice.config)
         if not dist.is_main and _rank_zero_only(choice.type, hook):
             continue
-        pm.register(hook, name=f"hook:{name}")
+        label = f"{registry.get('hook', choice.type).label} ([hooks.{name}])"
+        to_register.append((hook, f"hook:{name}", label))
         hooks[name] = hook
     for i, hook in enumerate(extra_hooks):
-        pm.register(hook, name=f"extra:{i}")
-    pm.check_pending()
+        to_register.append((hook, f"extra:{i}", f"extra hook {type(hook).__name__} (#{i})"))
+    _register_hooks(pm, to_register)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once every component is built
 
     run = Run(
         recipe=recipe,
@@ -521,7 +538,9 @@ def build_run(
         train_model=model,
         schedule=schedule,
         loss_fn=loss_fn,
-        denoiser=Denoiser(model, schedule, loss_fn.prediction_type),
+        denoiser=Denoiser(
+            model, schedule, loss_fn.prediction_type, name=_backbone_label(recipe, registry, model)
+        ),
         optimizer=optimizer,
         lr_scheduler=lr_scheduler,
         sampler=sampler,
@@ -535,6 +554,28 @@ def build_run(
         # After configure: DDP wraps whatever the hooks made of train_model (compile).
         run.train_model = distributed.wrap_model(run.train_model, dist, device)
     return run
+
+
+def _register_hooks(pm: pluggy.PluginManager, hooks: list[tuple[Any, str, str]]) -> None:
+    """Register ``(hook, name, label)``s; a hook pluggy rejects is one error naming it."""
+    labels = {id(hook): label for hook, _, label in hooks}
+    try:
+        for hook, name, _ in hooks:
+            pm.register(hook, name=name)
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        label = labels.get(id(exc.plugin), repr(exc.plugin))
+        raise ComponentError(f"{label}: {hook_problem(exc)}") from exc
+
+
+def _backbone_label(recipe: Recipe, registry: Registry, model: nn.Module) -> str:
+    """How errors name the backbone: the recipe file, the type, the class and the plugin."""
+    entry = registry.get("backbone", recipe.backbone.type)
+    where = f"{recipe.path}: " if recipe.path is not None else ""
+    return (
+        f"{where}backbone {entry.name!r} ({type(model).__name__}, plugin {entry.plugin!r} "
+        f"({entry.source}))"
+    )
 
 
 def _rank_zero_only(type_name: str, hook: Any) -> bool:
@@ -643,6 +684,7 @@ def _loop(run: Run, cfg: Any) -> None:
     world_size = run.world_size
     loss_sum = torch.zeros((), device=run.device)
     steps_since_log = 0
+    shape_checked = False  # the backbone's output shape, on the first micro-batch only
     tick = time.perf_counter()
     while run.step < cfg.steps:
         run.optimizer.zero_grad(set_to_none=True)
@@ -666,6 +708,9 @@ def _loop(run: Run, cfg: Any) -> None:
                 output = hook.denoisekit_train_forward(
                     run=run, x_t=x_t, t=run.denoiser.model_time(t), cond=cond
                 )
+                if not shape_checked:  # before the loss can broadcast it, or fail on it
+                    check_output_shape(output, x_t, run.denoiser.name)
+                    shape_checked = True
                 per_sample = run.loss_fn(output.float(), x0=x0, noise=noise, t=t)
                 loss = per_sample.mean()
                 hook.denoisekit_backward(run=run, loss=loss / cfg.grad_accum)

@@ -152,7 +152,7 @@ class UNetConfig:
     in_channels: int = option(3, "image channels in", validator=_positive_int)
     out_channels: int | None = option(
         None,
-        "channels out; None = in_channels (2× for models that learn the variance)",
+        "channels out; None = in_channels (runs need exactly in_channels: no learned variance)",
         validator=_optional_positive_int,
     )
     channels: int = option(128, "base channel width (>= 4)", validator=_check_channels)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from denoisekit.denoiser import Denoiser
 from denoisekit.diffusion import DiscreteSchedule
+from denoisekit.errors import ComponentError
 
 T = 30
 # alpha_bar_t = exp(-0.2 t) for t = 1..T: an arbitrary strictly decreasing schedule.
@@ -123,8 +125,14 @@ def test_errors(sched):
     with pytest.raises(TypeError, match="integer"):
         den.predict(x_t, t.float())
     bad = Denoiser(Fixed(torch.zeros(4, 6, 2, 2, dtype=torch.float64)), sched)
-    with pytest.raises(ValueError, match="shape"):
+    expected = "the backbone Fixed returned shape (4, 6, 2, 2) for an input of shape (4, 3, 2, 2)"
+    with pytest.raises(ComponentError, match="^" + re.escape(expected)):
         bad.predict(x_t, t)
+    named = Denoiser(Fixed((targets["eps"],)), sched, name="backbone 'net' (Net, plugin 'p')")
+    with pytest.raises(
+        ComponentError, match=re.escape("backbone 'net' (Net, plugin 'p') returned a tuple")
+    ):
+        named.predict(x_t, t)
 
 
 class ForeignSchedule:

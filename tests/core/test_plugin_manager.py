@@ -117,10 +117,14 @@ def test_unknown_hook_argument_is_an_error(tmp_path):
         "from denoisekit import hookimpl\n\n@hookimpl\ndef denoisekit_train_start(run, nope):\n"
         "    pass\n"
     )
-    with pytest.raises(PluginLoadError, match=r"recplug_arg.*nope"):
+    with pytest.raises(PluginLoadError, match=r"recplug_arg.*nope") as info:
         get_plugin_manager(
             builtins=False, autoload=False, plugins=["recplug_arg"], search_paths=[tmp_path]
         )
+    assert str(info.value) == (
+        "plugin 'recplug_arg' (recipe): denoisekit_train_start(run, nope) asks for ['nope'], "
+        "which hook denoisekit_train_start does not pass (it passes ['run'])"
+    )
     sys.modules.pop("recplug_arg", None)
 
 

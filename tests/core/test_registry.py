@@ -6,7 +6,7 @@ import attrs
 import pytest
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.errors import PluginLoadError, RegistryError
+from denoisekit.errors import ComponentError, DataError, PluginLoadError, RegistryError
 from denoisekit.plugin_manager import get_plugin_manager
 from denoisekit.registry import Registry
 from tests.core import toy_plugin
@@ -74,6 +74,81 @@ def test_unknown_name_lists_known_and_suggests():
 def test_unknown_kind():
     with pytest.raises(RegistryError, match="did you mean 'sampler'"):
         _registry(toy_plugin).names("samplers")
+    with pytest.raises(RegistryError, match="'nosuch'; the kinds are data, schedule, backbone"):
+        _registry(toy_plugin).names("nosuch")
+
+
+def _named_registry(*specs):
+    pm = get_plugin_manager(builtins=False, autoload=False)
+    pm.register_named(Provider(*specs), "thirdparty", "entry point tp = tp.plugin, from tp 1.0")
+    return Registry.from_plugin_manager(pm)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ValueError("bad width"), TypeError("bad\n  width"), RuntimeError("bad width"), KeyError(3)],
+)
+def test_build_failure_names_plugin_and_component(error):
+    def build(config):
+        raise error
+
+    registry = _named_registry(ComponentSpec(kind="backbone", name="net", config=Cfg, build=build))
+    with pytest.raises(ComponentError) as info:
+        registry.build("backbone", "net")
+    text = " ".join(str(error).split())
+    assert str(info.value) == (
+        "plugin 'thirdparty' (entry point tp = tp.plugin, from tp 1.0): backbone 'net' failed to "
+        f"build: {type(error).__name__}: {text} (--debug shows where)"
+    )
+    assert info.value.__cause__ is error  # the traceback --debug shows
+
+
+def test_build_user_errors_pass_through():
+    def build(config, root, train):
+        raise DataError("data/: no images")
+
+    registry = _named_registry(ComponentSpec(kind="data", name="d", config=Cfg, build=build))
+    with pytest.raises(DataError, match=r"^data/: no images$"):
+        registry.build("data", "d", root=None, train=True)
+
+
+class MisspeltHook:
+    @hookimpl
+    def denoisekit_train_stat(self, run):
+        pass
+
+
+class MisnamedArgumentHook:
+    @hookimpl
+    def denoisekit_train_start(self, runn):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("hook_class", "problem"),
+    [
+        (
+            MisspeltHook,
+            "MisspeltHook.denoisekit_train_stat implements unknown hook 'denoisekit_train_stat' "
+            "(did you mean 'denoisekit_train_start'?)",
+        ),
+        (
+            MisnamedArgumentHook,
+            "MisnamedArgumentHook.denoisekit_train_start asks for ['runn'], which hook "
+            "denoisekit_train_start does not pass (it passes ['run']) (did you mean 'run'?)",
+        ),
+    ],
+)
+def test_built_hook_with_a_misspelt_hook_or_argument_names_plugin(hook_class, problem):
+    def build(config):  # no return annotation: the registry's static check cannot see the class
+        return hook_class()
+
+    registry = _named_registry(ComponentSpec(kind="hook", name="h", config=Cfg, build=build))
+    with pytest.raises(ComponentError) as info:
+        registry.build("hook", "h")
+    assert str(info.value) == (
+        f"plugin 'thirdparty' (entry point tp = tp.plugin, from tp 1.0): hook 'h': {problem}"
+    )
 
 
 def test_registration_hook_that_raises_names_plugin():
