@@ -229,7 +229,11 @@ def _apply_variant(
     """``(raw, callable)``: the model moved / converted, and what the step calls."""
     model = model.to(device=device, memory_format=_memory_format(variant))
     if variant.regional:
-        for block in repeated_blocks(model):
+        # One block class meets many shapes (widths, resolutions): one graph each. Dynamo's
+        # default of 8 graphs per code object would send the rest to eager, silently.
+        blocks = repeated_blocks(model)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        for block in blocks:
             block.compile(dynamic=False, **compile_kwargs)
         return model, model
     call = torch.compile(model, **compile_kwargs) if variant.compile else model

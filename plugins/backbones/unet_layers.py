@@ -94,10 +94,11 @@ class Dropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return super().forward(x)
-        # y_i = 0 where u_i < p, else x_i / (1 - p); u_i ~ U[0, 1): E[y_i] = x_i, as
-        # nn.Dropout. The mask saved for backward is one byte an element.
-        dropped = torch.rand_like(x, dtype=torch.float32) < self.p
-        return torch.where(dropped, 0.0, x).mul_(1.0 / (1.0 - self.p))  # keeps the layout
+        # y = x * m with m_i = 1[u_i >= p] / (1 - p), u_i ~ U[0, 1): E[y_i] = x_i, as
+        # nn.Dropout. Drawn, thresholded and scaled in place in float32, then cast to x's
+        # dtype: measured faster than torch.where or a bool mask (docs/performance.md).
+        mask = torch.rand_like(x, dtype=torch.float32).ge_(self.p).mul_(1.0 / (1.0 - self.p))
+        return x * mask.to(x.dtype)
 
 
 class ResBlock(nn.Module):
