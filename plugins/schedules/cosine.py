@@ -15,7 +15,7 @@ import attrs
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import open_unit_interval, option
+from denoisekit.config import MAX_TIMESTEPS, int_between, open_unit_interval, option
 from denoisekit.diffusion import DiscreteSchedule
 
 
@@ -25,8 +25,8 @@ class CosineScheduleConfig:
 
     timesteps: int = option(
         1000,
-        "number of diffusion steps T",
-        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+        f"number of diffusion steps T (at most {MAX_TIMESTEPS})",
+        validator=int_between(1, MAX_TIMESTEPS),
     )
     s: float = option(
         0.008,
@@ -55,6 +55,11 @@ def build_cosine(config: CosineScheduleConfig) -> DiscreteSchedule:
     return DiscreteSchedule.from_betas(cosine_betas(config.timesteps, config.s, config.max_beta))
 
 
+def schedule_facts(config: CosineScheduleConfig) -> dict[str, int]:
+    """What the recipe's other components may check against: the number of timesteps."""
+    return {"num_timesteps": config.timesteps}
+
+
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     return [
@@ -63,6 +68,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="cosine",
             config=CosineScheduleConfig,
             build=build_cosine,
+            facts=schedule_facts,
             summary="Cosine alpha_bar schedule (Nichol & Dhariwal 2021), betas capped at max_beta.",
         )
     ]

@@ -12,7 +12,7 @@ import attrs
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import open_unit_interval, option
+from denoisekit.config import MAX_TIMESTEPS, int_between, open_unit_interval, option
 from denoisekit.diffusion import DiscreteSchedule
 
 
@@ -36,8 +36,8 @@ class LinearScheduleConfig:
 
     timesteps: int = option(
         1000,
-        "number of diffusion steps T",
-        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+        f"number of diffusion steps T (at most {MAX_TIMESTEPS})",
+        validator=int_between(1, MAX_TIMESTEPS),
     )
     beta_start: float = option(
         1e-4, "beta_1 for T = 1000 (scaled by 1000 / T)", validator=open_unit_interval
@@ -60,6 +60,11 @@ def build_linear(config: LinearScheduleConfig) -> DiscreteSchedule:
     )
 
 
+def schedule_facts(config: LinearScheduleConfig) -> dict[str, int]:
+    """What the recipe's other components may check against: the number of timesteps."""
+    return {"num_timesteps": config.timesteps}
+
+
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     return [
@@ -68,6 +73,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="linear",
             config=LinearScheduleConfig,
             build=build_linear,
+            facts=schedule_facts,
             summary="Linear betas 1e-4 to 0.02 (Ho et al. 2020), rescaled by 1000 / T.",
         )
     ]
