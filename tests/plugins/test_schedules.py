@@ -135,3 +135,27 @@ def test_configs_are_frozen():
 def test_schedule_conformance(spec):
     assert spec.kind == "schedule"
     check_schedule(spec)
+
+
+@pytest.mark.parametrize("module", [cosine, linear])
+def test_timesteps_are_bounded_and_stated_as_a_fact(module) -> None:
+    """A schedule of 10**30 timesteps used to hang building its table, eating memory."""
+    from denoisekit.config import MAX_TIMESTEPS as T_MAX
+
+    (spec,) = module.denoisekit_components()
+    assert spec.facts(spec.config(timesteps=37)) == {"num_timesteps": 37}
+    assert spec.config(timesteps=T_MAX)
+    for T in (T_MAX + 1, 10**30, 0):
+        with pytest.raises(ValueError, match=f"'timesteps' must be an integer from 1 to {T_MAX}"):
+            spec.config(timesteps=T)
+
+
+def test_a_huge_schedule_fails_recipe_check_at_once(tmp_path) -> None:
+    from denoisekit.errors import RecipeError
+    from denoisekit.recipe import load_recipe
+    from denoisekit.testing import write_recipe
+
+    path = write_recipe(tmp_path)
+    for T in ("1000000", "1000000000000000000000000000000"):
+        with pytest.raises(RecipeError, match=r"schedule\.timesteps: "):
+            load_recipe(path, [f"schedule.timesteps={T}"])
