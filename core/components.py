@@ -142,9 +142,11 @@ class ComponentSpec:
             a schedule its ``num_timesteps``, data its ``image_shape``, ... (:data:`FACTS`).
         check: ``check(config, context) -> iterable of (key, message)``: the problems of
             this component's options that only the rest of the recipe shows (a sampler's
-            ``steps`` beyond the schedule's timesteps), found when the recipe is loaded,
+            ``steps`` beyond the schedule's timesteps), or that only computing with them
+            shows (a schedule whose betas underflow), found when the recipe is loaded,
             before any work. ``context`` is a :class:`CheckContext`; keys are relative to
-            the component's table. Checks of one option alone belong in its validator.
+            the component's table (``""``: the table itself). Keep it cheap. Checks of one
+            option alone belong in its validator.
     """
 
     kind: str = attrs.field(validator=_check_kind)

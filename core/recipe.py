@@ -463,8 +463,13 @@ def recipe_from_data(
     *,
     source: Path | None = None,
     origins: _Origins | None = None,
+    check: bool = True,
 ) -> Recipe:
-    """Validate merged recipe data into a :class:`Recipe`."""
+    """Validate merged recipe data into a :class:`Recipe`.
+
+    ``check``: also find what only the whole recipe shows (:func:`check_recipe`); off only
+    for a recipe that serves as a description of its data alone.
+    """
     errors: list[tuple[str, str]] = []
     fields: dict[str, Any] = {}
     where = str(source) if source is not None else "<recipe>"
@@ -528,7 +533,7 @@ def recipe_from_data(
     if errors:
         raise RecipeError(_format_errors(where, errors, origins))
     recipe = Recipe(**fields, path=source)
-    problems = check_recipe(recipe, registry)
+    problems = check_recipe(recipe, registry) if check else []
     if problems:
         raise RecipeError(_format_errors(where, problems, origins))
     return recipe

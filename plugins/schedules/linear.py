@@ -8,10 +8,12 @@ scaled by ``1000 / T`` so that the total noise added stays about the same
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import attrs
 import torch
 
-from denoisekit import ComponentSpec, hookimpl
+from denoisekit import CheckContext, ComponentSpec, Problem, hookimpl
 from denoisekit.config import MAX_TIMESTEPS, int_between, open_unit_interval, option
 from denoisekit.diffusion import DiscreteSchedule
 
@@ -65,6 +67,14 @@ def schedule_facts(config: LinearScheduleConfig) -> dict[str, int]:
     return {"num_timesteps": config.timesteps}
 
 
+def check_linear(config: LinearScheduleConfig, context: CheckContext) -> Iterator[Problem]:
+    """The table these options give must be a valid schedule in float64 (it is cheap)."""
+    try:
+        build_linear(config)
+    except ValueError as exc:
+        yield "", f"these options give no valid schedule in float64 ({exc})"
+
+
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     return [
@@ -74,6 +84,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             config=LinearScheduleConfig,
             build=build_linear,
             facts=schedule_facts,
+            check=check_linear,
             summary="Linear betas 1e-4 to 0.02 (Ho et al. 2020), rescaled by 1000 / T.",
         )
     ]

@@ -159,3 +159,27 @@ def test_a_huge_schedule_fails_recipe_check_at_once(tmp_path) -> None:
     for T in ("1000000", "1000000000000000000000000000000"):
         with pytest.raises(RecipeError, match=r"schedule\.timesteps: "):
             load_recipe(path, [f"schedule.timesteps={T}"])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["schedule.s=1e300"],  # every f(t) the same: betas of 0
+        ["schedule.max_beta=1e-300"],  # 1 - beta rounds to 1: alpha_bar of 1
+        ["schedule.type=linear", "schedule.beta_start=1e-300", "schedule.beta_end=1e-300"],
+    ],
+)
+def test_options_giving_no_valid_schedule_fail_at_load(tmp_path, overrides) -> None:
+    """These used to pass recipe check and end the training build in a ValueError traceback."""
+    from denoisekit.errors import RecipeError
+    from denoisekit.recipe import load_recipe
+    from denoisekit.testing import write_recipe
+
+    with pytest.raises(RecipeError, match=r"schedule: these options give no valid schedule in "):
+        load_recipe(write_recipe(tmp_path), overrides)
+
+
+def test_cosine_offset_must_be_finite() -> None:
+    for s in (math.inf, math.nan):
+        with pytest.raises(ValueError, match="'s' must be a finite number >= 0"):
+            cosine.CosineScheduleConfig(s=s)
