@@ -4,13 +4,16 @@ The public plugin API, everything a plugin author imports (see docs/writing-a-pl
 
 * :data:`hookimpl`, the marker of hook implementations, and :class:`ComponentSpec`, the
   record the ``denoisekit_components`` hook returns;
+* load-time recipe checks: a component's ``facts`` and ``check``, which see a
+  :class:`CheckContext` and return :data:`Problem` pairs (:data:`FACTS` lists the known facts);
 * the contracts as :class:`typing.Protocol` classes (:class:`Backbone`,
   :class:`NoiseSchedule`, :class:`Loss`, :class:`SamplerLike`, :class:`DenoiserLike`,
   :class:`DataLike`, :class:`Metric`), the kinds (:data:`KINDS`) and the build context of
   each kind (:data:`BUILD_CONTEXT`);
 * config helpers: :func:`option` (a field with a default and a one-line doc),
   :func:`option_doc` and the validators :func:`unit_interval`, :func:`open_unit_interval`,
-  :func:`int_at_least`, :func:`positive_finite`, :func:`non_negative_finite` and
+  :func:`int_at_least`, :func:`int_between` (:data:`MAX_TIMESTEPS` bounds schedules),
+  :func:`positive_finite`, :func:`non_negative_finite` and
   :func:`positive_ints`;
 * :class:`Denoiser` (backbone + schedule + prediction type → ``(eps, x0)``),
   :class:`DiscreteSchedule` and the forward-process math module :mod:`diffusion`;
@@ -29,19 +32,24 @@ import pluggy
 
 from denoisekit.components import (
     BUILD_CONTEXT,
+    FACTS,
     KINDS,
     PROBE_KINDS,
     Backbone,
+    CheckContext,
     ComponentSpec,
     DataLike,
     DenoiserLike,
     Loss,
     Metric,
     NoiseSchedule,
+    Problem,
     SamplerLike,
 )
 from denoisekit.config import (
+    MAX_TIMESTEPS,
     int_at_least,
+    int_between,
     non_negative_finite,
     open_unit_interval,
     option,
@@ -96,10 +104,13 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "BUILD_CONTEXT",
+    "FACTS",
     "KINDS",
+    "MAX_TIMESTEPS",
     "PREDICTION_TYPES",
     "PROBE_KINDS",
     "Backbone",
+    "CheckContext",
     "CheckpointError",
     "ComponentError",
     "ComponentSpec",
@@ -113,6 +124,7 @@ __all__ = [
     "Metric",
     "NoiseSchedule",
     "PluginLoadError",
+    "Problem",
     "RecipeError",
     "RegistryError",
     "SamplerLike",
@@ -120,6 +132,7 @@ __all__ = [
     "diffusion",
     "hookimpl",
     "int_at_least",
+    "int_between",
     "non_negative_finite",
     "open_unit_interval",
     "option",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -81,6 +81,44 @@ def _check_probe(inst: ComponentSpec, attribute: attrs.Attribute, value: Any) ->
         )
 
 
+#: A problem a recipe check finds: ``(key path, message)``. The key path is relative to the
+#: checked component's table (``"steps"`` of the sampler is reported as ``sampler.steps``).
+Problem = tuple[str, str]
+
+#: The facts components state about themselves for the others' checks (see
+#: :attr:`ComponentSpec.facts`), by kind. A component may state others of its own.
+FACTS: dict[str, dict[str, str]] = {
+    "data": {
+        "image_shape": "(C, H, W) of the training images",
+        "num_classes": "number of classes of the labels (None: unlabelled, label -1)",
+        "num_images": "images in the training split",
+    },
+    "schedule": {"num_timesteps": "T, the number of diffusion timesteps"},
+    "optimizer": {"lr": "the base learning rate"},
+}
+
+
+@attrs.frozen(kw_only=True)
+class CheckContext:
+    """What a component's ``check`` sees of the recipe it is part of.
+
+    Attributes:
+        recipe: the whole :class:`denoisekit.recipe.Recipe`, every table already structured
+            and valid on its own (``recipe.train.steps``, ``recipe.metrics``, ...).
+        facts: kind → what that kind's component states from its config (:data:`FACTS`);
+            a fact a component does not state is unknown, and checks needing it pass.
+        table: the key path of the component being checked (``"sampler"``, ``"hooks.ema"``).
+    """
+
+    recipe: Any
+    facts: Mapping[str, Mapping[str, Any]]
+    table: str
+
+    def fact(self, kind: str, name: str) -> Any:
+        """The fact ``name`` of the ``kind`` component, or ``None`` when it is unknown."""
+        return self.facts.get(kind, {}).get(name)
+
+
 @attrs.frozen(kw_only=True)
 class ComponentSpec:
     """One component a plugin provides.
@@ -99,6 +137,16 @@ class ComponentSpec:
             backbone's probe config must set ``in_channels`` and ``image_size``; keep it
             tiny (the registry is built on every command). ``None``: no probe, only the
             static checks.
+        facts: ``facts(config) -> dict``: what this component states about itself for the
+            other components' checks, from its config alone (nothing loaded or built):
+            a schedule its ``num_timesteps``, data its ``image_shape``, ... (:data:`FACTS`).
+        check: ``check(config, context) -> iterable of (key, message)``: the problems of
+            this component's options that only the rest of the recipe shows (a sampler's
+            ``steps`` beyond the schedule's timesteps), or that only computing with them
+            shows (a schedule whose betas underflow), found when the recipe is loaded,
+            before any work. ``context`` is a :class:`CheckContext`; keys are relative to
+            the component's table (``""``: the table itself). Keep it cheap. Checks of one
+            option alone belong in its validator.
     """
 
     kind: str = attrs.field(validator=_check_kind)
@@ -107,6 +155,10 @@ class ComponentSpec:
     build: Callable[..., Any]
     summary: str = ""
     probe: Mapping[str, Any] | None = attrs.field(default=None, validator=_check_probe, eq=False)
+    facts: Callable[[Any], Mapping[str, Any]] | None = attrs.field(default=None, eq=False)
+    check: Callable[[Any, CheckContext], Iterable[Problem]] | None = attrs.field(
+        default=None, eq=False
+    )
 
 
 #: The keyword arguments the run passes to ``ComponentSpec.build`` besides the config.
@@ -262,6 +314,10 @@ def contract_problems(spec: ComponentSpec) -> list[str]:
     """
     if not callable(spec.build):
         return [f"build must be callable, got {spec.build!r}"]
+    for field in ("facts", "check"):
+        value = getattr(spec, field)
+        if value is not None and not callable(value):
+            return [f"{field} must be callable or None, got {value!r}"]
     problems = _signature_problems(spec)
     product = _declared_product(spec.build)
     if product is not None:

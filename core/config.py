@@ -23,6 +23,11 @@ import attrs
 
 DOC_KEY = "denoisekit.doc"
 
+#: The most diffusion timesteps a schedule may have. Sampling the full chain and the exact
+#: NLL take one network evaluation per timestep, and the tables are built on the host:
+#: beyond this a recipe is almost surely a typo (DDPM uses 1000, Improved DDPM 4000).
+MAX_TIMESTEPS = 100_000
+
 #: An attrs validator: ``check(instance, attribute, value)`` raises ``ValueError``.
 Validator = Callable[[Any, attrs.Attribute, Any], None]
 
@@ -79,6 +84,20 @@ def int_at_least(low: int, *, optional: bool = False) -> Validator:
             return
         if not (_is_int(value) and value >= low):
             raise ValueError(f"'{attribute.name}' must be {wanted}: {value!r}")
+
+    return check
+
+
+def int_between(low: int, high: int, *, optional: bool = False) -> Validator:
+    """Validator: an ``int`` (not a bool) in ``[low, high]``; with ``optional``, also ``None``."""
+
+    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if optional and value is None:
+            return
+        if not (_is_int(value) and low <= value <= high):
+            raise ValueError(
+                f"'{attribute.name}' must be an integer from {low} to {high}: {value!r}"
+            )
 
     return check
 

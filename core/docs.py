@@ -45,7 +45,8 @@ TOP_LEVEL: dict[str, tuple[str, str, str]] = {
     "seed": (
         "int",
         "0",
-        "seeds the initialization, the data order, the timesteps and the noise",
+        "seeds the initialization, the data order, the timesteps and the noise (any 64-bit "
+        "integer)",
     ),
     "plugins": (
         "list[str]",

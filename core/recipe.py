@@ -25,7 +25,7 @@ from cattrs.errors import (
 )
 
 from denoisekit.config import option
-from denoisekit.errors import DenoisekitError, RecipeError
+from denoisekit.errors import DenoisekitError, RecipeError, RegistryError
 from denoisekit.registry import Registry
 from denoisekit.suggest import did_you_mean
 
@@ -52,6 +52,25 @@ DEFAULT_TYPES: dict[str, str] = {
 }
 
 
+#: Device types a run can train and sample on (``train.device``, ``--device``).
+DEVICE_TYPES: tuple[str, ...] = ("cpu", "cuda", "mps")
+#: TOML integers are signed 64-bit; larger ones cannot be stored or seeded with.
+INT64_RANGE: tuple[int, int] = (-(2**63), 2**63 - 1)
+
+
+def _check_device(inst: Any, attribute: attrs.Attribute, value: str) -> None:
+    if value == "auto":
+        return
+    import torch
+
+    try:
+        device_type = torch.device(value).type
+    except (RuntimeError, ValueError, TypeError):
+        device_type = None
+    if device_type not in DEVICE_TYPES:
+        raise ValueError(f"'{attribute.name}' must be auto, cpu, cuda, cuda:N or mps: {value!r}")
+
+
 def _divides_batch_size(inst: Any, attribute: attrs.Attribute, value: int) -> None:
     if value > 0 and inst.batch_size % value:
         raise ValueError(f"'grad_accum' ({value}) must divide 'batch_size' ({inst.batch_size})")
@@ -73,7 +92,11 @@ class TrainConfig:
         "clip the global gradient norm to this value (unset: no clipping)",
         validator=attrs.validators.optional(attrs.validators.gt(0)),
     )
-    device: str = option("auto", "'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1'")
+    device: str = option(
+        "auto",
+        "'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', 'mps'",
+        validator=_check_device,
+    )
     num_workers: int = option(0, "DataLoader worker processes", validator=attrs.validators.ge(0))
     pin_memory: bool = option(True, "pin host memory for faster copies to CUDA (ignored on CPU)")
     drop_last: bool = option(True, "drop the last incomplete batch of each epoch")
@@ -163,15 +186,21 @@ def _drop_none(value: Any) -> Any:
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
 
+    def _int64(value: int) -> int:
+        low, high = INT64_RANGE
+        if not low <= value <= high:
+            raise ValueError(f"{value} is out of range: integers are 64-bit, -2**63 to 2**63 - 1")
+        return value
+
     def _int(value: Any, _: type) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"expected an integer, got {value!r}")
-        return value
+        return _int64(value)
 
     def _float(value: Any, _: type) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise TypeError(f"expected a number, got {value!r}")
-        return float(value)
+        return float(_int64(value) if isinstance(value, int) else value)
 
     def _bool(value: Any, _: type) -> bool:
         if not isinstance(value, bool):
@@ -449,8 +478,13 @@ def recipe_from_data(
     *,
     source: Path | None = None,
     origins: _Origins | None = None,
+    check: bool = True,
 ) -> Recipe:
-    """Validate merged recipe data into a :class:`Recipe`."""
+    """Validate merged recipe data into a :class:`Recipe`.
+
+    ``check``: also find what only the whole recipe shows (:func:`check_recipe`); off only
+    for a recipe that serves as a description of its data alone.
+    """
     errors: list[tuple[str, str]] = []
     fields: dict[str, Any] = {}
     where = str(source) if source is not None else "<recipe>"
@@ -513,7 +547,116 @@ def recipe_from_data(
 
     if errors:
         raise RecipeError(_format_errors(where, errors, origins))
-    return Recipe(**fields, path=source)
+    recipe = Recipe(**fields, path=source)
+    problems = check_recipe(recipe, registry) if check else []
+    if problems:
+        raise RecipeError(_format_errors(where, problems, origins))
+    return recipe
+
+
+# --------------------------------------------------------------------------- cross-field checks
+
+
+def check_recipe(recipe: Recipe, registry: Registry) -> list[tuple[str, str]]:
+    """The problems only the whole recipe shows, as ``(key path, message)`` pairs.
+
+    The core checks ``train`` against the machine and the data; then every component's
+    :attr:`~denoisekit.ComponentSpec.check` runs, in build order, with the facts the
+    components state (:attr:`~denoisekit.ComponentSpec.facts`). :func:`recipe_from_data`
+    calls this, so ``recipe check``, ``train``, ``sample`` and ``compare`` all stop here.
+
+    Raises:
+        RegistryError: a component's ``facts`` or ``check`` itself failed (a plugin bug;
+            the message names the plugin).
+    """
+    from denoisekit.components import CheckContext
+
+    choices = [(kind, kind, recipe.component(kind)) for kind in SINGLE_KINDS]
+    for table_name, kind in MULTI_KINDS.items():
+        choices += [(kind, f"{table_name}.{n}", c) for n, c in getattr(recipe, table_name).items()]
+    facts: dict[str, dict[str, Any]] = {}
+    for kind in SINGLE_KINDS:
+        choice = recipe.component(kind)
+        entry = registry.get(kind, choice.type)
+        if entry.spec.facts is not None:
+            stated = _call_plugin(entry, "facts", lambda e=entry, c=choice: e.spec.facts(c.config))
+            facts[kind] = dict(stated or {})
+    problems = _core_problems(recipe, facts)
+    for kind, table, choice in choices:
+        entry = registry.get(kind, choice.type)
+        if entry.spec.check is None:
+            continue
+        context = CheckContext(recipe=recipe, facts=facts, table=table)
+        found = _call_plugin(
+            entry, "check", lambda e=entry, c=choice, x=context: list(e.spec.check(c.config, x))
+        )
+        problems += [(_join(table, key) if key else table, message) for key, message in found]
+    return problems
+
+
+def _call_plugin(entry: Any, what: str, call: Any) -> Any:
+    try:
+        return call()
+    except DenoisekitError:
+        raise
+    except Exception as exc:
+        raise RegistryError(
+            f"plugin {entry.plugin!r} ({entry.source}): {entry.kind} {entry.name!r}: its "
+            f"{what} failed on this recipe: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _core_problems(recipe: Recipe, facts: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """``train`` against the machine and the data's facts; the backbone against the data."""
+    problems = _device_problems(recipe.train.device)
+    data = facts.get("data", {})
+    train = recipe.train
+    num_images = data.get("num_images")
+    micro = train.batch_size // train.grad_accum
+    if num_images is not None and (num_images == 0 or (train.drop_last and num_images < micro)):
+        message = (
+            f"the data's training split has {num_images} images, fewer than one micro-batch "
+            f"of {micro}; lower train.batch_size or set train.drop_last = false"
+        )
+        problems.append(("train.batch_size", message))
+    shape = data.get("image_shape")
+    if shape is None:
+        return problems
+    c, h, w = shape
+    if h != w:
+        message = f"the data gives {c}×{h}×{w} images; backbones take square ones: resize them"
+        return [*problems, ("data", message)]
+    cfg = recipe.backbone.config
+    wanted = {k: getattr(cfg, k, None) for k in ("in_channels", "image_size")}
+    for key, value in (("in_channels", c), ("image_size", h)):
+        if wanted[key] is not None and wanted[key] != value:
+            expects = f"{wanted['in_channels'] or c}×{wanted['image_size'] or h}"
+            message = (
+                f"the data gives {c}×{h}×{w} images but the backbone expects {expects}×"
+                f"{wanted['image_size'] or h}; set backbone.{key} = {value} (or change the data)"
+            )
+            problems.append((f"backbone.{key}", message))
+    return problems
+
+
+def _device_problems(device: str) -> list[tuple[str, str]]:
+    """A device the recipe names that this machine does not have."""
+    if device == "auto":
+        return []
+    import os
+
+    import torch
+
+    parsed = torch.device(device)
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            return [("train.device", f"{device!r}: CUDA is not available; use 'auto' or 'cpu'")]
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count and "LOCAL_RANK" not in os.environ:
+            return [("train.device", f"{device!r}: this machine has {count} CUDA device(s)")]
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        return [("train.device", f"{device!r}: MPS is not available; use 'auto' or 'cpu'")]
+    return []
 
 
 def _structure_choice(

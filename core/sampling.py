@@ -85,6 +85,7 @@ def load_trained(
     data = apply_overrides(stored_recipe(checkpoint, state), overrides, origins)
     if device is not None:
         data.setdefault("train", {})["device"] = device
+        origins._by_path["train.device"] = "--device"
     if registry is None:
         registry = stored_registry(checkpoint, data, trust_plugins=trust_plugins)
     recipe = recipe_from_data(data, registry, source=checkpoint, origins=origins)
@@ -178,9 +179,9 @@ def _run_folder(checkpoint: Path) -> Path | None:
 def image_generators(
     seed: int, start: int, count: int, device: torch.device | str = "cpu"
 ) -> list[torch.Generator]:
-    """One generator per image, image ``i`` seeded from ``(seed, i)``."""
+    """One generator per image, image ``i`` seeded from ``(seed, i)`` (any int ``seed``)."""
     return [
-        torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
+        torch.Generator(device=device).manual_seed((seed * 1_000_003 + i) % 2**64)
         for i in range(start, start + count)
     ]
 

@@ -164,7 +164,8 @@ class BatchStream:
             )
 
     def _epoch_generator(self, salt: int) -> torch.Generator:
-        return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 2 + salt)
+        seed = (self.seed * 1_000_003 + self.epoch) * 2 + salt
+        return torch.Generator().manual_seed(seed % 2**64)  # torch's seeds are 64-bit
 
     def _worker_generator(self) -> torch.Generator:
         if self.world_size == 1:

@@ -30,9 +30,17 @@ import torch
 
 from denoisekit import Denoiser, DiscreteSchedule
 from denoisekit.cli import main
+from denoisekit.errors import RecipeError
 from denoisekit.plugin_manager import DISABLE_AUTOLOAD_ENV, get_plugin_manager
+from denoisekit.recipe import load_recipe
 from denoisekit.registry import Registry
-from denoisekit.testing import check_sampler, check_schedule, single_thread, train_tiny
+from denoisekit.testing import (
+    check_sampler,
+    check_schedule,
+    single_thread,
+    train_tiny,
+    write_recipe,
+)
 from tests.plugins.sampler_oracles import MU, SIGMA, GaussianOracle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,6 +212,22 @@ def test_recipe_plugin_module_beside_the_recipe(tmp_path, monkeypatch):
         _forget("sigmoid_schedule")
 
 
+def test_local_schedule_bounds_its_timesteps_and_samplers_check_against_them(tmp_path, monkeypatch):
+    """The sigmoid schedule states its length; a sampler asking for more fails when loaded."""
+    monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, "1")
+    shutil.copytree(LOCAL, tmp_path / "local-plugin")
+    recipe = tmp_path / "local-plugin" / "sigmoid-digits.toml"
+    _forget("sigmoid_schedule")
+    try:
+        assert load_recipe(recipe, ["sampler.steps=1000"]).schedule.config.timesteps == 1000
+        with pytest.raises(RecipeError, match=r"sampler\.steps: 1001 steps exceed the schedule's "):
+            load_recipe(recipe, ["sampler.steps=1001"])
+        with pytest.raises(RecipeError, match=r"schedule\.timesteps: 'timesteps' must be an "):
+            load_recipe(recipe, ["schedule.timesteps=1000000000000"])
+    finally:
+        _forget("sigmoid_schedule")
+
+
 # --------------------------------------------------------------------------- the samplers
 
 
@@ -272,3 +296,19 @@ def test_the_sampler_sees_the_model_only_through_the_denoiser(karras):
     for prediction in ("x0", "v"):
         other, _ = _pf_ode(karras, 2, 12, prediction)
         torch.testing.assert_close(other, eps, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["euler", "heun"])
+def test_steps_beyond_the_schedule_fail_when_the_recipe_is_loaded(karras, tmp_path, name):
+    """Third-party samplers check their steps through the public ComponentSpec.check."""
+    registry = Registry.from_plugin_manager(
+        get_plugin_manager(autoload=False, plugins=["denoisekit_karras.plugin"])
+    )
+    path = write_recipe(tmp_path, {"sampler": {"type": name, "steps": 100}})
+    assert load_recipe(path, registry=registry).sampler.config.steps == 100  # = T: fine
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, ["sampler.steps=101"], registry=registry)
+    expected = (
+        "sampler.steps: 101 noise levels need 101 distinct timesteps, but the schedule has 100"
+    )
+    assert expected in str(info.value)

@@ -124,7 +124,9 @@ def test_sigterm_to_a_real_process_then_resume(tmp_path):
 
 
 def test_bad_data_folder_is_one_line(tmp_path, capsys):
-    text = RECIPE.replace('[data]\ntype = "digits"', '[data]\ntype = "image-folder"\npath = "nope"')
+    # 1×8×8 images, as the backbone expects: the missing folder is the only problem.
+    folder = '[data]\ntype = "image-folder"\npath = "nope"\nimage_size = 8\nmode = "L"'
+    text = RECIPE.replace('[data]\ntype = "digits"', folder)
     status = main(["train", str(write_recipe(tmp_path, text)), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert status == 2

@@ -22,7 +22,15 @@ from typing import Any
 import attrs
 import torch
 
-from denoisekit import ComponentSpec, DiscreteSchedule, hookimpl, option, positive_finite
+from denoisekit import (
+    MAX_TIMESTEPS,
+    ComponentSpec,
+    DiscreteSchedule,
+    hookimpl,
+    int_between,
+    option,
+    positive_finite,
+)
 
 
 def _finite(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -41,9 +49,7 @@ class SigmoidConfig:
     """Options of the ``sigmoid`` schedule."""
 
     timesteps: int = option(
-        1000,
-        "number of diffusion steps T",
-        validator=[attrs.validators.instance_of(int), attrs.validators.gt(1)],
+        1000, "number of diffusion steps T", validator=int_between(2, MAX_TIMESTEPS)
     )
     start: float = option(-3.0, "sigmoid input at s = 0", validator=_finite)
     end: float = option(
@@ -74,6 +80,11 @@ def build_sigmoid(config: SigmoidConfig) -> DiscreteSchedule:
     return DiscreteSchedule(sigmoid_alphas_cumprod(config))
 
 
+def sigmoid_facts(config: SigmoidConfig) -> dict[str, int]:
+    """What samplers check their steps against when the recipe is loaded."""
+    return {"num_timesteps": config.timesteps}
+
+
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     return [
@@ -82,6 +93,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="sigmoid",
             config=SigmoidConfig,
             build=build_sigmoid,
+            facts=sigmoid_facts,
             summary="sigmoid schedule (Chen 2023): start, end and tau shape the noise curve",
             probe={"timesteps": 10},
         )

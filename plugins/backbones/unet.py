@@ -19,13 +19,14 @@ Options beyond DDPM:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
 import torch
 from torch import nn
 
-from denoisekit import ComponentSpec, hookimpl
+from denoisekit import CheckContext, ComponentSpec, Problem, hookimpl
 from denoisekit.config import int_at_least, option, positive_ints
 from denoisekit.plugins.backbones.unet_layers import (
     AttentionBlock,
@@ -377,6 +378,23 @@ def build_unet(config: UNetConfig) -> UNet:
     return UNet(config)
 
 
+def check_unet(config: UNetConfig, context: CheckContext) -> Iterator[Problem]:
+    """In a run: one output per input value, and an embedding row for every data label."""
+    if config.out_channels not in (None, config.in_channels):
+        yield (
+            "out_channels",
+            f"{config.out_channels} output channels for {config.in_channels} input channels: "
+            "a run's denoiser needs one prediction per input value; leave it unset",
+        )
+    classes = context.fact("data", "num_classes")
+    if config.num_classes is not None and classes is not None and classes > config.num_classes:
+        yield (
+            "num_classes",
+            f"the data has {classes} classes but the unet embeds {config.num_classes}; set "
+            f"{context.table}.num_classes = {classes}",
+        )
+
+
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     return [
@@ -385,6 +403,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="unet",
             config=UNetConfig,
             build=build_unet,
+            check=check_unet,
             summary="DDPM attention U-Net (scale-shift / log-SNR / class-conditional options)",
             # A tiny instance whose output shape the registry checks on a probe input.
             probe={

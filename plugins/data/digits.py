@@ -27,6 +27,8 @@ from denoisekit.config import int_at_least, option
 from denoisekit.plugins.data._transforms import resize_tensor
 
 SPLITS = ("train", "test", "all")
+#: Images in each split (:func:`split_indices`).
+SPLIT_SIZES: dict[str, int] = {"train": 1437, "test": 360, "all": 1797}
 
 
 @attrs.frozen(kw_only=True)
@@ -105,6 +107,15 @@ def build_digits(
     return DigitsDataset(images, labels)
 
 
+def digits_facts(config: DigitsConfig) -> dict[str, Any]:
+    """Shape, classes and the training split's size, known without loading anything."""
+    return {
+        "image_shape": (1, config.image_size, config.image_size),
+        "num_classes": DigitsDataset.num_classes,
+        "num_images": SPLIT_SIZES[config.split or "train"],
+    }
+
+
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     """Register ``digits``."""
@@ -114,6 +125,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="digits",
             config=DigitsConfig,
             build=build_digits,
+            facts=digits_facts,
             summary="scikit-learn's bundled 8×8 handwritten digits (1,437 train / 360 test).",
         )
     ]

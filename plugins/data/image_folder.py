@@ -176,6 +176,16 @@ def discover(
 # --------------------------------------------------------------------------- dataset
 
 
+def image_shape(config: ImageFolderConfig) -> tuple[int, int, int]:
+    """``(C, S, S)``: 3 channels for RGB, 1 for L."""
+    return (3 if config.mode == "RGB" else 1, config.image_size, config.image_size)
+
+
+def image_folder_facts(config: ImageFolderConfig) -> dict[str, Any]:
+    """The image shape (the file count and classes are known only once the folder is read)."""
+    return {"image_shape": image_shape(config)}
+
+
 class ImageFolderDataset(torch.utils.data.Dataset):
     """Images read from files, as ``(image C×S×S in [-1, 1], label)``.
 
@@ -201,11 +211,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.labels = labels
         self.classes = classes
         self.num_classes: int | None = len(classes) if classes else None
-        self.image_shape: tuple[int, int, int] = (
-            3 if config.mode == "RGB" else 1,
-            config.image_size,
-            config.image_size,
-        )
+        self.image_shape: tuple[int, int, int] = image_shape(config)
         self.config = config
         self.hflip = config.hflip if train else 0.0
         self.skipped_paths: list[Path] = []
@@ -341,6 +347,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="image-folder",
             config=ImageFolderConfig,
             build=build_image_folder,
+            facts=image_folder_facts,
             summary="Image files in a folder (Pillow), optional class-per-subfolder labels.",
         )
     ]

@@ -188,6 +188,18 @@ class TorchvisionDataConfig:
     )
 
 
+def image_shape(config: TorchvisionDataConfig) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the images after conversion and resizing."""
+    native = DATASETS[config.name].native_shape or (3, config.image_size, config.image_size)
+    size = (config.image_size, config.image_size) if config.image_size else native[1:]
+    return (config.channels or native[0], size[0], size[1])  # type: ignore[return-value]
+
+
+def torchvision_facts(config: TorchvisionDataConfig) -> dict[str, Any]:
+    """The image shape and the class count, from the config (nothing is read)."""
+    return {"image_shape": image_shape(config), "num_classes": DATASETS[config.name].num_classes}
+
+
 class TorchvisionDataset(torch.utils.data.Dataset):
     """A torchvision dataset as ``(image C×H×W in [-1, 1], label)`` pairs.
 
@@ -201,11 +213,8 @@ class TorchvisionDataset(torch.utils.data.Dataset):
         info = DATASETS[config.name]
         self.base = base
         self.num_classes: int | None = info.num_classes
-        native = info.native_shape or (3, config.image_size, config.image_size)
-        channels = config.channels or native[0]
-        size = (config.image_size, config.image_size) if config.image_size else native[1:]
-        self.image_shape: tuple[int, int, int] = (channels, size[0], size[1])
-        self._mode = "L" if channels == 1 else "RGB"
+        self.image_shape: tuple[int, int, int] = image_shape(config)
+        self._mode = "L" if self.image_shape[0] == 1 else "RGB"
         self._size = config.image_size
         self._center_crop = config.center_crop
         self._labelled = info.num_classes is not None
@@ -279,6 +288,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="torchvision",
             config=TorchvisionDataConfig,
             build=build_torchvision_data,
+            facts=torchvision_facts,
             summary="torchvision datasets (MNIST, CIFAR10, CelebA, ...) from local files.",
         )
     ]

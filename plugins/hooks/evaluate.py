@@ -25,11 +25,12 @@ Recipe example::
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
 
-from denoisekit import ComponentSpec, hookimpl
+from denoisekit import CheckContext, ComponentSpec, Problem, hookimpl
 from denoisekit.config import option
 from denoisekit.errors import RecipeError
 from denoisekit.evaluation import EvalContext, build_metrics, eval_scalars, evaluate
@@ -91,21 +92,12 @@ class EvaluateHook:
 
     @hookimpl
     def denoisekit_configure(self, run: Any) -> None:
-        tables = run.recipe.metrics
-        names = list(self.config.metrics) or list(tables)
-        where = f"{run.recipe.path}: " if run.recipe.path is not None else ""
-        if not names:
-            raise RecipeError(
-                f"{where}hooks.evaluate: the recipe has no [metrics.NAME] tables to run; add "
-                'one, e.g. [metrics.fd] features = "digits"'
-            )
-        unknown = [n for n in names if n not in tables]
-        if unknown:
-            known = ", ".join(tables) or "none"
-            raise RecipeError(
-                f"{where}hooks.evaluate.metrics: no [metrics.{unknown[0]}] table in the recipe "
-                f"(its metrics: {known})"
-            )
+        # Loaded recipes were checked already; this catches recipes built in code.
+        context = CheckContext(recipe=run.recipe, facts={}, table="hooks.evaluate")
+        for key, message in check_evaluate(self.config, context):
+            where = f"{run.recipe.path}: " if run.recipe.path is not None else ""
+            raise RecipeError(f"{where}hooks.evaluate{'.' + key if key else ''}: {message}")
+        names = list(self.config.metrics) or list(run.recipe.metrics)
         self.metrics = build_metrics(run.recipe, run.registry, names)
 
     def evaluate(self, run: Any, step: int) -> dict[str, float]:
@@ -136,6 +128,20 @@ class EvaluateHook:
             self.evaluate(run, run.step)
 
 
+def check_evaluate(config: EvaluateConfig, context: CheckContext) -> Iterator[Problem]:
+    """The metrics to run must be tables of the recipe, and there must be some."""
+    tables = context.recipe.metrics
+    if not (config.metrics or tables):
+        yield "", "the recipe has no [metrics.NAME] tables to run; add one, e.g. [metrics.fd]"
+    unknown = [n for n in config.metrics if n not in tables]
+    if unknown:
+        known = ", ".join(tables) or "none"
+        yield (
+            "metrics",
+            f"no [metrics.{unknown[0]}] table in the recipe (its metrics: {known})",
+        )
+
+
 def build_evaluate(config: EvaluateConfig) -> EvaluateHook:
     """Build the evaluate hook."""
     return EvaluateHook(config)
@@ -150,6 +156,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="evaluate",
             config=EvaluateConfig,
             build=build_evaluate,
+            check=check_evaluate,
             summary="run the recipe's [metrics.*] every N steps; log them as eval/<key>.",
         )
     ]

@@ -166,6 +166,11 @@ class AdamWConfig(AdamConfig):
 # --------------------------------------------------------------------------- factories
 
 
+def optimizer_facts(config: Any) -> dict[str, float]:
+    """The base learning rate, which an lr schedule may check its floor against."""
+    return {"lr": config.lr}
+
+
 def _build(
     cls: type[torch.optim.Optimizer],
     name: str,
@@ -226,6 +231,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="adam",
             config=AdamConfig,
             build=build_adam,
+            facts=optimizer_facts,
             summary="Adam (Kingma & Ba 2015), L2 weight decay; fused kernel where supported.",
         ),
         ComponentSpec(
@@ -233,6 +239,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="adamw",
             config=AdamWConfig,
             build=build_adamw,
+            facts=optimizer_facts,
             summary="AdamW: Adam with decoupled weight decay (Loshchilov & Hutter 2019).",
         ),
     ]

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 
 import attrs
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from denoisekit import ComponentSpec, hookimpl
+from denoisekit import CheckContext, ComponentSpec, Problem, hookimpl
 from denoisekit.config import int_at_least, non_negative_finite, option, unit_interval
 from denoisekit.errors import RecipeError
 
@@ -127,6 +128,24 @@ def build_warmup_cosine(
     return LambdaLR(optimizer, lr_lambda=factors)
 
 
+def check_warmup_cosine(config: WarmupCosineConfig, context: CheckContext) -> Iterator[Problem]:
+    """The warmup must fit in the run, and the floor must not exceed the optimizer's rate."""
+    total = context.recipe.train.steps
+    if config.warmup_steps > total:
+        yield (
+            "warmup_steps",
+            f"{config.warmup_steps} warmup steps exceed the run's {total} steps (train.steps); "
+            f"lower {context.table}.warmup_steps or raise train.steps",
+        )
+    lr = context.fact("optimizer", "lr")
+    if lr is not None and 0 < lr < config.min_lr:
+        yield (
+            "min_lr",
+            f"{config.min_lr:g} exceeds the optimizer's learning rate ({lr:g}); lower "
+            f"{context.table}.min_lr",
+        )
+
+
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     """Register ``warmup-cosine``."""
@@ -136,6 +155,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="warmup-cosine",
             config=WarmupCosineConfig,
             build=build_warmup_cosine,
+            check=check_warmup_cosine,
             summary="Linear warmup, then cosine annealing to min_lr at the last step.",
         )
     ]

@@ -25,7 +25,7 @@ from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import non_negative_finite, option, positive_finite
 
 # Shared helpers of the optim plugins (same package, same owner).
-from denoisekit.plugins.optim.adam import IMPLEMENTATIONS, kernel_flags
+from denoisekit.plugins.optim.adam import IMPLEMENTATIONS, kernel_flags, optimizer_facts
 
 
 def _check_momentum(inst: Any, attribute: attrs.Attribute, value: float) -> None:
@@ -94,6 +94,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="sgd",
             config=SGDConfig,
             build=build_sgd,
+            facts=optimizer_facts,
             summary="SGD with optional (Nesterov) momentum; fused kernel where supported.",
         )
     ]

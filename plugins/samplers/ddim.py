@@ -19,13 +19,13 @@ diffusers' ``t - T // steps``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
 import torch
 
-from denoisekit import ComponentSpec, DenoiserLike, hookimpl
+from denoisekit import CheckContext, ComponentSpec, DenoiserLike, Problem, hookimpl
 from denoisekit.config import option, unit_interval
 from denoisekit.diffusion import SPACINGS, batch_timesteps, randn, spaced_timesteps, start_noise
 
@@ -151,6 +151,17 @@ def build_ddim(config: DDIMConfig) -> DDIMSampler:
     return DDIMSampler(config)
 
 
+def check_ddim(config: DDIMConfig, context: CheckContext) -> Iterator[Problem]:
+    """``steps`` must not exceed the schedule's timesteps."""
+    T = context.fact("schedule", "num_timesteps")
+    if T is not None and config.steps > T:
+        yield (
+            "steps",
+            f"{config.steps} steps exceed the schedule's {T} timesteps; set "
+            f"{context.table}.steps to at most {T}",
+        )
+
+
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     return [
@@ -159,6 +170,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="ddim",
             config=DDIMConfig,
             build=build_ddim,
+            check=check_ddim,
             summary="DDIM (Song et al. 2021): deterministic at eta = 0, DDPM-like at eta = 1.",
         )
     ]

@@ -13,13 +13,13 @@ schedule and uses the respaced betas ``1 - alpha_bar_{t_i} / alpha_bar_{t_{i-1}}
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
 import torch
 
-from denoisekit import ComponentSpec, DenoiserLike, hookimpl
+from denoisekit import CheckContext, ComponentSpec, DenoiserLike, Problem, hookimpl
 from denoisekit.config import option
 from denoisekit.diffusion import (
     SPACINGS,
@@ -147,6 +147,17 @@ def build_ddpm(config: DDPMConfig) -> DDPMSampler:
     return DDPMSampler(config)
 
 
+def check_ddpm(config: DDPMConfig, context: CheckContext) -> Iterator[Problem]:
+    """``steps`` (when set) must not exceed the schedule's timesteps."""
+    T = context.fact("schedule", "num_timesteps")
+    if T is not None and config.steps is not None and config.steps > T:
+        yield (
+            "steps",
+            f"{config.steps} steps exceed the schedule's {T} timesteps; set "
+            f"{context.table}.steps to at most {T} (or leave it unset: the full chain)",
+        )
+
+
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     return [
@@ -155,6 +166,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="ddpm",
             config=DDPMConfig,
             build=build_ddpm,
+            check=check_ddpm,
             summary="Ancestral DDPM sampling (Ho et al. 2020), full or respaced chain.",
         )
     ]

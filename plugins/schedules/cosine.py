@@ -10,12 +10,19 @@ clipped to ``max_beta`` (the paper uses 0.999 to avoid a singularity at ``t = T`
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import attrs
 import torch
 
-from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import open_unit_interval, option
+from denoisekit import CheckContext, ComponentSpec, Problem, hookimpl
+from denoisekit.config import (
+    MAX_TIMESTEPS,
+    int_between,
+    non_negative_finite,
+    open_unit_interval,
+    option,
+)
 from denoisekit.diffusion import DiscreteSchedule
 
 
@@ -25,13 +32,13 @@ class CosineScheduleConfig:
 
     timesteps: int = option(
         1000,
-        "number of diffusion steps T",
-        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+        f"number of diffusion steps T (at most {MAX_TIMESTEPS})",
+        validator=int_between(1, MAX_TIMESTEPS),
     )
     s: float = option(
         0.008,
         "small offset keeping beta_1 from being too small near t = 0",
-        validator=attrs.validators.ge(0.0),
+        validator=non_negative_finite,
     )
     max_beta: float = option(
         0.999,
@@ -55,6 +62,19 @@ def build_cosine(config: CosineScheduleConfig) -> DiscreteSchedule:
     return DiscreteSchedule.from_betas(cosine_betas(config.timesteps, config.s, config.max_beta))
 
 
+def schedule_facts(config: CosineScheduleConfig) -> dict[str, int]:
+    """What the recipe's other components may check against: the number of timesteps."""
+    return {"num_timesteps": config.timesteps}
+
+
+def check_cosine(config: CosineScheduleConfig, context: CheckContext) -> Iterator[Problem]:
+    """The table these options give must be a valid schedule in float64 (it is cheap)."""
+    try:
+        build_cosine(config)
+    except ValueError as exc:
+        yield "", f"these options give no valid schedule in float64 ({exc})"
+
+
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     return [
@@ -63,6 +83,8 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="cosine",
             config=CosineScheduleConfig,
             build=build_cosine,
+            facts=schedule_facts,
+            check=check_cosine,
             summary="Cosine alpha_bar schedule (Nichol & Dhariwal 2021), betas capped at max_beta.",
         )
     ]

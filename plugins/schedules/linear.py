@@ -8,11 +8,13 @@ scaled by ``1000 / T`` so that the total noise added stays about the same
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import attrs
 import torch
 
-from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import open_unit_interval, option
+from denoisekit import CheckContext, ComponentSpec, Problem, hookimpl
+from denoisekit.config import MAX_TIMESTEPS, int_between, open_unit_interval, option
 from denoisekit.diffusion import DiscreteSchedule
 
 
@@ -36,8 +38,8 @@ class LinearScheduleConfig:
 
     timesteps: int = option(
         1000,
-        "number of diffusion steps T",
-        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+        f"number of diffusion steps T (at most {MAX_TIMESTEPS})",
+        validator=int_between(1, MAX_TIMESTEPS),
     )
     beta_start: float = option(
         1e-4, "beta_1 for T = 1000 (scaled by 1000 / T)", validator=open_unit_interval
@@ -60,6 +62,19 @@ def build_linear(config: LinearScheduleConfig) -> DiscreteSchedule:
     )
 
 
+def schedule_facts(config: LinearScheduleConfig) -> dict[str, int]:
+    """What the recipe's other components may check against: the number of timesteps."""
+    return {"num_timesteps": config.timesteps}
+
+
+def check_linear(config: LinearScheduleConfig, context: CheckContext) -> Iterator[Problem]:
+    """The table these options give must be a valid schedule in float64 (it is cheap)."""
+    try:
+        build_linear(config)
+    except ValueError as exc:
+        yield "", f"these options give no valid schedule in float64 ({exc})"
+
+
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     return [
@@ -68,6 +83,8 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="linear",
             config=LinearScheduleConfig,
             build=build_linear,
+            facts=schedule_facts,
+            check=check_linear,
             summary="Linear betas 1e-4 to 0.02 (Ho et al. 2020), rescaled by 1000 / T.",
         )
     ]

@@ -113,3 +113,17 @@ def test_dataloader_batches(train_set) -> None:
 def test_options_rejected(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"'{field}'"):
         DigitsConfig(**{field: value})
+
+
+@pytest.mark.parametrize("split", [None, "train", "test", "all"])
+def test_facts_match_the_built_dataset(split) -> None:
+    """What the recipe check relies on (shape, classes, training-split size) is true."""
+    (spec,) = digits_mod.denoisekit_components()
+    config = DigitsConfig(split=split, image_size=4)
+    facts = spec.facts(config)
+    built = build_digits(config, train=True)
+    assert facts == {
+        "image_shape": built.image_shape,
+        "num_classes": built.num_classes,
+        "num_images": len(built),
+    }

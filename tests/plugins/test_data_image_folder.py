@@ -285,3 +285,16 @@ def test_index_out_of_range(tmp_path: Path) -> None:
 def test_options_rejected(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"'{field}"):
         ImageFolderConfig(**{field: value})
+
+
+def test_facts_state_the_image_shape(tmp_path: Path) -> None:
+    (spec,) = image_folder_mod.denoisekit_components()
+    solid(tmp_path / "img" / "a.png", (1, 2, 3), size=(10, 12))
+    for mode, size in (("RGB", 8), ("L", 6)):
+        config = ImageFolderConfig(path="img", mode=mode, image_size=size)
+        ds = build_image_folder(config, root=tmp_path)
+        assert (
+            spec.facts(config)
+            == {"image_shape": ds.image_shape}
+            == {"image_shape": tuple(ds[0][0].shape)}
+        )

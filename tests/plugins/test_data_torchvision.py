@@ -196,3 +196,27 @@ def test_every_listed_dataset_exists_in_torchvision() -> None:
     for name, info in tv_mod.DATASETS.items():
         assert hasattr(torchvision.datasets, name), name
         assert info.test_split in info.splits
+
+
+def test_facts_match_the_dataset_and_celeba_native_fails_at_load(tmp_path: Path) -> None:
+    from denoisekit.errors import RecipeError
+    from denoisekit.plugins.data import torchvision_data
+    from denoisekit.recipe import load_recipe
+    from denoisekit.testing import write_recipe
+
+    fake_mnist(tmp_path / "data")
+    (spec,) = torchvision_data.denoisekit_components()
+    for options in ({"name": "MNIST"}, {"name": "MNIST", "channels": 3, "image_size": 14}):
+        ds = build(tmp_path, root="data", **options)
+        facts = spec.facts(TorchvisionDataConfig(root="data", **options))
+        assert facts == {"image_shape": ds.image_shape, "num_classes": ds.num_classes}
+    # CelebA's native images are 218×178: found when loaded, not after reading the files.
+    path = write_recipe(tmp_path, {"data": {"type": "torchvision", "name": "CelebA"}})
+    with pytest.raises(
+        RecipeError,
+        match=r"data: the data gives 3×218×178 images; backbones "
+        r"take square ones",
+    ):
+        load_recipe(path)
+    mnist = {"data": {"type": "torchvision", "name": "MNIST", "image_size": 8}}
+    assert load_recipe(write_recipe(tmp_path, mnist))

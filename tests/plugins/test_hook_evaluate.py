@@ -73,3 +73,21 @@ def test_configure_errors(tmp_path) -> None:
 
     with pytest.raises(ValueError, match="'every' must be > 0"):
         EvaluateConfig(every=0)
+
+
+@pytest.mark.parametrize(
+    ("tables", "error"),
+    [
+        ('[hooks.evaluate]\nmetrics = ["fid"]\n', r"hooks\.evaluate\.metrics: no \[metrics\.fid\]"),
+        ("[hooks.evaluate]\n", r"hooks\.evaluate: the recipe has no \[metrics\.NAME\] tables"),
+    ],
+)
+def test_metrics_to_run_are_checked_when_the_recipe_is_loaded(tmp_path, tables, error) -> None:
+    """`recipe check` used to pass these; `train` failed only once the run was built."""
+    from denoisekit.recipe import load_recipe
+    from denoisekit.testing import write_recipe
+
+    path = write_recipe(tmp_path)
+    path.write_text(path.read_text() + tables)
+    with pytest.raises(RecipeError, match=error):
+        load_recipe(path)

@@ -196,3 +196,22 @@ def test_build_errors_are_one_line() -> None:
         build_warmup_cosine(WarmupCosineConfig(min_lr=0.5), optimizer=_sgd(0.1), total_steps=10)
     with pytest.raises(RecipeError, match="total steps"):
         build_warmup_cosine(WarmupCosineConfig(), optimizer=_sgd(0.1), total_steps=0)
+
+
+def test_warmup_and_floor_are_checked_when_the_recipe_is_loaded(tmp_path) -> None:
+    """``recipe check`` says what ``train`` says: before, only the build raised these."""
+    from denoisekit.recipe import load_recipe
+    from denoisekit.testing import write_recipe
+
+    path = write_recipe(tmp_path, {"lr_schedule": {"type": "warmup-cosine", "warmup_steps": 2}})
+    assert load_recipe(path).lr_schedule.config.warmup_steps == 2  # = train.steps: fine
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, ["train.steps=1"])
+    assert "lr_schedule.warmup_steps: 2 warmup steps exceed the run's 1 steps" in str(info.value)
+    with pytest.raises(
+        RecipeError,
+        match=r"lr_schedule.min_lr: 0.01 exceeds the optimizer's "
+        r"learning rate \(0.001\)",
+    ):
+        load_recipe(path, ["lr_schedule.min_lr=0.01"])
+    assert load_recipe(path, ["lr_schedule.min_lr=0.001"])  # = lr: fine

@@ -135,3 +135,51 @@ def test_configs_are_frozen():
 def test_schedule_conformance(spec):
     assert spec.kind == "schedule"
     check_schedule(spec)
+
+
+@pytest.mark.parametrize("module", [cosine, linear])
+def test_timesteps_are_bounded_and_stated_as_a_fact(module) -> None:
+    """A schedule of 10**30 timesteps used to hang building its table, eating memory."""
+    from denoisekit.config import MAX_TIMESTEPS as T_MAX
+
+    (spec,) = module.denoisekit_components()
+    assert spec.facts(spec.config(timesteps=37)) == {"num_timesteps": 37}
+    assert spec.config(timesteps=T_MAX)
+    for T in (T_MAX + 1, 10**30, 0):
+        with pytest.raises(ValueError, match=f"'timesteps' must be an integer from 1 to {T_MAX}"):
+            spec.config(timesteps=T)
+
+
+def test_a_huge_schedule_fails_recipe_check_at_once(tmp_path) -> None:
+    from denoisekit.errors import RecipeError
+    from denoisekit.recipe import load_recipe
+    from denoisekit.testing import write_recipe
+
+    path = write_recipe(tmp_path)
+    for T in ("1000000", "1000000000000000000000000000000"):
+        with pytest.raises(RecipeError, match=r"schedule\.timesteps: "):
+            load_recipe(path, [f"schedule.timesteps={T}"])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["schedule.s=1e300"],  # every f(t) the same: betas of 0
+        ["schedule.max_beta=1e-300"],  # 1 - beta rounds to 1: alpha_bar of 1
+        ["schedule.type=linear", "schedule.beta_start=1e-300", "schedule.beta_end=1e-300"],
+    ],
+)
+def test_options_giving_no_valid_schedule_fail_at_load(tmp_path, overrides) -> None:
+    """These used to pass recipe check and end the training build in a ValueError traceback."""
+    from denoisekit.errors import RecipeError
+    from denoisekit.recipe import load_recipe
+    from denoisekit.testing import write_recipe
+
+    with pytest.raises(RecipeError, match=r"schedule: these options give no valid schedule in "):
+        load_recipe(write_recipe(tmp_path), overrides)
+
+
+def test_cosine_offset_must_be_finite() -> None:
+    for s in (math.inf, math.nan):
+        with pytest.raises(ValueError, match="'s' must be a finite number >= 0"):
+            cosine.CosineScheduleConfig(s=s)

@@ -533,3 +533,20 @@ def test_registers_the_unet_backbone():
     model = spec.build(tiny())
     assert isinstance(model, UNet)
     assert build_unet is spec.build
+
+
+def test_run_checks_at_load_classes_and_output_channels(tmp_path):
+    """A unet with fewer class rows than the data's labels failed mid-training (IndexError);
+    one with other output channels failed at the first loss. Both now fail when loaded."""
+    from denoisekit.errors import RecipeError
+    from denoisekit.recipe import load_recipe
+    from denoisekit.testing import write_recipe
+
+    path = write_recipe(tmp_path)
+    assert load_recipe(path, ["backbone.num_classes=10"]).backbone.config.num_classes == 10
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, ["backbone.num_classes=5"])
+    assert "backbone.num_classes: the data has 10 classes but the unet embeds 5" in str(info.value)
+    with pytest.raises(RecipeError, match=r"backbone\.out_channels: 2 output channels for 1 input"):
+        load_recipe(path, ["backbone.out_channels=2"])
+    assert load_recipe(path, ["backbone.out_channels=1"])

@@ -27,14 +27,16 @@ The start ``x_T ~ N(0, I)`` is the VP prior, i.e. ``x = x_T / sqrt(alpha_bar_{t_
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
 import torch
 from denoisekit import (
+    CheckContext,
     ComponentSpec,
     DenoiserLike,
+    Problem,
     diffusion,
     int_at_least,
     option,
@@ -240,12 +242,24 @@ def build_heun(config: HeunConfig) -> KarrasSampler:
     return KarrasSampler(config, order=2)
 
 
+def check_steps(config: EulerConfig | HeunConfig, context: CheckContext) -> Iterator[Problem]:
+    """When the recipe is loaded: ``steps`` must not exceed the schedule's timesteps."""
+    T = context.fact("schedule", "num_timesteps")  # None: a schedule that does not say
+    if T is not None and config.steps > T:
+        yield (
+            "steps",
+            f"{config.steps} noise levels need {config.steps} distinct timesteps, but the "
+            f"schedule has {T}; set {context.table}.steps to at most {T}",
+        )
+
+
 SPECS: list[ComponentSpec] = [
     ComponentSpec(
         kind="sampler",
         name="euler",
         config=EulerConfig,
         build=build_euler,
+        check=check_steps,
         summary="Euler steps on the probability-flow ODE (Karras et al. 2022, Algorithm 2)",
     ),
     ComponentSpec(
@@ -253,6 +267,7 @@ SPECS: list[ComponentSpec] = [
         name="heun",
         config=HeunConfig,
         build=build_heun,
+        check=check_steps,
         summary="Heun steps on the probability-flow ODE (Karras et al. 2022, Algorithm 1)",
     ),
 ]
