@@ -35,6 +35,8 @@ groups = 8
 [schedule]
 type = "cosine"
 timesteps = 40
+[sampler]
+steps = 4  # at most the schedule's 40 timesteps (checked when the recipe loads)
 [train]
 steps = 2
 batch_size = 8
