@@ -1,9 +1,11 @@
 """Mutated recipes: ``recipe check`` says what ``train`` says, in one line, never a traceback.
 
 Hypothesis mutates small valid recipes (the tiny digits run, alone and with hooks) —
-deleting, renaming and retyping keys, out-of-range values, tables where scalars belong and
-scalars where tables belong — and feeds each mutant to ``denoisekit recipe check`` and to a
-two-step ``denoisekit train``, in-process through :func:`denoisekit.cli.main`:
+deleting, renaming and retyping keys, setting options the recipe leaves out (every option
+of the registered components is a target), out-of-range values, tables where scalars
+belong and scalars where tables belong — and feeds each mutant to ``denoisekit recipe
+check`` and to a two-step ``denoisekit train``, in-process through
+:func:`denoisekit.cli.main`:
 
 * no exception escapes ``main`` (a traceback is a bug);
 * the exit status is 0 or 2 and stderr holds at most two lines;
@@ -57,12 +59,11 @@ WORDS = [
     *("linspace", "fixed_small", "fixed_large", "scale_shift", "log_snr", "test", "all"),
     *("", "nope", "Digits", " ddim", "1", "true", "a.b", "../up"),
 ]
-#: Integers beyond what validation lets through: negative, zero, beyond 64 bits.
-BAD_INTS = [-1, 0, -(2**63) - 1, 2**63, 2**64, 10**30]
-#: Small integers: valid for most counts, cheap for all of them.
-SMALL_INTS = [1, 2, 3, 4, 8, 16]
-FLOATS = [-1.0, 0.0, 0.5, 1.0, 1.5, 1e-12, 1e300, -1e300, math.inf, -math.inf, math.nan]
-#: (table, key) whose valid values must stay tiny (a long or slow run), with those values.
+#: Integers: out of range (negative, zero, beyond 64 bits), small, around the tiny T = 100.
+INTS = [-1, 0, 1, 2, 3, 8, 100, 101, 2**63, -(2**63) - 1, 10**30]
+FLOATS = [-1.0, 0.0, 0.5, 1.0, 1e-300, 1e300, -1e300, math.inf, -math.inf, math.nan]
+OTHERS = [True, False, [], [1, 2], [0.5], ["a"], {}, {"x": 1}]
+#: (table, key) whose valid values would make a run long or slow, with the values allowed.
 SLOW = {
     ("train", "steps"): [1, 2],
     ("train", "num_workers"): [0],
@@ -76,26 +77,13 @@ def slow(path: tuple[str, ...]) -> bool:
     return (path[0], path[-1]) in SLOW
 
 
-scalars = st.one_of(
-    st.sampled_from(WORDS),
-    st.sampled_from(BAD_INTS + SMALL_INTS + [100, 101]),
-    st.sampled_from(FLOATS),
-    st.booleans(),
-)
-values = st.one_of(
-    scalars,
-    st.lists(scalars, max_size=3),
-    st.dictionaries(st.sampled_from(["type", "steps", "x", "image_size"]), scalars, max_size=2),
-)
-
-
 def _options() -> dict[tuple[str, str], dict[str, Any]]:
     """(kind, name) → {option: default} of every built-in component, and the core tables."""
     registry = default_registry(autoload=False)
-    out: dict[tuple[str, str], dict[str, Any]] = {}
-    for entry in registry.entries():
-        fields = attrs.fields(entry.spec.config)
-        out[entry.kind, entry.name] = {f.name: _default(f) for f in fields}
+    out = {
+        (e.kind, e.name): {f.name: _default(f) for f in attrs.fields(e.spec.config)}
+        for e in registry.entries()
+    }
     out["train", ""] = {f.name: _default(f) for f in attrs.fields(TrainConfig)}
     out["", ""] = {"name": "x", "description": "", "seed": 0, "plugins": []}
     return out
@@ -111,101 +99,71 @@ def _default(field: attrs.Attribute) -> Any:
 OPTIONS = _options()
 
 
-def options_of(data: dict, path: tuple[str, ...]) -> dict[str, Any]:
-    """The options the table at ``path`` may hold, with their defaults ({} if unknown)."""
-    if not path:
+def options_of(table: tuple[str, ...], node: dict) -> dict[str, Any]:
+    """The options the table ``node`` at ``table`` may hold, with their defaults."""
+    if not table:
         return OPTIONS["", ""]
-    node = data
-    for key in path:
-        node = node.get(key) if isinstance(node, dict) else None
-    if not isinstance(node, dict):
-        return {}
-    if path == ("train",):
+    if table == ("train",):
         return OPTIONS["train", ""]
-    if len(path) == 2 and path[0] in MULTI_KINDS:
-        return OPTIONS.get((MULTI_KINDS[path[0]], str(node.get("type", path[1]))), {})
-    if len(path) == 1 and path[0] in SINGLE_KINDS:
-        return OPTIONS.get((path[0], str(node.get("type", DEFAULT_TYPES.get(path[0])))), {})
+    if len(table) == 2 and table[0] in MULTI_KINDS:
+        return OPTIONS.get((MULTI_KINDS[table[0]], str(node.get("type", table[1]))), {})
+    if len(table) == 1 and table[0] in SINGLE_KINDS:
+        name = node.get("type", DEFAULT_TYPES.get(table[0]))
+        return OPTIONS.get((table[0], str(name)), {})
     return {}
 
 
-def paths(node: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    """Every key path of a nested dict, tables included."""
+def targets(data: dict) -> list[tuple[tuple[str, ...], str, Any]]:
+    """Every (table path, key, current value or default) a mutation may aim at: the keys a
+    table holds, the options it could hold, and an unknown one."""
     out = []
-    for key, value in node.items():
-        out.append((*prefix, key))
-        if isinstance(value, dict):
-            out += paths(value, (*prefix, key))
+    stack: list[tuple[tuple[str, ...], dict]] = [((), data)]
+    while stack:
+        table, node = stack.pop()
+        known = options_of(table, node)
+        for key in sorted({*node, *known, "extra"}):
+            out.append((table, key, node.get(key, known.get(key))))
+            if isinstance(node.get(key), dict):
+                stack.append(((*table, key), node[key]))
     return out
 
 
-def parent(data: dict, path: tuple[str, ...]) -> dict:
-    node = data
-    for key in path[:-1]:
-        node = node[key]
-    return node
-
-
-def replacement(draw: st.DrawFn, path: tuple[str, ...], old: Any) -> Any:
-    """A new value for ``key``: retyped, out of range, a table or a scalar instead."""
+def value_for(draw: st.DrawFn, path: tuple[str, ...], old: Any) -> Any:
+    """A new value: mostly of the old one's type (out of range, other words), else retyped;
+    a scalar or an empty table where a table was."""
     if slow(path) or (path[-1] == "type" and old == "digits"):
         # Never a long run, nor data that reads files: invalid, tiny or nonsense values.
-        small = SLOW.get((path[0], path[-1]), [])
-        return draw(
-            st.one_of(
-                st.sampled_from([*BAD_INTS, *small, *FLOATS[:2], *WORDS[-8:]]),
-                st.booleans(),
-                st.just({"x": 1}),
-                st.just([1, 2]),
-            )
-        )
-    if isinstance(old, dict):  # a scalar or an empty table where a table belongs
-        return draw(st.one_of(scalars, st.just({}), st.lists(scalars, max_size=2)))
-    if isinstance(old, bool):
-        return draw(st.one_of(st.sampled_from([0, 1, "true", "yes"]), values))
-    if isinstance(old, int):
-        return draw(st.one_of(st.sampled_from(BAD_INTS + SMALL_INTS + [100, 101]), values))
-    if isinstance(old, float):
-        return draw(st.one_of(st.sampled_from(FLOATS), values))
-    return draw(values)
+        return draw(st.sampled_from([-1, 0, 2**63, *SLOW.get((path[0], path[-1]), []), 0.5, "x"]))
+    same = {bool: OTHERS[:2], int: INTS, float: FLOATS, str: WORDS, list: OTHERS[2:6]}
+    pools = [p for t, p in same.items() if isinstance(old, t)][:1]
+    anything = st.sampled_from([*INTS, *FLOATS, *WORDS, *OTHERS])
+    if isinstance(old, dict):
+        return draw(st.one_of(anything, st.just({})))
+    if pools and draw(st.integers(0, 2)):
+        return draw(st.sampled_from(pools[0]))
+    return draw(anything)
 
 
 @st.composite
 def mutants(draw: st.DrawFn) -> dict[str, Any]:
-    """A base recipe with one to three mutations."""
+    """A base recipe with one or two mutations: set (an existing key, or an option the
+    table lacks, or an unknown key), delete, or rename a key."""
     data = copy.deepcopy(draw(st.sampled_from(BASES)))
-    for _ in range(draw(st.integers(1, 3))):
-        all_paths = paths(data)
-        if not all_paths:
-            break
-        path = draw(st.sampled_from(all_paths))
-        node, key = parent(data, path), path[-1]
-        action = draw(st.sampled_from(["delete", "replace", "replace", "rename", "add"]))
-        if action == "delete":
+    for _ in range(draw(st.integers(1, 2))):
+        table, key, old = draw(st.sampled_from(targets(data)))
+        node = data
+        for part in table:
+            node = node[part]
+        action = draw(st.sampled_from(["set", "set", "set", "delete", "rename"]))
+        if action == "set":
+            node[key] = value_for(draw, (*table, key), old)
+        elif key in node and action == "delete":
             del node[key]
-        elif action == "replace":
-            node[key] = replacement(draw, path, node[key])
-        elif action == "rename":
-            siblings = [k for k in node if k != key] or ["x"]
-            new = draw(
-                st.sampled_from(
-                    [key + "s", key[:-1] or "k", key.upper(), key.replace("_", "-"), *siblings]
-                )
-            )
-            if slow((*path[:-1], new)) or new == "type":
-                continue  # a rename onto these would carry an unbounded value
-            node[new] = node.pop(key)
-        else:  # an option the table can hold but does not, or an unknown one
-            tables = [()] + [p for p in all_paths if isinstance(parent(data, p)[p[-1]], dict)]
-            table = draw(st.sampled_from(tables))
-            node = data
-            for part in table:
-                node = node[part]
-            known = {k: v for k, v in options_of(data, table).items() if k not in node}
-            key = draw(st.sampled_from([*known, "extra", "type"]))
-            default = known.get(key)
-            keep = default is not None and not slow((*table, key)) and draw(st.booleans())
-            node[key] = default if keep else replacement(draw, (*table, key), default)
+        elif key in node:  # rename: a typo, another case, or a sibling's name
+            choices = [key + "s", key[:-1] or "k", key.upper(), key.replace("_", "-"), *node]
+            new = draw(st.sampled_from(choices))
+            if not (slow((*table, new)) or new == "type"):  # unbounded values stay put
+                node[new] = node.pop(key)
     return data
 
 
@@ -244,14 +202,14 @@ _SETTINGS = {
 }
 
 
-@settings(max_examples=120, **_SETTINGS)
+@settings(max_examples=200, **_SETTINGS)
 @given(data=mutants())
 def test_recipe_check_says_what_train_says(data, capsys):
     check_agrees_with_train(data, capsys)
 
 
 @pytest.mark.slow
-@settings(max_examples=2000, **{**_SETTINGS, "derandomize": False})
+@settings(max_examples=3000, **{**_SETTINGS, "derandomize": False})
 @given(data=mutants())
 def test_recipe_check_says_what_train_says_many(data, capsys):
     check_agrees_with_train(data, capsys)
