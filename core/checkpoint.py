@@ -111,6 +111,11 @@ def atomic_write(path: Path | str) -> Iterator[BinaryIO]:
         os.replace(tmp_name, path)
     except BaseException as exc:
         Path(tmp_name).unlink(missing_ok=True)
+        interrupt = _interrupt(exc)
+        if interrupt is not None and interrupt is not exc:
+            # Ctrl-C or SIGTERM inside torch.save's writer comes out as a RuntimeError
+            # ("unexpected pos"): give the interrupt back, so the run stops as interrupted.
+            raise interrupt from None
         cause = _os_error(exc)
         if cause is not None:
             raise OutputError(
@@ -119,6 +124,18 @@ def atomic_write(path: Path | str) -> Iterator[BinaryIO]:
             ) from exc
         raise
     _fsync_dir(path.parent)
+
+
+def _interrupt(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (Ctrl-C, or the loop's SIGTERM) behind an exception, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _os_error(exc: BaseException) -> OSError | None:

@@ -102,7 +102,7 @@ def test_sigterm_to_a_real_process_then_resume(tmp_path):
     time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM
+    assert process.returncode == 128 + signal.SIGTERM, err
     assert "resume with" in err
     assert "Traceback" not in err
     state = torch.load(last, weights_only=True)

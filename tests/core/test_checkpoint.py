@@ -89,3 +89,31 @@ def test_a_file_where_the_folder_should_be_is_one_line(tmp_path):
         atomic_write(tmp_path / "runs" / "x.npz"),
     ):
         pass
+
+
+def test_an_interrupt_inside_torch_save_stays_an_interrupt(tmp_path):
+    # SIGTERM (the loop raises TrainingInterrupted, a KeyboardInterrupt) or Ctrl-C landing
+    # inside torch.save's writer comes out of torch as a RuntimeError; the run must still
+    # stop as interrupted (exit 128 + signal), with the previous file whole.
+    import torch
+
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"previous")
+
+    class Interrupting:
+        def __init__(self, handle):
+            self.handle, self.calls = handle, 0
+
+        def write(self, data):
+            self.calls += 1
+            if self.calls == 3:
+                raise KeyboardInterrupt("received signal SIGTERM")
+            return self.handle.write(data)
+
+        def flush(self):
+            self.handle.flush()
+
+    with pytest.raises(KeyboardInterrupt), atomic_write(target) as handle:
+        torch.save({"w": torch.zeros(1000, 100)}, Interrupting(handle))
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
