@@ -255,18 +255,25 @@ def reference_attention(block: AttentionBlock, x: torch.Tensor) -> torch.Tensor:
     return x + o.reshape(B, C, H, W)
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_attention_block_matches_reference(channels_last):
+def attention_case(num_heads: int, shape: tuple[int, ...], channels_last: bool):
+    """An attention block with a non-zero output projection, an input of ``shape``, and
+    the float reference output (computed before any memory-format change)."""
     torch.manual_seed(0)
-    block = AttentionBlock(16, num_heads=4, groups=4)
+    block = AttentionBlock(shape[1], num_heads=num_heads, groups=4)
     with torch.no_grad():
         block.proj.weight.normal_()
         block.proj.bias.normal_()
-    x = torch.randn(2, 16, 4, 6)
+    x = torch.randn(*shape)
     expected = reference_attention(block, x)
     if channels_last:
         block = block.to(memory_format=torch.channels_last)
         x = x.to(memory_format=torch.channels_last)
+    return block, x, expected
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_attention_block_matches_reference(channels_last):
+    block, x, expected = attention_case(4, (2, 16, 4, 6), channels_last)
     with torch.no_grad():
         torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
 
@@ -298,16 +305,7 @@ def test_bf16_channels_first_attention_matches_float64_softmax_attention(length)
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_attention_block_under_bf16_autocast_matches_reference(channels_last):
-    torch.manual_seed(0)
-    block = AttentionBlock(16, num_heads=2, groups=4)
-    with torch.no_grad():
-        block.proj.weight.normal_()
-        block.proj.bias.normal_()
-    x = torch.randn(4, 16, 8, 6)
-    expected = reference_attention(block, x)
-    if channels_last:
-        block = block.to(memory_format=torch.channels_last)
-        x = x.to(memory_format=torch.channels_last)
+    block, x, expected = attention_case(2, (4, 16, 8, 6), channels_last)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = block(x)
     assert _rel_err(out, expected) < 2e-2
