@@ -126,27 +126,28 @@ def atomic_write(path: Path | str) -> Iterator[BinaryIO]:
     _fsync_dir(path.parent)
 
 
-def _interrupt(exc: BaseException) -> KeyboardInterrupt | None:
-    """The KeyboardInterrupt (Ctrl-C, or the loop's SIGTERM) behind an exception, if any."""
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what it was raised from or during (``__cause__`` / ``__context__``)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, KeyboardInterrupt):
-            return current
+        yield current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
-    return None
+
+
+def _interrupt(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (Ctrl-C, or the loop's SIGTERM) behind an exception, if any."""
+    return next((e for e in _chain(exc) if isinstance(e, KeyboardInterrupt)), None)
 
 
 def _os_error(exc: BaseException) -> OSError | None:
     """The OSError behind a failed write, if any (torch wraps it in a RuntimeError)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen and isinstance(current, Exception):
-        if isinstance(current, OSError) and current.errno is not None:
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
+    for cause in _chain(exc):
+        if not isinstance(cause, Exception):  # an interrupt or exit: not a write failure
+            return None
+        if isinstance(cause, OSError) and cause.errno is not None:
+            return cause
     return None
 
 

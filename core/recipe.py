@@ -25,7 +25,7 @@ from cattrs.errors import (
 )
 
 from denoisekit.config import option
-from denoisekit.errors import DenoisekitError, RecipeError, RegistryError
+from denoisekit.errors import DenoisekitError, RecipeError, RegistryError, exception_line
 from denoisekit.registry import Registry
 from denoisekit.suggest import did_you_mean
 
@@ -601,8 +601,7 @@ def _call_plugin(entry: Any, what: str, call: Any) -> Any:
         raise
     except Exception as exc:
         raise RegistryError(
-            f"plugin {entry.plugin!r} ({entry.source}): {entry.kind} {entry.name!r}: its "
-            f"{what} failed on this recipe: {type(exc).__name__}: {exc}"
+            f"{entry.label}: its {what} failed on this recipe: {exception_line(exc)}"
         ) from exc
 
 

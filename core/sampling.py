@@ -85,7 +85,7 @@ def load_trained(
     data = apply_overrides(stored_recipe(checkpoint, state), overrides, origins)
     if device is not None:
         data.setdefault("train", {})["device"] = device
-        origins._by_path["train.device"] = "--device"
+        origins.record({"device": device}, "--device", prefix="train")
     if registry is None:
         registry = stored_registry(checkpoint, data, trust_plugins=trust_plugins)
     recipe = recipe_from_data(data, registry, source=checkpoint, origins=origins)

@@ -10,12 +10,11 @@ clipped to ``max_beta`` (the paper uses 0.999 to avoid a singularity at ``t = T`
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import attrs
 import torch
 
-from denoisekit import CheckContext, ComponentSpec, Problem, hookimpl
+from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import (
     MAX_TIMESTEPS,
     int_between,
@@ -24,6 +23,7 @@ from denoisekit.config import (
     option,
 )
 from denoisekit.diffusion import DiscreteSchedule
+from denoisekit.plugins.schedules._checks import buildable, timesteps_fact
 
 
 @attrs.frozen(kw_only=True)
@@ -62,19 +62,6 @@ def build_cosine(config: CosineScheduleConfig) -> DiscreteSchedule:
     return DiscreteSchedule.from_betas(cosine_betas(config.timesteps, config.s, config.max_beta))
 
 
-def schedule_facts(config: CosineScheduleConfig) -> dict[str, int]:
-    """What the recipe's other components may check against: the number of timesteps."""
-    return {"num_timesteps": config.timesteps}
-
-
-def check_cosine(config: CosineScheduleConfig, context: CheckContext) -> Iterator[Problem]:
-    """The table these options give must be a valid schedule in float64 (it is cheap)."""
-    try:
-        build_cosine(config)
-    except ValueError as exc:
-        yield "", f"these options give no valid schedule in float64 ({exc})"
-
-
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     return [
@@ -83,8 +70,8 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="cosine",
             config=CosineScheduleConfig,
             build=build_cosine,
-            facts=schedule_facts,
-            check=check_cosine,
+            facts=timesteps_fact,
+            check=buildable(build_cosine),
             summary="Cosine alpha_bar schedule (Nichol & Dhariwal 2021), betas capped at max_beta.",
         )
     ]

@@ -8,14 +8,13 @@ scaled by ``1000 / T`` so that the total noise added stays about the same
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import attrs
 import torch
 
-from denoisekit import CheckContext, ComponentSpec, Problem, hookimpl
+from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import MAX_TIMESTEPS, int_between, open_unit_interval, option
 from denoisekit.diffusion import DiscreteSchedule
+from denoisekit.plugins.schedules._checks import buildable, timesteps_fact
 
 
 def _check_beta_end(inst: LinearScheduleConfig, attribute: attrs.Attribute, value: float) -> None:
@@ -62,19 +61,6 @@ def build_linear(config: LinearScheduleConfig) -> DiscreteSchedule:
     )
 
 
-def schedule_facts(config: LinearScheduleConfig) -> dict[str, int]:
-    """What the recipe's other components may check against: the number of timesteps."""
-    return {"num_timesteps": config.timesteps}
-
-
-def check_linear(config: LinearScheduleConfig, context: CheckContext) -> Iterator[Problem]:
-    """The table these options give must be a valid schedule in float64 (it is cheap)."""
-    try:
-        build_linear(config)
-    except ValueError as exc:
-        yield "", f"these options give no valid schedule in float64 ({exc})"
-
-
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     return [
@@ -83,8 +69,8 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="linear",
             config=LinearScheduleConfig,
             build=build_linear,
-            facts=schedule_facts,
-            check=check_linear,
+            facts=timesteps_fact,
+            check=buildable(build_linear),
             summary="Linear betas 1e-4 to 0.02 (Ho et al. 2020), rescaled by 1000 / T.",
         )
     ]
