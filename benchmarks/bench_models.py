@@ -134,7 +134,7 @@ def _memory_format(variant: Variant) -> torch.memory_format:
 
 
 def _registry() -> Any:
-    from denoisekit.registry import default_registry
+    from denoisekit.host.registry import default_registry
 
     return default_registry()
 
@@ -625,8 +625,8 @@ def time_train_loop(
     it, but fed an in-memory data set of random images (``num_workers = 0``).
     """
     from denoisekit import hookimpl
-    from denoisekit.recipe import recipe_from_data
-    from denoisekit.training import BatchStream, build_run, train
+    from denoisekit.engine.training import BatchStream, build_run, train
+    from denoisekit.host.recipe import recipe_from_data
 
     class StepClock:
         def __init__(self) -> None:

@@ -30,7 +30,19 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from denoisekit.components import (
+from denoisekit.config import (
+    MAX_TIMESTEPS,
+    int_at_least,
+    int_between,
+    non_negative_finite,
+    open_unit_interval,
+    option,
+    option_doc,
+    positive_finite,
+    positive_ints,
+    unit_interval,
+)
+from denoisekit.contracts import (
     BUILD_CONTEXT,
     FACTS,
     KINDS,
@@ -45,18 +57,6 @@ from denoisekit.components import (
     NoiseSchedule,
     Problem,
     SamplerLike,
-)
-from denoisekit.config import (
-    MAX_TIMESTEPS,
-    int_at_least,
-    int_between,
-    non_negative_finite,
-    open_unit_interval,
-    option,
-    option_doc,
-    positive_finite,
-    positive_ints,
-    unit_interval,
 )
 from denoisekit.errors import (
     CheckpointError,

@@ -6,7 +6,7 @@ gain arguments without breaking existing plugins.
 
 Two plugin managers exist in a process:
 
-* the *component* manager (:func:`denoisekit.plugin_manager.get_plugin_manager`) holds the
+* the *component* manager (:func:`denoisekit.host.plugin_manager.get_plugin_manager`) holds the
   built-in plugins, entry-point plugins and the recipe's ``plugins = [...]``; it answers the
   registration hooks;
 * each training run builds its own *run* manager (same specs) into which the run's hook
@@ -24,7 +24,7 @@ import pluggy
 if TYPE_CHECKING:
     import torch
 
-    from denoisekit.components import ComponentSpec
+    from denoisekit.contracts import ComponentSpec
 
 #: The project name that ties markers and managers together.
 PROJECT = "denoisekit"
@@ -82,7 +82,7 @@ def denoisekit_configure(run: Any) -> None:
 
     Historic: a hook registered later in the run still receives it.
 
-    :param run: the :class:`denoisekit.training.Run` (model, schedule, loss, optimizer, ...).
+    :param run: the :class:`denoisekit.engine.training.Run` (model, schedule, loss, optimizer, ...).
     """
 
 

@@ -1,1 +1,1 @@
-"""The built-in plugins of denoisekit, registered by name (see denoisekit.plugin_manager)."""
+"""The built-in plugins of denoisekit, registered by name (see denoisekit.host.plugin_manager)."""

@@ -16,13 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-import denoisekit.checkpoint
-import denoisekit.sampling
+import denoisekit.engine.checkpoint
+import denoisekit.engine.sampling
 from denoisekit.cli import main
 
 name, marker, separator, *arguments = sys.argv[1:]
 assert separator == "--", "usage: block_write.py NAME MARKER -- ARGS..."
-real_atomic_write = denoisekit.checkpoint.atomic_write
+real_atomic_write = denoisekit.engine.checkpoint.atomic_write
 
 
 @contextmanager
@@ -35,6 +35,6 @@ def blocking_atomic_write(path: Path | str) -> Iterator[BinaryIO]:
             threading.Event().wait()  # until killed
 
 
-denoisekit.checkpoint.atomic_write = blocking_atomic_write
-denoisekit.sampling.atomic_write = blocking_atomic_write
+denoisekit.engine.checkpoint.atomic_write = blocking_atomic_write
+denoisekit.engine.sampling.atomic_write = blocking_atomic_write
 sys.exit(main(arguments))

@@ -27,12 +27,12 @@ import numpy as np
 import pytest
 import torch
 
-from denoisekit import distributed
 from denoisekit.cli import main
-from denoisekit.distributed import DistContext
+from denoisekit.engine import distributed
+from denoisekit.engine.distributed import DistContext
+from denoisekit.engine.training import BatchStream, build_run
 from denoisekit.errors import DataError, RecipeError
-from denoisekit.recipe import load_recipe
-from denoisekit.training import BatchStream, build_run
+from denoisekit.host.recipe import load_recipe
 
 RECIPE = """
 name = "ddp"

@@ -1,6 +1,6 @@
 """The docs: generated pages are current, match `denoisekit plugins`, and their examples run.
 
-When a test here fails because a page is stale, regenerate it: ``python -m denoisekit.docs``.
+When a test here fails because a page is stale, regenerate it: ``python -m denoisekit.cli.docs``.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import pytest
 import torch
 
 import denoisekit
-from denoisekit import docs, hookspecs
-from denoisekit.cli import build_parser, format_plugins
+from denoisekit import hookspecs
+from denoisekit.cli import build_parser, docs, format_plugins
 from denoisekit.config import option_doc
-from denoisekit.recipe import _TOP_KEYS, MULTI_KINDS, SINGLE_KINDS
+from denoisekit.host.recipe import _TOP_KEYS, MULTI_KINDS, SINGLE_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-STALE = "is stale: regenerate it with `python -m denoisekit.docs`"
+STALE = "is stale: regenerate it with `python -m denoisekit.cli.docs`"
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_reference_lists_what_denoisekit_plugins_lists(registry, pages):
 
 def test_reference_covers_the_train_table_and_every_top_level_key(pages):
     text = pages["recipes.md"]
-    for field in attrs.fields(denoisekit.recipe.TrainConfig):
+    for field in attrs.fields(denoisekit.host.recipe.TrainConfig):
         assert f"| `{field.name}` |" in text
     tables = {*SINGLE_KINDS, *MULTI_KINDS, "train"}
     assert set(docs.TOP_LEVEL) == (set(_TOP_KEYS) - tables) | {"extends"}

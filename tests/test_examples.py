@@ -31,9 +31,9 @@ import torch
 from denoisekit import Denoiser, DiscreteSchedule
 from denoisekit.cli import main
 from denoisekit.errors import RecipeError
-from denoisekit.plugin_manager import DISABLE_AUTOLOAD_ENV, get_plugin_manager
-from denoisekit.recipe import load_recipe
-from denoisekit.registry import Registry
+from denoisekit.host.plugin_manager import DISABLE_AUTOLOAD_ENV, get_plugin_manager
+from denoisekit.host.recipe import load_recipe
+from denoisekit.host.registry import Registry
 from denoisekit.testing import (
     check_sampler,
     check_schedule,

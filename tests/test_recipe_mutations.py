@@ -34,8 +34,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from denoisekit.cli import main
-from denoisekit.recipe import DEFAULT_TYPES, MULTI_KINDS, SINGLE_KINDS, TrainConfig, deep_merge
-from denoisekit.registry import default_registry
+from denoisekit.host.recipe import DEFAULT_TYPES, MULTI_KINDS, SINGLE_KINDS, TrainConfig, deep_merge
+from denoisekit.host.registry import default_registry
 from denoisekit.testing import TINY_RECIPE, single_thread
 
 #: The bases: the tiny run, and the tiny run with hooks (the preview samples at the end,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from denoisekit.recipe import load_recipe
-from denoisekit.training import build_run, train
+from denoisekit.engine.training import build_run, train
+from denoisekit.host.recipe import load_recipe
 from tests.plugins.test_data_torchvision import fake_cifar10
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.toml"))

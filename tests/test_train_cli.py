@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from denoisekit import testing, training
+from denoisekit import testing
 from denoisekit.cli import main
+from denoisekit.engine import training
 
 RECIPE = """
 name = "e2e"

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import cattrs
 import torch
 
-from denoisekit.components import ComponentSpec
+from denoisekit.contracts import ComponentSpec
 from denoisekit.denoiser import PREDICTION_TYPES, Denoiser
 from denoisekit.diffusion import DiscreteSchedule
 

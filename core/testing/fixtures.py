@@ -21,7 +21,7 @@ def pm() -> Any:
     ``pm.register_named(plugin, "name", "api")`` and build a registry from it with
     ``Registry.from_plugin_manager(pm)``.
     """
-    from denoisekit.plugin_manager import get_plugin_manager
+    from denoisekit.host.plugin_manager import get_plugin_manager
 
     return get_plugin_manager(builtins=False, autoload=False)
 
@@ -29,8 +29,8 @@ def pm() -> Any:
 @pytest.fixture(scope="session")
 def registry() -> Any:
     """The registry of the built-in plugins (no entry points: the same on every machine)."""
-    from denoisekit.plugin_manager import get_plugin_manager
-    from denoisekit.registry import Registry
+    from denoisekit.host.plugin_manager import get_plugin_manager
+    from denoisekit.host.registry import Registry
 
     return Registry.from_plugin_manager(get_plugin_manager(autoload=False))
 

@@ -52,14 +52,14 @@ def write_recipe(
 ) -> Path:
     """Write :data:`TINY_RECIPE` with ``overrides`` to ``folder/<name>.toml``.
 
-    Overrides merge table by table (:func:`denoisekit.recipe.deep_merge`): a table with
+    Overrides merge table by table (:func:`denoisekit.host.recipe.deep_merge`): a table with
     another ``type`` replaces the base table whole, so ``{"backbone": {"type": "mynet"}}``
     drops the U-Net's options; ``{"train": {"steps": 5}}`` changes one key.
 
     Returns:
         The recipe file's path.
     """
-    from denoisekit.recipe import deep_merge
+    from denoisekit.host.recipe import deep_merge
 
     data = deep_merge(copy.deepcopy(TINY_RECIPE), {"name": name, **(overrides or {})})
     path = Path(folder) / f"{name}.toml"
@@ -87,13 +87,13 @@ def train_tiny(
             copy of the plugin under test does not register twice).
 
     Returns:
-        The :class:`denoisekit.training.Run`, trained.
+        The :class:`denoisekit.engine.training.Run`, trained.
     """
-    from denoisekit.plugin_manager import get_plugin_manager
-    from denoisekit.recipe import load_recipe, read_recipe_data
-    from denoisekit.registry import Registry
+    from denoisekit.engine.training import build_run, train
+    from denoisekit.host.plugin_manager import get_plugin_manager
+    from denoisekit.host.recipe import load_recipe, read_recipe_data
+    from denoisekit.host.registry import Registry
     from denoisekit.testing.conformance import single_thread
-    from denoisekit.training import build_run, train
 
     recipe = Path(recipe)
     names = read_recipe_data(recipe)[0].get("plugins", [])

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import attrs
 import pytest
 
-from denoisekit.components import ComponentSpec
+from denoisekit.contracts import ComponentSpec
 from denoisekit.errors import DenoisekitError
 from denoisekit.testing.conformance import check_component, default_config, single_thread
 from denoisekit.testing.recipes import TINY_RECIPE, train_tiny, write_recipe
@@ -115,8 +115,8 @@ class ComponentConformance:
 
     def test_registry_accepts(self) -> None:
         """The plugins load beside the built-ins; every contract check passes."""
-        from denoisekit.plugin_manager import get_plugin_manager
-        from denoisekit.registry import Registry
+        from denoisekit.host.plugin_manager import get_plugin_manager
+        from denoisekit.host.registry import Registry
 
         assert self.plugins, f"{type(self).__name__}: set `plugins` to the plugins under test"
         assert self._load_error is None, self._load_error
@@ -154,8 +154,8 @@ class ComponentConformance:
 
 def _plugin_specs(plugins: Sequence[Any]) -> tuple[list[ComponentSpec], str | None]:
     """The components the plugins provide, alone (no built-ins, no entry points)."""
-    from denoisekit.plugin_manager import get_plugin_manager
-    from denoisekit.registry import Registry
+    from denoisekit.host.plugin_manager import get_plugin_manager
+    from denoisekit.host.registry import Registry
 
     if not plugins:
         return [], None

@@ -4,14 +4,14 @@ Files, in ``<run>/checkpoints/``:
 
 * ``step-00001000.pt``: :meth:`Run.state_dict` after that many optimization steps, written
   every ``every`` steps and at the end of training with
-  :func:`denoisekit.checkpoint.save_checkpoint` (temporary file, fsync, rename: a crash
+  :func:`denoisekit.engine.checkpoint.save_checkpoint` (temporary file, fsync, rename: a crash
   mid-write never leaves a truncated file). The newest ``keep`` of them are kept.
 * ``last.pt``: the newest step file, as a hard link (no second copy of the bytes) swapped in
   atomically, or a copy where the file system has no hard links.
   ``denoisekit train --resume runs/NAME/checkpoints/last.pt`` continues exactly.
 
 A process killed mid-write (``kill -9``) leaves only a temporary file, which the next run's
-start removes (:func:`denoisekit.checkpoint.remove_stale_temporaries`); ``last.pt`` and the
+start removes (:func:`denoisekit.engine.checkpoint.remove_stale_temporaries`); ``last.pt`` and the
 step files are those of the last completed write. A full disk is a one-line error naming
 the file.
 
@@ -56,8 +56,8 @@ import attrs
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.checkpoint import remove_stale_temporaries, save_checkpoint, temporary_prefix
 from denoisekit.config import option
+from denoisekit.engine.checkpoint import remove_stale_temporaries, save_checkpoint, temporary_prefix
 from denoisekit.errors import NonFiniteLossError, OutputError
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,8 @@ import attrs
 
 from denoisekit import CheckContext, ComponentSpec, Problem, hookimpl
 from denoisekit.config import option
+from denoisekit.engine.evaluation import EvalContext, build_metrics, eval_scalars, evaluate
 from denoisekit.errors import RecipeError
-from denoisekit.evaluation import EvalContext, build_metrics, eval_scalars, evaluate
 
 log = logging.getLogger(__name__)
 

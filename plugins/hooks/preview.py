@@ -31,7 +31,7 @@ import torch
 
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import option
-from denoisekit.sampling import class_labels, save_grid
+from denoisekit.engine.sampling import class_labels, save_grid
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from denoisekit.checkpoint import load_checkpoint, save_checkpoint
+from denoisekit.engine.checkpoint import load_checkpoint, save_checkpoint
 from denoisekit.errors import CheckpointError, DenoisekitError
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ def classifier_for(context: Any, size: int = SIZE) -> DigitsClassifier:
     def training_data() -> Any:
         registry = context.registry
         if registry is None:
-            from denoisekit.registry import default_registry
+            from denoisekit.host.registry import default_registry
 
             registry = default_registry()
         config = registry.get("data", "digits").spec.config(image_size=size)

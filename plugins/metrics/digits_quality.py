@@ -29,8 +29,8 @@ import torch
 
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import open_unit_interval, option
+from denoisekit.engine.evaluation import EvalContext, quantize
 from denoisekit.errors import DenoisekitError
-from denoisekit.evaluation import EvalContext, quantize
 
 
 @attrs.frozen(kw_only=True)

@@ -43,10 +43,10 @@ import numpy as np
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.checkpoint import atomic_write
 from denoisekit.config import int_at_least, option
+from denoisekit.engine.checkpoint import atomic_write
+from denoisekit.engine.evaluation import EvalContext, quantize
 from denoisekit.errors import DenoisekitError
-from denoisekit.evaluation import EvalContext, quantize
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ import torch
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import int_at_least, option
 from denoisekit.diffusion import VARIANCES
-from denoisekit.evaluation import EvalContext, eval_mode, quantize
+from denoisekit.engine.evaluation import EvalContext, eval_mode, quantize
 
 _LN2 = math.log(2.0)
 

@@ -23,8 +23,8 @@ import attrs
 
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import int_at_least, option
+from denoisekit.engine.evaluation import EvalContext, draw_samples
 from denoisekit.errors import DenoisekitError
-from denoisekit.evaluation import EvalContext, draw_samples
 
 
 @attrs.frozen(kw_only=True)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from denoisekit.checkpoint import atomic_write, remove_stale_temporaries, temporary_prefix
+from denoisekit.engine.checkpoint import atomic_write, remove_stale_temporaries, temporary_prefix
 from denoisekit.errors import OutputError
 
 

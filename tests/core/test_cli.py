@@ -66,7 +66,7 @@ def test_recipe_show_round_trips(recipe_dir, capsys):
     assert main(["recipe", "show", str(recipe_dir / "r.toml"), "--set", "sampler.eta=0.5"]) == 0
     shown = capsys.readouterr().out
     (recipe_dir / "shown.toml").write_text(shown)
-    from denoisekit.recipe import load_recipe
+    from denoisekit.host.recipe import load_recipe
 
     assert load_recipe(recipe_dir / "shown.toml") == load_recipe(
         recipe_dir / "r.toml", ["sampler.eta=0.5"]

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from denoisekit import compare, training
 from denoisekit.cli import main
-from denoisekit.compare import parse_vary, plan, run_compare, split_values, training_groups
+from denoisekit.engine import compare, training
+from denoisekit.engine.compare import parse_vary, plan, run_compare, split_values, training_groups
 
 RECIPE = """
 name = "cmp"

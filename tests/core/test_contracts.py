@@ -18,10 +18,10 @@ from torch import nn
 
 import denoisekit
 from denoisekit import ComponentSpec, hookimpl, option
-from denoisekit.components import _PROBE_CACHE, contract_problems
 from denoisekit.errors import PluginLoadError, RegistryError
-from denoisekit.plugin_manager import BUILTIN_PLUGINS, get_plugin_manager
-from denoisekit.registry import Registry
+from denoisekit.host.contract_checks import _PROBE_CACHE, contract_problems
+from denoisekit.host.plugin_manager import BUILTIN_PLUGINS, get_plugin_manager
+from denoisekit.host.registry import Registry
 from denoisekit.testing import (
     ComponentConformance,
     check_backbone,

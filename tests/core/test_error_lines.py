@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from denoisekit.cli import main
+from denoisekit.engine.training import resolve_device
 from denoisekit.errors import DataError
 from denoisekit.testing import write_recipe
-from denoisekit.training import resolve_device
 
 
 def error_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

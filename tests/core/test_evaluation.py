@@ -1,4 +1,4 @@
-"""denoisekit.evaluation (the context metrics share, running and logging them) and the
+"""denoisekit.engine.evaluation (the context metrics share, running and logging them) and the
 ``denoisekit eval`` command."""
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from denoisekit.cli import main
-from denoisekit.errors import DenoisekitError, RegistryError
-from denoisekit.evaluation import (
+from denoisekit.engine.evaluation import (
     EvalContext,
     SampleSet,
     append_results,
@@ -26,9 +25,10 @@ from denoisekit.evaluation import (
     quantize,
     reference_recipe,
 )
-from denoisekit.recipe import load_recipe
-from denoisekit.sampling import sample_images, save_npz, to_uint8_nhwc
-from denoisekit.training import build_run, train
+from denoisekit.engine.sampling import sample_images, save_npz, to_uint8_nhwc
+from denoisekit.engine.training import build_run, train
+from denoisekit.errors import DenoisekitError, RegistryError
+from denoisekit.host.recipe import load_recipe
 from tests.plugins.test_metric_digits import shared_cache_dir
 
 TINY = """
@@ -217,7 +217,7 @@ def test_build_metrics_from_tables_and_defaults(run) -> None:
 
 def test_tables_named_differently_prefix_their_keys(tmp_path) -> None:
     recipe = tiny_recipe(tmp_path, '[metrics.fast_nll]\ntype = "nll"\ntimesteps = 2\n')
-    from denoisekit.registry import default_registry
+    from denoisekit.host.registry import default_registry
 
     metrics = build_metrics(recipe, default_registry(), ["fast_nll"])
     assert metrics["fast_nll"].requires_model  # passed through from the nll metric
@@ -300,7 +300,7 @@ def test_eval_command_prints_and_appends(trained, capsys, monkeypatch) -> None:
 
 def test_eval_command_scores_a_sample_file(tmp_path, trained, capsys, monkeypatch) -> None:
     monkeypatch.setenv("DENOISEKIT_CACHE", str(shared_cache_dir()))
-    from denoisekit.registry import default_registry
+    from denoisekit.host.registry import default_registry
 
     registry = default_registry()
     test = registry.build("data", "digits", None, train=False)

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from denoisekit.errors import PluginLoadError
-from denoisekit.plugin_manager import (
+from denoisekit.host.plugin_manager import (
     BUILTIN_PLUGINS,
     DISABLE_AUTOLOAD_ENV,
     get_plugin_manager,
 )
-from denoisekit.registry import Registry
+from denoisekit.host.registry import Registry
 
 
 def _write_dist(site: Path, dist: str, version: str, module: str, body: str) -> None:
@@ -54,8 +54,8 @@ def site(tmp_path, monkeypatch):
 
 def test_core_import_does_not_import_plugins():
     code = (
-        "import sys, denoisekit, denoisekit.recipe, denoisekit.registry, denoisekit.cli, "
-        "denoisekit.plugin_manager, denoisekit.hookspecs, denoisekit.components\n"
+        "import sys, denoisekit, denoisekit.host.recipe, denoisekit.host.registry, denoisekit.cli, "
+        "denoisekit.host.plugin_manager, denoisekit.hookspecs, denoisekit.contracts\n"
         "bad = [m for m in sys.modules if m.startswith('denoisekit.plugins')]\n"
         "assert not bad, bad\n"
     )

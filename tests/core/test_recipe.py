@@ -12,14 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from denoisekit.errors import RecipeError
-from denoisekit.plugin_manager import get_plugin_manager
-from denoisekit.recipe import (
+from denoisekit.host.plugin_manager import get_plugin_manager
+from denoisekit.host.recipe import (
     TrainConfig,
     load_recipe,
     parse_override,
     recipe_from_data,
 )
-from denoisekit.registry import Registry
+from denoisekit.host.registry import Registry
 from tests.core import toy_plugin
 
 BASE = """

@@ -10,11 +10,11 @@ import pytest
 
 from denoisekit import CheckContext, ComponentSpec, hookimpl, option
 from denoisekit.cli import main
+from denoisekit.engine.sampling import image_generators
 from denoisekit.errors import RecipeError, RegistryError
-from denoisekit.plugin_manager import get_plugin_manager
-from denoisekit.recipe import load_recipe
-from denoisekit.registry import Registry
-from denoisekit.sampling import image_generators
+from denoisekit.host.plugin_manager import get_plugin_manager
+from denoisekit.host.recipe import load_recipe
+from denoisekit.host.registry import Registry
 from denoisekit.testing import single_thread, train_tiny, write_recipe
 
 WARMUP = {"lr_schedule": {"type": "warmup-cosine", "warmup_steps": 100}}

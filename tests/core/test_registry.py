@@ -7,8 +7,8 @@ import pytest
 
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.errors import ComponentError, DataError, PluginLoadError, RegistryError
-from denoisekit.plugin_manager import get_plugin_manager
-from denoisekit.registry import Registry
+from denoisekit.host.plugin_manager import get_plugin_manager
+from denoisekit.host.registry import Registry
 from tests.core import toy_plugin
 
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from denoisekit import sampling
 from denoisekit.cli import main
+from denoisekit.engine import sampling
+from denoisekit.engine.sampling import load_trained, sample_images, to_uint8_nhwc
+from denoisekit.engine.training import build_run, train
 from denoisekit.errors import CheckpointError, OutputError
-from denoisekit.recipe import load_recipe
-from denoisekit.sampling import load_trained, sample_images, to_uint8_nhwc
-from denoisekit.training import build_run, train
+from denoisekit.host.recipe import load_recipe
 
 RECIPE = """
 name = "tiny-sample"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from denoisekit.components import KINDS
-from denoisekit.suggest import closest, did_you_mean, edit_distance
+from denoisekit.contracts import KINDS
+from denoisekit.host.suggest import closest, did_you_mean, edit_distance
 
 METRICS = ["digits-quality", "fd", "nll", "sample_time"]
 UNET_OPTIONS = ["in_channels", "out_channels", "channels", "channel_mults", "dropout"]

@@ -8,9 +8,9 @@ import attrs
 import pytest
 import torch
 
+from denoisekit.engine.training import BatchStream, MetricsFile, build_run, train
 from denoisekit.errors import DataError, OutputError
-from denoisekit.recipe import load_recipe
-from denoisekit.training import BatchStream, MetricsFile, build_run, train
+from denoisekit.host.recipe import load_recipe
 
 TINY = """
 name = "tiny"

@@ -17,7 +17,7 @@ import torch
 
 from denoisekit import testing
 from denoisekit.cli import main
-from denoisekit.sampling import save_npz
+from denoisekit.engine.sampling import save_npz
 
 PLUGIN = "shared_plugin"
 SOURCE = "from pathlib import Path\n\nPath(__file__).with_name('IMPORTED').write_text('ran')\n"

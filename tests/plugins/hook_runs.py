@@ -15,10 +15,10 @@ import tomli_w
 import torch
 
 from denoisekit import hookimpl, testing
-from denoisekit.plugin_manager import get_plugin_manager
-from denoisekit.recipe import Recipe, load_recipe
-from denoisekit.registry import Registry
-from denoisekit.training import Run, build_run
+from denoisekit.engine.training import Run, build_run
+from denoisekit.host.plugin_manager import get_plugin_manager
+from denoisekit.host.recipe import Recipe, load_recipe
+from denoisekit.host.registry import Registry
 
 MODULES = (
     "denoisekit.plugins.data.digits",

@@ -200,8 +200,8 @@ def test_every_listed_dataset_exists_in_torchvision() -> None:
 
 def test_facts_match_the_dataset_and_celeba_native_fails_at_load(tmp_path: Path) -> None:
     from denoisekit.errors import RecipeError
+    from denoisekit.host.recipe import load_recipe
     from denoisekit.plugins.data import torchvision_data
-    from denoisekit.recipe import load_recipe
     from denoisekit.testing import write_recipe
 
     fake_mnist(tmp_path / "data")

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from denoisekit import hookimpl
+from denoisekit.engine.training import train
 from denoisekit.errors import NonFiniteLossError
 from denoisekit.plugins.hooks import amp
 from denoisekit.plugins.hooks.amp import AMPConfig
-from denoisekit.training import train
 from tests.plugins.hook_runs import params, single_thread, tiny_recipe, tiny_run
 
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from denoisekit import hookimpl
-from denoisekit.checkpoint import load_checkpoint
-from denoisekit.plugin_manager import get_plugin_manager
+from denoisekit.engine.checkpoint import load_checkpoint
+from denoisekit.engine.training import Run, TrainingInterrupted, resume_from, train
+from denoisekit.host.plugin_manager import get_plugin_manager
 from denoisekit.plugins.hooks.checkpoint import CheckpointConfig, CheckpointHook
-from denoisekit.training import Run, TrainingInterrupted, resume_from, train
 from tests.plugins.hook_runs import Poison, single_thread, tiny_recipe, tiny_run
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from denoisekit.engine.training import train
 from denoisekit.plugins.hooks.compile import CompileConfig, CompileHook
-from denoisekit.training import train
 from tests.plugins.hook_runs import single_thread, tiny_recipe, tiny_run
 
 

@@ -11,8 +11,8 @@ from torch import nn
 
 from denoisekit import hookimpl
 from denoisekit.denoiser import Denoiser
+from denoisekit.engine.training import train
 from denoisekit.plugins.hooks.ema import EMAConfig, EMAHook
-from denoisekit.training import train
 from tests.plugins.hook_runs import params, single_thread, tiny_recipe, tiny_run
 
 

@@ -8,8 +8,8 @@ import attrs
 import pytest
 import torch
 
+from denoisekit.engine.training import build_run, train
 from denoisekit.errors import RecipeError
-from denoisekit.training import build_run, train
 from tests.core.test_evaluation import tiny_recipe
 from tests.plugins.test_metric_digits import shared_cache_dir
 
@@ -84,7 +84,7 @@ def test_configure_errors(tmp_path) -> None:
 )
 def test_metrics_to_run_are_checked_when_the_recipe_is_loaded(tmp_path, tables, error) -> None:
     """`recipe check` used to pass these; `train` failed only once the run was built."""
-    from denoisekit.recipe import load_recipe
+    from denoisekit.host.recipe import load_recipe
     from denoisekit.testing import write_recipe
 
     path = write_recipe(tmp_path)

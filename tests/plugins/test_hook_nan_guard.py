@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from denoisekit import hookimpl
-from denoisekit.checkpoint import load_checkpoint
+from denoisekit.engine.checkpoint import load_checkpoint
+from denoisekit.engine.training import Run, train
 from denoisekit.errors import NonFiniteLossError
-from denoisekit.plugin_manager import get_plugin_manager
+from denoisekit.host.plugin_manager import get_plugin_manager
 from denoisekit.plugins.hooks.nan_guard import NaNGuardConfig, NaNGuardHook
-from denoisekit.training import Run, train
 from tests.plugins.hook_runs import Poison, single_thread, tiny_recipe, tiny_run
 
 

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from denoisekit.engine.training import train
 from denoisekit.plugins.hooks.progress import ProgressConfig, ProgressHook, format_line
-from denoisekit.training import train
 from tests.plugins.hook_runs import single_thread, tiny_recipe, tiny_run
 
 

@@ -8,13 +8,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from denoisekit.engine.training import train
 from denoisekit.errors import NonFiniteLossError
 from denoisekit.plugins.hooks.tensorboard import (
     TensorBoardConfig,
     TensorBoardHook,
     flatten_recipe,
 )
-from denoisekit.training import train
 from tests.plugins.hook_runs import Poison, single_thread, tiny_recipe, tiny_run
 
 

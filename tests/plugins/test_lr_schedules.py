@@ -200,7 +200,7 @@ def test_build_errors_are_one_line() -> None:
 
 def test_warmup_and_floor_are_checked_when_the_recipe_is_loaded(tmp_path) -> None:
     """``recipe check`` says what ``train`` says: before, only the build raised these."""
-    from denoisekit.recipe import load_recipe
+    from denoisekit.host.recipe import load_recipe
     from denoisekit.testing import write_recipe
 
     path = write_recipe(tmp_path, {"lr_schedule": {"type": "warmup-cosine", "warmup_steps": 2}})

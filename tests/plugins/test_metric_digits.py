@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from denoisekit.evaluation import EvalContext, SampleSet
-from denoisekit.plugin_manager import get_plugin_manager
+from denoisekit.engine.evaluation import EvalContext, SampleSet
+from denoisekit.host.plugin_manager import get_plugin_manager
+from denoisekit.host.registry import Registry
 from denoisekit.plugins.metrics import _digits_classifier as dc
 from denoisekit.plugins.metrics.digits_quality import DigitsQualityConfig, DigitsQualityMetric
-from denoisekit.registry import Registry
 
 
 @functools.cache

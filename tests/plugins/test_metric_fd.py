@@ -7,8 +7,9 @@ import pytest
 import scipy.linalg
 import torch
 
+from denoisekit.engine.evaluation import EvalContext, SampleSet, quantize
 from denoisekit.errors import DenoisekitError
-from denoisekit.evaluation import EvalContext, SampleSet, quantize
+from denoisekit.host.recipe import recipe_from_data
 from denoisekit.plugins.metrics import _inception
 from denoisekit.plugins.metrics.fd import (
     FDConfig,
@@ -16,7 +17,6 @@ from denoisekit.plugins.metrics.fd import (
     feature_statistics,
     frechet_distance,
 )
-from denoisekit.recipe import recipe_from_data
 from tests.plugins.test_metric_digits import digits, digits_registry, shared_cache_dir
 
 
@@ -87,8 +87,8 @@ def digits_recipe():
 
 
 def full_registry():
-    from denoisekit.plugin_manager import get_plugin_manager
-    from denoisekit.registry import Registry
+    from denoisekit.host.plugin_manager import get_plugin_manager
+    from denoisekit.host.registry import Registry
 
     return Registry.from_plugin_manager(
         get_plugin_manager(

@@ -19,7 +19,7 @@ from scipy.stats import norm
 
 from denoisekit.denoiser import Denoiser
 from denoisekit.diffusion import DiscreteSchedule
-from denoisekit.evaluation import EvalContext, quantize
+from denoisekit.engine.evaluation import EvalContext, quantize
 from denoisekit.plugins.metrics.nll import (
     NLLConfig,
     NLLMetric,

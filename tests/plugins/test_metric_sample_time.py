@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from denoisekit.engine.evaluation import EvalContext, SampleSet
+from denoisekit.engine.training import build_run
 from denoisekit.errors import DenoisekitError
-from denoisekit.evaluation import EvalContext, SampleSet
 from denoisekit.plugins.metrics.sample_time import SampleTimeConfig, SampleTimeMetric
-from denoisekit.training import build_run
 from tests.core.test_evaluation import tiny_recipe
 
 

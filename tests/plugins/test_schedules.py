@@ -152,7 +152,7 @@ def test_timesteps_are_bounded_and_stated_as_a_fact(module) -> None:
 
 def test_a_huge_schedule_fails_recipe_check_at_once(tmp_path) -> None:
     from denoisekit.errors import RecipeError
-    from denoisekit.recipe import load_recipe
+    from denoisekit.host.recipe import load_recipe
     from denoisekit.testing import write_recipe
 
     path = write_recipe(tmp_path)
@@ -172,7 +172,7 @@ def test_a_huge_schedule_fails_recipe_check_at_once(tmp_path) -> None:
 def test_options_giving_no_valid_schedule_fail_at_load(tmp_path, overrides) -> None:
     """These used to pass recipe check and end the training build in a ValueError traceback."""
     from denoisekit.errors import RecipeError
-    from denoisekit.recipe import load_recipe
+    from denoisekit.host.recipe import load_recipe
     from denoisekit.testing import write_recipe
 
     with pytest.raises(RecipeError, match=r"schedule: these options give no valid schedule in "):

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from denoisekit.config import option_doc
+from denoisekit.host.recipe import structure_config
+from denoisekit.host.registry import default_registry
 from denoisekit.plugins.backbones import unet as unet_mod
 from denoisekit.plugins.backbones.unet import UNet, UNetConfig, build_unet
 from denoisekit.plugins.backbones.unet_layers import (
@@ -19,8 +21,6 @@ from denoisekit.plugins.backbones.unet_layers import (
     SinusoidalEmbedding,
     channels_first_attention,
 )
-from denoisekit.recipe import structure_config
-from denoisekit.registry import default_registry
 from denoisekit.testing import check_config_roundtrip
 
 
@@ -537,7 +537,7 @@ def test_run_checks_at_load_classes_and_output_channels(tmp_path):
     """A unet with fewer class rows than the data's labels failed mid-training (IndexError);
     one with other output channels failed at the first loss. Both now fail when loaded."""
     from denoisekit.errors import RecipeError
-    from denoisekit.recipe import load_recipe
+    from denoisekit.host.recipe import load_recipe
     from denoisekit.testing import write_recipe
 
     path = write_recipe(tmp_path)

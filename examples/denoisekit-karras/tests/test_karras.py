@@ -97,7 +97,7 @@ def test_loss_by_sigma_logs_each_band(tiny_recipe, tmp_path):
 
 def test_registers_exactly_its_components(pm):
     """The ``pm`` fixture: a fresh plugin manager with no plugins at all."""
-    from denoisekit.registry import Registry
+    from denoisekit.host.registry import Registry
 
     import denoisekit_karras.plugin
 

@@ -5,10 +5,10 @@ A *metric* component (kind ``"metric"``) is built from its config and called as
 metric what it needs, built lazily and shared, so several metrics of one evaluation pay
 for each thing once:
 
-* the trained run (a sampling-only run from :func:`denoisekit.sampling.load_trained`, or a
+* the trained run (a sampling-only run from :func:`denoisekit.engine.sampling.load_trained`, or a
   training run) and its denoiser over the sampling (EMA) weights;
 * one set of samples (``num_samples`` images, image ``i`` seeded from ``(seed, i)``, drawn
-  in batches of ``batch_size`` by :func:`denoisekit.sampling.sample_images`) with the wall
+  in batches of ``batch_size`` by :func:`denoisekit.engine.sampling.sample_images`) with the wall
   time and the network evaluations it took; or the images of a sample file;
 * the reference data: the recipe's data component built with ``train=False`` (its
   held-out split), and a cache key for statistics computed from it;
@@ -150,14 +150,14 @@ def draw_samples(
     sampler: Any = None,
     progress: Callable[[int], None] | None = None,
 ) -> SampleSet:
-    """Draw ``n`` images with :func:`~denoisekit.sampling.sample_images`, timed and counted.
+    """Draw ``n`` images with :func:`~denoisekit.engine.sampling.sample_images`, timed and counted.
 
     The time runs from the first batch until the last one is on the host (each batch is
     copied to the CPU, so no extra synchronization is needed); the network evaluations are
     counted through ``Denoiser.nfe`` (falling back to the sampler's ``num_evaluations`` for
     a sampler that bypasses ``predict``).
     """
-    from denoisekit.sampling import sample_images
+    from denoisekit.engine.sampling import sample_images
 
     counting = _CountingSampler(sampler or run.sampler)
     start = time.perf_counter()
@@ -226,14 +226,14 @@ def reference_recipe(
     """A recipe (and its registry) naming reference data, from a recipe file, a run folder
     or checkpoint, or a data type name (``digits``); ``overrides`` apply as ``--set``.
     A run's stored recipe imports its plugins as
-    :func:`denoisekit.sampling.stored_registry` says (``trust_plugins``).
+    :func:`denoisekit.engine.sampling.stored_registry` says (``trust_plugins``).
 
     Returns:
         ``(recipe, registry)``.
     """
-    from denoisekit.plugin_manager import get_plugin_manager
-    from denoisekit.recipe import _Origins, apply_overrides, load_recipe, recipe_from_data
-    from denoisekit.registry import Registry
+    from denoisekit.host.plugin_manager import get_plugin_manager
+    from denoisekit.host.recipe import _Origins, apply_overrides, load_recipe, recipe_from_data
+    from denoisekit.host.registry import Registry
 
     path = Path(spec)
     if path.is_file() and path.suffix == ".toml":
@@ -245,7 +245,7 @@ def reference_recipe(
         return recipe, registry
     origins = _Origins()
     if path.exists():
-        from denoisekit.sampling import find_checkpoint, stored_recipe, stored_registry
+        from denoisekit.engine.sampling import find_checkpoint, stored_recipe, stored_registry
 
         checkpoint = find_checkpoint(path)
         data = stored_recipe(checkpoint)
@@ -283,7 +283,7 @@ class EvalContext:
     evaluation.
 
     Attributes:
-        run: the trained run (:class:`~denoisekit.training.Run`, sampling-only or training),
+        run: the trained run (:class:`~denoisekit.engine.training.Run`, sampling-only or training),
             or None when scoring a sample file.
         seed: image ``i`` of the samples is seeded from ``(seed, i)``; metrics derive
             their other randomness (NLL noise, reference subsets) from it.
@@ -358,7 +358,7 @@ class EvalContext:
 
     def samples_uint8(self) -> np.ndarray:
         """The shared samples as uint8 ``(N, H, W, C)``, as ``denoisekit sample`` saves them."""
-        from denoisekit.sampling import to_uint8_nhwc
+        from denoisekit.engine.sampling import to_uint8_nhwc
 
         return to_uint8_nhwc(self.sample_images())
 

@@ -26,8 +26,8 @@ from cattrs.errors import (
 
 from denoisekit.config import option
 from denoisekit.errors import DenoisekitError, RecipeError, RegistryError, exception_line
-from denoisekit.registry import Registry
-from denoisekit.suggest import did_you_mean
+from denoisekit.host.registry import Registry
+from denoisekit.host.suggest import did_you_mean
 
 #: Component tables with one component each, in build order.
 SINGLE_KINDS: tuple[str, ...] = (
@@ -457,7 +457,7 @@ def load_recipe(
     data, origins = read_recipe_data(path)
     data = apply_overrides(data, overrides, origins)
     if registry is None:
-        from denoisekit.plugin_manager import get_plugin_manager
+        from denoisekit.host.plugin_manager import get_plugin_manager
 
         names = data.get("plugins", [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -569,7 +569,7 @@ def check_recipe(recipe: Recipe, registry: Registry) -> list[tuple[str, str]]:
         RegistryError: a component's ``facts`` or ``check`` itself failed (a plugin bug;
             the message names the plugin).
     """
-    from denoisekit.components import CheckContext
+    from denoisekit.contracts import CheckContext
 
     choices = [(kind, kind, recipe.component(kind)) for kind in SINGLE_KINDS]
     for table_name, kind in MULTI_KINDS.items():

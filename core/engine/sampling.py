@@ -1,7 +1,7 @@
 """Sampling a trained run: per-image seeds, batches, and the files the field exchanges.
 
 * :func:`load_trained` turns a run folder or a checkpoint into a sampling-only
-  :class:`~denoisekit.training.Run` with the trained (and EMA) weights.
+  :class:`~denoisekit.engine.training.Run` with the trained (and EMA) weights.
 * :func:`sample_images` draws N images in batches; image ``i`` comes from its own
   generator seeded by ``(seed, i)``, so it is the same whatever the batch size, and
   under torchrun whichever rank draws it (each rank draws a contiguous share, rank 0
@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from denoisekit import distributed
-from denoisekit.checkpoint import atomic_write, load_checkpoint
+from denoisekit.engine import distributed
+from denoisekit.engine.checkpoint import atomic_write, load_checkpoint
+from denoisekit.engine.evaluation import eval_mode
 from denoisekit.errors import CheckpointError, PluginLoadError
-from denoisekit.evaluation import eval_mode
-from denoisekit.recipe import apply_overrides, recipe_from_data
-from denoisekit.registry import Registry
+from denoisekit.host.recipe import apply_overrides, recipe_from_data
+from denoisekit.host.registry import Registry
 
 
 def find_checkpoint(path: Path | str) -> Path:
@@ -76,8 +76,8 @@ def load_trained(
         trust_plugins: import the stored recipe's plugins from the run folder or the
             working directory (see :func:`stored_registry`).
     """
-    from denoisekit.recipe import _Origins
-    from denoisekit.training import build_run
+    from denoisekit.engine.training import build_run
+    from denoisekit.host.recipe import _Origins
 
     checkpoint = find_checkpoint(path)
     state = load_checkpoint(checkpoint)
@@ -123,7 +123,7 @@ def stored_registry(
         PluginLoadError: a plugin that is not installed, or would come from the run
             folder, without ``trust_plugins``; one line naming it and ``--trust-plugins``.
     """
-    from denoisekit.plugin_manager import get_plugin_manager
+    from denoisekit.host.plugin_manager import get_plugin_manager
 
     folder = (_run_folder(checkpoint) or checkpoint.parent).resolve()
     names = data.get("plugins", [])
@@ -139,7 +139,7 @@ def stored_registry(
 
 def _check_installed(name: str, folder: Path, checkpoint: Path) -> None:
     """Raise unless plugin module ``name`` imports from outside ``folder`` as things are."""
-    from denoisekit.plugin_manager import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP
+    from denoisekit.host.plugin_manager import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP
 
     if not os.environ.get(DISABLE_AUTOLOAD_ENV) and name in {
         ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)

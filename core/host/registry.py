@@ -2,7 +2,7 @@
 
 Built per plugin manager from the ``denoisekit_components`` hook; never a global. Every
 component's contract is checked when the table is built
-(:func:`denoisekit.components.contract_problems`), so a broken plugin is rejected with an
+(:func:`denoisekit.host.contract_checks.contract_problems`), so a broken plugin is rejected with an
 error naming it before any run starts.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from denoisekit.components import KINDS, ComponentSpec, contract_problems, hook_problems
+from denoisekit.contracts import KINDS, ComponentSpec
 from denoisekit.errors import (
     ComponentError,
     DenoisekitError,
@@ -21,8 +21,9 @@ from denoisekit.errors import (
     RegistryError,
     exception_line,
 )
-from denoisekit.plugin_manager import PluginManager, get_plugin_manager
-from denoisekit.suggest import did_you_mean
+from denoisekit.host.contract_checks import contract_problems, hook_problems
+from denoisekit.host.plugin_manager import PluginManager, get_plugin_manager
+from denoisekit.host.suggest import did_you_mean
 
 
 @attrs.frozen
@@ -54,7 +55,7 @@ class Registry:
         components: the records, with their providers.
         plugins: plugin name → where it came from, for run metadata.
         check_contracts: check every component's contract (cheap: see
-            :func:`denoisekit.components.contract_problems`).
+            :func:`denoisekit.host.contract_checks.contract_problems`).
 
     Raises:
         RegistryError: two plugins provide one kind and name, or a component breaks its

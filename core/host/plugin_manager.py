@@ -22,7 +22,7 @@ import pluggy
 
 from denoisekit import hookspecs
 from denoisekit.errors import PluginLoadError
-from denoisekit.suggest import did_you_mean
+from denoisekit.host.suggest import did_you_mean
 
 log = logging.getLogger(__name__)
 

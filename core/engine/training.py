@@ -10,8 +10,8 @@ Exact resume: a run's :meth:`Run.state_dict` holds the model, optimizer, lr sche
 step, every random-number generator state, the data order (epoch and position) and
 every hook's state, so N steps + resume + N steps equals 2N steps bit for bit on CPU.
 
-Under ``torchrun`` (a :class:`~denoisekit.distributed.DistContext` with several ranks) the
-same loop runs on every rank with DistributedDataParallel; :mod:`denoisekit.distributed`
+Under ``torchrun`` (a :class:`~denoisekit.engine.distributed.DistContext` with several ranks) the
+same loop runs on every rank with DistributedDataParallel; :mod:`denoisekit.engine.distributed`
 says what is global and what is per rank. A single process takes none of those paths.
 """
 
@@ -35,16 +35,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from denoisekit import distributed, hookimpl, hookspecs
-from denoisekit.checkpoint import atomic_write, load_checkpoint, strip_compile_prefix
+from denoisekit import hookimpl, hookspecs
 from denoisekit.denoiser import Denoiser, check_output_shape
 from denoisekit.diffusion import q_sample
-from denoisekit.distributed import SINGLE, DistContext
+from denoisekit.engine import distributed
+from denoisekit.engine.checkpoint import atomic_write, load_checkpoint, strip_compile_prefix
+from denoisekit.engine.distributed import SINGLE, DistContext
+from denoisekit.engine.evaluation import eval_mode
 from denoisekit.errors import CheckpointError, ComponentError, DataError, OutputError
-from denoisekit.evaluation import eval_mode
-from denoisekit.plugin_manager import hook_problem
-from denoisekit.recipe import Recipe
-from denoisekit.registry import Registry
+from denoisekit.host.plugin_manager import hook_problem
+from denoisekit.host.recipe import Recipe
+from denoisekit.host.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ class Run:
         last_loss_per_sample / last_t: the last micro-batch's per-sample loss and
             timesteps (detached, on the device), for per-timestep logging (this rank's
             slice under torchrun).
-        dist: this process's place under torchrun (:data:`~denoisekit.distributed.SINGLE`
+        dist: this process's place under torchrun (:data:`~denoisekit.engine.distributed.SINGLE`
             for one process); see :attr:`rank`, :attr:`world_size`, :attr:`is_main`.
             Under torchrun ``train_model`` is the DistributedDataParallel wrapper.
     """
@@ -459,14 +460,14 @@ def build_run(
     ``with_data=False`` builds a run for sampling and evaluation only: no dataset, no
     batch stream (the image shape comes from the backbone's config).
 
-    ``dist`` (default: :func:`denoisekit.distributed.current`, the initialized process
+    ``dist`` (default: :func:`denoisekit.engine.distributed.current`, the initialized process
     group if any) places the run on this rank: ``cuda:LOCAL_RANK``, this rank's slice of
     the data, DistributedDataParallel around the training model (with data), and the
-    file-writing hooks (:data:`~denoisekit.distributed.RANK_ZERO_HOOKS`, or any hook with
+    file-writing hooks (:data:`~denoisekit.engine.distributed.RANK_ZERO_HOOKS`, or any hook with
     ``rank_zero_only = True``) and ``metrics.jsonl`` on rank 0 only.
     """
     if registry is None:
-        from denoisekit.plugin_manager import get_plugin_manager
+        from denoisekit.host.plugin_manager import get_plugin_manager
 
         search = [recipe.path.parent.resolve()] if recipe.path is not None else []
         registry = Registry.from_plugin_manager(

@@ -26,9 +26,9 @@ from typing import Any
 import attrs
 import torch
 
+from denoisekit.engine.sampling import save_grid
 from denoisekit.errors import DenoisekitError
-from denoisekit.recipe import Recipe, load_recipe, parse_override
-from denoisekit.sampling import save_grid
+from denoisekit.host.recipe import Recipe, load_recipe, parse_override
 
 #: Tables that only sampling and evaluation read: variants differing only here share a model.
 SAMPLING_TABLES = ("sampler", "metrics")
@@ -100,7 +100,7 @@ def plan(
     With ``from_run`` (a run folder or checkpoint) the variants start from that run's
     stored recipe and may vary only sampling options (``[sampler]``, ``[metrics]``): they
     all reuse its trained weights. Its plugins are imported as
-    :func:`denoisekit.sampling.stored_registry` says (``trust_plugins``).
+    :func:`denoisekit.engine.sampling.stored_registry` says (``trust_plugins``).
     """
     axes = [parse_vary(v) for v in vary]
     combos = list(itertools.product(*[[(k, v) for v in values] for k, values in axes]))
@@ -146,8 +146,8 @@ def _recipe_of_run(path: Path, trust_plugins: bool) -> Callable[[Sequence[str]],
     """The recipe stored in a run's checkpoint, read once; call with overrides."""
     import copy
 
-    from denoisekit.recipe import _Origins, apply_overrides, recipe_from_data
-    from denoisekit.sampling import find_checkpoint, stored_recipe, stored_registry
+    from denoisekit.engine.sampling import find_checkpoint, stored_recipe, stored_registry
+    from denoisekit.host.recipe import _Origins, apply_overrides, recipe_from_data
 
     checkpoint = find_checkpoint(path)
     stored = stored_recipe(checkpoint)
@@ -217,8 +217,8 @@ def run_compare(
     sample and score every variant."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from denoisekit.evaluation import draw_samples
-    from denoisekit.training import build_run, train
+    from denoisekit.engine.evaluation import draw_samples
+    from denoisekit.engine.training import build_run, train
 
     if from_run is None:
         _check_metric_names(variants, metrics)
@@ -228,7 +228,7 @@ def run_compare(
     for group, members in training_groups(variants).items():
         recipe = members[0].recipe
         if from_run is not None:
-            from denoisekit.sampling import load_trained
+            from denoisekit.engine.sampling import load_trained
 
             log(f"sampling {len(members)} variant(s) from the trained run {from_run}")
             run = load_trained(from_run, trust_plugins=trust_plugins)
@@ -270,8 +270,8 @@ def run_compare(
 def _check_metric_names(variants: Sequence[Variant], metrics: Sequence[str]) -> None:
     """An unknown ``--metric`` fails before anything trains: each name must be a
     ``[metrics.NAME]`` table of every variant or a metric its plugins register."""
-    from denoisekit.plugin_manager import get_plugin_manager
-    from denoisekit.registry import Registry
+    from denoisekit.host.plugin_manager import get_plugin_manager
+    from denoisekit.host.registry import Registry
 
     registries: dict[tuple[Any, ...], Registry] = {}
     for variant in variants:
@@ -300,7 +300,7 @@ def _metric_values(
     """Score a variant's samples; metrics that ignore samples (NLL) run once per model."""
     if not metrics:
         return {}
-    from denoisekit.evaluation import EvalContext, build_metrics, evaluate
+    from denoisekit.engine.evaluation import EvalContext, build_metrics, evaluate
 
     context = EvalContext(
         run=run,

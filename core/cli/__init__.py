@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import attrs
 
 from denoisekit.errors import DenoisekitError
-from denoisekit.suggest import did_you_mean
+from denoisekit.host.suggest import did_you_mean
 
 EXIT_USAGE = 2
 
@@ -228,9 +228,9 @@ def _version() -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from denoisekit import distributed
-    from denoisekit.outputs import RUN_OUTPUTS, check_output_folder
-    from denoisekit.recipe import load_recipe
+    from denoisekit.engine import distributed
+    from denoisekit.engine.outputs import RUN_OUTPUTS, check_output_folder
+    from denoisekit.host.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     if args.resume is not None and args.overwrite:
@@ -255,10 +255,10 @@ def _train_folder(args: argparse.Namespace, recipe: Any) -> Path:
 
 
 def _train(args: argparse.Namespace, recipe: Any, dist: Any) -> int:
-    from denoisekit import distributed
+    from denoisekit.engine import distributed
+    from denoisekit.engine.outputs import RUN_OUTPUTS, clear_outputs
+    from denoisekit.engine.training import TrainingInterrupted, build_run, resume_from, train
     from denoisekit.errors import CheckpointError
-    from denoisekit.outputs import RUN_OUTPUTS, clear_outputs
-    from denoisekit.training import TrainingInterrupted, build_run, resume_from, train
 
     out_dir = _train_folder(args, recipe)
     checkpoint = None
@@ -305,11 +305,11 @@ def _train(args: argparse.Namespace, recipe: Any, dist: Any) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from denoisekit import distributed
+    from denoisekit.engine import distributed
 
     if args.num <= 0 or args.batch_size <= 0:
         raise DenoisekitError("-n and --batch-size must be positive")
-    from denoisekit.outputs import check_output_files
+    from denoisekit.engine.outputs import check_output_files
 
     outputs = [("--out", args.out), ("--grid", args.grid), ("--trajectory", args.trajectory)]
     check_output_files(outputs, overwrite=args.overwrite)
@@ -321,8 +321,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace, dist: Any) -> int:
     from tqdm import tqdm
 
-    from denoisekit import distributed
-    from denoisekit.sampling import (
+    from denoisekit.engine import distributed
+    from denoisekit.engine.sampling import (
         load_trained,
         sample_images,
         save_grid,
@@ -381,8 +381,8 @@ def _sample(args: argparse.Namespace, dist: Any) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from denoisekit.compare import plan, run_compare, training_groups
-    from denoisekit.outputs import COMPARE_OUTPUTS, check_output_folder, clear_outputs
+    from denoisekit.engine.compare import plan, run_compare, training_groups
+    from denoisekit.engine.outputs import COMPARE_OUTPUTS, check_output_folder, clear_outputs
 
     if bool(args.recipes) == (args.run is not None):
         raise DenoisekitError("compare takes recipe files or --run RUN_OR_CHECKPOINT (one of)")
@@ -428,7 +428,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from denoisekit.evaluation import (
+    from denoisekit.engine.evaluation import (
         EvalContext,
         append_results,
         build_metrics,
@@ -473,7 +473,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         sys.stdout.write(format_results(evaluate(context, metrics)))
         return 0
 
-    from denoisekit.sampling import load_trained
+    from denoisekit.engine.sampling import load_trained
 
     overrides = list(args.overrides)
     if args.sampler:
@@ -509,7 +509,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipe_check(args: argparse.Namespace) -> int:
-    from denoisekit.recipe import load_recipe
+    from denoisekit.host.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     print(f"{args.recipe}: ok ({recipe.name})")
@@ -517,7 +517,7 @@ def _cmd_recipe_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipe_show(args: argparse.Namespace) -> int:
-    from denoisekit.recipe import load_recipe
+    from denoisekit.host.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     sys.stdout.write(recipe.to_toml())
@@ -525,18 +525,18 @@ def _cmd_recipe_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from denoisekit.registry import Registry
+    from denoisekit.host.registry import Registry
 
     if args.recipe is not None:
-        from denoisekit.plugin_manager import get_plugin_manager
-        from denoisekit.recipe import read_recipe_data
+        from denoisekit.host.plugin_manager import get_plugin_manager
+        from denoisekit.host.recipe import read_recipe_data
 
         data, _ = read_recipe_data(args.recipe)
         pm = get_plugin_manager(
             plugins=data.get("plugins", []), search_paths=[args.recipe.parent.resolve()]
         )
     else:
-        from denoisekit.plugin_manager import get_plugin_manager
+        from denoisekit.host.plugin_manager import get_plugin_manager
 
         pm = get_plugin_manager()
     registry = Registry.from_plugin_manager(pm)

@@ -1,0 +1,1 @@
+"""The engine: runs, the training loop, checkpoints, sampling, evaluation and compare."""

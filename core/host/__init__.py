@@ -1,0 +1,1 @@
+"""The host: plugin manager, registry, contract checks and recipes."""
