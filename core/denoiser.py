@@ -7,6 +7,8 @@ parameterization (k-diffusion's adapter idea, for the discrete DDPM family).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -15,7 +17,7 @@ from denoisekit import diffusion
 from denoisekit.diffusion import DiscreteSchedule
 from denoisekit.errors import ComponentError
 
-__all__ = ["PREDICTION_TYPES", "Denoiser", "check_output_shape"]
+__all__ = ["PREDICTION_TYPES", "Denoiser", "check_output_shape", "eval_mode"]
 
 #: What a backbone may be trained to predict.
 PREDICTION_TYPES: tuple[str, ...] = ("eps", "x0", "v")
@@ -141,3 +143,16 @@ class Denoiser:
             f"Denoiser(model={type(self.model).__name__}, schedule={self.schedule!r}, "
             f"prediction_type={self.prediction_type!r})"
         )
+
+
+@contextmanager
+def eval_mode(module: Any) -> Iterator[None]:
+    """Put a module in eval mode for the block, then restore its mode."""
+    was_training = getattr(module, "training", False)
+    if hasattr(module, "eval"):
+        module.eval()
+    try:
+        yield
+    finally:
+        if hasattr(module, "train"):
+            module.train(was_training)

@@ -28,8 +28,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 
 from denoisekit.errors import DenoisekitError, RecipeError
+from denoisekit.images import from_uint8, to_uint8
 
 __all__ = [
     "EVAL_PREFIX",
@@ -47,12 +47,9 @@ __all__ = [
     "build_metrics",
     "build_reference_data",
     "default_cache_dir",
-    "eval_mode",
     "evaluate",
     "format_results",
-    "images_from_uint8",
     "load_samples_npz",
-    "quantize",
     "reference_recipe",
 ]
 
@@ -68,32 +65,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base).expanduser() / "denoisekit"
-
-
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats rounded to the 256 levels of 8-bit images (as a PNG stores them)."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
-
-
-def images_from_uint8(array: np.ndarray) -> torch.Tensor:
-    """uint8 ``(N, H, W, C)`` (or ``(N, H, W)``) → float32 ``(N, C, H, W)`` in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(array))
-    if x.ndim == 3:
-        x = x.unsqueeze(-1)
-    return x.permute(0, 3, 1, 2).to(torch.float32).div(127.5).sub(1.0).contiguous()
-
-
-@contextmanager
-def eval_mode(module: Any) -> Iterator[None]:
-    """Put a module in eval mode for the block, then restore its mode."""
-    was_training = getattr(module, "training", False)
-    if hasattr(module, "eval"):
-        module.eval()
-    try:
-        yield
-    finally:
-        if hasattr(module, "train"):
-            module.train(was_training)
 
 
 # --------------------------------------------------------------------------- samples
@@ -196,7 +167,7 @@ def load_samples_npz(path: Path | str) -> SampleSet:
             f"{images.shape}"
         )
     label_tensor = torch.from_numpy(labels.astype(np.int64)) if labels is not None else None
-    return SampleSet(images=images_from_uint8(images), labels=label_tensor)
+    return SampleSet(images=from_uint8(images), labels=label_tensor)
 
 
 # --------------------------------------------------------------------------- reference data
@@ -358,9 +329,7 @@ class EvalContext:
 
     def samples_uint8(self) -> np.ndarray:
         """The shared samples as uint8 ``(N, H, W, C)``, as ``denoisekit sample`` saves them."""
-        from denoisekit.engine.sampling import to_uint8_nhwc
-
-        return to_uint8_nhwc(self.sample_images())
+        return to_uint8(self.sample_images())
 
     # -- reference data ------------------------------------------------------------------
 

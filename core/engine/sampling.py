@@ -28,12 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from denoisekit.denoiser import eval_mode
 from denoisekit.engine import distributed
 from denoisekit.engine.checkpoint import atomic_write, load_checkpoint
-from denoisekit.engine.evaluation import eval_mode
 from denoisekit.errors import CheckpointError, PluginLoadError
 from denoisekit.host.recipe import apply_overrides, recipe_from_data
 from denoisekit.host.registry import Registry
+from denoisekit.images import to_uint8
 
 
 def find_checkpoint(path: Path | str) -> Path:
@@ -269,16 +270,10 @@ def _sample_range(
     return torch.cat(out)
 
 
-def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] floats ``(N, C, H, W)`` → uint8 ``(N, H, W, C)``, rounding to nearest."""
-    scaled = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return scaled.permute(0, 2, 3, 1).contiguous().numpy()
-
-
 def save_npz(path: Path | str, images: torch.Tensor, labels: torch.Tensor | None = None) -> Path:
     """Write ``arr_0`` (uint8 N×H×W×C) and, with labels, ``arr_1`` (int64 N)."""
     path = Path(path)
-    arrays = [to_uint8_nhwc(images)]
+    arrays = [to_uint8(images)]
     if labels is not None:
         arrays.append(labels.cpu().numpy().astype(np.int64))
     with atomic_write(path) as handle:  # an interrupted write leaves no partial file
@@ -326,7 +321,7 @@ def save_trajectory(path: Path | str, frames: list[torch.Tensor], *, duration_ms
     for frame in frames:
         nrow = max(1, int(np.ceil(np.sqrt(frame.shape[0]))))
         grid = make_grid(frame.float().clamp(-1, 1), nrow=nrow, padding=1, pad_value=-1)
-        array = ((grid + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        array = to_uint8(grid)
         if array.shape[2] == 1:
             array = array[:, :, 0]
         picture = Image.fromarray(array)

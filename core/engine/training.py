@@ -36,12 +36,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from denoisekit import hookimpl, hookspecs
-from denoisekit.denoiser import Denoiser, check_output_shape
+from denoisekit.denoiser import Denoiser, check_output_shape, eval_mode
 from denoisekit.diffusion import q_sample
 from denoisekit.engine import distributed
 from denoisekit.engine.checkpoint import atomic_write, load_checkpoint, strip_compile_prefix
 from denoisekit.engine.distributed import SINGLE, DistContext
-from denoisekit.engine.evaluation import eval_mode
 from denoisekit.errors import CheckpointError, ComponentError, DataError, OutputError
 from denoisekit.host.plugin_manager import hook_problem
 from denoisekit.host.recipe import Recipe

@@ -29,8 +29,9 @@ import torch
 
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import open_unit_interval, option
-from denoisekit.engine.evaluation import EvalContext, quantize
+from denoisekit.engine.evaluation import EvalContext
 from denoisekit.errors import DenoisekitError
+from denoisekit.images import quantize
 
 
 @attrs.frozen(kw_only=True)

@@ -45,8 +45,9 @@ import torch
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import int_at_least, option
 from denoisekit.engine.checkpoint import atomic_write
-from denoisekit.engine.evaluation import EvalContext, quantize
+from denoisekit.engine.evaluation import EvalContext
 from denoisekit.errors import DenoisekitError
+from denoisekit.images import quantize
 
 log = logging.getLogger(__name__)
 

@@ -52,8 +52,10 @@ import torch
 
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import int_at_least, option
+from denoisekit.denoiser import eval_mode
 from denoisekit.diffusion import VARIANCES
-from denoisekit.engine.evaluation import EvalContext, eval_mode, quantize
+from denoisekit.engine.evaluation import EvalContext
+from denoisekit.images import quantize
 
 _LN2 = math.log(2.0)
 

@@ -20,15 +20,14 @@ from denoisekit.engine.evaluation import (
     build_metrics,
     evaluate,
     format_results,
-    images_from_uint8,
     load_samples_npz,
-    quantize,
     reference_recipe,
 )
-from denoisekit.engine.sampling import sample_images, save_npz, to_uint8_nhwc
+from denoisekit.engine.sampling import sample_images, save_npz
 from denoisekit.engine.training import build_run, train
 from denoisekit.errors import DenoisekitError, RegistryError
 from denoisekit.host.recipe import load_recipe
+from denoisekit.images import from_uint8, quantize, to_uint8
 from tests.plugins.test_metric_digits import shared_cache_dir
 
 TINY = """
@@ -103,11 +102,11 @@ def trained(tmp_path_factory) -> Path:
 def test_uint8_round_trip_and_quantize() -> None:
     x = torch.rand(3, 2, 4, 5) * 2 - 1
     q = quantize(x)
-    assert torch.equal(images_from_uint8(to_uint8_nhwc(x)), q)
+    assert torch.equal(from_uint8(to_uint8(x)), q)
     assert torch.equal(quantize(q), q)  # idempotent: on the 8-bit grid
     levels = (q + 1) * 127.5
     assert torch.allclose(levels, levels.round(), atol=1e-4)
-    grey = images_from_uint8(np.full((2, 4, 4), 255, np.uint8))
+    grey = from_uint8(np.full((2, 4, 4), 255, np.uint8))
     assert grey.shape == (2, 1, 4, 4) and bool((grey == 1).all())
 
 

@@ -13,10 +13,11 @@ import torch
 
 from denoisekit.cli import main
 from denoisekit.engine import sampling
-from denoisekit.engine.sampling import load_trained, sample_images, to_uint8_nhwc
+from denoisekit.engine.sampling import load_trained, sample_images
 from denoisekit.engine.training import build_run, train
 from denoisekit.errors import CheckpointError, OutputError
 from denoisekit.host.recipe import load_recipe
+from denoisekit.images import to_uint8
 
 RECIPE = """
 name = "tiny-sample"
@@ -136,7 +137,7 @@ def test_swap_sampler_at_sampling_time(trained, tmp_path):
 
 def test_uint8_rounding():
     x = torch.tensor([-1.0, -0.5, 0.0, 1.0]).view(1, 1, 1, 4)
-    assert to_uint8_nhwc(x).ravel().tolist() == [0, 64, 128, 255]
+    assert to_uint8(x).ravel().tolist() == [0, 64, 128, 255]
 
 
 def test_missing_checkpoint_is_one_line(tmp_path):

@@ -7,9 +7,10 @@ import pytest
 import scipy.linalg
 import torch
 
-from denoisekit.engine.evaluation import EvalContext, SampleSet, quantize
+from denoisekit.engine.evaluation import EvalContext, SampleSet
 from denoisekit.errors import DenoisekitError
 from denoisekit.host.recipe import recipe_from_data
+from denoisekit.images import quantize
 from denoisekit.plugins.metrics import _inception
 from denoisekit.plugins.metrics.fd import (
     FDConfig,

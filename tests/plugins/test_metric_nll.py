@@ -19,7 +19,8 @@ from scipy.stats import norm
 
 from denoisekit.denoiser import Denoiser
 from denoisekit.diffusion import DiscreteSchedule
-from denoisekit.engine.evaluation import EvalContext, quantize
+from denoisekit.engine.evaluation import EvalContext
+from denoisekit.images import quantize
 from denoisekit.plugins.metrics.nll import (
     NLLConfig,
     NLLMetric,
