@@ -1,0 +1,156 @@
+"""DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of
+Diffusion Probabilistic Models", Algorithm 2): a second-order multistep solver of the
+probability-flow ODE in its data-prediction form.
+
+*Notation*: ``alpha_t = sqrt(alpha_bar_t)``, ``sigma_t = sqrt(1 - alpha_bar_t)``,
+``lambda_t = log(alpha_t / sigma_t)`` (half the log-SNR). From ``t_{i-1}`` to ``t_i``
+with ``h_i = lambda_{t_i} - lambda_{t_{i-1}}``:
+
+    x_i = (sigma_i / sigma_{i-1}) x_{i-1} - alpha_i (exp(-h_i) - 1) D_i,
+    D_i = (1 + 1 / (2 r_i)) x0_{i-1} - 1 / (2 r_i) x0_{i-2},   r_i = h_{i-1} / h_i,
+
+with ``D_i = x0_{i-1}`` (DDIM's first-order step) on the first step and, with
+``lower_order_final``, on the last. The sampler evaluates the network at ``steps``
+timesteps from ``T - 1`` down to ``0`` and returns the data prediction at timestep 0
+(the jump to ``sigma = 0``): ``steps`` network evaluations in all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from denoisekit import CheckContext, ComponentSpec, DenoiserLike, Problem, hookimpl
+from denoisekit.config import int_at_least, option
+
+SPACINGS: tuple[str, ...] = ("logsnr", "linspace")
+
+
+@attrs.frozen(kw_only=True)
+class DPMSolverConfig:
+    """Options of the DPM-Solver++(2M) sampler."""
+
+    steps: int = option(
+        20, "network evaluations (at least 2, at most the schedule's)", validator=int_at_least(2)
+    )
+    spacing: str = option(
+        "logsnr",
+        "timesteps uniform in log-SNR (logsnr) or in time (linspace, T - 1 to 0)",
+        validator=attrs.validators.in_(SPACINGS),
+    )
+    lambda_min: float = option(
+        -5.1,
+        "lowest lambda = log(alpha / sigma) the logsnr grid starts from (diffusers' "
+        "lambda_min_clipped: keeps steps off the cosine schedule's clipped end)",
+        validator=attrs.validators.instance_of((int, float)),
+    )
+    lower_order_final: bool = option(
+        True,
+        "first-order last step (steadier below ~15 steps)",
+        validator=attrs.validators.instance_of(bool),
+    )
+    clip_denoised: bool = option(
+        True, "clip each x0 prediction to [-1, 1]", validator=attrs.validators.instance_of(bool)
+    )
+
+
+def logsnr_timesteps(alpha_bar: np.ndarray, steps: int, lambda_min: float) -> list[int]:
+    """``steps`` distinct timesteps, noisiest first, from ``T - 1`` to ``0``, the inner ones
+    uniform in ``lambda`` between ``max(lambda_{T-1}, lambda_min)`` and ``lambda_0``."""
+    lam = 0.5 * np.log(alpha_bar / (1.0 - alpha_bar))  # decreasing in t
+    T = len(alpha_bar)
+    grid = np.linspace(max(lam[-1], lambda_min), lam[0], steps)
+    nearest = np.abs(lam[None, :] - grid[:, None]).argmin(axis=1)
+    out = [T - 1]
+    for i, t in enumerate(nearest[1:], start=1):  # strictly decreasing, room left for the rest
+        out.append(int(min(max(t, steps - 1 - i), out[-1] - 1)))
+    return out
+
+
+class DPMSolverSampler:
+    """DPM-Solver++(2M); see the module docstring."""
+
+    def __init__(self, config: DPMSolverConfig) -> None:
+        self.config = config
+
+    def timesteps(self, alpha_bar: np.ndarray) -> list[int]:
+        """The timesteps where the network is evaluated, noisiest first."""
+        T, n = len(alpha_bar), self.config.steps
+        if n > T:
+            raise ValueError(f"'steps' ({n}) exceeds the schedule's {T} timesteps")
+        if self.config.spacing == "linspace":
+            return sorted({int(t) for t in np.linspace(0, T - 1, n).round()}, reverse=True)
+        return logsnr_timesteps(alpha_bar, n, self.config.lambda_min)
+
+    def num_evaluations(self, num_timesteps: int) -> int:
+        """One network evaluation per step."""
+        return self.config.steps
+
+    @torch.no_grad()
+    def sample(
+        self,
+        denoiser: DenoiserLike,
+        x_T: torch.Tensor,
+        *,
+        generator: Any = None,
+        cond: torch.Tensor | None = None,
+        callback: Callable[[dict[str, Any]], None] | None = None,
+    ) -> torch.Tensor:
+        """Solve from ``x_T`` (at timestep ``T - 1``) to the data; deterministic."""
+        ab = denoiser.schedule.alphas_cumprod.double().cpu().numpy()
+        ts = self.timesteps(ab)
+        alpha = [math.sqrt(ab[t]) for t in ts]
+        sigma = [math.sqrt(1.0 - ab[t]) for t in ts]
+        lam = [math.log(a / s) for a, s in zip(alpha, sigma, strict=True)]
+        t_batch = torch.tensor(ts, device=x_T.device).unsqueeze(1).expand(-1, x_T.shape[0])
+        x, previous, h_previous = x_T, None, None
+        for i, t in enumerate(ts):
+            _, x0 = denoiser.predict(x, t_batch[i], cond)
+            if self.config.clip_denoised:
+                x0 = x0.clamp(-1.0, 1.0)
+            if callback is not None:
+                callback({"i": i, "t": t, "x_t": x, "x0": x0})
+            if i + 1 < len(ts):  # after timestep 0 the jump to sigma = 0 gives x0 itself
+                h = lam[i + 1] - lam[i]
+                d = x0
+                if previous is not None and not (
+                    self.config.lower_order_final and i + 2 == len(ts)
+                ):
+                    r = h_previous / h
+                    d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * previous
+                x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * math.expm1(-h) * d
+                previous, h_previous = x0, h
+        return x0.clamp(-1.0, 1.0)
+
+    def __repr__(self) -> str:
+        return f"DPMSolverSampler({self.config!r})"
+
+
+def check_dpmpp(config: DPMSolverConfig, context: CheckContext) -> Iterator[Problem]:
+    """``steps`` must not exceed the schedule's timesteps."""
+    T = context.fact("schedule", "num_timesteps")
+    if T is not None and config.steps > T:
+        yield (
+            "steps",
+            f"{config.steps} steps exceed the schedule's {T} timesteps; set "
+            f"{context.table}.steps to at most {T}",
+        )
+
+
+@hookimpl
+def denoisekit_components() -> list[ComponentSpec]:
+    return [
+        ComponentSpec(
+            kind="sampler",
+            name="dpmpp-2m",
+            config=DPMSolverConfig,
+            build=DPMSolverSampler,
+            check=check_dpmpp,
+            summary="DPM-Solver++(2M) (Lu et al. 2022): second-order multistep ODE solver.",
+        )
+    ]
