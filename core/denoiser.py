@@ -121,7 +121,7 @@ class Denoiser:
             t = t.expand(x_t.shape[0])
         # Timestep embeddings lose precision below float32; float64 stays float64.
         time = self.model_time(t, torch.promote_types(x_t.dtype, torch.float32))
-        out = self.model(x_t, time) if cond is None else self.model(x_t, time, cond)
+        out = self.network(x_t, t, time, cond)
         self.nfe += 1
         check_output_shape(out, x_t, self.name)
         # Under autocast the backbone may answer in half precision: do the conversions in
@@ -137,6 +137,13 @@ class Denoiser:
             x0 = diffusion.x0_from_v(self.schedule, x_t, t, out)
             eps = diffusion.eps_from_v(self.schedule, x_t, t, out)
         return eps, x0
+
+    def network(
+        self, x_t: torch.Tensor, t: torch.Tensor, time: torch.Tensor, cond: Any
+    ) -> torch.Tensor:
+        """One evaluation of the backbone at integer timesteps ``t`` (``time`` is what the
+        backbone reads); classifier-free guidance overrides it."""
+        return self.model(x_t, time) if cond is None else self.model(x_t, time, cond)
 
     def __repr__(self) -> str:
         return (
