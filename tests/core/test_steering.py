@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -136,3 +138,47 @@ def test_a_truncated_denoiser_keeps_timestep_indices(setup):
         short.predict(x[:2], t[:2], cond[:2]), plain.predict(x[:2], t[:2], cond[:2]), strict=True
     ):
         assert torch.equal(a, b)
+
+
+def test_repaint_schedule_matches_the_papers_time_travel():
+    from denoisekit.engine.repaint import num_evaluations, repaint_schedule
+
+    path = repaint_schedule(6, 2, 3)
+    # down 6 -> 3 ... with two jumps back of 2 steps at positions 2 and 0
+    assert path[0] == 5 and path[-1] == -1
+    rises = sum(1 for a, b in itertools.pairwise(path) if b > a)
+    assert rises == 2 * 2 * 2  # two jump points x (resample - 1) x jump_length
+    assert num_evaluations(6, 2, 3) == 6 + 2 * 2 * 2
+    assert repaint_schedule(5, 10, 10) == [4, 3, 2, 1, 0, -1]  # no room for a jump
+
+
+def test_repaint_keeps_known_pixels_and_all_known_returns_the_input(setup):
+    from denoisekit.engine.repaint import repaint
+
+    model, sched, _, _, cond = setup
+    known = torch.rand(4, 1, 3, 3) * 2 - 1
+    x_T = torch.randn(4, 1, 3, 3)
+    gens = [torch.Generator().manual_seed(i) for i in range(4)]
+    den = Denoiser(model, sched)
+    out = repaint(
+        den,
+        x_T,
+        known,
+        torch.zeros(1, 1, 3, 3),
+        steps=20,
+        jump_length=5,
+        resample=3,
+        generator=gens,
+        cond=cond,
+    )
+    torch.testing.assert_close(out, known, rtol=0, atol=1e-6)
+    mask = torch.zeros(1, 1, 3, 3)
+    mask[..., 0, :] = 1
+    model.batches.clear()
+    out = repaint(
+        den, x_T, known, mask, steps=20, jump_length=5, resample=3, generator=gens, cond=cond
+    )
+    torch.testing.assert_close(out[..., 1:, :], known[..., 1:, :], rtol=0, atol=1e-6)
+    from denoisekit.engine.repaint import num_evaluations
+
+    assert len(model.batches) == num_evaluations(20, 5, 3)

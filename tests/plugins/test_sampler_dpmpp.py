@@ -8,6 +8,7 @@ followed by the exact denoiser (an independent derivation: no sampler code is re
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -52,7 +53,7 @@ def dpm_error(sched: DiscreteSchedule, steps: int, **options) -> float:
 @pytest.mark.parametrize("sched", [cos_sched(1000), linear_sched()], ids=["cosine", "linear"])
 def test_second_order_convergence_to_the_flow_map(sched):
     errors = [dpm_error(sched, n, lower_order_final=False) for n in (20, 40, 80)]
-    orders = [math.log2(a / b) for a, b in zip(errors, errors[1:], strict=False)]
+    orders = [math.log2(a / b) for a, b in itertools.pairwise(errors)]
     assert all(1.6 < p < 2.6 for p in orders), (errors, orders)
 
 
@@ -82,7 +83,7 @@ def test_timesteps_run_from_the_noisiest_to_zero_strictly_decreasing(spacing, st
     ab = cos_sched(1000).alphas_cumprod.numpy()
     ts = DPMSolverSampler(DPMSolverConfig(steps=steps, spacing=spacing)).timesteps(ab)
     assert len(ts) == steps and ts[0] == 999 and ts[-1] == 0
-    assert all(a > b for a, b in zip(ts, ts[1:], strict=False))
+    assert all(a > b for a, b in itertools.pairwise(ts))
 
 
 def test_logsnr_grid_is_uniform_in_lambda_inside_the_clipped_range():
