@@ -303,14 +303,10 @@ def test_regional_compile_compiles_each_residual_and_attention_block(kind):
     model = models.build_model(kind, TINY)
     blocks = models.repeated_blocks(model)
     names = {type(b).__name__ for b in blocks}
-    expected = (
-        {"ResBlock", "AttentionBlock"}
-        if kind == "denoisekit"
-        else {
-            "ResnetBlock2D",
-            "Attention",
-        }
-    )
+    expected = {"ResBlock", "AttentionBlock"} if kind == "denoisekit" else {
+        "ResnetBlock2D",
+        "Attention",
+    }
     assert names == expected
     # The layouts match block for block, so both sides compile as many regions.
     assert len(blocks) == len(models.repeated_blocks(models.build_model("denoisekit", TINY)))
