@@ -1,0 +1,187 @@
+"""Editing images with a trained model: img2img (SDEdit) and inpainting, for any sampler.
+
+* **img2img** (Meng et al. 2022): ``strength`` ``s`` picks the timestep
+  ``t_s = ceil(s T) - 1``; the input is noised to ``t_s`` with the image's own starting
+  noise and a sampler denoises from there over the schedule's first ``t_s + 1`` timesteps
+  (:func:`~denoisekit.engine.steering.truncated`). ``s = 0`` returns the input untouched;
+  ``s = 1`` is plain sampling from ``x_T``.
+* **inpainting**: a mask, ``1`` (white) where pixels are regenerated and ``0`` (black) where
+  the input is kept; the replacement method through the denoiser
+  (:class:`~denoisekit.engine.steering.InpaintingDenoiser`) with any sampler, or RePaint's
+  resampling (:mod:`denoisekit.engine.repaint`). Both take ``strength`` too.
+
+Inputs are image files, folders of them, or an ``.npz`` (``arr_0`` uint8 N×H×W×C, as
+``denoisekit sample`` writes); masks are image files (grey levels: white = regenerate,
+thresholded at half) or ``.npy``/``.npz`` arrays of 0/1 (``H×W``, ``N×H×W`` or
+``N×1×H×W``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from denoisekit.engine.repaint import repaint
+from denoisekit.engine.steering import InpaintingDenoiser, truncated
+from denoisekit.errors import DataError
+from denoisekit.images import from_uint8
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@attrs.frozen(kw_only=True)
+class EditOptions:
+    """What an edit does to each image.
+
+    Attributes:
+        strength: img2img strength in [0, 1] (1 = start from pure noise).
+        repaint: ``(steps, jump_length, resample)`` for RePaint, or None for the
+            replacement method with the run's sampler.
+    """
+
+    strength: float = 1.0
+    repaint: tuple[int, int, int] | None = None
+
+
+def start_timestep(strength: float, num_timesteps: int) -> int:
+    """The timestep img2img starts from (``-1``: none, the input is returned)."""
+    if not 0.0 <= strength <= 1.0 or math.isnan(strength):
+        raise DataError(f"--strength {strength} is outside [0, 1]; use 0 (keep) to 1 (resample)")
+    return math.ceil(strength * num_timesteps) - 1
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        return files
+    if not path.exists():
+        raise DataError(f"{path}: not found; give image files, a folder or an .npz (arr_0)")
+    return [path]
+
+
+def _read_picture(path: Path, mode: str, size: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            picture = picture.convert(mode)
+            if picture.size != (size, size):
+                picture = picture.resize((size, size), Image.BILINEAR)
+            return np.array(picture, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from exc
+
+
+def _read_array(path: Path, key: str = "arr_0") -> np.ndarray:
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as data:
+            if key not in data:
+                raise DataError(f"{path}: no {key} in this .npz")
+            return data[key]
+    except DataError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable .npy/.npz file ({exc})") from exc
+
+
+def load_inputs(paths: list[Path], image_shape: tuple[int, int, int]) -> torch.Tensor:
+    """The input images ``(N, C, H, W)`` in [-1, 1], resized to the model's size."""
+    channels, size, _ = image_shape
+    arrays = []
+    for path in paths:
+        if path.suffix in (".npz", ".npy"):
+            array = _read_array(path)
+            if array.dtype != np.uint8 or array.ndim not in (3, 4):
+                raise DataError(
+                    f"{path}: arr_0 must be uint8 N×H×W×C images, got {array.dtype} {array.shape}"
+                )
+            arrays.append(from_uint8(array))
+            continue
+        for file in _files(path):
+            picture = _read_picture(file, "L" if channels == 1 else "RGB", size)
+            arrays.append(from_uint8(picture[None]))
+    images = torch.cat(arrays)
+    if tuple(images.shape[1:]) != tuple(image_shape):
+        raise DataError(
+            f"the inputs are {'×'.join(map(str, images.shape[1:]))} images but the model makes "
+            f"{'×'.join(map(str, image_shape))}; resize them to {image_shape[1]}×{image_shape[2]}"
+        )
+    return images
+
+
+def load_mask(path: Path, count: int, image_shape: tuple[int, int, int]) -> torch.Tensor:
+    """The mask ``(1 or N, 1, H, W)``: 1 = regenerate, 0 = keep."""
+    _, size, _ = image_shape
+    if path.suffix in (".npz", ".npy"):
+        mask = torch.from_numpy(np.asarray(_read_array(path), dtype=np.float32))
+    else:
+        mask = torch.from_numpy(_read_picture(path, "L", size).astype(np.float32) / 255.0)
+        mask = (mask >= 0.5).float()
+    if mask.ndim == 2:
+        mask = mask[None, None]
+    elif mask.ndim == 3:
+        mask = mask[:, None]
+    if (
+        mask.ndim != 4
+        or mask.shape[1] != 1
+        or tuple(mask.shape[2:]) != (size, size)
+        or mask.shape[0] not in (1, count)
+    ):
+        raise DataError(
+            f"{path}: a mask of shape {tuple(mask.shape)} does not fit {count} inputs of "
+            f"{size}×{size}; give one H×W mask (or one per input) of {size}×{size}"
+        )
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise DataError(f"{path}: mask values must be 0 (keep) or 1 (regenerate)")
+    return mask
+
+
+def edit_batch(
+    denoiser: Any,
+    sampler: Any,
+    images: torch.Tensor,
+    x_T: torch.Tensor,
+    *,
+    mask: torch.Tensor | None,
+    options: EditOptions,
+    generator: Any,
+    cond: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Edit one batch (all on ``x_T``'s device); see the module docstring."""
+    t_start = start_timestep(options.strength, denoiser.schedule.num_timesteps)
+    if t_start < 0:
+        return images.clone()
+    if t_start + 1 < denoiser.schedule.num_timesteps:
+        tables = denoiser.schedule.tables(x_T.device, x_T.dtype)
+        a, s = (
+            tables.sqrt_alpha_bar[t_start].item(),
+            tables.sqrt_one_minus_alpha_bar[t_start].item(),
+        )
+        x_start, denoiser = a * images + s * x_T, truncated(denoiser, t_start)
+    else:
+        x_start = x_T
+    if mask is not None and options.repaint is not None:
+        steps, jump, resample = options.repaint
+        return repaint(
+            denoiser,
+            x_start,
+            images,
+            mask,
+            steps=steps,
+            jump_length=jump,
+            resample=resample,
+            generator=generator,
+            cond=cond,
+        )
+    if mask is not None:
+        denoiser = InpaintingDenoiser(denoiser, images, mask, x_T)
+    return sampler.sample(denoiser, x_start, generator=generator, cond=cond)
