@@ -18,7 +18,8 @@ import torch
 
 import denoisekit
 from denoisekit import hookspecs
-from denoisekit.cli import build_parser, docs, format_plugins
+from denoisekit.cli import build_parser, docs
+from denoisekit.cli.plugins import format_plugins
 from denoisekit.config import option_doc
 from denoisekit.host.recipe import _TOP_KEYS, MULTI_KINDS, SINGLE_KINDS
 
@@ -230,13 +231,13 @@ def test_option_types_render_alike_before_and_after_attrs_resolves_them(registry
     the generated reference must not depend on whether a test did that first."""
     import typing
 
-    from denoisekit.cli import _type_text
+    from denoisekit.cli.plugins import type_text
 
     for entry in registry.entries():
         cls = entry.spec.config
         resolved = typing.get_type_hints(cls)
         for field in attrs.fields(cls):
             written = cls.__annotations__.get(field.name, field.type)
-            assert _type_text(written) == _type_text(resolved[field.name]), (
+            assert type_text(written) == type_text(resolved[field.name]), (
                 f"{entry.kind}.{entry.name}.{field.name}"
             )

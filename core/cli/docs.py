@@ -28,7 +28,13 @@ from typing import Any
 
 import attrs
 
+from denoisekit import hookspecs
+from denoisekit.cli.plugins import default_text, type_text
 from denoisekit.config import option_doc
+from denoisekit.engine.training import CoreDefaults, MetricsFile
+from denoisekit.host.contract_checks import _declared_product
+from denoisekit.host.plugin_manager import get_plugin_manager
+from denoisekit.host.recipe import DEFAULT_TYPES, MULTI_KINDS, SINGLE_KINDS, TrainConfig
 from denoisekit.host.registry import Registry
 
 REGENERATE = "python -m denoisekit.cli.docs"
@@ -83,18 +89,14 @@ def option_rows(config_cls: type, kind: str = "", component: str = "") -> list[O
 
     Types and defaults are rendered by the same functions as ``denoisekit plugins``.
     """
-    from denoisekit.cli import _default_text, _type_text
-
     return [
-        OptionRow(kind, component, f.name, _type_text(f.type), _default_text(f), option_doc(f))
+        OptionRow(kind, component, f.name, type_text(f.type), default_text(f), option_doc(f))
         for f in attrs.fields(config_cls)
     ]
 
 
 def reference_registry() -> Registry:
     """The built-in components only: the reference is the same on every machine."""
-    from denoisekit.host.plugin_manager import get_plugin_manager
-
     return Registry.from_plugin_manager(get_plugin_manager(autoload=False))
 
 
@@ -111,8 +113,6 @@ def _code(text: str) -> str:
 
 def recipe_reference(registry: Registry | None = None) -> str:
     """The recipe reference page (markdown)."""
-    from denoisekit.host.recipe import DEFAULT_TYPES, MULTI_KINDS, SINGLE_KINDS, TrainConfig
-
     registry = registry if registry is not None else reference_registry()
     out = [
         HEADER.format(command=REGENERATE, source="the config classes"),
@@ -357,8 +357,6 @@ written or loaded, `denoisekit_sampling_model` whenever the run samples, and
 
 def _hook_functions() -> list[tuple[str, Callable[..., Any]]]:
     """``(group title, spec function)`` in declaration order, grouped by the banners."""
-    from denoisekit import hookspecs
-
     group = ""
     found = []
     for line in inspect.getsource(hookspecs).splitlines():
@@ -424,8 +422,6 @@ def _rst_to_md(text: str) -> str:
 
 def _impl_markers(obj: Any) -> dict[str, dict[str, Any]]:
     """``{hook name: impl options}`` of the ``@denoisekit.hookimpl`` methods of a class."""
-    from denoisekit import hookspecs
-
     marker = f"{hookspecs.PROJECT}_impl"
     found = {}
     for attr_name in dir(obj):
@@ -442,9 +438,6 @@ def _ordering(opts: dict[str, Any]) -> str:
 
 def hook_reference(registry: Registry | None = None) -> str:
     """The hook reference page (markdown)."""
-    from denoisekit.engine.training import CoreDefaults, MetricsFile
-    from denoisekit.host.contract_checks import _declared_product
-
     registry = registry if registry is not None else reference_registry()
     core = {
         name: (f"{cls.__name__}.{name}", opts)
