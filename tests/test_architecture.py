@@ -52,7 +52,6 @@ ALLOWED_VIOLATIONS: frozenset[str] = frozenset(
         "layer: plugins.metrics.fd -> engine.evaluation",
         "layer: plugins.metrics.nll -> engine.evaluation",
         "layer: plugins.metrics.sample_time -> engine.evaluation",
-        "private: cli.docs imports host.contract_checks._declared_product",
         "private: engine.compare imports host.recipe._Origins",
         "private: engine.evaluation imports host.recipe._Origins",
         "private: engine.sampling imports host.recipe._Origins",

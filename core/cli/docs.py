@@ -32,7 +32,7 @@ from denoisekit import hookspecs
 from denoisekit.cli.plugins import default_text, type_text
 from denoisekit.config import option_doc
 from denoisekit.engine.training import CoreDefaults, MetricsFile
-from denoisekit.host.contract_checks import _declared_product
+from denoisekit.host.contract_checks import declared_product
 from denoisekit.host.plugin_manager import get_plugin_manager
 from denoisekit.host.recipe import DEFAULT_TYPES, MULTI_KINDS, SINGLE_KINDS, TrainConfig
 from denoisekit.host.registry import Registry
@@ -446,7 +446,7 @@ def hook_reference(registry: Registry | None = None) -> str:
     }
     builtin: dict[str, list[str]] = {}
     for entry in registry.entries("hook"):
-        product = _declared_product(entry.spec.build)
+        product = declared_product(entry.spec.build)
         for name, opts in _impl_markers(product).items() if product is not None else ():
             builtin.setdefault(name, []).append(f"`{entry.name}`{_ordering(opts)}")
 
