@@ -15,6 +15,10 @@ Options beyond DDPM:
 - ``num_classes``: class conditioning through an embedding table with one extra row, the
   null class (label ``-1`` or ``cond=None``), for classifier-free guidance (Ho & Salimans 2022).
 - ``num_heads`` / ``head_channels``: multi-head attention (improved-diffusion).
+- ``norm_eps``, ``freq_shift``, ``flip_sin_to_cos``, ``downsample_padding``,
+  ``mid_attention``: the conventions of diffusers' ``UNet2DModel``, so that its layouts
+  (the ``google/ddpm-*`` checkpoints among them) are ``unet`` layouts too
+  (``plugins/backbones/diffusers_layout.py`` converts configs and weights).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 import attrs
 
 from denoisekit import CheckContext, ComponentSpec, Problem, hookimpl
-from denoisekit.config import int_at_least, option, positive_ints
+from denoisekit.config import int_at_least, int_between, option, positive_finite, positive_ints
 from denoisekit.plugins.backbones.unet_network import LOG_SNR_CLAMP, UNet
 
 __all__ = ["LOG_SNR_CLAMP", "UNet", "UNetConfig", "build_unet", "check_unet"]
@@ -35,6 +39,7 @@ __all__ = ["LOG_SNR_CLAMP", "UNet", "UNetConfig", "build_unet", "check_unet"]
 
 _positive_int = int_at_least(1)
 _optional_positive_int = int_at_least(1, optional=True)
+_bool = attrs.validators.instance_of(bool)
 
 
 def _check_channels(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -78,14 +83,14 @@ def _check_attention_resolutions(
 
 
 def _attention_widths(inst: UNetConfig) -> list[int]:
-    """Channel widths of the levels that hold attention blocks (the middle block always)."""
+    """Channel widths of the levels that hold attention blocks (and the middle one)."""
     reachable = _reachable(inst)
     widths = [
         inst.channels * m
         for m, r in zip(inst.channel_mults, reachable, strict=True)
         if r in inst.attention_resolutions
     ]
-    return [*widths, inst.channels * inst.channel_mults[-1]]
+    return [*widths, inst.channels * inst.channel_mults[-1]] if inst.mid_attention else widths
 
 
 def _check_head_channels(inst: UNetConfig, attribute: attrs.Attribute, value: int | None) -> None:
@@ -160,7 +165,7 @@ class UNetConfig:
     )
     attention_resolutions: tuple[int, ...] = option(
         (16,),
-        "feature-map sizes that get self-attention blocks (the middle block always has one)",
+        "feature-map sizes that get self-attention blocks (the middle block: mid_attention)",
         converter=tuple,
         validator=_check_attention_resolutions,
     )
@@ -197,7 +202,30 @@ class UNetConfig:
     resample_with_conv: bool = option(
         True,
         "strided/3×3 convs for down/upsampling (else average pooling / plain nearest upsampling)",
-        validator=attrs.validators.instance_of(bool),
+        validator=_bool,
+    )
+    norm_eps: float = option(
+        1e-5, "GroupNorm epsilon (diffusers' DDPM checkpoints: 1e-6)", validator=positive_finite
+    )
+    freq_shift: int | None = option(
+        None,
+        "time-embedding frequencies 10000**(-i / (half - freq_shift)) as diffusers computes "
+        "them (0 or 1); None = DDPM's code (= 1 up to float32 rounding)",
+        validator=int_between(0, 1, optional=True),
+    )
+    flip_sin_to_cos: bool = option(
+        False, "time embedding as [cos, sin] instead of DDPM's [sin, cos]", validator=_bool
+    )
+    downsample_padding: str = option(
+        "symmetric",
+        "padding of the stride-2 downsampling conv: symmetric (1 pixel each side) or "
+        "bottom_right (1 pixel after; DDPM's TF code, diffusers' downsample_padding = 0)",
+        validator=attrs.validators.in_(("symmetric", "bottom_right")),
+    )
+    mid_attention: bool = option(
+        True,
+        "self-attention block in the middle (between its two residual blocks)",
+        validator=_bool,
     )
 
 

@@ -64,16 +64,21 @@ class UNet(nn.Module):
                 groups=config.groups,
                 dropout=config.dropout,
                 scale_shift=scale_shift,
+                eps=config.norm_eps,
             )
             block = (
-                AttentionBlock(c_out, num_heads=heads(c_out), groups=config.groups)
+                AttentionBlock(
+                    c_out, num_heads=heads(c_out), groups=config.groups, eps=config.norm_eps
+                )
                 if attn
                 else None
             )
             return ResAttnBlock(res, block)
 
         # 1. Time (and class) embedding: sinusoids of width ch → MLP to 4·ch (DDPM).
-        self.time_embed = SinusoidalEmbedding(ch)
+        self.time_embed = SinusoidalEmbedding(
+            ch, freq_shift=config.freq_shift, flip_sin_to_cos=config.flip_sin_to_cos
+        )
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
         # Row num_classes is the null class (classifier-free guidance).
         self.class_embed = (
@@ -91,14 +96,26 @@ class UNet(nn.Module):
                 c = ch * mult
                 skip_widths.append(c)
             if level != num_levels - 1:
-                self.down.append(Downsample(c, with_conv=config.resample_with_conv))
+                self.down.append(
+                    Downsample(
+                        c,
+                        with_conv=config.resample_with_conv,
+                        pad_bottom_right=config.downsample_padding == "bottom_right",
+                    )
+                )
                 skip_widths.append(c)
                 res //= 2
 
-        # 3. Middle: res - attention - res.
-        self.mid = res_attn(c, c, True)
+        # 3. Middle: res - attention (unless mid_attention is off) - res.
+        self.mid = res_attn(c, c, config.mid_attention)
         self.mid_res = ResBlock(
-            c, c, emb_ch, groups=config.groups, dropout=config.dropout, scale_shift=scale_shift
+            c,
+            c,
+            emb_ch,
+            groups=config.groups,
+            dropout=config.dropout,
+            scale_shift=scale_shift,
+            eps=config.norm_eps,
         )
 
         # 4. Decoder: num_res_blocks + 1 blocks per level, each taking one skip connection.
@@ -114,7 +131,7 @@ class UNet(nn.Module):
             res *= 2
 
         # 5. Output head: GN - SiLU - conv, zero-initialised (the net starts by predicting 0).
-        self.norm_out = nn.GroupNorm(config.groups, c)
+        self.norm_out = nn.GroupNorm(config.groups, c, eps=config.norm_eps)
         self.act_out = nn.SiLU()
         self.conv_out = nn.Conv2d(c, self.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
