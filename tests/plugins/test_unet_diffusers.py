@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import re
 
 import attrs
 import pytest
@@ -156,6 +157,49 @@ def test_full_width_ddpm_cifar10_computes_what_diffusers_computes(name, tmp_path
     err = max_forward_error(ours, theirs, options)
     print(f"{name}: max |ours - diffusers| = {err:.2e}")
     assert err < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "detail"),
+    [
+        ({"norm_eps": 0.0}, "'norm_eps' must be a finite number > 0"),
+        ({"freq_shift": 2}, "'freq_shift' must be an integer from 0 to 1"),
+        ({"flip_sin_to_cos": 1}, "'flip_sin_to_cos' must be <class 'bool'>"),
+        ({"downsample_padding": "same"}, "'downsample_padding' must be in"),
+        ({"mid_attention": "no"}, "'mid_attention' must be <class 'bool'>"),
+    ],
+)
+def test_diffusers_convention_options_are_checked(overrides, detail):
+    with pytest.raises((TypeError, ValueError), match=re.escape(detail)):
+        UNetConfig(**overrides)
+
+
+def test_diffusers_convention_options_change_only_what_they_name():
+    tiny = {"channels": 8, "channel_mults": (1, 2), "image_size": 8, "groups": 4,
+            "attention_resolutions": (4,), "num_heads": 1, "num_res_blocks": 1}  # fmt: skip
+    default = UNet(UNetConfig(**tiny))
+    count = sum(p.numel() for p in default.parameters())
+    no_mid = UNet(UNetConfig(**tiny, mid_attention=False))
+    assert no_mid.mid.attn is None
+    assert count - sum(p.numel() for p in no_mid.parameters()) == sum(
+        p.numel() for p in default.mid.attn.parameters()
+    )
+    for options in ({"norm_eps": 1e-6}, {"freq_shift": 0}, {"flip_sin_to_cos": True},
+                    {"downsample_padding": "bottom_right"}):  # fmt: skip
+        other = UNet(UNetConfig(**tiny, **options))
+        assert sum(p.numel() for p in other.parameters()) == count
+    t = torch.arange(0, 1000, 7)
+    ddpm = default.time_embed(t)
+    shifted = UNet(UNetConfig(**tiny, freq_shift=1)).time_embed(t)
+    assert (ddpm - shifted).abs().max() < 1e-4  # the same frequencies, rounded differently
+    flipped = UNet(UNetConfig(**tiny, flip_sin_to_cos=True)).time_embed(t)
+    assert torch.equal(flipped, torch.cat([ddpm[:, 4:], ddpm[:, :4]], dim=1))
+    x = torch.randn(2, 8, 4, 4)
+    down = UNet(UNetConfig(**tiny, downsample_padding="bottom_right")).down[1]
+    expected = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(x, (0, 1, 0, 1)), down.conv.weight, down.conv.bias, stride=2
+    )
+    assert down(x).shape == (2, 8, 2, 2) and torch.equal(down(x), expected)
 
 
 def test_ddpm_checkpoint_layouts_map_to_the_expected_options():
