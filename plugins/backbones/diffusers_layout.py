@@ -161,8 +161,14 @@ def unet_options_from_diffusers(config: dict[str, Any]) -> dict[str, Any]:
         )
     attention_resolutions = [size // 2**i for i, a in enumerate(down) if a]
     head_dim = c["attention_head_dim"]
-    if head_dim is not None and not (any(down) or c["add_attention"]):
+    attn_widths = [w for w, a in zip(widths, down, strict=True) if a]
+    attn_widths += [widths[-1]] if c["add_attention"] else []
+    if not attn_widths:
         head_dim = None  # no attention block: nothing to split into heads
+    elif head_dim is not None and any(w % head_dim for w in attn_widths):
+        raise _unsupported(
+            "attention_head_dim", head_dim, f" (it must divide the attention widths {attn_widths})"
+        )
     options: dict[str, Any] = {
         "in_channels": c["in_channels"],
         "channels": ch,
