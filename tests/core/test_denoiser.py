@@ -93,12 +93,12 @@ def test_cond_passed_only_when_given(sched):
 def test_nfe_counts_and_resets(sched):
     t, *_, x_t, targets = _truth()
     den = Denoiser(Fixed(targets["eps"]), sched)
-    assert den.nfe == 0
+    assert den.num_evaluations == 0
     for _ in range(3):
         den.predict(x_t, t)
-    assert den.nfe == 3
-    den.reset_nfe()
-    assert den.nfe == 0
+    assert den.num_evaluations == 3
+    den.reset_num_evaluations()
+    assert den.num_evaluations == 0
 
 
 def test_scalar_timestep_broadcasts(sched):
