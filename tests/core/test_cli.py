@@ -50,7 +50,7 @@ def test_user_error_is_one_line_exit_2(recipe_dir, capsys):
     assert status == 2
     assert err.count("\n") == 1
     assert err.startswith("denoisekit: error: ")
-    assert "sampler.steps: 'steps' must be a positive integer: -1" in err
+    assert "sampler.steps: 'steps' must be > 0: -1" in err
     assert "Traceback" not in err
 
 
