@@ -62,9 +62,8 @@ class Denoiser:
             its input's shape.
 
     Attributes:
-        num_evaluations: network evaluations made through :meth:`predict` since creation
-            or the last :meth:`reset_num_evaluations` (a plain int: counting costs nothing
-            on the device).
+        num_evaluations: network evaluations made through :meth:`predict` (a plain int,
+            free to count; set it to 0 to restart).
     """
 
     def __init__(
@@ -88,10 +87,6 @@ class Denoiser:
         self.schedule = DiscreteSchedule.of(schedule)
         self.prediction_type = prediction_type
         self.name = name if name is not None else f"the backbone {type(model).__name__}"
-        self.num_evaluations = 0
-
-    def reset_num_evaluations(self) -> None:
-        """Set the network-evaluation counter back to 0."""
         self.num_evaluations = 0
 
     def model_time(self, t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

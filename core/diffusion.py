@@ -331,17 +331,15 @@ def spaced_timesteps(num_timesteps: int, steps: int, spacing: str = "linspace") 
 
 @dataclasses.dataclass(frozen=True)
 class SamplingSteps:
-    """The timesteps a sampler visits, ready for its loop (from :func:`sampling_steps`).
-
-    Host lists and one device tensor built once: a loop reading them makes no host syncs.
+    """The steps a sampler visits, noisiest first, ready for its loop: host floats and one
+    device tensor, built once (no host sync per step).
 
     Attributes:
-        timesteps: ``t_0 > t_1 > ... > t_{K-1}``, original-schedule indices.
-        alpha_bar: ``alpha_bar`` at each, as Python floats (float64 values).
-        alpha_bar_next: ``alpha_bar`` at the next visited timestep; ``1.0`` after the last,
-            the clean data, where sampling ends (the final x0, clamped to [-1, 1]).
-        t: ``(K, B)`` integer timesteps on ``x_T``'s device; row ``n`` is ``timesteps[n]``
-            for every image (an expanded view), what ``denoiser.predict`` takes.
+        timesteps: ``t_0 > ... > t_{K-1}``, original-schedule indices.
+        alpha_bar: ``alpha_bar`` at each (Python floats).
+        alpha_bar_next: ``alpha_bar`` at the next one; ``1.0`` after the last: sampling
+            ends at the clean data (t = 0), where ``x`` is the final x0 estimate.
+        t: ``(K, B)`` long tensor on ``x_T``'s device; row ``n`` is ``timesteps[n]``.
     """
 
     timesteps: list[int]
@@ -349,30 +347,18 @@ class SamplingSteps:
     alpha_bar_next: list[float]
     t: torch.Tensor
 
-    def __len__(self) -> int:
-        return len(self.timesteps)
-
 
 def sampling_steps(schedule: Any, timesteps: Sequence[int], x_T: torch.Tensor) -> SamplingSteps:
-    """The steps of a sampling chain over ``timesteps`` (noisiest first, e.g. from
-    :func:`spaced_timesteps`) of ``schedule`` (any ``NoiseSchedule``) for the batch ``x_T``.
-
-    Raises:
-        ValueError: for timesteps that are empty, outside ``[0, T)`` or not decreasing.
-    """
+    """The :class:`SamplingSteps` over ``timesteps`` (decreasing, e.g. from
+    :func:`spaced_timesteps`) of any ``NoiseSchedule``, for the batch ``x_T``."""
     ts = [int(t) for t in timesteps]
     alpha_bar = schedule.alphas_cumprod.tolist()  # float64 values, host side
     T = len(alpha_bar)
     if not ts or ts[0] >= T or ts[-1] < 0 or any(a <= b for a, b in itertools.pairwise(ts)):
         raise ValueError(f"timesteps must be decreasing, in [0, {T}) and not empty: {ts}")
-    visited = [alpha_bar[t] for t in ts]
-    t = torch.as_tensor(ts, dtype=torch.long).to(x_T.device)
-    return SamplingSteps(
-        timesteps=ts,
-        alpha_bar=visited,
-        alpha_bar_next=[*visited[1:], 1.0],
-        t=t.view(-1, 1).expand(len(ts), x_T.shape[0]),
-    )
+    ab = [alpha_bar[t] for t in ts]
+    t = torch.as_tensor(ts, dtype=torch.long).to(x_T.device).view(-1, 1)
+    return SamplingSteps(ts, ab, [*ab[1:], 1.0], t.expand(len(ts), x_T.shape[0]))
 
 
 # --------------------------------------------------------------------------- forward process

@@ -112,7 +112,7 @@ class DDPMSampler:
 
         x = x_T
         for n, t in enumerate(steps.timesteps):  # n: steps taken
-            i = len(steps) - 1 - n  # the respaced index
+            i = len(steps.timesteps) - 1 - n  # the respaced index
             _, x0 = denoiser.predict(x, steps.t[n], cond)
             if self.config.clip_denoised:
                 x0 = x0.clamp(-1.0, 1.0)

@@ -339,7 +339,7 @@ def test_sampling_steps_give_the_visited_timesteps_ready_for_the_loop():
     sched = D.DiscreteSchedule.from_betas(torch.linspace(1e-4, 0.02, 1000))
     ab = sched.alphas_cumprod.tolist()
     steps = D.sampling_steps(sched, [999, 500, 0], torch.zeros(4, 3, 2, 2))
-    assert steps.timesteps == [999, 500, 0] and len(steps) == 3
+    assert steps.timesteps == [999, 500, 0]
     assert steps.alpha_bar == [ab[999], ab[500], ab[0]]
     assert steps.alpha_bar_next == [ab[500], ab[0], 1.0]  # sampling ends at the clean data
     assert steps.t.dtype == torch.long and steps.t.shape == (3, 4)
