@@ -79,14 +79,14 @@ class SampleSet:
         labels: the class labels they were drawn for, or None.
         seconds: wall time of drawing them (device synchronized at the end), or None for
             images read from a file.
-        num_evaluations_per_image: network evaluations per image (counted through
+        num_evaluations: network evaluations per image (counted through
             ``Denoiser.num_evaluations``), or None for images read from a file.
     """
 
     images: torch.Tensor
     labels: torch.Tensor | None = None
     seconds: float | None = None
-    num_evaluations_per_image: float | None = None
+    num_evaluations: float | None = None
 
     @property
     def num_images(self) -> int:
@@ -98,7 +98,7 @@ class _CountingSampler:
 
     def __init__(self, sampler: Any) -> None:
         self.sampler = sampler
-        self.image_evaluations = 0  # sum over batches of (evaluations of the batch) × (its size)
+        self.evaluations = 0  # sum over batches of (evaluations of the batch) × (batch size)
         self.images = 0
 
     def num_evaluations(self, num_timesteps: int) -> int:
@@ -107,9 +107,8 @@ class _CountingSampler:
     def sample(self, denoiser: Any, x_T: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         before = getattr(denoiser, "num_evaluations", 0)
         out = self.sampler.sample(denoiser, x_T, **kwargs)
-        made = getattr(denoiser, "num_evaluations", 0) - before
-        self.image_evaluations += made * int(x_T.shape[0])
-        self.images += int(x_T.shape[0])
+        self.evaluations += (getattr(denoiser, "num_evaluations", 0) - before) * len(x_T)
+        self.images += len(x_T)
         return out
 
 
@@ -137,13 +136,11 @@ def draw_samples(
         run, n, seed=seed, batch_size=batch_size, sampler=counting, progress=progress
     )
     seconds = time.perf_counter() - start
-    if counting.image_evaluations > 0:
-        per_image = counting.image_evaluations / max(counting.images, 1)
+    if counting.evaluations > 0:
+        nfe = counting.evaluations / max(counting.images, 1)
     else:
-        per_image = float(counting.num_evaluations(run.schedule.num_timesteps))
-    return SampleSet(
-        images=images, labels=labels, seconds=seconds, num_evaluations_per_image=per_image
-    )
+        nfe = float(counting.num_evaluations(run.schedule.num_timesteps))
+    return SampleSet(images=images, labels=labels, seconds=seconds, num_evaluations=nfe)
 
 
 def load_samples_npz(path: Path | str) -> SampleSet:

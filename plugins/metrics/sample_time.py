@@ -63,11 +63,11 @@ class SampleTimeMetric:
             if self.config.warmup:
                 draw_samples(run, batch, seed=context.seed + 1, batch_size=batch)
             drawn = draw_samples(run, n, seed=context.seed, batch_size=batch)
-        if drawn.seconds is None or drawn.num_evaluations_per_image is None:
+        if drawn.seconds is None or drawn.num_evaluations is None:
             raise DenoisekitError("sample_time: these samples were given, not drawn: no timing")
         return {
             "sec_per_image": drawn.seconds / drawn.num_images,
-            "nfe_per_image": float(drawn.num_evaluations_per_image),
+            "nfe_per_image": float(drawn.num_evaluations),
         }
 
 
