@@ -12,7 +12,7 @@ The registry and the conformance suites (``denoisekit.testing``) enforce them.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -244,7 +244,7 @@ class SamplerLike(Protocol):
         denoiser: DenoiserLike,
         x_T: torch.Tensor,
         *,
-        generator: torch.Generator | Sequence[torch.Generator] | None,
+        generator: torch.Generator | list[torch.Generator] | None,
         cond: torch.Tensor | None = None,
         callback: Callable[[dict[str, Any]], None] | None = None,
     ) -> torch.Tensor: ...
