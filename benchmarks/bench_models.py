@@ -495,7 +495,7 @@ def make_sampler_loop(
         def loop() -> torch.Tensor:
             g = torch.Generator(device=device).manual_seed(seed)
             x_T = torch.randn(shape, generator=g, device=device)
-            return sampler.sample(denoiser, shape, generator=g, device=device, x_T=x_T)
+            return sampler.sample(denoiser, x_T, generator=g)
 
     else:
         from diffusers import DDIMScheduler

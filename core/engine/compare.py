@@ -246,7 +246,7 @@ def run_compare(
             )
             values: dict[str, float] = {
                 "sec_per_image": sample_set.seconds / num_samples,
-                "nfe_per_image": sample_set.nfe_per_image,
+                "nfe_per_image": sample_set.num_evaluations,
             }
             if train_loss is not None:
                 values["train_loss"] = train_loss

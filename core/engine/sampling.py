@@ -2,7 +2,8 @@
 
 * :func:`load_trained` turns a run folder or a checkpoint into a sampling-only
   :class:`~denoisekit.engine.training.Run` with the trained (and EMA) weights.
-* :func:`sample_images` draws N images in batches; image ``i`` comes from its own
+* :func:`sample_images` draws N images in batches (the host draws each batch's ``x_T``
+  and calls the sampler, in :meth:`Run.sample`); image ``i`` comes from its own
   generator seeded by ``(seed, i)``, so it is the same whatever the batch size, and
   under torchrun whichever rank draws it (each rank draws a contiguous share, rank 0
   gathers them).
@@ -28,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from denoisekit.denoiser import eval_mode
 from denoisekit.engine import distributed
 from denoisekit.engine.checkpoint import atomic_write, load_checkpoint
 from denoisekit.errors import CheckpointError, PluginLoadError
@@ -207,7 +207,8 @@ def sample_images(
     progress: Callable[[int], None] | None = None,
     dist: distributed.DistContext | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Draw ``n`` images in [-1, 1] (on the CPU), in batches, with per-image seeds.
+    """Draw ``n`` images in [-1, 1] (on the CPU), in batches, with per-image seeds: the one
+    way the engine draws N images (each batch through :meth:`Run.sample`).
 
     Returns the images ``(N, C, H, W)`` and the labels used (class-conditional models
     get ``labels``, by default cycling through the classes), or ``None``.
@@ -220,54 +221,26 @@ def sample_images(
     """
     if n <= 0:
         raise ValueError(f"the number of images must be positive: {n}")
-    sampler = sampler or run.sampler
     if labels is None:
         labels = class_labels(n, run.num_classes)
-    if dist is not None and dist.enabled:
-        lo, hi = distributed.shard_range(n, dist)
-        mine = labels[lo:hi] if labels is not None else None
-        images = (
-            _sample_range(run, lo, hi, seed, batch_size, sampler, mine, callback, progress)
-            if hi > lo
-            else torch.zeros((0, *run.image_shape))
+    sharded = dist is not None and dist.enabled
+    lo, hi = distributed.shard_range(n, dist) if sharded else (0, n)
+    out = [torch.zeros((0, *run.image_shape))]
+    for start in range(lo, hi, batch_size):
+        count = min(batch_size, hi - start)
+        cond = labels[start : start + count].to(run.device) if labels is not None else None
+        generator = image_generators(seed, start, count)
+        images = run.sample(
+            count, generator=generator, sampler=sampler, cond=cond, callback=callback
         )
+        out.append(images.float().cpu())
+        if progress is not None:
+            progress(count)
+    images = torch.cat(out)
+    if sharded:
         gathered = distributed.gather_rows(images, n, dist)
-        if gathered is None:
-            return torch.zeros((0, *run.image_shape)), labels
-        return gathered, labels
-    return _sample_range(run, 0, n, seed, batch_size, sampler, labels, callback, progress), labels
-
-
-def _sample_range(
-    run: Any,
-    lo: int,
-    hi: int,
-    seed: int,
-    batch_size: int,
-    sampler: Any,
-    labels: torch.Tensor | None,
-    callback: Callable[[dict[str, Any]], None] | None,
-    progress: Callable[[int], None] | None,
-) -> torch.Tensor:
-    """Images ``lo .. hi - 1`` (``labels`` are theirs), on the CPU."""
-    denoiser = run.sampling_denoiser()
-    out = []
-    with eval_mode(denoiser.model):
-        for start in range(0, hi - lo, batch_size):
-            count = min(batch_size, hi - lo - start)
-            cond = labels[start : start + count].to(run.device) if labels is not None else None
-            images = sampler.sample(
-                denoiser,
-                (count, *run.image_shape),
-                generator=image_generators(seed, lo + start, count),
-                device=run.device,
-                cond=cond,
-                callback=callback,
-            )
-            out.append(images.float().cpu())
-            if progress is not None:
-                progress(count)
-    return torch.cat(out)
+        images = torch.zeros((0, *run.image_shape)) if gathered is None else gathered
+    return images, labels
 
 
 def save_npz(path: Path | str, images: torch.Tensor, labels: torch.Tensor | None = None) -> Path:

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from denoisekit import hookimpl, hookspecs
 from denoisekit.denoiser import Denoiser, check_output_shape, eval_mode
-from denoisekit.diffusion import q_sample
+from denoisekit.diffusion import q_sample, randn
 from denoisekit.engine import distributed
 from denoisekit.engine.checkpoint import atomic_write, load_checkpoint, strip_compile_prefix
 from denoisekit.engine.distributed import SINGLE, DistContext
@@ -320,17 +320,16 @@ class Run:
         sampler: Any = None,
         x_T: torch.Tensor | None = None,
         cond: torch.Tensor | None = None,
+        callback: Any = None,
     ) -> torch.Tensor:
-        """Draw ``n`` images in [-1, 1] with the run's (or the given) sampler."""
+        """Draw ``n`` images in [-1, 1] with the run's (or the given) sampler, from ``x_T``
+        or from float32 noise drawn with ``generator`` (one, or one per image)."""
+        if x_T is None:
+            x_T = randn((n, *self.image_shape), generator, device=self.device)
         denoiser = self.sampling_denoiser()
         with eval_mode(denoiser.model):
             return (sampler or self.sampler).sample(
-                denoiser,
-                (n, *self.image_shape),
-                generator=generator,
-                device=self.device,
-                cond=cond,
-                x_T=x_T,
+                denoiser, x_T.to(self.device), generator=generator, cond=cond, callback=callback
             )
 
     def state_dict(self) -> dict[str, Any]:

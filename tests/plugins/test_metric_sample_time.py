@@ -46,16 +46,16 @@ def test_counts_what_the_sampler_really_evaluates(run) -> None:
         def num_evaluations(self, T):
             return 99
 
-        def sample(self, denoiser, shape, **kwargs):
-            denoiser.predict(torch.zeros(shape), torch.zeros(shape[0], dtype=torch.long))
-            return inner.sample(denoiser, shape, **kwargs)
+        def sample(self, denoiser, x_T, **kwargs):
+            denoiser.predict(torch.zeros_like(x_T), torch.zeros(x_T.shape[0], dtype=torch.long))
+            return inner.sample(denoiser, x_T, **kwargs)
 
     class Bypass:
         def num_evaluations(self, T):
             return 7
 
-        def sample(self, denoiser, shape, **kwargs):
-            return torch.zeros(shape)
+        def sample(self, denoiser, x_T, **kwargs):
+            return torch.zeros_like(x_T)
 
     try:
         run.sampler = Twice()
