@@ -625,7 +625,9 @@ def time_train_loop(
     it, but fed an in-memory data set of random images (``num_workers = 0``).
     """
     from denoisekit import hookimpl
-    from denoisekit.engine.training import BatchStream, build_run, train
+    from denoisekit.engine.batches import BatchStream
+    from denoisekit.engine.build import build_run
+    from denoisekit.engine.loop import train
     from denoisekit.host.recipe import recipe_from_data
 
     class StepClock:

@@ -256,8 +256,9 @@ def _train_folder(args: argparse.Namespace, recipe: Any) -> Path:
 
 def _train(args: argparse.Namespace, recipe: Any, dist: Any) -> int:
     from denoisekit.engine import distributed
+    from denoisekit.engine.build import build_run
+    from denoisekit.engine.loop import TrainingInterrupted, resume_from, train
     from denoisekit.engine.outputs import RUN_OUTPUTS, clear_outputs
-    from denoisekit.engine.training import TrainingInterrupted, build_run, resume_from, train
     from denoisekit.errors import CheckpointError
 
     out_dir = _train_folder(args, recipe)
@@ -322,8 +323,8 @@ def _sample(args: argparse.Namespace, dist: Any) -> int:
     from tqdm import tqdm
 
     from denoisekit.engine import distributed
+    from denoisekit.engine.build import load_trained
     from denoisekit.engine.sampling import (
-        load_trained,
         sample_images,
         save_grid,
         save_npz,
@@ -473,7 +474,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         sys.stdout.write(format_results(evaluate(context, metrics)))
         return 0
 
-    from denoisekit.engine.sampling import load_trained
+    from denoisekit.engine.build import load_trained
 
     overrides = list(args.overrides)
     if args.sampler:

@@ -8,7 +8,9 @@ import attrs
 import pytest
 import torch
 
-from denoisekit.engine.training import BatchStream, MetricsFile, build_run, train
+from denoisekit.engine.batches import BatchStream
+from denoisekit.engine.build import MetricsFile, build_run
+from denoisekit.engine.loop import train
 from denoisekit.errors import DataError, OutputError
 from denoisekit.host.recipe import load_recipe
 
@@ -77,7 +79,9 @@ def test_exact_resume_is_bit_identical(recipe, tmp_path):
 
     # Train 3 of the 6 steps (same lr schedule: built for 6), then continue in a fresh run.
     first = build_run(recipe, out_dir=tmp_path / "b")
-    first.recipe = attrs.evolve(recipe, train=attrs.evolve(recipe.train, steps=3))
+    first = attrs.evolve(
+        first, recipe=attrs.evolve(recipe, train=attrs.evolve(recipe.train, steps=3))
+    )
     train(first)
     state = first.state_dict()
     torch.manual_seed(12345)  # disturb the global RNG: resume must restore it

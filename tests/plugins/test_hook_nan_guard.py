@@ -9,7 +9,8 @@ import torch
 
 from denoisekit import hookimpl
 from denoisekit.engine.checkpoint import load_checkpoint
-from denoisekit.engine.training import Run, train
+from denoisekit.engine.loop import train
+from denoisekit.engine.run import Run
 from denoisekit.errors import NonFiniteLossError
 from denoisekit.host.plugin_manager import get_plugin_manager
 from denoisekit.plugins.hooks.nan_guard import NaNGuardConfig, NaNGuardHook
@@ -45,7 +46,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path) -> 
 def _fake_run(hooks: dict | None = None, grad_clip: float | None = None) -> SimpleNamespace:
     recipe = SimpleNamespace(train=SimpleNamespace(grad_clip=grad_clip))
     pm = get_plugin_manager(plugins=list((hooks or {}).values()), builtins=False, autoload=False)
-    run = SimpleNamespace(hooks=hooks or {}, recipe=recipe, pm=pm)
+    run = SimpleNamespace(hooks=hooks or {}, recipe=recipe, pm=pm, is_main=True)
     run.optimizer_step_skipped = MethodType(Run.optimizer_step_skipped, run)
     return run
 
