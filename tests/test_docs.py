@@ -155,7 +155,7 @@ def _examples() -> dict[str, str]:
     out = {}
     for name in _hook_names():
         _, _, _, example = docs._parse_docstring(getattr(hookspecs, name).__doc__ or "")
-        out[name] = textwrap.dedent(example or docs.HOOK_EXAMPLES[name])
+        out[name] = textwrap.dedent(example)
     return out
 
 
@@ -181,10 +181,19 @@ def test_hook_example_registers_and_implements_its_hook(name):
     assert name in implemented
 
 
-def test_docstring_examples_take_precedence_over_the_fallbacks():
+def test_every_hook_example_lives_in_its_hookspec_docstring():
     for name in _hook_names():
         _, _, _, example = docs._parse_docstring(getattr(hookspecs, name).__doc__ or "")
-        assert example or name in docs.HOOK_EXAMPLES, f"{name}: no example anywhere"
+        assert example, f"{name}: no Example:: section in its docstring"
+    assert not hasattr(docs, "HOOK_EXAMPLES")  # the generator holds no examples of its own
+
+
+def test_the_run_protocol_is_documented_member_by_member(pages):
+    text = pages["hooks.md"]
+    members = docs.run_members()
+    assert {"step: int", "loss: Loss", "lr_schedule: Any"} <= {m for m, _ in members}
+    for member, _ in members:
+        assert f"- `{member}`" in text, member
 
 
 # --------------------------------------------------------------------------- guides

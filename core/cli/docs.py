@@ -33,7 +33,7 @@ from denoisekit.cli.recipe_reference import (
     reference_registry,
     rst_to_md,
 )
-from denoisekit.engine.training import CoreDefaults, MetricsFile
+from denoisekit.engine.build import CoreDefaults, MetricsFile
 from denoisekit.host.contract_checks import declared_product
 from denoisekit.host.registry import Registry
 
@@ -50,127 +50,12 @@ GROUP_TITLES: dict[str, str] = {
 
 #: Descriptions of arguments whose hook docstring has no ``:param:`` line for them.
 COMMON_ARGS: dict[str, str] = {
-    "run": "the `denoisekit.engine.training.Run`: `model`, `train_model`, `schedule`, `loss_fn`, "
-    "`optimizer`, `lr_scheduler`, `sampler`, `recipe`, `device`, `out_dir`, `step`, `hooks`",
+    "run": "the run, a [`denoisekit.hookspecs.Run`](#the-run)",
     "pluginmanager": "the component plugin manager",
     "loss": "the loss, a 0-dim tensor on the device",
     "step": "the number of optimization steps taken so far",
     "error": "the exception (a `KeyboardInterrupt` subclass for Ctrl-C and SIGTERM)",
     "state": "the merged hook state of the checkpoint (every hook's `{key: state}` dicts)",
-}
-
-#: Examples for hooks whose docstring has none (hookspecs.py is the better home for them;
-#: a docstring ``Example::`` block takes precedence). tests/test_docs.py registers each.
-HOOK_EXAMPLES: dict[str, str] = {
-    "denoisekit_configure": """
-        class Buffers:
-            @denoisekit.hookimpl
-            def denoisekit_configure(self, run):
-                # Every component is built: allocate per-run state once, on the run's device.
-                self.seen = torch.zeros((), dtype=torch.long, device=run.device)
-    """,
-    "denoisekit_train_start": """
-        class Banner:
-            @denoisekit.hookimpl
-            def denoisekit_train_start(self, run):
-                print(f"{run.recipe.name}: step {run.step + 1} of {run.total_steps}")
-    """,
-    "denoisekit_train_forward": """
-        class BFloat16Forward:
-            @denoisekit.hookimpl(wrapper=True)
-            def denoisekit_train_forward(self, run):
-                # A wrapper runs around whichever implementation answers (the core's default).
-                with torch.autocast(run.device.type, dtype=torch.bfloat16):
-                    return (yield)
-    """,
-    "denoisekit_backward": """
-        class KeepLastLoss:
-            @denoisekit.hookimpl(tryfirst=True)
-            def denoisekit_backward(self, loss):
-                self.last = loss.detach()
-                return None  # not handled: the core's default calls loss.backward()
-    """,
-    "denoisekit_optimizer_step": """
-        class ClipToOne:
-            @denoisekit.hookimpl
-            def denoisekit_optimizer_step(self, run):
-                params = run.model.parameters()
-                run.grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-                run.optimizer.step()
-                return True  # handled: the core's default (trylast) is skipped
-    """,
-    "denoisekit_optimizer_step_skipped": """
-        class SkipsStepsWithNonFiniteGrads:
-            @denoisekit.hookimpl
-            def denoisekit_optimizer_step_skipped(self, run):
-                return self.found_inf > 0  # a device tensor: the caller reads it
-    """,
-    "denoisekit_train_step_end": """
-        class PrintLoss:
-            @denoisekit.hookimpl
-            def denoisekit_train_step_end(self, step, loss):
-                if step % 1000 == 0:  # .item() synchronizes: only on rare steps
-                    print(f"step {step}: loss {loss.item():.4f}")
-    """,
-    "denoisekit_log_scalars": """
-        class ParamNorm:
-            @denoisekit.hookimpl(tryfirst=True)  # add before the writers read the dict
-            def denoisekit_log_scalars(self, run, scalars):
-                norm = torch.nn.utils.get_total_norm(list(run.model.parameters()))
-                scalars["param_norm"] = float(norm)
-    """,
-    "denoisekit_preview_images": """
-        class SavePreviews:
-            @denoisekit.hookimpl
-            def denoisekit_preview_images(self, run, step, images):
-                from torchvision.utils import save_image
-
-                path = run.out_dir / f"preview-{step:07d}.png"
-                save_image(images, path, normalize=True, value_range=(-1, 1))
-    """,
-    "denoisekit_sampling_model": """
-        class FrozenCopy:
-            @denoisekit.hookimpl
-            def denoisekit_configure(self, run):
-                self.copy = copy.deepcopy(run.model).eval()
-
-            @denoisekit.hookimpl
-            def denoisekit_sampling_model(self):
-                return self.copy  # firstresult: the core's default returns run.model
-    """,
-    "denoisekit_train_end": """
-        class MarkDone:
-            @denoisekit.hookimpl
-            def denoisekit_train_end(self, run):
-                (run.out_dir / "DONE").write_text(f"{run.step}\\n")
-    """,
-    "denoisekit_train_error": """
-        class Report:
-            @denoisekit.hookimpl
-            def denoisekit_train_error(self, run, error):
-                if not isinstance(error, KeyboardInterrupt):
-                    print(f"{run.recipe.name} failed at step {run.step}: {error!r}")
-    """,
-    "denoisekit_state_dict": """
-        class ImageCounter:
-            images = 0
-
-            @denoisekit.hookimpl
-            def denoisekit_train_step_end(self, run):
-                self.images += run.recipe.train.batch_size
-
-            @denoisekit.hookimpl
-            def denoisekit_state_dict(self):
-                return {"image_counter": {"images": self.images}}  # one key per hook
-    """,
-    "denoisekit_load_state_dict": """
-        class ImageCounter:
-            images = 0
-
-            @denoisekit.hookimpl
-            def denoisekit_load_state_dict(self, state):
-                self.images = state.get("image_counter", {}).get("images", 0)
-    """,
 }
 
 _HOOKS_INTRO = """\
@@ -201,14 +86,16 @@ implement the run lifecycle hooks, and registers it there beside the core's defa
   hands over to them and receives their result or exception.
 
 **One training run**, in order: `denoisekit_configure` (once, after every component is
-built); `denoisekit_train_start`; then per optimization step `denoisekit_train_forward`
+built); `denoisekit_train_model` (once: the module the forward pass calls);
+`denoisekit_train_start`; then per optimization step `denoisekit_train_forward`
 and `denoisekit_backward` for each of `train.grad_accum` micro-batches,
 `denoisekit_optimizer_step`, `denoisekit_train_step_end`, and every `train.log_every`
 steps `denoisekit_log_scalars`; finally `denoisekit_train_end`, or
 `denoisekit_train_error` when the loop stops on an exception or an interrupt.
 `denoisekit_state_dict` and `denoisekit_load_state_dict` are called when a checkpoint is
-written or loaded, `denoisekit_sampling_model` whenever the run samples, and
-`denoisekit_optimizer_step_skipped` when a hook meets a non-finite loss.
+written or loaded, `denoisekit_sampling_model` whenever the run samples,
+`denoisekit_optimizer_step_skipped` when a hook meets a non-finite loss, and
+`denoisekit_last_checkpoint` when the NaN guard names the last good checkpoint.
 """
 
 
@@ -227,6 +114,42 @@ def _hook_functions() -> list[tuple[str, Callable[..., Any]]]:
                 (GROUP_TITLES.get(group, group.capitalize()), getattr(hookspecs, match[1]))
             )
     return found
+
+
+def run_members() -> list[tuple[str, str]]:
+    """``(member, one-line doc)`` of :class:`denoisekit.hookspecs.Run`, from its source:
+    ``name: type  # doc`` attributes and ``def name(...) -> T: ...  # doc`` methods."""
+    from denoisekit import hookspecs
+
+    members = []
+    lines = inspect.getsource(hookspecs.Run).splitlines()
+    for i, line in enumerate(lines):
+        attr = re.match(r"^    (\w+): (.+?)(?:  # (.*))?$", line)
+        method = re.match(r"^    def (\w+)\((.*?)(?:\) -> (.+?): \.\.\.)?(?:  # (.*))?$", line)
+        if attr:
+            members.append((f"{attr[1]}: {attr[2]}", attr[3] or ""))
+        elif method:
+            name, doc = method[1], method[4] or ""
+            sig = inspect.signature(getattr(hookspecs.Run, name))
+            params = str(sig).replace("'", "").replace("(self, ", "(").replace("(self)", "()")
+            members.append((f"{name}{params}", doc or _continued_comment(lines, i)))
+    return members
+
+
+def _continued_comment(lines: list[str], i: int) -> str:
+    """The comment of a multi-line ``def`` (``def name(  # doc``)."""
+    match = re.search(r"  # (.*)$", lines[i])
+    return match[1] if match else ""
+
+
+def _run_section() -> list[str]:
+    from denoisekit import hookspecs
+
+    doc = rst_to_md(inspect.getdoc(hookspecs.Run) or "")
+    out = ["", "## The run", "", doc, ""]
+    for member, text in run_members():
+        out.append(f"- `{member}`" + (f": {rst_to_md(text)}" if text else ""))
+    return out
 
 
 def _signature(fn: Callable[..., Any]) -> str:
@@ -307,6 +230,7 @@ def hook_reference(registry: Registry | None = None) -> str:
         "# Hook reference",
         "",
         _HOOKS_INTRO.rstrip(),
+        *_run_section(),
     ]
     current_group = None
     for group, fn in _hook_functions():
@@ -341,9 +265,8 @@ def hook_reference(registry: Registry | None = None) -> str:
                 out.append(f"- `{arg}`: {rst_to_md(described)}".rstrip(": "))
         if returns:
             out += ["", f"Returns: {rst_to_md(returns)}"]
-        code = example or textwrap.dedent(HOOK_EXAMPLES.get(name, "")).strip()
-        if code:
-            out += ["", "Example:", "", "```python", code, "```"]
+        if example:
+            out += ["", "Example:", "", "```python", example, "```"]
     return "\n".join(out).rstrip() + "\n"
 
 

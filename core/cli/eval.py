@@ -108,6 +108,7 @@ def _evaluate_run(args: argparse.Namespace) -> int:
     # torch-importing modules: lazy for the reason given in `_score_samples`.
     from tqdm import tqdm
 
+    from denoisekit.engine.build import load_trained
     from denoisekit.engine.evaluation import (
         EvalContext,
         append_results,
@@ -115,7 +116,6 @@ def _evaluate_run(args: argparse.Namespace) -> int:
         evaluate,
         format_results,
     )
-    from denoisekit.engine.sampling import load_trained
 
     run = load_trained(
         args.run,

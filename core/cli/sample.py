@@ -55,8 +55,8 @@ def _sample(args: argparse.Namespace, dist: Any) -> int:
     from tqdm import tqdm
 
     from denoisekit.engine import distributed
+    from denoisekit.engine.build import load_trained
     from denoisekit.engine.sampling import (
-        load_trained,
         sample_images,
         save_grid,
         save_npz,

@@ -65,7 +65,8 @@ def _run_folder(args: argparse.Namespace, recipe: Recipe) -> Path:
 def _train(args: argparse.Namespace, recipe: Recipe, dist: Any) -> int:
     # torch-importing engine modules: lazy for the reason given in `command`.
     from denoisekit.engine import distributed
-    from denoisekit.engine.training import TrainingInterrupted, build_run, resume_from, train
+    from denoisekit.engine.build import build_run
+    from denoisekit.engine.loop import TrainingInterrupted, resume_from, train
 
     out_dir = _run_folder(args, recipe)
     checkpoint = None

@@ -5,7 +5,7 @@ A *metric* component (kind ``"metric"``) is built from its config and called as
 metric what it needs, built lazily and shared, so several metrics of one evaluation pay
 for each thing once:
 
-* the trained run (a sampling-only run from :func:`denoisekit.engine.sampling.load_trained`, or a
+* the trained run (a sampling-only run from :func:`denoisekit.engine.build.load_trained`, or a
   training run) and its denoiser over the sampling (EMA) weights;
 * one set of samples (``num_samples`` images, image ``i`` seeded from ``(seed, i)``, drawn
   in batches of ``batch_size`` by :func:`denoisekit.engine.sampling.sample_images`) with the wall
@@ -254,7 +254,7 @@ class EvalContext:
     evaluation.
 
     Attributes:
-        run: the trained run (:class:`~denoisekit.engine.training.Run`, sampling-only or training),
+        run: the trained run (:class:`~denoisekit.engine.run.Run`, sampling-only or training),
             or None when scoring a sample file.
         seed: image ``i`` of the samples is seeded from ``(seed, i)``; metrics derive
             their other randomness (NLL noise, reference subsets) from it.

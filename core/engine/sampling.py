@@ -1,7 +1,7 @@
 """Sampling a trained run: per-image seeds, batches, and the files the field exchanges.
 
-* :func:`load_trained` turns a run folder or a checkpoint into a sampling-only
-  :class:`~denoisekit.engine.training.Run` with the trained (and EMA) weights.
+* :func:`find_checkpoint`, :func:`stored_recipe`, :func:`stored_registry` read a run
+  folder or a checkpoint (:func:`denoisekit.engine.build.load_trained` builds its run).
 * :func:`sample_images` draws N images in batches (the host draws each batch's ``x_T``
   and calls the sampler, in :meth:`Run.sample`); image ``i`` comes from its own
   generator seeded by ``(seed, i)``, so it is the same whatever the batch size, and
@@ -22,7 +22,7 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ import torch
 from denoisekit.engine import distributed
 from denoisekit.engine.checkpoint import atomic_write, load_checkpoint
 from denoisekit.errors import CheckpointError, PluginLoadError
-from denoisekit.host.recipe import apply_overrides, recipe_from_data
 from denoisekit.host.registry import Registry
 from denoisekit.images import to_uint8
 
@@ -50,51 +49,6 @@ def find_checkpoint(path: Path | str) -> Path:
     if not path.exists():
         raise CheckpointError(f"{path}: no such run folder or checkpoint")
     return path
-
-
-def load_trained(
-    path: Path | str,
-    *,
-    overrides: Sequence[str] = (),
-    device: str | None = None,
-    registry: Registry | None = None,
-    with_data: bool = False,
-    dist: distributed.DistContext | None = None,
-    trust_plugins: bool = False,
-) -> Any:
-    """Build a run from a checkpoint's own recipe and load its weights (EMA included).
-
-    Args:
-        path: a run folder or a checkpoint file.
-        overrides: ``--set`` overrides of the stored recipe (e.g. ``sampler.steps=20``);
-            only sampling options make sense here: the weights are fixed.
-        device: run on this device instead of the recipe's ``train.device``.
-        registry: the registry to build from (default: built-ins, entry points and the
-            recipe's plugins).
-        with_data: also build the training data (evaluation against it).
-        dist: this rank under torchrun (default: the initialized process group, if any):
-            the run goes to its ``cuda:LOCAL_RANK``.
-        trust_plugins: import the stored recipe's plugins from the run folder or the
-            working directory (see :func:`stored_registry`).
-    """
-    from denoisekit.engine.training import build_run
-    from denoisekit.host.recipe import _Origins
-
-    checkpoint = find_checkpoint(path)
-    state = load_checkpoint(checkpoint)
-    origins = _Origins()
-    data = apply_overrides(stored_recipe(checkpoint, state), overrides, origins)
-    if device is not None:
-        data.setdefault("train", {})["device"] = device
-        origins.record({"device": device}, "--device", prefix="train")
-    if registry is None:
-        registry = stored_registry(checkpoint, data, trust_plugins=trust_plugins)
-    recipe = recipe_from_data(data, registry, source=checkpoint, origins=origins)
-    run_dir = _run_folder(checkpoint)
-    out_dir = run_dir if run_dir is not None else checkpoint.parent
-    run = build_run(recipe, out_dir=out_dir, registry=registry, with_data=with_data, dist=dist)
-    run.load_state_dict(state, source=str(checkpoint), weights_only=True)
-    return run
 
 
 def stored_recipe(checkpoint: Path, state: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -126,7 +80,7 @@ def stored_registry(
     """
     from denoisekit.host.plugin_manager import get_plugin_manager
 
-    folder = (_run_folder(checkpoint) or checkpoint.parent).resolve()
+    folder = (run_folder(checkpoint) or checkpoint.parent).resolve()
     names = data.get("plugins", [])
     search: list[Path] = []
     if trust_plugins:
@@ -172,7 +126,7 @@ def _check_installed(name: str, folder: Path, checkpoint: Path) -> None:
         )
 
 
-def _run_folder(checkpoint: Path) -> Path | None:
+def run_folder(checkpoint: Path) -> Path | None:
     """The run folder of ``RUN/checkpoints/FILE.pt``; None for a checkpoint elsewhere."""
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
 

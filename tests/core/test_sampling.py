@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from denoisekit.cli import main
-from denoisekit.engine import sampling
-from denoisekit.engine.sampling import load_trained, sample_images
-from denoisekit.engine.training import build_run, train
+from denoisekit.engine import build, sampling
+from denoisekit.engine.build import build_run, load_trained
+from denoisekit.engine.loop import train
+from denoisekit.engine.sampling import sample_images
 from denoisekit.errors import CheckpointError, OutputError
 from denoisekit.host.recipe import load_recipe
 from denoisekit.images import to_uint8
@@ -177,7 +178,7 @@ def test_sample_outputs_are_checked_before_any_work(
     def no_work(*args, **kwargs):
         raise AssertionError("sampling started")
 
-    monkeypatch.setattr(sampling, "load_trained", no_work)
+    monkeypatch.setattr(build, "load_trained", no_work)
     argv = [str(tmp_path / f) if i % 2 else f for i, f in enumerate(flags)]
     assert main(["sample", str(trained), "-n", "2", *argv]) == 2
     names = {"folder": paths["folder"], "file": paths["file"], "old": paths["old.npz"]}
