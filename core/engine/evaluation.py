@@ -5,7 +5,7 @@ A *metric* component (kind ``"metric"``) is built from its config and called as
 metric what it needs, built lazily and shared, so several metrics of one evaluation pay
 for each thing once:
 
-* the trained run (a sampling-only run from :func:`denoisekit.engine.sampling.load_trained`, or a
+* the trained run (a sampling-only run from :func:`denoisekit.engine.build.load_trained`, or a
   training run) and its denoiser over the sampling (EMA) weights;
 * one set of samples (``num_samples`` images, image ``i`` seeded from ``(seed, i)``, drawn
   in batches of ``batch_size`` by :func:`denoisekit.engine.sampling.sample_images`) with the wall
@@ -79,14 +79,14 @@ class SampleSet:
         labels: the class labels they were drawn for, or None.
         seconds: wall time of drawing them (device synchronized at the end), or None for
             images read from a file.
-        nfe_per_image: network evaluations per image (counted through
-            ``Denoiser.nfe``), or None for images read from a file.
+        num_evaluations: network evaluations per image (counted through
+            ``Denoiser.num_evaluations``), or None for images read from a file.
     """
 
     images: torch.Tensor
     labels: torch.Tensor | None = None
     seconds: float | None = None
-    nfe_per_image: float | None = None
+    num_evaluations: float | None = None
 
     @property
     def num_images(self) -> int:
@@ -98,17 +98,17 @@ class _CountingSampler:
 
     def __init__(self, sampler: Any) -> None:
         self.sampler = sampler
-        self.evaluations = 0  # sum over batches of (nfe of the batch) × (batch size)
+        self.evaluations = 0  # sum over batches of (evaluations of the batch) × (batch size)
         self.images = 0
 
     def num_evaluations(self, num_timesteps: int) -> int:
         return self.sampler.num_evaluations(num_timesteps)
 
-    def sample(self, denoiser: Any, shape: Sequence[int], **kwargs: Any) -> torch.Tensor:
-        before = getattr(denoiser, "nfe", 0)
-        out = self.sampler.sample(denoiser, shape, **kwargs)
-        self.evaluations += (getattr(denoiser, "nfe", 0) - before) * int(shape[0])
-        self.images += int(shape[0])
+    def sample(self, denoiser: Any, x_T: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        before = getattr(denoiser, "num_evaluations", 0)
+        out = self.sampler.sample(denoiser, x_T, **kwargs)
+        self.evaluations += (getattr(denoiser, "num_evaluations", 0) - before) * len(x_T)
+        self.images += len(x_T)
         return out
 
 
@@ -125,8 +125,8 @@ def draw_samples(
 
     The time runs from the first batch until the last one is on the host (each batch is
     copied to the CPU, so no extra synchronization is needed); the network evaluations are
-    counted through ``Denoiser.nfe`` (falling back to the sampler's ``num_evaluations`` for
-    a sampler that bypasses ``predict``).
+    counted through ``Denoiser.num_evaluations`` (falling back to the sampler's
+    ``num_evaluations`` for a sampler that bypasses ``predict``).
     """
     from denoisekit.engine.sampling import sample_images
 
@@ -140,7 +140,7 @@ def draw_samples(
         nfe = counting.evaluations / max(counting.images, 1)
     else:
         nfe = float(counting.num_evaluations(run.schedule.num_timesteps))
-    return SampleSet(images=images, labels=labels, seconds=seconds, nfe_per_image=nfe)
+    return SampleSet(images=images, labels=labels, seconds=seconds, num_evaluations=nfe)
 
 
 def load_samples_npz(path: Path | str) -> SampleSet:
@@ -254,7 +254,7 @@ class EvalContext:
     evaluation.
 
     Attributes:
-        run: the trained run (:class:`~denoisekit.engine.training.Run`, sampling-only or training),
+        run: the trained run (:class:`~denoisekit.engine.run.Run`, sampling-only or training),
             or None when scoring a sample file.
         seed: image ``i`` of the samples is seeded from ``(seed, i)``; metrics derive
             their other randomness (NLL noise, reference subsets) from it.

@@ -102,8 +102,8 @@ class InpaintingDenoiser:
         return self.inner.model
 
     @property
-    def nfe(self) -> int:
-        return self.inner.nfe
+    def num_evaluations(self) -> int:
+        return self.inner.num_evaluations
 
     def predict(
         self, x_t: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor | None = None

@@ -59,7 +59,7 @@ def contract_problems(spec: ComponentSpec) -> list[str]:
         if value is not None and not callable(value):
             return [f"{field} must be callable or None, got {value!r}"]
     problems = _signature_problems(spec)
-    product = _declared_product(spec.build)
+    product = declared_product(spec.build)
     if product is not None:
         problems += _class_problems(spec.kind, product)
     if spec.probe is not None and not problems:
@@ -81,7 +81,7 @@ def _signature_problems(spec: ComponentSpec) -> list[str]:
     return []
 
 
-def _declared_product(build: Callable[..., Any]) -> type | None:
+def declared_product(build: Callable[..., Any]) -> type | None:
     """The class ``build`` returns, when it says: a class itself, or its return annotation."""
     if isinstance(build, type):
         return build
@@ -97,8 +97,8 @@ def _class_problems(kind: str, cls: type) -> list[str]:
     missing = [m for m in _REQUIRED_METHODS.get(kind, ()) if not callable(getattr(cls, m, None))]
     if missing:
         need = {
-            "sampler": "; a sampler needs sample(denoiser, shape, *, generator, device, cond, "
-            "x_T, callback) and num_evaluations(num_timesteps)",
+            "sampler": "; a sampler needs sample(denoiser, x_T, *, generator, cond, callback) "
+            "and num_evaluations(num_timesteps)",
             "loss": "; a loss is called as loss(model_output, *, x0, noise, t)",
         }.get(kind, "")
         return [f"{cls.__name__} has no {' or '.join(f'{m}()' for m in missing)}{need}"]

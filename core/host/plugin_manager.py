@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "denoisekit.plugins.losses.mse",
     "denoisekit.plugins.samplers.ddpm",
     "denoisekit.plugins.samplers.ddim",
+    "denoisekit.plugins.samplers.dpmpp_2m",
     "denoisekit.plugins.backbones.unet",
     "denoisekit.plugins.optim.adam",
     "denoisekit.plugins.optim.sgd",

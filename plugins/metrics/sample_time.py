@@ -3,7 +3,7 @@
 By default it reports how the evaluation's shared sample set was drawn (no extra work):
 the wall time from the first batch to a device synchronization after the last, divided
 by the number of images, and the network evaluations per image, counted through
-``Denoiser.nfe`` (one per ``predict`` call on a batch; falls back to the sampler's
+``Denoiser.num_evaluations`` (one per ``predict`` call on a batch; falls back to the sampler's
 ``num_evaluations`` for a sampler that bypasses ``predict``). Everything the sampling
 includes counts: the batches' copies to the CPU too.
 
@@ -63,11 +63,11 @@ class SampleTimeMetric:
             if self.config.warmup:
                 draw_samples(run, batch, seed=context.seed + 1, batch_size=batch)
             drawn = draw_samples(run, n, seed=context.seed, batch_size=batch)
-        if drawn.seconds is None or drawn.nfe_per_image is None:
+        if drawn.seconds is None or drawn.num_evaluations is None:
             raise DenoisekitError("sample_time: these samples were given, not drawn: no timing")
         return {
             "sec_per_image": drawn.seconds / drawn.num_images,
-            "nfe_per_image": float(drawn.nfe_per_image),
+            "nfe_per_image": float(drawn.num_evaluations),
         }
 
 

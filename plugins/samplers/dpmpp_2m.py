@@ -27,6 +27,7 @@ import torch
 
 from denoisekit import CheckContext, ComponentSpec, DenoiserLike, Problem, hookimpl
 from denoisekit.config import int_at_least, option
+from denoisekit.diffusion import sampling_steps
 
 SPACINGS: tuple[str, ...] = ("logsnr", "linspace")
 
@@ -102,12 +103,12 @@ class DPMSolverSampler:
         callback: Callable[[dict[str, Any]], None] | None = None,
     ) -> torch.Tensor:
         """Solve from ``x_T`` (at timestep ``T - 1``) to the data; deterministic."""
-        ab = denoiser.schedule.alphas_cumprod.double().cpu().numpy()
-        ts = self.timesteps(ab)
-        alpha = [math.sqrt(ab[t]) for t in ts]
-        sigma = [math.sqrt(1.0 - ab[t]) for t in ts]
+        ab = denoiser.schedule.alphas_cumprod.numpy()
+        steps = sampling_steps(denoiser.schedule, self.timesteps(ab), x_T)
+        alpha = [math.sqrt(a) for a in steps.alpha_bar]
+        sigma = [math.sqrt(1.0 - a) for a in steps.alpha_bar]
         lam = [math.log(a / s) for a, s in zip(alpha, sigma, strict=True)]
-        t_batch = torch.tensor(ts, device=x_T.device).unsqueeze(1).expand(-1, x_T.shape[0])
+        ts, t_batch = steps.timesteps, steps.t
         x, previous, h_previous = x_T, None, None
         for i, t in enumerate(ts):
             _, x0 = denoiser.predict(x, t_batch[i], cond)

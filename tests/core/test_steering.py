@@ -61,7 +61,7 @@ def test_guidance_is_one_forward_of_the_doubled_batch_and_combines_linearly(setu
     den = guided(model, sched, scale=3.0)
     model.batches.clear()
     eps, _ = den.predict(x, t, cond)
-    assert model.batches == [8] and den.nfe == 1
+    assert model.batches == [8] and den.num_evaluations == 1
     plain = Denoiser(model, sched, "eps")
     c, _ = plain.predict(x, t, cond)
     u, _ = plain.predict(x, t, torch.full_like(cond, -1))
@@ -103,7 +103,7 @@ def test_inpainting_with_everything_known_returns_the_input(setup):
     known = torch.rand(4, 1, 3, 3) * 2 - 1
     x_T = torch.randn(4, 1, 3, 3)
     den = InpaintingDenoiser(Denoiser(model, sched), known, torch.zeros(1, 1, 3, 3), x_T)
-    out = ddim().sample(den, x_T.shape, generator=None, x_T=x_T, cond=cond)
+    out = ddim().sample(den, x_T, generator=None, cond=cond)
     torch.testing.assert_close(out, known, rtol=0, atol=1e-6)
 
 
@@ -112,8 +112,8 @@ def test_inpainting_with_nothing_known_is_plain_sampling(setup):
     known = torch.zeros(4, 1, 3, 3)
     x_T = torch.randn(4, 1, 3, 3)
     den = InpaintingDenoiser(Denoiser(model, sched), known, torch.ones(1, 1, 3, 3), x_T)
-    out = ddim().sample(den, x_T.shape, generator=None, x_T=x_T, cond=cond)
-    plain = ddim().sample(Denoiser(model, sched), x_T.shape, generator=None, x_T=x_T, cond=cond)
+    out = ddim().sample(den, x_T, generator=None, cond=cond)
+    plain = ddim().sample(Denoiser(model, sched), x_T, generator=None, cond=cond)
     torch.testing.assert_close(out, plain, rtol=0, atol=1e-6)
 
 
@@ -124,7 +124,7 @@ def test_inpainting_keeps_known_pixels_and_fills_the_rest(setup):
     mask[..., 0, :] = 1  # regenerate the top row
     x_T = torch.randn(4, 1, 3, 3)
     den = InpaintingDenoiser(Denoiser(model, sched), known, mask, x_T)
-    out = ddim().sample(den, x_T.shape, generator=None, x_T=x_T, cond=cond)
+    out = ddim().sample(den, x_T, generator=None, cond=cond)
     torch.testing.assert_close(out[..., 1:, :], known[..., 1:, :], rtol=0, atol=1e-6)
     assert (out[..., 0, :] - known[..., 0, :]).abs().max() > 1e-2
 

@@ -6,12 +6,16 @@ import pytest
 import torch
 
 from denoisekit.denoiser import Denoiser
-from denoisekit.plugins.samplers import ddim, ddpm
+from denoisekit.plugins.samplers import ddim, ddpm, dpmpp_2m
 from denoisekit.testing import conformance
 from denoisekit.testing.conformance import ToyBackbone, check_sampler, spec_id, toy_schedule
 
 # Collected from the plugin modules' registration hooks (the registry is tested elsewhere).
-SPECS = [*ddpm.denoisekit_components(), *ddim.denoisekit_components()]
+SPECS = [
+    *ddpm.denoisekit_components(),
+    *ddim.denoisekit_components(),
+    *dpmpp_2m.denoisekit_components(),
+]
 BY_NAME = {spec.name: spec for spec in SPECS}
 
 
@@ -28,6 +32,11 @@ def test_builtin_sampler_default_config(spec):
         ("ddpm", ddpm.DDPMConfig(steps=1, clip_denoised=False)),
         ("ddim", ddim.DDIMConfig(steps=7, eta=1.0, spacing="trailing")),
         ("ddim", ddim.DDIMConfig(steps=100, eta=0.5, spacing="linspace", clip_denoised=False)),
+        ("dpmpp-2m", dpmpp_2m.DPMSolverConfig(steps=2, spacing="linspace")),
+        (
+            "dpmpp-2m",
+            dpmpp_2m.DPMSolverConfig(steps=7, lower_order_final=False, clip_denoised=False),
+        ),
     ],
     ids=str,
 )
@@ -44,21 +53,10 @@ class MiscountingSampler:
     def num_evaluations(self, num_timesteps: int) -> int:
         return 2
 
-    def sample(
-        self,
-        denoiser,
-        shape,
-        *,
-        generator,
-        device="cpu",
-        cond=None,
-        x_T=None,
-        callback=None,
-        dtype=None,
-    ):
-        x = x_T if x_T is not None else torch.randn(shape, generator=generator)
+    def sample(self, denoiser, x_T, *, generator, cond=None, callback=None):
+        x = x_T
         for i in range(3):
-            _, x0 = denoiser.predict(x, torch.full((shape[0],), 5, dtype=torch.long), cond)
+            _, x0 = denoiser.predict(x, torch.full((x.shape[0],), 5, dtype=torch.long), cond)
             if callback is not None:
                 callback({"i": i, "t": 5, "x_t": x, "x0": x0})
         return x0.clamp(-1, 1)
@@ -97,5 +95,5 @@ def test_toy_backbone_is_elementwise_and_batch_independent():
     assert torch.equal(model(x[1:2], t[1:2])[0], full[1])
     den = Denoiser(model, toy_schedule(20))
     den.predict(x, torch.tensor([0, 5, 19]))
-    assert model.calls == 3 and den.nfe == 1
+    assert model.calls == 3 and den.num_evaluations == 1
     assert conformance.toy_schedule(20).num_timesteps == 20

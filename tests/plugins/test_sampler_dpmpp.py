@@ -62,7 +62,7 @@ def test_twenty_steps_beat_ddim_by_far(sched):
     ab = sched.alphas_cumprod.numpy()
     den, _ = oracle_denoiser(sched, MU, SIGMA)
     ddim = DDIMSampler(DDIMConfig(steps=20, spacing="linspace", clip_denoised=False))
-    out = ddim.sample(den, X_T.shape, generator=None, x_T=X_T)
+    out = ddim.sample(den, X_T, generator=None)
     exact = MU + SIGMA * (X_T - math.sqrt(ab[-1]) * MU) / math.sqrt(ab[-1] * SIGMA**2 + 1 - ab[-1])
     ddim_error = (out - exact).abs().max().item()
     for lower_order_final in (True, False):
