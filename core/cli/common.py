@@ -81,8 +81,60 @@ def check_counts(args: argparse.Namespace) -> None:
 
 
 def sampler_overrides(args: argparse.Namespace) -> list[str]:
-    """``--set`` overrides, preceded by ``--sampler NAME`` as ``sampler.type=NAME``."""
+    """``--set`` overrides, preceded by ``--sampler NAME`` as ``sampler.type=NAME`` and
+    ``--guidance W`` as ``guidance.scale=W``."""
     overrides = list(args.overrides)
+    if getattr(args, "guidance", None) is not None:
+        overrides.insert(0, f"guidance.scale={args.guidance}")
     if args.sampler:
         overrides.insert(0, f"sampler.type={args.sampler}")
     return overrides
+
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    """``--sampler NAME`` and ``--guidance W`` (shorthands for ``--set``)."""
+    parser.add_argument("--sampler", help="another registered sampler (its defaults, then --set)")
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        metavar="W",
+        help="classifier-free guidance scale (--set guidance.scale=W): 0 unconditional, "
+        "1 conditional, above 1 guided",
+    )
+
+
+def add_class_arg(parser: argparse.ArgumentParser) -> None:
+    """``--class K``, a list ``K,L,...`` or ``all`` (class-conditional models)."""
+    parser.add_argument(
+        "--class",
+        dest="classes",
+        metavar="K|K,L,...|all",
+        help="draw these classes (a list cycles; 'all' gives one grid column per class)",
+    )
+
+
+def class_labels_for(text: str | None, num_classes: int | None, n: int) -> list[int] | None:
+    """The label of each of ``n`` images for ``--class`` (None: the model's default)."""
+    if text is None:
+        return None
+    if not num_classes:
+        raise DenoisekitError(
+            f"--class {text}: this model is unconditional (backbone.num_classes is not set); "
+            "train with classes to draw chosen ones"
+        )
+    if text.strip() == "all":
+        classes = list(range(num_classes))
+    else:
+        try:
+            classes = [int(part) for part in text.split(",")]
+        except ValueError:
+            raise DenoisekitError(
+                f"--class {text}: give a class number, a comma-separated list or 'all'"
+            ) from None
+    bad = [k for k in classes if not 0 <= k < num_classes]
+    if bad:
+        raise DenoisekitError(
+            f"--class {text}: class {bad[0]} is out of range; this model has classes "
+            f"0 to {num_classes - 1}"
+        )
+    return [classes[i % len(classes)] for i in range(n)]

@@ -9,9 +9,12 @@ from typing import Any
 
 from denoisekit.cli.common import (
     Subparsers,
+    add_class_arg,
+    add_sampling_args,
     add_set_arg,
     add_trust_arg,
     check_counts,
+    class_labels_for,
     sampler_overrides,
 )
 from denoisekit.engine.outputs import check_output_files
@@ -21,7 +24,8 @@ def register(sub: Subparsers) -> None:
     """Add ``sample``."""
     parser = sub.add_parser("sample", help="draw images from a trained run or checkpoint")
     parser.add_argument("run", type=Path, metavar="RUN_OR_CHECKPOINT")
-    parser.add_argument("--sampler", help="another registered sampler (its defaults, then --set)")
+    add_sampling_args(parser)
+    add_class_arg(parser)
     add_set_arg(parser, "override the stored recipe, e.g. --set sampler.steps=20")
     parser.add_argument("-n", "--num", type=int, default=64, help="number of images (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="image i is seeded from (seed, i)")
@@ -52,6 +56,7 @@ def command(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace, dist: Any) -> int:
     # torch-importing modules: lazy for the reason given in `command`.
+    import torch
     from tqdm import tqdm
 
     from denoisekit.engine import distributed
@@ -70,6 +75,8 @@ def _sample(args: argparse.Namespace, dist: Any) -> int:
         dist=dist,
         trust_plugins=args.trust_plugins,
     )
+    classes = class_labels_for(args.classes, run.num_classes, args.num)
+    labels = torch.tensor(classes) if classes is not None else None
     frames: list[Any] = []
     first_batch = [True]
 
@@ -90,6 +97,7 @@ def _sample(args: argparse.Namespace, dist: Any) -> int:
             args.num,
             seed=args.seed,
             batch_size=args.batch_size,
+            labels=labels,
             callback=record if args.trajectory else None,
             progress=progress,
             dist=dist,
@@ -102,7 +110,9 @@ def _sample(args: argparse.Namespace, dist: Any) -> int:
         f"(step {run.step}, sampler {run.recipe.sampler.type})"
     )
     if args.grid:
-        save_grid(args.grid, images[: min(args.num, 256)])
+        distinct = len(set(classes)) if classes is not None else 0
+        columns = distinct if distinct > 1 else None  # one column per class of a list
+        save_grid(args.grid, images[: min(args.num, 256)], columns)
         print(f"wrote {args.grid}")
     if args.trajectory:
         save_trajectory(args.trajectory, [*frames, images[:16]])

@@ -26,7 +26,10 @@ import attrs
 import numpy as np
 import torch
 
+from denoisekit.denoiser import eval_mode
+from denoisekit.diffusion import randn
 from denoisekit.engine.repaint import repaint
+from denoisekit.engine.sampling import image_generators
 from denoisekit.engine.steering import InpaintingDenoiser, truncated
 from denoisekit.errors import DataError
 from denoisekit.images import from_uint8
@@ -185,3 +188,42 @@ def edit_batch(
     if mask is not None:
         denoiser = InpaintingDenoiser(denoiser, images, mask, x_T)
     return sampler.sample(denoiser, x_start, generator=generator, cond=cond)
+
+
+@torch.no_grad()
+def edit_images(
+    run: Any,
+    images: torch.Tensor,
+    *,
+    mask: torch.Tensor | None,
+    options: EditOptions,
+    labels: torch.Tensor | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Edit every input with the run's sampling weights and sampler, in batches; image
+    ``i``'s noise comes from its own generator seeded by ``(seed, i)`` (as sampling)."""
+    out = []
+    denoiser = run.sampling_denoiser()
+    with eval_mode(denoiser.model):
+        for start in range(0, images.shape[0], batch_size):
+            batch = images[start : start + batch_size].to(run.device)
+            count = batch.shape[0]
+            generator = image_generators(seed, start, count)
+            x_T = randn(batch.shape, generator, device=run.device)
+            part = None
+            if mask is not None:
+                part = (mask if mask.shape[0] == 1 else mask[start : start + count]).to(run.device)
+            cond = labels[start : start + count].to(run.device) if labels is not None else None
+            result = edit_batch(
+                denoiser,
+                run.sampler,
+                batch,
+                x_T,
+                mask=part,
+                options=options,
+                generator=generator,
+                cond=cond,
+            )
+            out.append(result.float().cpu())
+    return torch.cat(out)
