@@ -25,8 +25,10 @@ from typing import Any
 
 import attrs
 import torch
+from PIL import Image
 
-from denoisekit.engine.sampling import save_grid
+from denoisekit.engine.checkpoint import atomic_write
+from denoisekit.engine.figures import labelled_rows
 from denoisekit.errors import DenoisekitError
 from denoisekit.host.recipe import Recipe, load_recipe, parse_override
 
@@ -226,6 +228,7 @@ def run_compare(
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     picture_rows: list[torch.Tensor] = []
+    row_labels: list[str] = []
     for group, members in training_groups(variants).items():
         recipe = members[0].recipe
         if from_run is not None:
@@ -253,16 +256,21 @@ def run_compare(
                 _metric_values(run, variant, sample_set, metrics, seed, batch_size, model_cache)
             )
             picture_rows.append(sample_set.images[:row_images])
+            row_labels.append(variant.name)
             hparams = _hparams(variant)
             writer = SummaryWriter(str(out_dir / "variants" / variant.name))
             writer.add_hparams(
                 hparams, {f"metrics/{k}": v for k, v in values.items()}, run_name="."
             )
+            # The variant's same-noise samples, scaled up to be seen (Images tab).
+            writer.add_image(
+                "samples", labelled_rows([(variant.name, picture_rows[-1])]), dataformats="HWC"
+            )
             writer.close()
             row = {"variant": variant.name, "train_group": group, **hparams, **values}
             rows.append(row)
             log("  " + "  ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
-    _write_outputs(out_dir, rows, picture_rows, row_images)
+    _write_outputs(out_dir, rows, list(zip(row_labels, picture_rows, strict=True)), row_images)
     return rows
 
 
@@ -338,7 +346,10 @@ def _fmt(value: Any) -> str:
 
 
 def _write_outputs(
-    out_dir: Path, rows: list[dict[str, Any]], picture_rows: list[torch.Tensor], row_images: int
+    out_dir: Path,
+    rows: list[dict[str, Any]],
+    picture_rows: list[tuple[str, torch.Tensor]],
+    row_images: int,
 ) -> None:
     columns: list[str] = []
     for row in rows:
@@ -357,5 +368,7 @@ def _write_outputs(
     ]
     (out_dir / "compare.md").write_text("\n".join(lines), encoding="utf-8")
     if picture_rows:
-        count = min(row_images, *(r.shape[0] for r in picture_rows))
-        save_grid(out_dir / "compare.png", torch.cat([r[:count] for r in picture_rows]), nrow=count)
+        count = min(row_images, *(images.shape[0] for _, images in picture_rows))
+        picture = labelled_rows([(label, images[:count]) for label, images in picture_rows])
+        with atomic_write(out_dir / "compare.png") as handle:
+            Image.fromarray(picture).save(handle, format="PNG")

@@ -124,18 +124,27 @@ def test_outputs_table_csv_png(compared):
     assert len(csv_lines) == 9 and "nfe_per_image" in csv_lines[0]
     from PIL import Image
 
+    from denoisekit.engine.figures import PAD
+
     with Image.open(out / "compare.png") as picture:
-        assert picture.height > picture.width  # 8 rows of 3 images
+        # 8 labelled rows of 3 images, 8×8 digits scaled ×6 to 48×48 pixels
+        assert picture.height == 8 * (48 + PAD) + PAD
+        assert picture.width > 3 * 48 + 200  # the label column is there
     by_name = {r["variant"]: r for r in rows}
     assert by_name["sampler.type=ddim,sampler.steps=3,schedule.type=linear"]["nfe_per_image"] == 3
 
 
-def test_variant_event_files_hold_hparams_and_metrics(compared):
+def test_variant_event_files_hold_hparams_metrics_and_samples(compared):
+    from denoisekit.engine.figures import PAD
+
     out, rows, _ = compared
     variant_dir = out / "variants" / rows[0]["variant"]
     acc = EventAccumulator(str(variant_dir))
     acc.Reload()
     assert "metrics/sec_per_image" in acc.Tags()["scalars"]
+    assert acc.Tags()["images"] == ["samples"]  # the variant's same-noise samples
+    image = acc.Images("samples")[0]
+    assert image.height == 48 + 2 * PAD and image.width > 3 * 48
     plugin_tags = acc.PluginTagToContent("hparams")
     assert "_hparams_/session_start_info" in plugin_tags
     train_acc = EventAccumulator(str(out / "train" / rows[0]["train_group"] / "tensorboard"))
