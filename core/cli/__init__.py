@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 import attrs
 
+from denoisekit.contracts import Metric, optional
 from denoisekit.errors import DenoisekitError
 from denoisekit.host.suggest import did_you_mean
 
@@ -459,7 +460,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             metrics = {
                 name: metric
                 for name, metric in build_metrics(recipe, registry).items()
-                if not getattr(metric, "requires_model", False)
+                if not optional(metric, Metric, "requires_model")
             } or build_metrics(recipe, registry, ["fd"])
         context = EvalContext(
             recipe=recipe,
@@ -525,21 +526,17 @@ def _cmd_recipe_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from denoisekit.host.registry import Registry
+    from denoisekit.host.registry import load_registry
 
     if args.recipe is not None:
-        from denoisekit.host.plugin_manager import get_plugin_manager
         from denoisekit.host.recipe import read_recipe_data
 
         data, _ = read_recipe_data(args.recipe)
-        pm = get_plugin_manager(
+        registry = load_registry(
             plugins=data.get("plugins", []), search_paths=[args.recipe.parent.resolve()]
         )
     else:
-        from denoisekit.host.plugin_manager import get_plugin_manager
-
-        pm = get_plugin_manager()
-    registry = Registry.from_plugin_manager(pm)
+        registry = load_registry()
     print(format_plugins(registry, args.kind), end="")
     return 0
 

@@ -29,7 +29,7 @@ from typing import Any
 import attrs
 
 from denoisekit.config import option_doc
-from denoisekit.host.registry import Registry
+from denoisekit.host.registry import Registry, load_registry
 
 REGENERATE = "python -m denoisekit.cli.docs"
 HEADER = (
@@ -93,9 +93,7 @@ def option_rows(config_cls: type, kind: str = "", component: str = "") -> list[O
 
 def reference_registry() -> Registry:
     """The built-in components only: the reference is the same on every machine."""
-    from denoisekit.host.plugin_manager import get_plugin_manager
-
-    return Registry.from_plugin_manager(get_plugin_manager(autoload=False))
+    return load_registry(autoload=False)
 
 
 def _cell(text: str) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 import attrs
 import torch
 
+from denoisekit.contracts import Metric, optional
 from denoisekit.engine.sampling import save_grid
 from denoisekit.errors import DenoisekitError
 from denoisekit.host.recipe import Recipe, load_recipe, parse_override
@@ -147,14 +148,14 @@ def _recipe_of_run(path: Path, trust_plugins: bool) -> Callable[[Sequence[str]],
     import copy
 
     from denoisekit.engine.sampling import find_checkpoint, stored_recipe, stored_registry
-    from denoisekit.host.recipe import _Origins, apply_overrides, recipe_from_data
+    from denoisekit.host.recipe import Origins, apply_overrides, recipe_from_data
 
     checkpoint = find_checkpoint(path)
     stored = stored_recipe(checkpoint)
     registry = stored_registry(checkpoint, stored, trust_plugins=trust_plugins)
 
     def with_overrides(overrides: Sequence[str]) -> Recipe:
-        origins = _Origins()
+        origins = Origins()
         data = apply_overrides(copy.deepcopy(stored), overrides, origins)
         return recipe_from_data(data, registry, source=checkpoint, origins=origins)
 
@@ -246,7 +247,7 @@ def run_compare(
             )
             values: dict[str, float] = {
                 "sec_per_image": sample_set.seconds / num_samples,
-                "nfe_per_image": sample_set.nfe_per_image,
+                "nfe_per_image": sample_set.num_evaluations,
             }
             if train_loss is not None:
                 values["train_loss"] = train_loss
@@ -270,7 +271,7 @@ def run_compare(
 def _check_metric_names(variants: Sequence[Variant], metrics: Sequence[str]) -> None:
     """An unknown ``--metric`` fails before anything trains: each name must be a
     ``[metrics.NAME]`` table of every variant or a metric its plugins register."""
-    from denoisekit.host.plugin_manager import get_plugin_manager
+    from denoisekit.engine.components import load_components
     from denoisekit.host.registry import Registry
 
     registries: dict[tuple[Any, ...], Registry] = {}
@@ -282,8 +283,7 @@ def _check_metric_names(variants: Sequence[Variant], metrics: Sequence[str]) -> 
         search = [recipe.path.parent.resolve()] if recipe.path is not None else []
         key = (recipe.plugins, *search)
         if key not in registries:  # the registry build_run will build
-            pm = get_plugin_manager(plugins=recipe.plugins, search_paths=search)
-            registries[key] = Registry.from_plugin_manager(pm)
+            registries[key] = load_components(recipe)
         for name in missing:
             registries[key].get("metric", name)
 
@@ -314,7 +314,7 @@ def _metric_values(
     values: dict[str, float] = {}
     per_sample = {}
     for name, metric in built.items():
-        if getattr(metric, "uses_samples", True):
+        if optional(metric, Metric, "uses_samples"):
             per_sample[name] = metric
         else:
             if name not in model_cache:

@@ -36,6 +36,7 @@ import attrs
 import numpy as np
 import torch
 
+from denoisekit.contracts import Metric, SampleSet, optional
 from denoisekit.errors import DenoisekitError, RecipeError
 from denoisekit.images import from_uint8, to_uint8
 
@@ -47,6 +48,7 @@ __all__ = [
     "build_metrics",
     "build_reference_data",
     "default_cache_dir",
+    "draw_samples",
     "evaluate",
     "format_results",
     "load_samples_npz",
@@ -68,29 +70,6 @@ def default_cache_dir() -> Path:
 
 
 # --------------------------------------------------------------------------- samples
-
-
-@attrs.frozen(kw_only=True)
-class SampleSet:
-    """Images to score, with how they were made.
-
-    Attributes:
-        images: float32 ``(N, C, H, W)`` in [-1, 1] on the CPU.
-        labels: the class labels they were drawn for, or None.
-        seconds: wall time of drawing them (device synchronized at the end), or None for
-            images read from a file.
-        nfe_per_image: network evaluations per image (counted through
-            ``Denoiser.nfe``), or None for images read from a file.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor | None = None
-    seconds: float | None = None
-    nfe_per_image: float | None = None
-
-    @property
-    def num_images(self) -> int:
-        return int(self.images.shape[0])
 
 
 class _CountingSampler:
@@ -140,7 +119,7 @@ def draw_samples(
         nfe = counting.evaluations / max(counting.images, 1)
     else:
         nfe = float(counting.num_evaluations(run.schedule.num_timesteps))
-    return SampleSet(images=images, labels=labels, seconds=seconds, nfe_per_image=nfe)
+    return SampleSet(images=images, labels=labels, seconds=seconds, num_evaluations=nfe)
 
 
 def load_samples_npz(path: Path | str) -> SampleSet:
@@ -202,19 +181,15 @@ def reference_recipe(
     Returns:
         ``(recipe, registry)``.
     """
-    from denoisekit.host.plugin_manager import get_plugin_manager
-    from denoisekit.host.recipe import _Origins, apply_overrides, load_recipe, recipe_from_data
-    from denoisekit.host.registry import Registry
+    from denoisekit.engine.components import load_components
+    from denoisekit.host.recipe import Origins, apply_overrides, load_recipe, recipe_from_data
+    from denoisekit.host.registry import load_registry
 
     path = Path(spec)
     if path.is_file() and path.suffix == ".toml":
         recipe = load_recipe(path, overrides)
-        search = [path.parent.resolve()]
-        registry = Registry.from_plugin_manager(
-            get_plugin_manager(plugins=recipe.plugins, search_paths=search)
-        )
-        return recipe, registry
-    origins = _Origins()
+        return recipe, load_components(recipe)
+    origins = Origins()
     if path.exists():
         from denoisekit.engine.sampling import find_checkpoint, stored_recipe, stored_registry
 
@@ -234,7 +209,7 @@ def reference_recipe(
     if source is not None:
         registry = stored_registry(source, data, trust_plugins=trust_plugins)
     else:
-        registry = Registry.from_plugin_manager(get_plugin_manager(plugins=data.get("plugins", [])))
+        registry = load_registry(plugins=data.get("plugins", []))
     try:
         # Only its data is used: no cross-table checks (a data type name has no backbone).
         recipe = recipe_from_data(data, registry, source=source, origins=origins, check=False)
@@ -248,7 +223,8 @@ def reference_recipe(
 
 @attrs.define(eq=False, kw_only=True)
 class EvalContext:
-    """What a metric gets: the trained run, one shared sample set, the reference data.
+    """What a metric gets (:class:`denoisekit.MetricContext`): the trained run, one shared
+    sample set, the reference data.
 
     Everything is built lazily on first use and then shared by every metric of the
     evaluation.
@@ -323,6 +299,10 @@ class EvalContext:
             )
         return self.sample_set
 
+    def draw(self, n: int, *, seed: int, batch_size: int) -> SampleSet:
+        """``n`` fresh images (image ``i`` seeded from ``(seed, i)``), timed and counted."""
+        return draw_samples(self.require_run("sampling"), n, seed=seed, batch_size=batch_size)
+
     def sample_images(self) -> torch.Tensor:
         """The shared samples as float32 ``(N, C, H, W)`` in [-1, 1] (CPU)."""
         return self.samples().images
@@ -380,7 +360,7 @@ class EvalContext:
                 images.append(x.float())
                 labels.append(torch.as_tensor(y))
             label_tensor: torch.Tensor | None = torch.cat(labels).long()
-            if not getattr(data, "num_classes", None) or bool((label_tensor < 0).all()):
+            if not data.num_classes or bool((label_tensor < 0).all()):
                 label_tensor = None
             self._reference_images[key] = (torch.cat(images), label_tensor)
         return self._reference_images[key]
@@ -398,7 +378,7 @@ class _Prefixed:
 
     @property
     def requires_model(self) -> bool:
-        return bool(getattr(self.metric, "requires_model", False))
+        return bool(optional(self.metric, Metric, "requires_model"))
 
     def __call__(self, context: EvalContext) -> dict[str, float]:
         return {f"{self.prefix}/{k}": v for k, v in self.metric(context).items()}

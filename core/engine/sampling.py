@@ -33,7 +33,7 @@ from denoisekit.engine import distributed
 from denoisekit.engine.checkpoint import atomic_write, load_checkpoint
 from denoisekit.errors import CheckpointError, PluginLoadError
 from denoisekit.host.recipe import apply_overrides, recipe_from_data
-from denoisekit.host.registry import Registry
+from denoisekit.host.registry import Registry, load_registry
 from denoisekit.images import to_uint8
 
 
@@ -78,11 +78,11 @@ def load_trained(
             working directory (see :func:`stored_registry`).
     """
     from denoisekit.engine.training import build_run
-    from denoisekit.host.recipe import _Origins
+    from denoisekit.host.recipe import Origins
 
     checkpoint = find_checkpoint(path)
     state = load_checkpoint(checkpoint)
-    origins = _Origins()
+    origins = Origins()
     data = apply_overrides(stored_recipe(checkpoint, state), overrides, origins)
     if device is not None:
         data.setdefault("train", {})["device"] = device
@@ -124,8 +124,6 @@ def stored_registry(
         PluginLoadError: a plugin that is not installed, or would come from the run
             folder, without ``trust_plugins``; one line naming it and ``--trust-plugins``.
     """
-    from denoisekit.host.plugin_manager import get_plugin_manager
-
     folder = (_run_folder(checkpoint) or checkpoint.parent).resolve()
     names = data.get("plugins", [])
     search: list[Path] = []
@@ -135,7 +133,7 @@ def stored_registry(
         for name in names:
             if isinstance(name, str):
                 _check_installed(name, folder, checkpoint)
-    return Registry.from_plugin_manager(get_plugin_manager(plugins=names, search_paths=search))
+    return load_registry(plugins=names, search_paths=search)
 
 
 def _check_installed(name: str, folder: Path, checkpoint: Path) -> None:

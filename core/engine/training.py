@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from denoisekit import hookimpl, hookspecs
+from denoisekit.contracts import Backbone, BackboneConfig, Hook, optional
 from denoisekit.denoiser import Denoiser, check_output_shape, eval_mode
 from denoisekit.diffusion import q_sample
 from denoisekit.engine import distributed
@@ -290,7 +291,7 @@ class Run:
 
     @property
     def num_classes(self) -> int | None:
-        return getattr(self.model, "num_classes", None)
+        return optional(self.model, Backbone, "num_classes")
 
     def clip_gradients(self) -> None:
         """Clip the gradients' total norm to ``train.grad_clip`` when it is set, keeping the
@@ -466,12 +467,9 @@ def build_run(
     ``rank_zero_only = True``) and ``metrics.jsonl`` on rank 0 only.
     """
     if registry is None:
-        from denoisekit.host.plugin_manager import get_plugin_manager
+        from denoisekit.engine.components import load_components
 
-        search = [recipe.path.parent.resolve()] if recipe.path is not None else []
-        registry = Registry.from_plugin_manager(
-            get_plugin_manager(plugins=recipe.plugins, search_paths=search)
-        )
+        registry = load_components(recipe)
     out_dir = Path(out_dir)
     train_cfg = recipe.train
     dist = dist if dist is not None else distributed.current()
@@ -580,7 +578,7 @@ def _backbone_label(recipe: Recipe, registry: Registry, model: nn.Module) -> str
 
 
 def _rank_zero_only(type_name: str, hook: Any) -> bool:
-    flag = getattr(hook, "rank_zero_only", None)
+    flag = optional(hook, Hook, "rank_zero_only")
     if flag is not None:
         return bool(flag)
     return type_name in distributed.RANK_ZERO_HOOKS
@@ -590,8 +588,8 @@ def _check_backbone_fits_data(recipe: Recipe, model: nn.Module, dataset: Any) ->
     """The backbone's channels and size must match the data's images."""
     c, h, w = dataset.image_shape
     cfg = recipe.backbone.config
-    expected_c = getattr(cfg, "in_channels", c)
-    expected_size = getattr(cfg, "image_size", h)
+    expected_c = optional(cfg, BackboneConfig, "in_channels") or c
+    expected_size = optional(cfg, BackboneConfig, "image_size") or h
     if expected_c != c or expected_size != h or h != w:
         where = f"{recipe.path}: " if recipe.path is not None else ""
         raise DataError(

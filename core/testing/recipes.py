@@ -90,17 +90,15 @@ def train_tiny(
         The :class:`denoisekit.engine.training.Run`, trained.
     """
     from denoisekit.engine.training import build_run, train
-    from denoisekit.host.plugin_manager import get_plugin_manager
     from denoisekit.host.recipe import load_recipe, read_recipe_data
-    from denoisekit.host.registry import Registry
+    from denoisekit.host.registry import load_registry
     from denoisekit.testing.conformance import single_thread
 
     recipe = Path(recipe)
     names = read_recipe_data(recipe)[0].get("plugins", [])
-    pm = get_plugin_manager(
+    registry = load_registry(
         plugins=[*names, *plugins], search_paths=[recipe.parent], autoload=autoload
     )
-    registry = Registry.from_plugin_manager(pm)
     with single_thread():  # tiny tensors: see single_thread
         loaded = load_recipe(recipe, overrides, registry=registry)
         out = Path(out_dir) if out_dir is not None else recipe.parent / f"run-{loaded.name}"
