@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser(
-        "eval", help="compute metrics (nll, fd, sample_time, ...) of a run or a sample file"
+        "eval", help="compute metrics (nll, fd, sample-time, ...) of a run or a sample file"
     )
     p.add_argument("run", type=Path, nargs="?", metavar="RUN_OR_CHECKPOINT")
     p.add_argument(
@@ -456,7 +456,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         sample_set = load_samples_npz(args.samples)
         if args.metrics:
             metrics = build_metrics(recipe, registry, args.metrics)
-        else:  # the recipe's metrics that need no model (not nll, sample_time), else fd
+        else:  # the recipe's metrics that need no model (not nll, sample-time), else fd
             metrics = {
                 name: metric
                 for name, metric in build_metrics(recipe, registry).items()

@@ -172,7 +172,7 @@ def test_samples_are_drawn_once_and_shared(run) -> None:
     # image i is seeded from (seed, i): the same as sample_images with any batch size
     direct, _ = sample_images(run, 10, seed=3, batch_size=10)
     assert torch.equal(first.images, direct)
-    assert first.nfe_per_image == 3 and first.seconds > 0
+    assert first.num_evaluations == 3 and first.seconds > 0
     assert context.samples_uint8().shape == (10, 8, 8, 1)
 
 
@@ -207,9 +207,9 @@ def test_build_metrics_from_tables_and_defaults(run) -> None:
     metrics = build_metrics(recipe, registry)
     assert list(metrics) == ["fd", "nll"]
     assert metrics["nll"].config.timesteps == 4  # the recipe's table
-    metrics = build_metrics(recipe, registry, ["sample_time", "nll"])
-    assert list(metrics) == ["sample_time", "nll"]
-    assert metrics["sample_time"].config.num_images is None  # registered defaults
+    metrics = build_metrics(recipe, registry, ["sample-time", "nll"])
+    assert list(metrics) == ["sample-time", "nll"]
+    assert metrics["sample-time"].config.num_images is None  # registered defaults
     with pytest.raises(RegistryError, match="unknown metric 'fid'"):
         build_metrics(recipe, registry, ["fid"])
 
@@ -271,7 +271,7 @@ def test_eval_command_prints_and_appends(trained, capsys, monkeypatch) -> None:
             "--metric",
             "fd",
             "--metric",
-            "sample_time",
+            "sample-time",
             "-n",
             "20",
             "--batch-size",

@@ -14,7 +14,7 @@ from tests.core.test_evaluation import tiny_recipe
 from tests.plugins.test_metric_digits import shared_cache_dir
 
 EVAL = """
-[metrics.sample_time]
+[metrics.sample-time]
 [hooks.evaluate]
 every = 2
 num_samples = 8
