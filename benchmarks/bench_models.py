@@ -134,9 +134,9 @@ def _memory_format(variant: Variant) -> torch.memory_format:
 
 
 def _registry() -> Any:
-    from denoisekit.host.registry import default_registry
+    from denoisekit.host.registry import load_registry
 
-    return default_registry()
+    return load_registry()
 
 
 def build_denoisekit(layout: dict[str, Any], seed: int = 0) -> nn.Module:

@@ -373,11 +373,6 @@ class _UpLevelEnd(nn.Module):
         return self.upsample(self.block(x, emb))
 
 
-def build_unet(config: UNetConfig) -> UNet:
-    """Build the U-Net described by ``config``."""
-    return UNet(config)
-
-
 def check_unet(config: UNetConfig, context: CheckContext) -> Iterator[Problem]:
     """In a run: one output per input value, and an embedding row for every data label."""
     if config.out_channels not in (None, config.in_channels):
@@ -402,7 +397,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             kind="backbone",
             name="unet",
             config=UNetConfig,
-            build=build_unet,
+            build=UNet,
             check=check_unet,
             summary="DDPM attention U-Net (scale-shift / log-SNR / class-conditional options)",
             # A tiny instance whose output shape the registry checks on a probe input.

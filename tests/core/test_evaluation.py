@@ -216,9 +216,9 @@ def test_build_metrics_from_tables_and_defaults(run) -> None:
 
 def test_tables_named_differently_prefix_their_keys(tmp_path) -> None:
     recipe = tiny_recipe(tmp_path, '[metrics.fast_nll]\ntype = "nll"\ntimesteps = 2\n')
-    from denoisekit.host.registry import default_registry
+    from denoisekit.host.registry import load_registry
 
-    metrics = build_metrics(recipe, default_registry(), ["fast_nll"])
+    metrics = build_metrics(recipe, load_registry(), ["fast_nll"])
     assert metrics["fast_nll"].requires_model  # passed through from the nll metric
 
     class Stub:
@@ -299,9 +299,9 @@ def test_eval_command_prints_and_appends(trained, capsys, monkeypatch) -> None:
 
 def test_eval_command_scores_a_sample_file(tmp_path, trained, capsys, monkeypatch) -> None:
     monkeypatch.setenv("DENOISEKIT_CACHE", str(shared_cache_dir()))
-    from denoisekit.host.registry import default_registry
+    from denoisekit.host.registry import load_registry
 
-    registry = default_registry()
+    registry = load_registry()
     test = registry.build("data", "digits", None, train=False)
     path = save_npz(tmp_path / "real.npz", test.images[:200])
     assert main(["eval", "--samples", str(path), "--reference", "digits"]) == 0
