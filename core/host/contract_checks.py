@@ -192,7 +192,7 @@ def _probe(spec: ComponentSpec) -> list[str]:
             except Exception as exc:
                 return [f"building the probe failed: {type(exc).__name__}: {exc}"]
             try:
-                return _PROBES[spec.kind](built, config)
+                return PROBES[spec.kind](built, config)
             except Exception as exc:
                 return [f"the probe failed: {type(exc).__name__}: {exc}"]
     finally:
@@ -284,6 +284,6 @@ def _probe_hook(hook: Any, config: Any) -> list[str]:
 
 
 #: kind → its probe: ``_probe_<kind>(built, config) -> problems``, for every probed kind.
-_PROBES: dict[str, Callable[[Any, Any], list[str]]] = {
+PROBES: dict[str, Callable[[Any, Any], list[str]]] = {
     kind.name: globals()[f"_probe_{kind.name}"] for kind in KIND.values() if kind.probed
 }

@@ -89,7 +89,7 @@ def flatten_errors(exc: BaseException, path: str, cls: type | None) -> list[tupl
         for key in sorted(exc.extra_fields):
             new = RENAMED_KEYS.get(key)
             if new in fields and key not in fields:
-                out.append((join_key(path, key), f"renamed: rename it to {new}"))
+                out.append((join_key(path, key), f"renamed to {new}: rename the key"))
             else:
                 out.append((join_key(path, key), f"unknown key{did_you_mean(key, fields)}"))
     elif isinstance(exc, KeyError):

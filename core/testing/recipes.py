@@ -37,7 +37,7 @@ TINY_RECIPE: dict[str, Any] = {
     "name": "tiny",
     "seed": 0,
     "data": {"type": "digits"},
-    "schedule": {"type": "cosine", "timesteps": 100},
+    "schedule": {"type": "cosine", "num_timesteps": 100},
     "backbone": TINY_UNET,
     "loss": {"type": "mse"},
     "optimizer": {"type": "adamw", "lr": 1e-3},

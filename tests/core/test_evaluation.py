@@ -46,7 +46,7 @@ attention_resolutions = [4]
 groups = 8
 [schedule]
 type = "cosine"
-timesteps = 40
+num_timesteps = 40
 [sampler]
 type = "ddim"
 steps = 3
