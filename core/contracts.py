@@ -1,15 +1,6 @@
-"""Component kinds, the registration record and the contracts components meet.
-
-A *component* is a factory registered under a kind and a name, together with a frozen
-attrs config class whose fields are the keys a recipe may set in that component's table.
-Plugins provide components by returning :class:`ComponentSpec` records from the
-``denoisekit_components`` hook. Each kind is described once, by a :class:`Kind` record
-(:data:`KIND_RECORDS`); every per-kind table of the host is derived from those records.
-
-The contracts are :class:`typing.Protocol` classes: authors need not inherit from them.
-Optional attributes carry their default on the Protocol (read them with :func:`optional`).
-The registry and the conformance suites (``denoisekit.testing``) enforce them.
-"""
+"""Component kinds (one :class:`Kind` record each), the registration record and the
+contracts components meet: :class:`typing.Protocol` classes (no need to inherit from them),
+whose optional attributes carry their default (read them with :func:`optional`)."""
 
 from __future__ import annotations
 
@@ -47,22 +38,15 @@ def _check_config(inst: ComponentSpec, attribute: attrs.Attribute, value: type) 
 
 
 def _check_probe(inst: ComponentSpec, attribute: attrs.Attribute, value: Any) -> None:
-    if value is None:
-        return
-    if inst.kind not in PROBE_KINDS:
-        raise ValueError(
-            f"probe of {inst.kind} {inst.name!r}: only {', '.join(PROBE_KINDS)} components "
-            "can be probed"
-        )
-    if not isinstance(value, Mapping):
-        raise TypeError(f"probe of {inst.kind} {inst.name!r} must be a dict of options: {value!r}")
+    where = f"probe of {inst.kind} {inst.name!r}"
+    if value is not None and inst.kind not in PROBE_KINDS:
+        raise ValueError(f"{where}: only {', '.join(PROBE_KINDS)} components can be probed")
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(f"{where} must be a dict of options: {value!r}")
     known = attrs.fields_dict(inst.config) if attrs.has(inst.config) else {}
-    unknown = sorted(k for k in value if k not in known)
+    unknown = sorted(k for k in value or () if k not in known)
     if unknown:
-        raise ValueError(
-            f"probe of {inst.kind} {inst.name!r} sets unknown options {unknown}; the options "
-            f"are {sorted(known)}"
-        )
+        raise ValueError(f"{where} sets unknown options {unknown}; the options are {sorted(known)}")
 
 
 #: A problem a recipe check finds: ``(key path, message)``. The key path is relative to the
@@ -114,21 +98,16 @@ class ComponentSpec:
         build: the factory, called as ``build(config, **context)`` (the context keywords of
             each kind: :data:`BUILD_CONTEXT`); a class whose ``__init__`` takes them is one.
         summary: one line shown by ``denoisekit plugins``.
-        probe: options (a dict, overriding the config's defaults) for a small, cheap
-            instance that the registry builds and exercises when it is constructed, to
-            reject a component that breaks its contract before any run starts. Only for
-            the kinds in :data:`PROBE_KINDS`. A backbone's probe config must set
-            ``in_channels`` and ``image_size``; keep it tiny (the registry is built on
-            every command). ``None``: no probe, only the static checks.
-        facts: ``facts(config) -> dict``: what this component states about itself for the
-            other components' checks, from its config alone (nothing loaded or built):
-            a schedule its ``num_timesteps``, data its ``image_shape``, ... (:data:`FACTS`).
-        check: ``check(config, context) -> iterable of (key, message)``: the problems of
-            this component's options that only the rest of the recipe shows (a sampler's
-            ``steps`` beyond the schedule's timesteps), or that only computing with them
-            shows (a schedule whose betas underflow), found when the recipe is loaded,
-            before any work. ``context`` is a :class:`CheckContext`; keys are relative to
-            the component's table (``""``: the table itself). Keep it cheap. Checks of one
+        probe: options (overriding the config's defaults) of a tiny instance the registry
+            builds and exercises, to reject a broken component before any run (only the
+            :data:`PROBE_KINDS`; a backbone's must set ``in_channels`` and ``image_size``).
+        facts: ``facts(config) -> dict``: what this component states about itself, from its
+            config alone, for the others' checks (:data:`FACTS`).
+        check: ``check(config, context) -> iterable of (key, message)``: the problems of its
+            options that only the rest of the recipe shows (a sampler's ``steps`` beyond the
+            schedule's), or only computing with them (betas that underflow), found when the
+            recipe loads. ``context`` is a :class:`CheckContext`; keys are relative to the
+            component's table (``""``: the table itself). Keep it cheap; checks of one
             option alone belong in its validator.
     """
 
@@ -346,15 +325,13 @@ class Kind:
 
     name: str
     protocol: type
-    many: bool = attrs.field(default=False, kw_only=True)
-    table: str = attrs.field(
-        default=attrs.Factory(lambda self: self.name, takes_self=True), kw_only=True
-    )
-    default: str | None = attrs.field(default=None, kw_only=True)
-    context: tuple[str, ...] = attrs.field(default=(), kw_only=True)
-    methods: tuple[str, ...] = attrs.field(default=(), kw_only=True)
-    probed: bool = attrs.field(default=False, kw_only=True)
-    runs: bool = attrs.field(default=False, kw_only=True)
+    many: bool = False
+    table: str = attrs.Factory(lambda self: self.name, takes_self=True)
+    default: str | None = None
+    context: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    probed: bool = False
+    runs: bool = False
 
 
 #: Every kind, in the order a run builds them. Build context: data's ``root`` is the recipe
