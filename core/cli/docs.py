@@ -441,7 +441,7 @@ def _ordering(opts: dict[str, Any]) -> str:
 def hook_reference(registry: Registry | None = None) -> str:
     """The hook reference page (markdown)."""
     from denoisekit.engine.training import CoreDefaults, MetricsFile
-    from denoisekit.host.contract_checks import _declared_product
+    from denoisekit.host.contract_checks import declared_product
 
     registry = registry if registry is not None else reference_registry()
     core = {
@@ -451,7 +451,7 @@ def hook_reference(registry: Registry | None = None) -> str:
     }
     builtin: dict[str, list[str]] = {}
     for entry in registry.entries("hook"):
-        product = _declared_product(entry.spec.build)
+        product = declared_product(entry.spec.build)
         for name, opts in _impl_markers(product).items() if product is not None else ():
             builtin.setdefault(name, []).append(f"`{entry.name}`{_ordering(opts)}")
 

@@ -49,7 +49,7 @@ def contract_problems(spec: ComponentSpec) -> list[str]:
         if value is not None and not callable(value):
             return [f"{field} must be callable or None, got {value!r}"]
     problems = _signature_problems(spec)
-    product = _declared_product(spec.build)
+    product = declared_product(spec.build)
     if product is not None:
         problems += _class_problems(spec.kind, product)
     if spec.probe is not None and not problems:
@@ -71,7 +71,7 @@ def _signature_problems(spec: ComponentSpec) -> list[str]:
     return []
 
 
-def _declared_product(build: Callable[..., Any]) -> type | None:
+def declared_product(build: Callable[..., Any]) -> type | None:
     """The class ``build`` returns, when it says: a class itself, or its return annotation."""
     if isinstance(build, type):
         return build
