@@ -436,8 +436,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         evaluate,
         format_results,
         load_samples_npz,
-        reference_recipe,
     )
+    from denoisekit.engine.reference import reference_recipe
 
     if args.num <= 0 or args.batch_size <= 0:
         raise DenoisekitError("-n and --batch-size must be positive")

@@ -21,8 +21,8 @@ from denoisekit.engine.evaluation import (
     evaluate,
     format_results,
     load_samples_npz,
-    reference_recipe,
 )
+from denoisekit.engine.reference import reference_recipe
 from denoisekit.engine.sampling import sample_images, save_npz
 from denoisekit.engine.training import build_run, train
 from denoisekit.errors import DenoisekitError, RegistryError
