@@ -71,7 +71,7 @@ def test_configure_errors(tmp_path) -> None:
         build_run(recipe, out_dir=tmp_path / "run2")
     from denoisekit.plugins.hooks.evaluate import EvaluateConfig
 
-    with pytest.raises(ValueError, match="'every' must be > 0"):
+    with pytest.raises(ValueError, match="'every' must be a positive integer"):
         EvaluateConfig(every=0)
 
 
