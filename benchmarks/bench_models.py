@@ -495,7 +495,7 @@ def make_sampler_loop(
         def loop() -> torch.Tensor:
             g = torch.Generator(device=device).manual_seed(seed)
             x_T = torch.randn(shape, generator=g, device=device)
-            return sampler.sample(denoiser, shape, generator=g, device=device, x_T=x_T)
+            return sampler.sample(denoiser, x_T, generator=g)
 
     else:
         from diffusers import DDIMScheduler
@@ -625,7 +625,9 @@ def time_train_loop(
     it, but fed an in-memory data set of random images (``num_workers = 0``).
     """
     from denoisekit import hookimpl
-    from denoisekit.engine.training import BatchStream, build_run, train
+    from denoisekit.engine.batches import BatchStream
+    from denoisekit.engine.build import build_run
+    from denoisekit.engine.loop import train
     from denoisekit.host.recipe import recipe_from_data
 
     class StepClock:
@@ -657,6 +659,9 @@ def time_train_loop(
     )
     images = data_batch(layout, 4 * batch, torch.device("cpu"))
     dataset = torch.utils.data.TensorDataset(images, torch.full((4 * batch,), -1))
-    run.batches = BatchStream(dataset, batch_size=batch, seed=0, device=run.device)
+    # The run record is frozen: a copy of it that holds the bench's batches.
+    run = attrs.evolve(
+        run, batches=BatchStream(dataset, batch_size=batch, seed=0, device=run.device)
+    )
     train(run)
     return [b - a for a, b in zip(clock.stamps, clock.stamps[1:], strict=False)]

@@ -197,7 +197,9 @@ class DenoiserLike(Protocol):
 
 
 class SamplerLike(Protocol):
-    """A sampler: noise to images in [-1, 1] through a denoiser."""
+    """A sampler: the starting noise ``x_T`` (drawn by the host) to images in [-1, 1]
+    through a denoiser, ending at t = 0; shape, device and dtype follow ``x_T``, which it
+    must not modify. ``generator`` (one, or one per image) draws any noise of its own."""
 
     def num_evaluations(self, num_timesteps: int) -> int:
         """Network evaluations one call of :meth:`sample` makes for a schedule of this length."""
@@ -206,12 +208,10 @@ class SamplerLike(Protocol):
     def sample(
         self,
         denoiser: DenoiserLike,
-        shape: tuple[int, ...],
+        x_T: torch.Tensor,
         *,
-        generator: torch.Generator,
-        device: torch.device | str = "cpu",
+        generator: torch.Generator | list[torch.Generator] | None,
         cond: torch.Tensor | None = None,
-        x_T: torch.Tensor | None = None,
         callback: Callable[[dict[str, Any]], None] | None = None,
     ) -> torch.Tensor: ...
 

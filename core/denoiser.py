@@ -63,8 +63,8 @@ class Denoiser:
             its input's shape.
 
     Attributes:
-        nfe: number of network evaluations made through :meth:`predict` since creation or
-            the last :meth:`reset_nfe` (a plain int: counting costs nothing on the device).
+        num_evaluations: network evaluations made through :meth:`predict` (a plain int,
+            free to count; set it to 0 to restart).
     """
 
     def __init__(
@@ -88,11 +88,7 @@ class Denoiser:
         self.schedule = DiscreteSchedule.of(schedule)
         self.prediction_type = prediction_type
         self.name = name if name is not None else f"the backbone {type(model).__name__}"
-        self.nfe = 0
-
-    def reset_nfe(self) -> None:
-        """Set the network-evaluation counter back to 0."""
-        self.nfe = 0
+        self.num_evaluations = 0
 
     def model_time(self, t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """What the backbone receives as time for integer timesteps ``t`` (shape ``(B,)``).
@@ -123,7 +119,7 @@ class Denoiser:
         # Timestep embeddings lose precision below float32; float64 stays float64.
         time = self.model_time(t, torch.promote_types(x_t.dtype, torch.float32))
         out = self.model(x_t, time) if cond is None else self.model(x_t, time, cond)
-        self.nfe += 1
+        self.num_evaluations += 1
         check_output_shape(out, x_t, self.name)
         # Under autocast the backbone may answer in half precision: do the conversions in
         # the sampler state's dtype.

@@ -3,7 +3,7 @@
 Pure tensor math shared by losses, samplers and the training loop: the schedule object
 with its derived quantities, ``q_sample``, conversions between the eps / x0 / v
 parameterizations, the posterior q(x_{t-1} | x_t, x0), timestep spacings for shortened
-sampling chains and a batch-size-independent noise source.
+sampling chains, the steps a sampler visits and a batch-size-independent noise source.
 
 *Notation* (Ho et al. 2020, "DDPM"; Nichol & Dhariwal 2021, "Improved DDPM"):
 ``alpha_bar`` is the cumulative product of ``alpha = 1 - beta``; the forward process is
@@ -23,6 +23,7 @@ float64 and cast once per (device, dtype).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -33,16 +34,16 @@ __all__ = [
     "SPACINGS",
     "VARIANCES",
     "DiscreteSchedule",
+    "SamplingSteps",
     "ScheduleTables",
-    "batch_timesteps",
     "eps_from_v",
     "predict_eps_from_x0",
     "predict_x0_from_eps",
     "q_posterior",
     "q_sample",
     "randn",
+    "sampling_steps",
     "spaced_timesteps",
-    "start_noise",
     "v_from_eps_x0",
     "x0_from_v",
 ]
@@ -328,6 +329,38 @@ def spaced_timesteps(num_timesteps: int, steps: int, spacing: str = "linspace") 
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class SamplingSteps:
+    """The steps a sampler visits, noisiest first, ready for its loop: host floats and one
+    device tensor, built once (no host sync per step).
+
+    Attributes:
+        timesteps: ``t_0 > ... > t_{K-1}``, original-schedule indices.
+        alpha_bar: ``alpha_bar`` at each (Python floats).
+        alpha_bar_next: ``alpha_bar`` at the next one; ``1.0`` after the last: sampling
+            ends at the clean data (t = 0), where ``x`` is the final x0 estimate.
+        t: ``(K, B)`` long tensor on ``x_T``'s device; row ``n`` is ``timesteps[n]``.
+    """
+
+    timesteps: list[int]
+    alpha_bar: list[float]
+    alpha_bar_next: list[float]
+    t: torch.Tensor
+
+
+def sampling_steps(schedule: Any, timesteps: Sequence[int], x_T: torch.Tensor) -> SamplingSteps:
+    """The :class:`SamplingSteps` over ``timesteps`` (decreasing, e.g. from
+    :func:`spaced_timesteps`) of any ``NoiseSchedule``, for the batch ``x_T``."""
+    ts = [int(t) for t in timesteps]
+    alpha_bar = schedule.alphas_cumprod.tolist()  # float64 values, host side
+    T = len(alpha_bar)
+    if not ts or ts[0] >= T or ts[-1] < 0 or any(a <= b for a, b in itertools.pairwise(ts)):
+        raise ValueError(f"timesteps must be decreasing, in [0, {T}) and not empty: {ts}")
+    ab = [alpha_bar[t] for t in ts]
+    t = torch.as_tensor(ts, dtype=torch.long).to(x_T.device).view(-1, 1)
+    return SamplingSteps(ts, ab, [*ab[1:], 1.0], t.expand(len(ts), x_T.shape[0]))
+
+
 # --------------------------------------------------------------------------- forward process
 
 
@@ -485,40 +518,3 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     if x.device.type == "cpu" and device.type == "cuda":
         return x.pin_memory().to(device, non_blocking=True)
     return x.to(device)
-
-
-def batch_timesteps(
-    timesteps: Sequence[int] | torch.Tensor, batch: int, device: torch.device | str
-) -> torch.Tensor:
-    """Every step's timestep for a whole batch, moved to ``device`` once before a sampling
-    loop: row ``i`` is ``timesteps[i]`` repeated ``batch`` times (an expanded view)."""
-    t = torch.as_tensor(timesteps, dtype=torch.long).to(device)
-    return t.view(-1, 1).expand(t.numel(), batch)
-
-
-def start_noise(
-    shape: Sequence[int],
-    generator: GeneratorArg,
-    *,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype | None = None,
-    x_T: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """A sampler's starting point ``x_T``: the caller's, or a per-image draw.
-
-    Args:
-        shape: ``(B, ...)``, the shape of the samples.
-        generator: as for :func:`randn` (used only when ``x_T`` is None).
-        device: where sampling runs.
-        dtype: the sampling dtype; default ``x_T``'s dtype, else float32.
-        x_T: the starting noise to use instead of a draw; copied (never modified in place).
-
-    Raises:
-        ValueError: when ``x_T`` does not have ``shape``.
-    """
-    shape = tuple(int(s) for s in shape)
-    if x_T is None:
-        return randn(shape, generator, device=device, dtype=dtype or torch.float32)
-    if tuple(x_T.shape) != shape:
-        raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {shape}")
-    return x_T.to(device=device, dtype=dtype or x_T.dtype, copy=True)

@@ -1,35 +1,74 @@
-"""Every hook specification of denoisekit, grouped by phase.
+"""Every hook specification, grouped by phase, and :class:`Run`, the run hooks see.
 
-Plugins implement these with the :data:`denoisekit.hookimpl` marker. Calls are keyword
-only, and an implementation may accept any subset of a hook's arguments, so hooks can
-gain arguments without breaking existing plugins.
-
-Two plugin managers exist in a process:
-
-* the *component* manager (:func:`denoisekit.host.plugin_manager.get_plugin_manager`) holds the
-  built-in plugins, entry-point plugins and the recipe's ``plugins = [...]``; it answers the
-  registration hooks;
-* each training run builds its own *run* manager (same specs) into which the run's hook
-  components (``[hooks.NAME]`` tables: EMA, AMP, compile, TensorBoard, checkpoints, ...)
-  are registered; it answers the run-lifecycle hooks.
+Calls are keyword only; an implementation may take any subset of the arguments. The
+component plugin manager answers the registration hooks; each run's own manager, holding
+its ``[hooks.NAME]`` components, the run-lifecycle hooks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
 if TYPE_CHECKING:
     import torch
 
-    from denoisekit.contracts import ComponentSpec
+    from denoisekit.contracts import ComponentSpec, Loss, NoiseSchedule
 
 #: The project name that ties markers and managers together.
 PROJECT = "denoisekit"
 
 _hookspec = pluggy.HookspecMarker(PROJECT)
+
+# --------------------------------------------------------------------------- the run
+
+
+class Run(Protocol):
+    """A training run as hooks see it: read its parts, act through its methods.
+
+    Components are named like their kinds; ``data`` is None in a run built for sampling.
+    """
+
+    recipe: Any  # the validated recipe (``recipe.train``, ``recipe.to_toml()``, ...)
+    registry: Any  # the component registry the run was built from
+    pm: pluggy.PluginManager  # the run manager: ``run.pm.hook.NAME(run=run, ...)``
+    device: torch.device
+    out_dir: Path  # the run folder
+    data: Any
+    model: torch.nn.Module  # the raw backbone; checkpoints hold its weights
+    schedule: NoiseSchedule
+    loss: Loss
+    optimizer: torch.optim.Optimizer
+    lr_schedule: Any
+    sampler: Any
+    denoiser: Any  # backbone + schedule + prediction type, over the trained weights
+    hooks: Mapping[str, Any]  # the ``[hooks.NAME]`` components by name
+    step: int  # optimization steps taken so far
+    train_model: torch.nn.Module  # what the forward pass calls (compiled, DDP-wrapped)
+    total_steps: int
+    is_main: bool  # rank 0 (the process that writes files) or a single process
+    num_classes: int | None
+
+    def clip_gradients(self) -> None: ...  # to train.grad_clip if set; keeps the norm
+    def optimizer_step_skipped(self) -> bool: ...  # a hook skipped the last step (host sync)
+    def sample(self, n: int, *, generator: Any, cond: Any = None) -> torch.Tensor: ...  # [-1, 1]
+    def save_grid(  # [-1, 1] images as one PNG grid, written atomically
+        self, path: Path, images: torch.Tensor, *, nrow: int | None = None, padding: int = 1
+    ) -> Path: ...
+    def build_metrics(self, names: Sequence[str]) -> dict[str, Any]: ...  # [metrics.NAME]
+    def evaluate(  # metrics on the sampling weights; image i seeded from (seed, i)
+        self, metrics: Mapping[str, Any], *, seed: int, num_samples: int, batch_size: int
+    ) -> dict[str, float]: ...
+    def state_dict(self) -> dict[str, Any]: ...  # everything needed to resume exactly
+    def draw_state(self) -> dict[str, Any]: ...  # state_dict's data position and RNG states
+    def save_checkpoint(  # atomic (temporary file, fsync, rename); then `last` names it
+        self, path: Path, state: Mapping[str, Any] | None = None, *, last: Path | None = None
+    ) -> Path: ...
+    def remove_stale_temporaries(self, folder: Path) -> list[Path]: ...  # killed writers' files
+
 
 # --------------------------------------------------------------------------- registration
 
@@ -37,8 +76,6 @@ _hookspec = pluggy.HookspecMarker(PROJECT)
 @_hookspec(historic=True)
 def denoisekit_addhooks(pluginmanager: pluggy.PluginManager) -> None:
     """Add hook specifications of a plugin's own (``pluginmanager.add_hookspecs``).
-
-    Called once per plugin as it is registered (historic: late plugins see it too).
 
     :param pluginmanager: the component plugin manager.
 
@@ -55,10 +92,8 @@ def denoisekit_addhooks(pluginmanager: pluggy.PluginManager) -> None:
 def denoisekit_components() -> Iterable[ComponentSpec]:
     """Return the components this plugin provides.
 
-    Called once when the component registry is built. Every record names its kind
-    (``backbone``, ``schedule``, ``loss``, ``sampler``, ``optimizer``, ``lr_schedule``,
-    ``data``, ``hook``, ``metric``), its lowercase name, its frozen attrs config class and
-    its factory. Two plugins providing one kind and name is an error naming both.
+    Each record names its kind, its name, its frozen attrs config class and its factory;
+    two plugins providing one kind and name is an error naming both.
 
     :returns: an iterable of :class:`denoisekit.ComponentSpec`.
 
@@ -77,135 +112,220 @@ def denoisekit_components() -> Iterable[ComponentSpec]:
 
 
 @_hookspec(historic=True)
-def denoisekit_configure(run: Any) -> None:
-    """Called once on the run manager after every component is built, before training.
+def denoisekit_configure(run: Run) -> None:
+    """Called once after every component is built, before training.
 
-    Historic: a hook registered later in the run still receives it.
+    Example::
 
-    :param run: the :class:`denoisekit.engine.training.Run` (model, schedule, loss, optimizer, ...).
+        @denoisekit.hookimpl
+        def denoisekit_configure(run):
+            print(run.recipe.name, sum(p.numel() for p in run.model.parameters()))
+    """
+
+
+@_hookspec(firstresult=True)
+def denoisekit_train_model(run: Run, model: torch.nn.Module) -> torch.nn.Module | None:
+    """Return the module the training forward calls (asked once, after configure).
+
+    Under torchrun the engine wraps the answer in DistributedDataParallel.
+
+    :param model: the raw backbone, ``run.model`` (which stays raw).
+
+    Example::
+
+        @denoisekit.hookimpl
+        def denoisekit_train_model(model):
+            return torch.compile(model, backend="eager")
     """
 
 
 @_hookspec
-def denoisekit_train_start(run: Any) -> None:
-    """Called once when the training loop starts (after a resume has been applied).
+def denoisekit_train_start(run: Run) -> None:
+    """Called once when the loop starts (after a resume: ``run.step`` steps are taken).
 
-    :param run: the run; ``run.step`` is the first step about to be taken.
+    Example::
+
+        @denoisekit.hookimpl
+        def denoisekit_train_start(run):
+            print(f"step {run.step + 1} of {run.total_steps}")
     """
 
 
 @_hookspec(firstresult=True)
 def denoisekit_train_forward(
-    run: Any, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None
+    run: Run, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None
 ) -> torch.Tensor | None:
-    """Compute the backbone output for one micro-batch.
+    """Compute the backbone output for one micro-batch; wrappers fit a context around it.
 
-    firstresult: the first non-None result is used. The core's default (``trylast``)
-    calls ``run.train_model(x_t, t, cond)``. Wrappers (``wrapper=True``) fit a context
-    around it: the AMP hook enters ``torch.autocast`` and ``return (yield)``.
-
-    :param run: the run.
     :param x_t: the noised batch.
-    :param t: the timesteps, float tensor of shape ``(B,)``.
+    :param t: the model's time input, a float tensor of shape ``(B,)``.
     :param cond: class labels or ``None``.
     :returns: the model output.
+
+    Example::
+
+        @denoisekit.hookimpl(wrapper=True)
+        def denoisekit_train_forward(run):
+            with torch.autocast(run.device.type, dtype=torch.bfloat16):
+                return (yield)
     """
 
 
 @_hookspec(firstresult=True)
-def denoisekit_backward(run: Any, loss: torch.Tensor) -> bool | None:
-    """Back-propagate the (accumulation-scaled) loss of one micro-batch.
+def denoisekit_backward(run: Run, loss: torch.Tensor) -> bool | None:
+    """Back-propagate one micro-batch's (accumulation-scaled) loss; True once handled.
 
-    firstresult; the core's default (``trylast``) calls ``loss.backward()`` and returns
-    True. The float16 AMP hook scales the loss with its GradScaler first.
+    Example::
+
+        @denoisekit.hookimpl(tryfirst=True)
+        def denoisekit_backward(loss):
+            (loss * 2.0).backward()
+            return True  # handled: the core's default is skipped
     """
 
 
 @_hookspec(firstresult=True)
-def denoisekit_optimizer_step(run: Any) -> bool | None:
-    """Clip gradients (if configured) and step the optimizer once per optimization step.
+def denoisekit_optimizer_step(run: Run) -> bool | None:
+    """Step the optimizer (once per optimization step); True once handled.
 
-    firstresult; returns True once handled. Whether a float16 GradScaler skipped the
-    step is known only on the device (see :func:`denoisekit_optimizer_step_skipped`), so
-    no host sync is forced here. The core's default (``trylast``) clips with
-    ``train.grad_clip`` and calls ``run.optimizer.step()``.
+    Example::
+
+        @denoisekit.hookimpl
+        def denoisekit_optimizer_step(run):
+            torch.nn.utils.clip_grad_value_(run.model.parameters(), 1.0)
+            return run.optimizer.step() or True
     """
 
 
 @_hookspec
-def denoisekit_optimizer_step_skipped(run: Any) -> torch.Tensor | None:
-    """Say whether the last optimizer step was skipped (a float16 GradScaler found inf/NaN).
+def denoisekit_optimizer_step_skipped(run: Run) -> torch.Tensor | None:
+    """Whether the last optimizer step was skipped (float16 AMP): a 0-dim device bool
+    tensor, or None. Read by ``run.optimizer_step_skipped()`` once a loss is not finite.
 
-    Asked through ``run.optimizer_step_skipped()`` — by the NaN guard and the checkpoint
-    hook, only once a loss is not finite — which reads the answers (a host sync). The
-    float16 AMP hook implements it.
+    Example::
 
-    :param run: the run.
-    :returns: a 0-dim bool tensor on the device, or ``None`` when this plugin skips no
-        steps or has not stepped yet.
+        class Scaler:
+            @denoisekit.hookimpl
+            def denoisekit_optimizer_step_skipped(self):
+                return self.found_inf > 0
     """
 
 
 @_hookspec
-def denoisekit_train_step_end(run: Any, step: int, loss: torch.Tensor) -> None:
+def denoisekit_train_step_end(
+    run: Run, step: int, loss: torch.Tensor, loss_per_sample: torch.Tensor, t: torch.Tensor
+) -> None:
     """Called after every optimization step (EMA update, logging, checkpoints).
 
-    :param run: the run; ``run.step`` equals ``step``.
-    :param step: the number of optimization steps taken so far (1-based).
-    :param loss: the step's mean loss, a 0-dim tensor still on the device (call
-        ``.item()`` only at logging intervals: it synchronizes).
+    :param loss: the step's mean loss, a 0-dim device tensor (``.item()`` synchronizes).
+    :param loss_per_sample: the last micro-batch's per-sample losses (detached; this
+        rank's slice under torchrun).
+    :param t: their timesteps, integers in ``[0, T)``.
+
+    Example::
+
+        @denoisekit.hookimpl
+        def denoisekit_train_step_end(step, loss_per_sample, t):
+            if step % 1000 == 0:  # .item() synchronizes: only on rare steps
+                print(step, loss_per_sample[t < 100].mean().item())
     """
 
 
 @_hookspec
-def denoisekit_log_scalars(run: Any, step: int, scalars: dict[str, float]) -> None:
-    """Receive the scalars logged every ``train.log_every`` steps.
+def denoisekit_log_scalars(run: Run, step: int, scalars: dict[str, float]) -> None:
+    """Receive the scalars logged every ``train.log_every`` steps: ``loss`` (mean since
+    the last log), ``lr``, ``grad_norm``, ``images_per_sec`` (the loop's only host syncs).
 
-    The core computes ``loss`` (mean since the last log), ``lr``, ``grad_norm`` and
-    ``images_per_sec`` (these are the only host syncs of the loop) and appends them to
-    ``metrics.jsonl``; hooks add their own before the call (TensorBoard writes them all).
+    :param scalars: name → value; add entries with ``tryfirst`` for later hooks.
 
-    :param step: the optimization step.
-    :param scalars: name → value; implementations may add entries for later ones
-        (``tryfirst`` to add, default order to consume).
+    Example::
+
+        @denoisekit.hookimpl(tryfirst=True)
+        def denoisekit_log_scalars(run, scalars):
+            scalars["lr_x1000"] = 1000 * run.optimizer.param_groups[0]["lr"]
     """
 
 
 @_hookspec
-def denoisekit_preview_images(run: Any, step: int, images: torch.Tensor) -> None:
-    """Receive a preview sample grid drawn during training (the TensorBoard hook logs it).
+def denoisekit_preview_images(run: Run, step: int, images: torch.Tensor) -> None:
+    """Receive a preview grid ``(N, C, H, W)`` in [-1, 1], always from the same noise.
 
-    :param step: the optimization step.
-    :param images: ``(N, C, H, W)`` in [-1, 1], always drawn from the same initial noise.
+    Example::
+
+        @denoisekit.hookimpl
+        def denoisekit_preview_images(run, step, images):
+            run.save_grid(run.out_dir / f"preview-{step:08d}.jpg", images)
     """
 
 
 @_hookspec(firstresult=True)
-def denoisekit_sampling_model(run: Any) -> Any:
-    """Return the module used for sampling and evaluation (the EMA hook answers).
+def denoisekit_sampling_model(run: Run) -> Any:
+    """Return the module sampling and evaluation use (the EMA hook answers).
 
-    firstresult; the core's default (``trylast``) returns the raw model.
+    Example::
+
+        @denoisekit.hookimpl
+        def denoisekit_sampling_model(run):
+            return run.hooks["slow-ema"].model
+    """
+
+
+@_hookspec(firstresult=True)
+def denoisekit_last_checkpoint(run: Run) -> Path | None:
+    """Return the newest good checkpoint file (the checkpoint hook answers; the NaN
+    guard names it).
+
+    Example::
+
+        @denoisekit.hookimpl
+        def denoisekit_last_checkpoint(run):
+            return run.out_dir / "weights.pt"
     """
 
 
 @_hookspec
-def denoisekit_train_end(run: Any) -> None:
-    """Called once when training finishes normally; only if train_start ran."""
+def denoisekit_train_end(run: Run) -> None:
+    """Called once when training finishes normally; only if train_start ran.
+
+    Example::
+
+        @denoisekit.hookimpl
+        def denoisekit_train_end(run):
+            (run.out_dir / "DONE").write_text(str(run.step))
+    """
 
 
 @_hookspec
-def denoisekit_train_error(run: Any, error: BaseException) -> None:
+def denoisekit_train_error(run: Run, error: BaseException) -> None:
     """Called when training stops on an exception or an interrupt (Ctrl-C, SIGTERM).
 
-    The checkpoint hook writes a resumable checkpoint here when the state is sound.
+    Example::
+
+        @denoisekit.hookimpl
+        def denoisekit_train_error(run, error):
+            print(f"stopped after step {run.step}: {error!r}")
     """
 
 
 @_hookspec
-def denoisekit_state_dict(run: Any) -> dict[str, Any] | None:
-    """Return this hook's state to store in checkpoints (``{key: state}``), or None."""
+def denoisekit_state_dict(run: Run) -> dict[str, Any] | None:
+    """Return this hook's state to store in checkpoints (``{key: state}``), or None.
+
+    Example::
+
+        @denoisekit.hookimpl
+        def denoisekit_state_dict(run):
+            return {"my-hook": {"seen": run.step}}  # one key per hook
+    """
 
 
 @_hookspec
-def denoisekit_load_state_dict(run: Any, state: dict[str, Any]) -> None:
-    """Restore this hook's state from a checkpoint's merged hook-state dict."""
+def denoisekit_load_state_dict(run: Run, state: dict[str, Any]) -> None:
+    """Restore this hook's state from a checkpoint's merged hook-state dict.
+
+    Example::
+
+        @denoisekit.hookimpl
+        def denoisekit_load_state_dict(state):
+            print(state.get("my-hook", {}).get("seen"))
+    """

@@ -29,8 +29,9 @@ import torch
 
 from denoisekit.cli import main
 from denoisekit.engine import distributed
+from denoisekit.engine.batches import BatchStream
+from denoisekit.engine.build import build_run
 from denoisekit.engine.distributed import DistContext
-from denoisekit.engine.training import BatchStream, build_run
 from denoisekit.errors import DataError, RecipeError
 from denoisekit.host.recipe import load_recipe
 

@@ -18,7 +18,8 @@ import torch
 
 import denoisekit
 from denoisekit import hookspecs
-from denoisekit.cli import build_parser, docs, format_plugins
+from denoisekit.cli import build_parser, docs, recipe_reference
+from denoisekit.cli.plugins import format_plugins
 from denoisekit.config import option_doc
 from denoisekit.host.recipe import MULTI_KINDS, SINGLE_KINDS, TOP_KEYS
 
@@ -113,7 +114,7 @@ def test_reference_covers_the_train_table_and_every_top_level_key(pages):
     for field in attrs.fields(denoisekit.host.recipe.TrainConfig):
         assert f"| `{field.name}` |" in text
     tables = {*SINGLE_KINDS, *MULTI_KINDS, "train"}
-    assert set(docs.TOP_LEVEL) == (set(TOP_KEYS) - tables) | {"extends"}
+    assert set(recipe_reference.TOP_LEVEL) == (set(TOP_KEYS) - tables) | {"extends"}
 
 
 def test_every_builtin_option_has_a_one_line_doc(registry):
@@ -154,7 +155,7 @@ def _examples() -> dict[str, str]:
     out = {}
     for name in _hook_names():
         _, _, _, example = docs._parse_docstring(getattr(hookspecs, name).__doc__ or "")
-        out[name] = textwrap.dedent(example or docs.HOOK_EXAMPLES[name])
+        out[name] = textwrap.dedent(example)
     return out
 
 
@@ -180,10 +181,19 @@ def test_hook_example_registers_and_implements_its_hook(name):
     assert name in implemented
 
 
-def test_docstring_examples_take_precedence_over_the_fallbacks():
+def test_every_hook_example_lives_in_its_hookspec_docstring():
     for name in _hook_names():
         _, _, _, example = docs._parse_docstring(getattr(hookspecs, name).__doc__ or "")
-        assert example or name in docs.HOOK_EXAMPLES, f"{name}: no example anywhere"
+        assert example, f"{name}: no Example:: section in its docstring"
+    assert not hasattr(docs, "HOOK_EXAMPLES")  # the generator holds no examples of its own
+
+
+def test_the_run_protocol_is_documented_member_by_member(pages):
+    text = pages["hooks.md"]
+    members = docs.run_members()
+    assert {"step: int", "loss: Loss", "lr_schedule: Any"} <= {m for m, _ in members}
+    for member, _ in members:
+        assert f"- `{member}`" in text, member
 
 
 # --------------------------------------------------------------------------- guides
@@ -230,13 +240,13 @@ def test_option_types_render_alike_before_and_after_attrs_resolves_them(registry
     the generated reference must not depend on whether a test did that first."""
     import typing
 
-    from denoisekit.cli import _type_text
+    from denoisekit.cli.plugins import type_text
 
     for entry in registry.entries():
         cls = entry.spec.config
         resolved = typing.get_type_hints(cls)
         for field in attrs.fields(cls):
             written = cls.__annotations__.get(field.name, field.type)
-            assert _type_text(written) == _type_text(resolved[field.name]), (
+            assert type_text(written) == type_text(resolved[field.name]), (
                 f"{entry.kind}.{entry.name}.{field.name}"
             )

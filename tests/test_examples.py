@@ -269,8 +269,9 @@ def _pf_ode(karras, order: int, n: int, prediction: str = "eps") -> tuple[torch.
     target = mu + s2 / (s2 + s_min**2) * (at_min - mu)
     config_cls = karras.EulerConfig if order == 1 else karras.HeunConfig
     oracle = GaussianOracle(ab.numpy(), MU, SIGMA, prediction)
-    sampler = karras.KarrasSampler(config_cls(steps=n), order)
-    out = sampler.sample(Denoiser(oracle, schedule, prediction), x_T.shape, generator=None, x_T=x_T)
+    sampler_cls = karras.EulerSampler if order == 1 else karras.HeunSampler
+    sampler = sampler_cls(config_cls(steps=n))
+    out = sampler.sample(Denoiser(oracle, schedule, prediction), x_T, generator=None)
     assert oracle.calls == sampler.num_evaluations(1000) == (n if order == 1 else 2 * n - 1)
     return out, target
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from denoisekit.engine.training import build_run, train
+from denoisekit.engine.build import build_run
+from denoisekit.engine.loop import train
 from denoisekit.host.recipe import load_recipe
 from tests.plugins.test_data_torchvision import fake_cifar10
 

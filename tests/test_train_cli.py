@@ -16,7 +16,7 @@ import torch
 
 from denoisekit import testing
 from denoisekit.cli import main
-from denoisekit.engine import training
+from denoisekit.engine import build
 
 RECIPE = """
 name = "e2e"
@@ -165,7 +165,7 @@ def test_training_into_a_folder_holding_a_run_is_refused_before_any_work(
     def no_work(*args, **kwargs):
         raise AssertionError("the run was built")
 
-    monkeypatch.setattr(training, "build_run", no_work)
+    monkeypatch.setattr(build, "build_run", no_work)
     assert main(["train", str(recipe), "--out", str(out), "--set", "seed=1"]) == 2
     assert capsys.readouterr().err == (
         f"denoisekit: error: {out}: already holds a run (recipe.toml, versions.json, "

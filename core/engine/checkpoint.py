@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -160,6 +161,27 @@ def save_checkpoint(path: Path | str, state: Mapping[str, Any]) -> Path:
     with atomic_write(path) as handle:
         torch.save({"format_version": FORMAT_VERSION, **state}, handle)
     return path
+
+
+def link_checkpoint(target: Path | str, link: Path | str) -> Path:
+    """Make ``link`` name ``target``'s bytes: a hard link (else a copy, fsynced), swapped in
+    atomically, so ``link`` is always a complete checkpoint."""
+    target, link = Path(target), Path(link)
+    tmp = link.with_name(temporary_prefix(link) + "link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(target, tmp)
+        except OSError:
+            shutil.copyfile(target, tmp)
+            with tmp.open("rb+") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, link)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        reason = exc.strerror or exc
+        raise OutputError(f"{link}: cannot write ({reason}); {target} is intact") from exc
+    return link
 
 
 def _fsync_dir(folder: Path) -> None:

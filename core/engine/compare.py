@@ -218,8 +218,9 @@ def run_compare(
     sample and score every variant."""
     from torch.utils.tensorboard import SummaryWriter
 
+    from denoisekit.engine import loop
+    from denoisekit.engine.build import build_run, load_trained
     from denoisekit.engine.evaluation import draw_samples
-    from denoisekit.engine.training import build_run, train
 
     if from_run is None:
         _check_metric_names(variants, metrics)
@@ -229,14 +230,12 @@ def run_compare(
     for group, members in training_groups(variants).items():
         recipe = members[0].recipe
         if from_run is not None:
-            from denoisekit.engine.sampling import load_trained
-
             log(f"sampling {len(members)} variant(s) from the trained run {from_run}")
             run = load_trained(from_run, trust_plugins=trust_plugins)
         else:
             log(f"training {group} ({recipe.train.steps} steps) for {len(members)} variant(s)")
             run = build_run(recipe, out_dir=out_dir / "train" / group)
-            train(run)
+            loop.train(run)
         train_loss = _last_loss(run.out_dir / "metrics.jsonl")
         model_cache: dict[str, dict[str, float]] = {}
         for variant in members:

@@ -67,17 +67,17 @@ class _CountingSampler:
 
     def __init__(self, sampler: Any) -> None:
         self.sampler = sampler
-        self.evaluations = 0  # sum over batches of (nfe of the batch) × (batch size)
+        self.evaluations = 0  # sum over batches of (evaluations of the batch) × (batch size)
         self.images = 0
 
     def num_evaluations(self, num_timesteps: int) -> int:
         return self.sampler.num_evaluations(num_timesteps)
 
-    def sample(self, denoiser: Any, shape: Sequence[int], **kwargs: Any) -> torch.Tensor:
-        before = getattr(denoiser, "nfe", 0)
-        out = self.sampler.sample(denoiser, shape, **kwargs)
-        self.evaluations += (getattr(denoiser, "nfe", 0) - before) * int(shape[0])
-        self.images += int(shape[0])
+    def sample(self, denoiser: Any, x_T: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        before = getattr(denoiser, "num_evaluations", 0)
+        out = self.sampler.sample(denoiser, x_T, **kwargs)
+        self.evaluations += (getattr(denoiser, "num_evaluations", 0) - before) * len(x_T)
+        self.images += len(x_T)
         return out
 
 
@@ -94,8 +94,8 @@ def draw_samples(
 
     The time runs from the first batch until the last one is on the host (each batch is
     copied to the CPU, so no extra synchronization is needed); the network evaluations are
-    counted through ``Denoiser.nfe`` (falling back to the sampler's ``num_evaluations`` for
-    a sampler that bypasses ``predict``).
+    counted through ``Denoiser.num_evaluations`` (falling back to the sampler's
+    ``num_evaluations`` for a sampler that bypasses ``predict``).
     """
     from denoisekit.engine.sampling import sample_images
 
@@ -151,7 +151,7 @@ class EvalContext:
     evaluation.
 
     Attributes:
-        run: the trained run (:class:`~denoisekit.engine.training.Run`, sampling-only or training),
+        run: the trained run (:class:`~denoisekit.engine.run.Run`, sampling-only or training),
             or None when scoring a sample file.
         seed: image ``i`` of the samples is seeded from ``(seed, i)``; metrics derive
             their other randomness (NLL noise, reference subsets) from it.

@@ -1,8 +1,9 @@
 """Sampling a trained run: per-image seeds, batches, and the files the field exchanges.
 
-* :func:`load_trained` turns a run folder or a checkpoint into a sampling-only
-  :class:`~denoisekit.engine.training.Run` with the trained (and EMA) weights.
-* :func:`sample_images` draws N images in batches; image ``i`` comes from its own
+* :func:`find_checkpoint`, :func:`stored_recipe`, :func:`stored_registry` read a run
+  folder or a checkpoint (:func:`denoisekit.engine.build.load_trained` builds its run).
+* :func:`sample_images` draws N images in batches (the host draws each batch's ``x_T``
+  and calls the sampler, in :meth:`Run.sample`); image ``i`` comes from its own
   generator seeded by ``(seed, i)``, so it is the same whatever the batch size, and
   under torchrun whichever rank draws it (each rank draws a contiguous share, rank 0
   gathers them).
@@ -21,18 +22,16 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from denoisekit.denoiser import eval_mode
 from denoisekit.engine import distributed
 from denoisekit.engine.checkpoint import atomic_write, load_checkpoint
 from denoisekit.errors import CheckpointError, PluginLoadError
-from denoisekit.host.recipe import apply_overrides, recipe_from_data
 from denoisekit.host.registry import Registry, load_registry
 from denoisekit.images import to_uint8
 
@@ -50,51 +49,6 @@ def find_checkpoint(path: Path | str) -> Path:
     if not path.exists():
         raise CheckpointError(f"{path}: no such run folder or checkpoint")
     return path
-
-
-def load_trained(
-    path: Path | str,
-    *,
-    overrides: Sequence[str] = (),
-    device: str | None = None,
-    registry: Registry | None = None,
-    with_data: bool = False,
-    dist: distributed.DistContext | None = None,
-    trust_plugins: bool = False,
-) -> Any:
-    """Build a run from a checkpoint's own recipe and load its weights (EMA included).
-
-    Args:
-        path: a run folder or a checkpoint file.
-        overrides: ``--set`` overrides of the stored recipe (e.g. ``sampler.steps=20``);
-            only sampling options make sense here: the weights are fixed.
-        device: run on this device instead of the recipe's ``train.device``.
-        registry: the registry to build from (default: built-ins, entry points and the
-            recipe's plugins).
-        with_data: also build the training data (evaluation against it).
-        dist: this rank under torchrun (default: the initialized process group, if any):
-            the run goes to its ``cuda:LOCAL_RANK``.
-        trust_plugins: import the stored recipe's plugins from the run folder or the
-            working directory (see :func:`stored_registry`).
-    """
-    from denoisekit.engine.training import build_run
-    from denoisekit.host.recipe import Origins
-
-    checkpoint = find_checkpoint(path)
-    state = load_checkpoint(checkpoint)
-    origins = Origins()
-    data = apply_overrides(stored_recipe(checkpoint, state), overrides, origins)
-    if device is not None:
-        data.setdefault("train", {})["device"] = device
-        origins.record({"device": device}, "--device", prefix="train")
-    if registry is None:
-        registry = stored_registry(checkpoint, data, trust_plugins=trust_plugins)
-    recipe = recipe_from_data(data, registry, source=checkpoint, origins=origins)
-    run_dir = _run_folder(checkpoint)
-    out_dir = run_dir if run_dir is not None else checkpoint.parent
-    run = build_run(recipe, out_dir=out_dir, registry=registry, with_data=with_data, dist=dist)
-    run.load_state_dict(state, source=str(checkpoint), weights_only=True)
-    return run
 
 
 def stored_recipe(checkpoint: Path, state: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -124,7 +78,7 @@ def stored_registry(
         PluginLoadError: a plugin that is not installed, or would come from the run
             folder, without ``trust_plugins``; one line naming it and ``--trust-plugins``.
     """
-    folder = (_run_folder(checkpoint) or checkpoint.parent).resolve()
+    folder = (run_folder(checkpoint) or checkpoint.parent).resolve()
     names = data.get("plugins", [])
     search: list[Path] = []
     if trust_plugins:
@@ -170,7 +124,7 @@ def _check_installed(name: str, folder: Path, checkpoint: Path) -> None:
         )
 
 
-def _run_folder(checkpoint: Path) -> Path | None:
+def run_folder(checkpoint: Path) -> Path | None:
     """The run folder of ``RUN/checkpoints/FILE.pt``; None for a checkpoint elsewhere."""
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
 
@@ -205,7 +159,8 @@ def sample_images(
     progress: Callable[[int], None] | None = None,
     dist: distributed.DistContext | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Draw ``n`` images in [-1, 1] (on the CPU), in batches, with per-image seeds.
+    """Draw ``n`` images in [-1, 1] (on the CPU), in batches, with per-image seeds: the one
+    way the engine draws N images (each batch through :meth:`Run.sample`).
 
     Returns the images ``(N, C, H, W)`` and the labels used (class-conditional models
     get ``labels``, by default cycling through the classes), or ``None``.
@@ -218,54 +173,26 @@ def sample_images(
     """
     if n <= 0:
         raise ValueError(f"the number of images must be positive: {n}")
-    sampler = sampler or run.sampler
     if labels is None:
         labels = class_labels(n, run.num_classes)
-    if dist is not None and dist.enabled:
-        lo, hi = distributed.shard_range(n, dist)
-        mine = labels[lo:hi] if labels is not None else None
-        images = (
-            _sample_range(run, lo, hi, seed, batch_size, sampler, mine, callback, progress)
-            if hi > lo
-            else torch.zeros((0, *run.image_shape))
+    sharded = dist is not None and dist.enabled
+    lo, hi = distributed.shard_range(n, dist) if sharded else (0, n)
+    out = [torch.zeros((0, *run.image_shape))]
+    for start in range(lo, hi, batch_size):
+        count = min(batch_size, hi - start)
+        cond = labels[start : start + count].to(run.device) if labels is not None else None
+        generator = image_generators(seed, start, count)
+        images = run.sample(
+            count, generator=generator, sampler=sampler, cond=cond, callback=callback
         )
+        out.append(images.float().cpu())
+        if progress is not None:
+            progress(count)
+    images = torch.cat(out)
+    if sharded:
         gathered = distributed.gather_rows(images, n, dist)
-        if gathered is None:
-            return torch.zeros((0, *run.image_shape)), labels
-        return gathered, labels
-    return _sample_range(run, 0, n, seed, batch_size, sampler, labels, callback, progress), labels
-
-
-def _sample_range(
-    run: Any,
-    lo: int,
-    hi: int,
-    seed: int,
-    batch_size: int,
-    sampler: Any,
-    labels: torch.Tensor | None,
-    callback: Callable[[dict[str, Any]], None] | None,
-    progress: Callable[[int], None] | None,
-) -> torch.Tensor:
-    """Images ``lo .. hi - 1`` (``labels`` are theirs), on the CPU."""
-    denoiser = run.sampling_denoiser()
-    out = []
-    with eval_mode(denoiser.model):
-        for start in range(0, hi - lo, batch_size):
-            count = min(batch_size, hi - lo - start)
-            cond = labels[start : start + count].to(run.device) if labels is not None else None
-            images = sampler.sample(
-                denoiser,
-                (count, *run.image_shape),
-                generator=image_generators(seed, lo + start, count),
-                device=run.device,
-                cond=cond,
-                callback=callback,
-            )
-            out.append(images.float().cpu())
-            if progress is not None:
-                progress(count)
-    return torch.cat(out)
+        images = torch.zeros((0, *run.image_shape)) if gathered is None else gathered
+    return images, labels
 
 
 def save_npz(path: Path | str, images: torch.Tensor, labels: torch.Tensor | None = None) -> Path:

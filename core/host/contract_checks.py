@@ -87,8 +87,8 @@ def _class_problems(kind: str, cls: type) -> list[str]:
     missing = [m for m in KIND[kind].methods if not callable(getattr(cls, m, None))]
     if missing:
         need = {
-            "sampler": "; a sampler needs sample(denoiser, shape, *, generator, device, cond, "
-            "x_T, callback) and num_evaluations(num_timesteps)",
+            "sampler": "; a sampler needs sample(denoiser, x_T, *, generator, cond, callback) "
+            "and num_evaluations(num_timesteps)",
             "loss": "; a loss is called as loss(model_output, *, x0, noise, t)",
         }.get(kind, "")
         return [f"{cls.__name__} has no {' or '.join(f'{m}()' for m in missing)}{need}"]

@@ -37,7 +37,7 @@ from denoisekit.contracts import (
     optional,
 )
 from denoisekit.denoiser import PREDICTION_TYPES, Denoiser
-from denoisekit.diffusion import DiscreteSchedule
+from denoisekit.diffusion import DiscreteSchedule, randn
 
 __all__ = [
     "CHECKS",
@@ -236,12 +236,14 @@ def check_sampler(
 ) -> None:
     """Check a sampler's contract on a toy backbone and a ``num_timesteps`` schedule.
 
-    Asserts: the config round-trips through cattrs; output shape and dtype (float32 by
-    default, float64 when ``x_T`` is float64), finite values in [-1, 1]; bit-for-bit
+    Calls ``sample(denoiser, x_T, generator=..., ...)`` as the host does: ``x_T`` drawn
+    with :func:`denoisekit.diffusion.randn` from the generator(s) then passed along.
+    Asserts: the config round-trips through cattrs; output shape, dtype and device those
+    of ``x_T`` (float32, and float64), finite values in [-1, 1]; bit-for-bit
     determinism under a fixed seed; with a list of per-image generators, image ``i`` does
     not depend on the batch size; the network evaluations made equal
-    ``num_evaluations(T)``; ``x_T`` is not modified; the callback gets ``i``, ``t``,
-    ``x_t`` and ``x0``; every prediction type works; conditioning is passed through.
+    ``num_evaluations(T)``; ``x_T`` is used and not modified; the callback gets ``i``,
+    ``t``, ``x_t`` and ``x0``; every prediction type works; conditioning is passed through.
     """
     name = f"sampler {spec.name!r}"
     check_config_roundtrip(spec, config)
@@ -253,8 +255,13 @@ def check_sampler(
     def run(pt: str = "eps", **kwargs: Any) -> tuple[torch.Tensor, ToyBackbone, Denoiser]:
         model = ToyBackbone(shape[1])
         den = Denoiser(model, sched, pt)
-        kwargs.setdefault("generator", torch.Generator().manual_seed(0))
-        out = sampler.sample(den, kwargs.pop("shape", shape), **kwargs)
+        generator = kwargs.pop("generator", None) or torch.Generator().manual_seed(0)
+        x_T = kwargs.pop("x_T", None)
+        if x_T is None:  # the host's draw: per image with a list of generators
+            x_T = randn(kwargs.pop("shape", shape), generator)
+        out = sampler.sample(den, x_T, generator=generator, **kwargs)
+        assert isinstance(out, torch.Tensor), f"{name}: sample must return a tensor, not {out!r}"
+        assert out.device == x_T.device, f"{name}: output on {out.device}, x_T on {x_T.device}"
         return out, model, den
 
     # 1. shape, dtype, range; evaluations counted.
@@ -263,7 +270,6 @@ def check_sampler(
         f"{name}: num_evaluations({num_timesteps}) must be a positive int: {expected!r}"
     )
     out, model, den = run()
-    assert isinstance(out, torch.Tensor), f"{name}: sample must return a tensor, got {type(out)}"
     assert tuple(out.shape) == shape, f"{name}: output shape {tuple(out.shape)} != {shape}"
     assert out.dtype == torch.float32, f"{name}: output dtype {out.dtype} != torch.float32"
     assert bool(torch.isfinite(out).all()), f"{name}: output is not finite"
@@ -273,7 +279,9 @@ def check_sampler(
         f"{name}: made {model.calls} network evaluations, num_evaluations({num_timesteps}) "
         f"says {expected}"
     )
-    assert den.nfe == expected, f"{name}: Denoiser.nfe is {den.nfe}, expected {expected}"
+    assert den.num_evaluations == expected, (
+        f"{name}: Denoiser.num_evaluations is {den.num_evaluations}, expected {expected}"
+    )
 
     # 2. determinism under a fixed seed.
     again, _, _ = run()

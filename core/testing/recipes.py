@@ -87,9 +87,10 @@ def train_tiny(
             copy of the plugin under test does not register twice).
 
     Returns:
-        The :class:`denoisekit.engine.training.Run`, trained.
+        The :class:`denoisekit.engine.run.Run`, trained.
     """
-    from denoisekit.engine.training import build_run, train
+    from denoisekit.engine.build import build_run
+    from denoisekit.engine.loop import train
     from denoisekit.host.recipe import load_recipe, read_recipe_data
     from denoisekit.host.registry import load_registry
     from denoisekit.testing.conformance import single_thread

@@ -20,14 +20,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def sinusoidal_frequencies(dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+def sinusoidal_frequencies(
+    dim: int, max_period: float = 10_000.0, freq_shift: int | None = None
+) -> torch.Tensor:
     """The ``dim // 2`` frequencies of the Transformer sinusoidal embedding (float32).
 
-    DDPM's ``get_timestep_embedding``: ``freq_i = max_period ** (-i / (half - 1))``.
+    ``freq_shift = None``: DDPM's ``get_timestep_embedding``,
+    ``freq_i = max_period ** (-i / (half - 1))``. An int: diffusers' ``Timesteps``,
+    ``max_period ** (-i / (half - freq_shift))`` in its float32 operation order (so
+    ``freq_shift = 1`` equals DDPM's up to one float32 rounding and diffusers' exactly).
     """
     half = dim // 2
     if half < 2:
         raise ValueError(f"the sinusoidal embedding needs dim >= 4: {dim}")
+    if freq_shift is not None:
+        exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32)
+        return torch.exp(exponent / (half - freq_shift))
     exponent = -math.log(max_period) / (half - 1)
     return torch.exp(torch.arange(half, dtype=torch.float32) * exponent)
 
@@ -35,18 +43,30 @@ def sinusoidal_frequencies(dim: int, max_period: float = 10_000.0) -> torch.Tens
 class SinusoidalEmbedding(nn.Module):
     """``t`` of shape ``(B,)`` → ``[sin(t * freq), cos(t * freq)]`` of shape ``(B, dim)``.
 
-    Computed in float32 whatever the model dtype (timesteps up to 1000 lose their fine
-    phases in half precision); the frequencies are a non-persistent buffer computed once.
+    ``[cos, sin]`` with ``flip_sin_to_cos``; ``freq_shift`` as in
+    :func:`sinusoidal_frequencies`. Computed in float32 whatever the model dtype (timesteps
+    up to 1000 lose their fine phases in half precision); the frequencies are a
+    non-persistent buffer computed once.
     """
 
-    def __init__(self, dim: int, max_period: float = 10_000.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        max_period: float = 10_000.0,
+        *,
+        freq_shift: int | None = None,
+        flip_sin_to_cos: bool = False,
+    ) -> None:
         super().__init__()
         self.dim = dim
-        self.register_buffer("freqs", sinusoidal_frequencies(dim, max_period), persistent=False)
+        self.flip_sin_to_cos = flip_sin_to_cos
+        freqs = sinusoidal_frequencies(dim, max_period, freq_shift)
+        self.register_buffer("freqs", freqs, persistent=False)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         args = t.float()[:, None] * self.freqs.float()[None, :]
-        emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+        parts = [torch.sin(args), torch.cos(args)]
+        emb = torch.cat(parts[::-1] if self.flip_sin_to_cos else parts, dim=1)
         if self.dim % 2:  # odd width: pad one zero column, as DDPM does
             emb = F.pad(emb, (0, 1))
         return emb
@@ -120,13 +140,14 @@ class ResBlock(nn.Module):
         groups: int,
         dropout: float,
         scale_shift: bool,
+        eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.scale_shift = scale_shift
-        self.norm1 = nn.GroupNorm(groups, in_channels)
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb_proj = nn.Linear(emb_channels, 2 * out_channels if scale_shift else out_channels)
-        self.norm2 = nn.GroupNorm(groups, out_channels)
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
         self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
@@ -157,12 +178,12 @@ class AttentionBlock(nn.Module):
     zero-initialised so the block starts as the identity.
     """
 
-    def __init__(self, channels: int, *, num_heads: int, groups: int) -> None:
+    def __init__(self, channels: int, *, num_heads: int, groups: int, eps: float = 1e-5) -> None:
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"{channels} channels do not split into {num_heads} heads")
         self.num_heads = num_heads
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = nn.GroupNorm(groups, channels, eps=eps)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.proj.weight)
@@ -194,14 +215,25 @@ class AttentionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve H and W: a stride-2 3×3 conv, or 2×2 average pooling."""
+    """Halve H and W: a stride-2 3×3 conv, or 2×2 average pooling.
 
-    def __init__(self, channels: int, *, with_conv: bool) -> None:
+    The conv pads one pixel on every side, or with ``pad_bottom_right`` one pixel after the
+    last row and column only (DDPM's TF ``"SAME"`` padding; diffusers'
+    ``downsample_padding = 0``).
+    """
+
+    def __init__(self, channels: int, *, with_conv: bool, pad_bottom_right: bool = False) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if with_conv else None
+        self.pad_bottom_right = pad_bottom_right and with_conv
+        padding = 0 if self.pad_bottom_right else 1
+        self.conv = (
+            nn.Conv2d(channels, channels, 3, stride=2, padding=padding) if with_conv else None
+        )
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         if self.conv is not None:
+            if self.pad_bottom_right:
+                x = F.pad(x, (0, 1, 0, 1))
             return self.conv(x)
         return F.avg_pool2d(x, 2)
 

@@ -43,6 +43,7 @@ import torch
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import int_at_least, option, positive_finite
 from denoisekit.errors import DenoisekitError
+from denoisekit.hookspecs import Run
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +122,11 @@ class AMPHook:
     # ------------------------------------------------------------------ hooks
 
     @hookimpl
-    def denoisekit_optimizer_step_skipped(self, run: Any) -> torch.Tensor | None:
+    def denoisekit_optimizer_step_skipped(self, run: Run) -> torch.Tensor | None:
         return self.step_skipped()
 
     @hookimpl
-    def denoisekit_configure(self, run: Any) -> None:
+    def denoisekit_configure(self, run: Run) -> None:
         self.device_type = run.device.type
         if self.config.dtype == "auto":
             self.dtype = auto_dtype(run.device)
@@ -168,7 +169,7 @@ class AMPHook:
         return True
 
     @hookimpl(tryfirst=True)
-    def denoisekit_optimizer_step(self, run: Any) -> bool | None:
+    def denoisekit_optimizer_step(self, run: Run) -> bool | None:
         scaler = self.scaler
         if scaler is None:
             return None  # bfloat16: the core's step

@@ -3,16 +3,16 @@
 Files, in ``<run>/checkpoints/``:
 
 * ``step-00001000.pt``: :meth:`Run.state_dict` after that many optimization steps, written
-  every ``every`` steps and at the end of training with
-  :func:`denoisekit.engine.checkpoint.save_checkpoint` (temporary file, fsync, rename: a crash
-  mid-write never leaves a truncated file). The newest ``keep`` of them are kept.
+  every ``every`` steps and at the end of training with ``run.save_checkpoint`` (temporary
+  file, fsync, rename: a crash mid-write never leaves a truncated file). The newest ``keep``
+  of them are kept.
 * ``last.pt``: the newest step file, as a hard link (no second copy of the bytes) swapped in
   atomically, or a copy where the file system has no hard links.
   ``denoisekit train --resume runs/NAME/checkpoints/last.pt`` continues exactly.
 
 A process killed mid-write (``kill -9``) leaves only a temporary file, which the next run's
-start removes (:func:`denoisekit.engine.checkpoint.remove_stale_temporaries`); ``last.pt`` and the
-step files are those of the last completed write. A full disk is a one-line error naming
+start removes (``run.remove_stale_temporaries``); ``last.pt`` and the step files are those
+of the last completed write. A full disk is a one-line error naming
 the file.
 
 Pruning only considers step files up to the step the run started from (after a resume) and
@@ -45,9 +45,7 @@ Recipe example::
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -57,8 +55,8 @@ import torch
 
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import int_at_least, option
-from denoisekit.engine.checkpoint import remove_stale_temporaries, save_checkpoint, temporary_prefix
-from denoisekit.errors import NonFiniteLossError, OutputError
+from denoisekit.errors import NonFiniteLossError
+from denoisekit.hookspecs import Run
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +96,7 @@ class CheckpointHook:
     Attributes:
         folder: ``<run>/checkpoints``.
         last_checkpoint: the newest good step file (written by this run or found at the
-            start), or None; the NaN guard names it.
+            start), or None; ``denoisekit_last_checkpoint`` answers it (the NaN guard).
         last_checkpoint_step: its step.
     """
 
@@ -116,15 +114,15 @@ class CheckpointHook:
     # ------------------------------------------------------------------ hooks
 
     @hookimpl
-    def denoisekit_configure(self, run: Any) -> None:
+    def denoisekit_configure(self, run: Run) -> None:
         self.folder = Path(run.out_dir) / "checkpoints"
 
     @hookimpl
-    def denoisekit_train_start(self, run: Any) -> None:
+    def denoisekit_train_start(self, run: Run) -> None:
         self._history = []
         later = []
         if self.folder is not None and self.folder.is_dir():
-            remove_stale_temporaries(self.folder)
+            run.remove_stale_temporaries(self.folder)
             for path in self.folder.iterdir():
                 match = STEP_FILE_RE.match(path.name)
                 if match:
@@ -142,6 +140,10 @@ class CheckpointHook:
             self.last_checkpoint_step, self.last_checkpoint = self._history[-1]
         self._record_boundary(run)
 
+    @hookimpl
+    def denoisekit_last_checkpoint(self) -> Path | None:
+        return self.last_checkpoint
+
     @hookimpl(wrapper=True)
     def denoisekit_optimizer_step(self) -> Generator[None, Any, Any]:
         self._phase = "update"
@@ -149,7 +151,7 @@ class CheckpointHook:
 
     @hookimpl(wrapper=True)
     def denoisekit_train_step_end(
-        self, run: Any, step: int, loss: torch.Tensor
+        self, run: Run, step: int, loss: torch.Tensor
     ) -> Generator[None, Any, Any]:
         # A wrapper: this code runs after every other step-end hook (the EMA update),
         # so the checkpoint holds the step's final state.
@@ -163,12 +165,12 @@ class CheckpointHook:
         return result
 
     @hookimpl
-    def denoisekit_train_end(self, run: Any) -> None:
+    def denoisekit_train_end(self, run: Run) -> None:
         if self.last_checkpoint_step != run.step:
             self.save(run, loss=self._last_loss)
 
     @hookimpl
-    def denoisekit_train_error(self, run: Any, error: BaseException) -> None:
+    def denoisekit_train_error(self, run: Run, error: BaseException) -> None:
         where = self._describe_last()
         if isinstance(error, NonFiniteLossError):
             log.warning("checkpoint: not written (non-finite loss); %s", where)
@@ -199,8 +201,7 @@ class CheckpointHook:
             )
         elif self._boundary is not None and self._boundary["step"] == run.step:
             # Mid-step: undo the data and random draws of the unfinished step.
-            state["data"] = self._boundary["data"]
-            state["rng"] = {**state["rng"], **self._boundary["rng"]}
+            state.update(data=self._boundary["data"], rng=self._boundary["rng"])
         try:
             self.save(run, state=state)
         except Exception:  # never mask the interrupt that brought us here
@@ -209,7 +210,7 @@ class CheckpointHook:
     # ------------------------------------------------------------------ files
 
     def save(
-        self, run: Any, *, state: dict[str, Any] | None = None, loss: torch.Tensor | None = None
+        self, run: Run, *, state: dict[str, Any] | None = None, loss: torch.Tensor | None = None
     ) -> Path | None:
         """Write the step file of ``run.step`` (and ``last.pt``), then prune old ones.
 
@@ -225,8 +226,7 @@ class CheckpointHook:
         if self.folder is None:
             raise RuntimeError("checkpoint hook used before denoisekit_configure")
         path = self.folder / step_file_name(run.step)
-        save_checkpoint(path, state if state is not None else run.state_dict())
-        _replace_with_link(path, self.folder / LAST_NAME)
+        run.save_checkpoint(path, state, last=self.folder / LAST_NAME)
         self._history = [(s, p) for s, p in self._history if s != run.step]
         self._history.append((run.step, path))
         self._prune()
@@ -242,17 +242,10 @@ class CheckpointHook:
             _, old = self._history.pop(0)
             old.unlink(missing_ok=True)
 
-    def _record_boundary(self, run: Any) -> None:
+    def _record_boundary(self, run: Run) -> None:
         # The data position and RNG states at the end of a step (small host copies, no
-        # device sync), restored into a checkpoint written on a mid-step interrupt. Same
-        # keys as Run.state_dict()["rng"].
-        rng: dict[str, Any] = {
-            "generator": run.generator.get_state(),
-            "torch": torch.get_rng_state(),
-        }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        self._boundary = {"step": run.step, "data": dict(run.batches.state_dict()), "rng": rng}
+        # device sync), restored into a checkpoint written on a mid-step interrupt.
+        self._boundary = {"step": run.step, **run.draw_state()}
 
     def _describe_last(self) -> str:
         if self.last_checkpoint is None:
@@ -260,27 +253,9 @@ class CheckpointHook:
         return f"the last good checkpoint is {self.last_checkpoint}"
 
 
-def _loss_ok(run: Any, loss: torch.Tensor) -> bool:
+def _loss_ok(run: Run, loss: torch.Tensor) -> bool:
     """Finite, or not finite on a step the float16 loss scaler skipped (one host sync)."""
     return bool(torch.isfinite(loss).all()) or run.optimizer_step_skipped()
-
-
-def _replace_with_link(target: Path, link: Path) -> None:
-    """Make ``link`` name ``target``'s bytes: hard link (else copy), swapped in atomically."""
-    tmp = link.with_name(temporary_prefix(link) + "link.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        try:
-            os.link(target, tmp)
-        except OSError:
-            shutil.copyfile(target, tmp)
-            with tmp.open("rb+") as handle:
-                os.fsync(handle.fileno())
-        os.replace(tmp, link)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        reason = exc.strerror or exc
-        raise OutputError(f"{link}: cannot write ({reason}); {target} is intact") from exc
 
 
 def build_checkpoint(config: CheckpointConfig) -> CheckpointHook:

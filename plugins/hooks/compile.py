@@ -1,7 +1,7 @@
 """``torch.compile`` the backbone for training (``[hooks.compile]``).
 
-At ``denoisekit_configure`` the run's ``train_model`` (what the training forward pass
-calls) becomes ``torch.compile(run.model, ...)``. ``run.model`` stays the raw module,
+The hook answers ``denoisekit_train_model`` (the module the training forward pass calls)
+with ``torch.compile(run.model, ...)``. ``run.model`` stays the raw module,
 shared with the compiled wrapper: checkpoints hold its plain state dict (no
 ``_orig_mod.`` prefixes), so they load into runs with or without this hook, and sampling
 (previews, the EMA copy) uses uncompiled modules.
@@ -78,9 +78,9 @@ class CompileHook:
         return torch.compile(model, **kwargs)
 
     @hookimpl
-    def denoisekit_configure(self, run: Any) -> None:
-        run.train_model = self.compile(run.model)
+    def denoisekit_train_model(self, model: torch.nn.Module) -> torch.nn.Module:
         log.info("compile: the training forward runs through torch.compile (%s)", self.config)
+        return self.compile(model)
 
 
 def build_compile(config: CompileConfig) -> CompileHook:

@@ -37,6 +37,7 @@ from torch import nn
 
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import int_at_least, option, unit_interval
+from denoisekit.hookspecs import Run
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class EMAHook:
     # ------------------------------------------------------------------ hooks
 
     @hookimpl
-    def denoisekit_configure(self, run: Any) -> None:
+    def denoisekit_configure(self, run: Run) -> None:
         model = copy.deepcopy(run.model)
         model.eval()
         model.requires_grad_(False)
@@ -112,7 +113,7 @@ class EMAHook:
             self._buffers.append(buffers[name])
 
     @hookimpl(tryfirst=True)
-    def denoisekit_train_step_end(self, run: Any, step: int) -> None:
+    def denoisekit_train_step_end(self, run: Run, step: int) -> None:
         # tryfirst: previews and checkpoints of this step see the updated average.
         if step % self.config.update_every:
             return

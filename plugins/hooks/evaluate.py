@@ -32,8 +32,8 @@ import attrs
 
 from denoisekit import CheckContext, ComponentSpec, Problem, hookimpl
 from denoisekit.config import int_at_least, option
-from denoisekit.engine.evaluation import EvalContext, build_metrics, eval_scalars, evaluate
 from denoisekit.errors import RecipeError
+from denoisekit.hookspecs import Run
 
 log = logging.getLogger(__name__)
 
@@ -88,42 +88,37 @@ class EvaluateHook:
         self.metrics: dict[str, Any] = {}
         self.last_step: int | None = None
         self.history: list[tuple[int, dict[str, float]]] = []
-        self._reference: Any = None
 
     @hookimpl
-    def denoisekit_configure(self, run: Any) -> None:
+    def denoisekit_configure(self, run: Run) -> None:
         # Loaded recipes were checked already; this catches recipes built in code.
         context = CheckContext(recipe=run.recipe, facts={}, table="hooks.evaluate")
         for key, message in check_evaluate(self.config, context):
             where = f"{run.recipe.path}: " if run.recipe.path is not None else ""
             raise RecipeError(f"{where}hooks.evaluate{'.' + key if key else ''}: {message}")
         names = list(self.config.metrics) or list(run.recipe.metrics)
-        self.metrics = build_metrics(run.recipe, run.registry, names)
+        self.metrics = run.build_metrics(names)
 
-    def evaluate(self, run: Any, step: int) -> dict[str, float]:
+    def evaluate(self, run: Run, step: int) -> dict[str, float]:
         """Run the metrics now and log them as ``eval/<key>`` at ``step``."""
-        context = EvalContext(
-            run=run,
-            seed=self.config.seed,
-            num_samples=self.config.num_samples,
-            batch_size=self.config.batch_size,
-            reference=self._reference,
+        cfg = self.config
+        results = run.evaluate(
+            self.metrics, seed=cfg.seed, num_samples=cfg.num_samples, batch_size=cfg.batch_size
         )
-        results = evaluate(context, self.metrics)
-        self._reference = context.reference  # built once, reused by later evaluations
-        run.pm.hook.denoisekit_log_scalars(run=run, step=step, scalars=eval_scalars(results))
+        scalars = {f"eval/{key}": float(value) for key, value in results.items()}
+        run.pm.hook.denoisekit_log_scalars(run=run, step=step, scalars=scalars)
         self.last_step = step
         self.history.append((step, results))
         log.info("evaluate at step %d: %s", step, results)
         return results
 
     @hookimpl
-    def denoisekit_train_step_end(self, run: Any, step: int) -> None:
+    def denoisekit_train_step_end(self, run: Run, step: int) -> None:
         if step % self.config.every == 0:
             self.evaluate(run, step)
 
     @hookimpl
-    def denoisekit_train_end(self, run: Any) -> None:
+    def denoisekit_train_end(self, run: Run) -> None:
         if self.config.at_end and self.last_step != run.step:
             self.evaluate(run, run.step)
 

@@ -6,10 +6,10 @@ intervals); ``every = 1`` costs little for diffusion models, whose steps are lon
 raising ``every`` trades that for a later stop.
 
 A non-finite loss raises :class:`denoisekit.errors.NonFiniteLossError` naming the step, the
-last good checkpoint (the ``[hooks.checkpoint]`` hook writes nothing for it, so ``last.pt``
-stays good) and what to change. The check is a ``wrapper`` of
-``denoisekit_train_step_end`` that runs before every other step-end hook, so neither the
-EMA nor a checkpoint ever sees the bad step.
+last good checkpoint (from ``denoisekit_last_checkpoint``: the ``[hooks.checkpoint]`` hook
+writes nothing for the bad step, so ``last.pt`` stays good) and what to change. The check
+is a ``wrapper`` of ``denoisekit_train_step_end`` that runs before every other step-end
+hook, so neither the EMA nor a checkpoint ever sees the bad step.
 
 With float16 AMP (``[hooks.amp] dtype = "float16"``) an overflowing step is the loss
 scaler's business: it skips the update and lowers the scale, so a non-finite loss on a step
@@ -34,6 +34,7 @@ import torch
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import int_at_least, option
 from denoisekit.errors import NonFiniteLossError
+from denoisekit.hookspecs import Run
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +64,13 @@ class NaNGuardHook:
 
     @hookimpl(wrapper=True, tryfirst=True)
     def denoisekit_train_step_end(
-        self, run: Any, step: int, loss: torch.Tensor
+        self, run: Run, step: int, loss: torch.Tensor
     ) -> Generator[None, Any, Any]:
         if step % self.config.every == 0:
             self.check(run, step, loss)
         return (yield)
 
-    def check(self, run: Any, step: int, loss: torch.Tensor) -> None:
+    def check(self, run: Run, step: int, loss: torch.Tensor) -> None:
         """Raise :class:`NonFiniteLossError` when ``loss`` is not finite (a host sync)."""
         if bool(torch.isfinite(loss).all()):
             self.skipped_in_a_row = 0
@@ -91,14 +92,15 @@ class NaNGuardHook:
         raise NonFiniteLossError(f"step {step}: loss is {what}; {_last_good(run)}; {advice}")
 
 
-def _last_good(run: Any) -> str:
-    if not getattr(run, "is_main", True):  # under torchrun only rank 0 has the checkpoint hook
+def _last_good(run: Run) -> str:
+    if not run.is_main:  # under torchrun only rank 0 has the checkpoint hook
         return "rank 0 names the last good checkpoint"
-    for hook in run.hooks.values():
-        if hasattr(hook, "last_checkpoint"):
-            if hook.last_checkpoint is None:
-                return "no checkpoint has been written yet"
-            return f"the last good checkpoint is {hook.last_checkpoint}"
+    ask = run.pm.hook.denoisekit_last_checkpoint
+    path = ask(run=run)
+    if path is not None:
+        return f"the last good checkpoint is {path}"
+    if ask.get_hookimpls():  # a plugin writes checkpoints, none yet
+        return "no checkpoint has been written yet"
     return "no checkpoints are written (add [hooks.checkpoint])"
 
 

@@ -24,14 +24,13 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
 
 import attrs
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import int_at_least, option
-from denoisekit.engine.sampling import class_labels, save_grid
+from denoisekit.hookspecs import Run
 
 log = logging.getLogger(__name__)
 
@@ -72,40 +71,41 @@ class PreviewHook:
         self.config = config
         self.last_step: int | None = None
 
-    def labels(self, run: Any) -> torch.Tensor | None:
+    def labels(self, run: Run) -> torch.Tensor | None:
         """The class labels of the preview images (None when unconditional)."""
-        labels = class_labels(self.config.num_images, run.num_classes)
-        return None if labels is None else labels.to(run.device)
+        if not run.num_classes:
+            return None
+        return (torch.arange(self.config.num_images) % run.num_classes).to(run.device)
 
-    def nrow(self, run: Any) -> int:
+    def nrow(self, run: Run) -> int:
         """Images per grid row: one column per class, else a square-ish grid."""
         num_classes = run.num_classes
         if num_classes and num_classes <= 16:
             return min(num_classes, self.config.num_images)
         return max(1, math.ceil(math.sqrt(self.config.num_images)))
 
-    def draw(self, run: Any) -> torch.Tensor:
+    def draw(self, run: Run) -> torch.Tensor:
         """The preview images ``(N, C, H, W)`` in [-1, 1], from the fixed noise."""
         generator = torch.Generator().manual_seed(self.config.seed)
         return run.sample(self.config.num_images, generator=generator, cond=self.labels(run))
 
-    def preview(self, run: Any, step: int) -> Path:
+    def preview(self, run: Run, step: int) -> Path:
         """Draw, save ``samples/step-N.png`` and call ``denoisekit_preview_images``."""
         images = self.draw(run)
         path = Path(run.out_dir) / "samples" / preview_file_name(step)
-        save_grid(path, images.float(), nrow=self.nrow(run), padding=2)
+        run.save_grid(path, images.float(), nrow=self.nrow(run), padding=2)
         run.pm.hook.denoisekit_preview_images(run=run, step=step, images=images)
         self.last_step = step
         log.info("preview: wrote %s", path)
         return path
 
     @hookimpl
-    def denoisekit_train_step_end(self, run: Any, step: int) -> None:
+    def denoisekit_train_step_end(self, run: Run, step: int) -> None:
         if step % self.config.every == 0:
             self.preview(run, step)
 
     @hookimpl
-    def denoisekit_train_end(self, run: Any) -> None:
+    def denoisekit_train_end(self, run: Run) -> None:
         if self.config.at_end and self.last_step != run.step:
             self.preview(run, run.step)
 

@@ -23,6 +23,7 @@ import attrs
 
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import option
+from denoisekit.hookspecs import Run
 
 BAR_CHOICES = ("auto", "always", "never")
 
@@ -75,7 +76,7 @@ class ProgressHook:
         return bool(isatty and isatty())
 
     @hookimpl
-    def denoisekit_train_start(self, run: Any) -> None:
+    def denoisekit_train_start(self, run: Run) -> None:
         if self.use_bar():
             from tqdm import tqdm
 
@@ -94,7 +95,7 @@ class ProgressHook:
             self.bar.update(step - self.bar.n)
 
     @hookimpl
-    def denoisekit_log_scalars(self, run: Any, step: int, scalars: dict[str, float]) -> None:
+    def denoisekit_log_scalars(self, run: Run, step: int, scalars: dict[str, float]) -> None:
         if self.bar is not None:
             postfix = {}
             if "loss" in scalars:

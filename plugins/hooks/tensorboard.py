@@ -38,6 +38,7 @@ import torch
 
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import int_at_least, option
+from denoisekit.hookspecs import Run
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class TensorBoardHook:
     # ------------------------------------------------------------------ hooks
 
     @hookimpl
-    def denoisekit_configure(self, run: Any) -> None:
+    def denoisekit_configure(self, run: Run) -> None:
         self.log_dir = Path(run.out_dir) / FOLDER
         self._num_timesteps = int(run.schedule.num_timesteps)
         bins = self.config.timestep_bins
@@ -126,7 +127,7 @@ class TensorBoardHook:
         self._bin_of_t = bin_of_t.to(run.device)  # per step: one gather, no arithmetic
 
     @hookimpl
-    def denoisekit_train_start(self, run: Any) -> None:
+    def denoisekit_train_start(self, run: Run) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(
@@ -140,13 +141,12 @@ class TensorBoardHook:
         self.writer.add_text("recipe", text, global_step=run.step)
 
     @hookimpl
-    def denoisekit_train_step_end(self, run: Any) -> None:
-        losses, t = run.last_loss_per_sample, run.last_t
-        if losses is None or t is None or self._loss_sum is None or self._count is None:
+    def denoisekit_train_step_end(self, loss_per_sample: torch.Tensor, t: torch.Tensor) -> None:
+        if self._loss_sum is None or self._count is None or self._bin_of_t is None:
             return
         bins = self._bin_of_t[t]  # the ranges of bin_edges(); on the device
-        self._loss_sum.index_add_(0, bins, losses.detach().float())
-        self._count.index_add_(0, bins, torch.ones_like(losses, dtype=self._count.dtype))
+        self._loss_sum.index_add_(0, bins, loss_per_sample.detach().float())
+        self._count.index_add_(0, bins, torch.ones_like(loss_per_sample, dtype=self._count.dtype))
 
     @hookimpl(tryfirst=True, specname="denoisekit_log_scalars")
     def add_timestep_losses(self, scalars: dict[str, float]) -> None:
@@ -180,7 +180,7 @@ class TensorBoardHook:
         self.writer.add_image("samples", grid, global_step=step)
 
     @hookimpl
-    def denoisekit_train_end(self, run: Any) -> None:
+    def denoisekit_train_end(self, run: Run) -> None:
         if self.writer is None:
             return
         if self.config.hparams:
@@ -196,7 +196,7 @@ class TensorBoardHook:
 
     # ------------------------------------------------------------------ helpers
 
-    def write_hparams(self, run: Any) -> None:
+    def write_hparams(self, run: Run) -> None:
         """The HParams entry: flattened recipe options and the last logged scalars."""
         from torch.utils.tensorboard.summary import hparams
 

@@ -3,7 +3,7 @@
 By default it reports how the evaluation's shared sample set was drawn (no extra work):
 the wall time from the first batch to a device synchronization after the last, divided
 by the number of images, and the network evaluations per image, counted through
-``Denoiser.nfe`` (one per ``predict`` call on a batch; falls back to the sampler's
+``Denoiser.num_evaluations`` (one per ``predict`` call on a batch; falls back to the sampler's
 ``num_evaluations`` for a sampler that bypasses ``predict``). Everything the sampling
 includes counts: the batches' copies to the CPU too.
 

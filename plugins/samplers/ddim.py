@@ -26,8 +26,8 @@ import attrs
 import torch
 
 from denoisekit import CheckContext, ComponentSpec, DenoiserLike, Problem, hookimpl
-from denoisekit.config import option, unit_interval
-from denoisekit.diffusion import SPACINGS, batch_timesteps, randn, spaced_timesteps, start_noise
+from denoisekit.config import int_at_least, option, unit_interval
+from denoisekit.diffusion import SPACINGS, randn, sampling_steps, spaced_timesteps
 
 
 @attrs.frozen(kw_only=True)
@@ -37,7 +37,7 @@ class DDIMConfig:
     steps: int = option(
         50,
         "number of sampling steps (at most the schedule's timesteps)",
-        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+        validator=int_at_least(1),
     )
     eta: float = option(
         0.0,
@@ -55,7 +55,7 @@ class DDIMConfig:
 
 
 class DDIMSampler:
-    """DDIM sampler; see the module docstring. Build with :func:`build_ddim`."""
+    """DDIM sampler; see the module docstring."""
 
     def __init__(self, config: DDIMConfig) -> None:
         self.config = config
@@ -76,79 +76,59 @@ class DDIMSampler:
     def sample(
         self,
         denoiser: DenoiserLike,
-        shape: Sequence[int],
+        x_T: torch.Tensor,
         *,
         generator: torch.Generator | Sequence[torch.Generator] | None,
-        device: torch.device | str = "cpu",
         cond: torch.Tensor | None = None,
-        x_T: torch.Tensor | None = None,
         callback: Callable[[dict[str, Any]], None] | None = None,
-        dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        """Draw samples.
+        """Draw samples from the starting noise ``x_T`` (``(B, ...)``; not modified).
 
         Args:
             denoiser: gives ``(eps, x0)`` estimates at original-schedule timesteps.
-            shape: ``(B, C, H, W)`` (any ``(B, ...)``).
-            generator: a generator or one per image (see :func:`denoisekit.diffusion.randn`).
-                With ``eta = 0`` only ``x_T`` is drawn.
-            device: where sampling runs.
+            generator: a generator or one per image (see :func:`denoisekit.diffusion.randn`)
+                for the noise of ``eta > 0``.
             cond: conditioning passed to the denoiser.
-            x_T: the starting noise (used instead of a draw); moved to ``device``.
             callback: called after each step's prediction with ``{"i": step index from 0,
                 "t": original timestep (int), "x_t": the current sample, "x0": the clipped
                 x0 estimate}``.
-            dtype: the sampling dtype; default ``x_T``'s dtype, else float32.
 
         Returns:
-            Samples of ``shape`` clamped to [-1, 1].
+            Samples of ``x_T``'s shape, dtype and device, clamped to [-1, 1].
 
         Raises:
             ValueError: when ``steps`` exceeds the schedule's number of timesteps.
         """
-        shape = tuple(int(s) for s in shape)
-        device = torch.device(device)
-        alpha_bar = denoiser.schedule.alphas_cumprod.tolist()  # float64 values, host side
-        ts = self.timesteps(len(alpha_bar))
+        steps = sampling_steps(
+            denoiser.schedule, self.timesteps(denoiser.schedule.num_timesteps), x_T
+        )
         eta = self.config.eta
-
         # Step tables (python floats: kernel scalars, no per-step device tensors or syncs).
         sqrt_ab, sqrt_1m_ab, c_x0, c_eps, sigma = [], [], [], [], []
-        for n, t in enumerate(ts):
-            ab_t = alpha_bar[t]
-            ab_s = alpha_bar[ts[n + 1]] if n + 1 < len(ts) else 1.0
+        for ab_t, ab_s in zip(steps.alpha_bar, steps.alpha_bar_next, strict=True):
             var = eta**2 * (1.0 - ab_s) / (1.0 - ab_t) * (1.0 - ab_t / ab_s)  # eq. (16)
             sqrt_ab.append(math.sqrt(ab_t))
             sqrt_1m_ab.append(math.sqrt(1.0 - ab_t))
             c_x0.append(math.sqrt(ab_s))
             c_eps.append(math.sqrt(max(1.0 - ab_s - var, 0.0)))
             sigma.append(math.sqrt(var))
-        K, B = len(ts), shape[0]
-        t_batch = batch_timesteps(ts, B, device)
 
-        x = start_noise(shape, generator, device=device, dtype=dtype, x_T=x_T)
-        dtype = x.dtype
-
-        for n in range(K):
-            eps, x0 = denoiser.predict(x, t_batch[n], cond)
+        x = x_T
+        for n, t in enumerate(steps.timesteps):
+            eps, x0 = denoiser.predict(x, steps.t[n], cond)
             if self.config.clip_denoised:
                 x0 = x0.clamp(-1.0, 1.0)
                 eps = (x - sqrt_ab[n] * x0) / sqrt_1m_ab[n]
             if callback is not None:
-                callback({"i": n, "t": ts[n], "x_t": x, "x0": x0})
+                callback({"i": n, "t": t, "x_t": x, "x0": x0})
             # Eq. (12): "predicted x0" + "direction pointing to x_t" + random noise.
             x = c_x0[n] * x0 + c_eps[n] * eps
             if sigma[n] > 0.0:
-                x = x + sigma[n] * randn(shape, generator, device=device, dtype=dtype)
+                x = x + sigma[n] * randn(x.shape, generator, device=x.device, dtype=x.dtype)
         return x.clamp(-1.0, 1.0)
 
     def __repr__(self) -> str:
         return f"DDIMSampler({self.config!r})"
-
-
-def build_ddim(config: DDIMConfig) -> DDIMSampler:
-    """Build the DDIM sampler."""
-    return DDIMSampler(config)
 
 
 def check_ddim(config: DDIMConfig, context: CheckContext) -> Iterator[Problem]:
@@ -169,7 +149,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             kind="sampler",
             name="ddim",
             config=DDIMConfig,
-            build=build_ddim,
+            build=DDIMSampler,
             check=check_ddim,
             summary="DDIM (Song et al. 2021): deterministic at eta = 0, DDPM-like at eta = 1.",
         )

@@ -20,15 +20,14 @@ import attrs
 import torch
 
 from denoisekit import CheckContext, ComponentSpec, DenoiserLike, Problem, hookimpl
-from denoisekit.config import option
+from denoisekit.config import int_at_least, option
 from denoisekit.diffusion import (
     SPACINGS,
     VARIANCES,
     DiscreteSchedule,
-    batch_timesteps,
     randn,
+    sampling_steps,
     spaced_timesteps,
-    start_noise,
 )
 
 
@@ -39,9 +38,7 @@ class DDPMConfig:
     steps: int | None = option(
         None,
         "number of sampling steps; None: the full training chain (T steps)",
-        validator=attrs.validators.optional(
-            [attrs.validators.instance_of(int), attrs.validators.gt(0)]
-        ),
+        validator=int_at_least(1, optional=True),
     )
     spacing: str = option(
         "linspace",
@@ -59,7 +56,7 @@ class DDPMConfig:
 
 
 class DDPMSampler:
-    """Ancestral sampler; see the module docstring. Build with :func:`build_ddpm`."""
+    """Ancestral sampler; see the module docstring."""
 
     def __init__(self, config: DDPMConfig) -> None:
         self.config = config
@@ -81,70 +78,54 @@ class DDPMSampler:
     def sample(
         self,
         denoiser: DenoiserLike,
-        shape: Sequence[int],
+        x_T: torch.Tensor,
         *,
         generator: torch.Generator | Sequence[torch.Generator] | None,
-        device: torch.device | str = "cpu",
         cond: torch.Tensor | None = None,
-        x_T: torch.Tensor | None = None,
         callback: Callable[[dict[str, Any]], None] | None = None,
-        dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        """Draw samples.
+        """Draw samples from the starting noise ``x_T`` (``(B, ...)``; not modified).
 
         Args:
             denoiser: gives ``(eps, x0)`` estimates at original-schedule timesteps.
-            shape: ``(B, C, H, W)`` (any ``(B, ...)``).
-            generator: a generator or one per image (see :func:`denoisekit.diffusion.randn`).
-            device: where sampling runs.
+            generator: a generator or one per image (see :func:`denoisekit.diffusion.randn`)
+                for each step's noise.
             cond: conditioning passed to the denoiser.
-            x_T: the starting noise (used instead of a draw); moved to ``device``.
             callback: called after each step's prediction with ``{"i": step index from 0,
                 "t": original timestep (int), "x_t": the current sample, "x0": the clipped
                 x0 estimate}``.
-            dtype: the sampling dtype; default ``x_T``'s dtype, else float32.
 
         Returns:
-            Samples of ``shape`` clamped to [-1, 1].
+            Samples of ``x_T``'s shape, dtype and device, clamped to [-1, 1].
         """
-        shape = tuple(int(s) for s in shape)
-        device = torch.device(device)
         schedule = denoiser.schedule
-        # Step tables, built once per call. `respace` keeps alpha_bar at the kept timesteps;
-        # its index i maps to original timestep timestep_map[i] (ascending).
-        ts = self.timesteps(schedule.num_timesteps)
-        respaced, timestep_map = DiscreteSchedule.of(schedule).respace(ts)
+        steps = sampling_steps(schedule, self.timesteps(schedule.num_timesteps), x_T)
+        # Step tables, built once per call. `respace` keeps alpha_bar at the visited
+        # timesteps; its index i (ascending) is step K - 1 - i (noisiest first).
+        respaced, _ = DiscreteSchedule.of(schedule).respace(steps.timesteps)
         host = respaced.tables("cpu", torch.float64)
         var = host.posterior_variance if self.config.variance == "fixed_small" else host.betas
         # Python floats: kernel scalars, no device tensors and no host-device syncs per step.
         coef_x0 = host.posterior_mean_coef1.tolist()
         coef_xt = host.posterior_mean_coef2.tolist()
         sigma = var.sqrt().tolist()
-        K, B = len(ts), shape[0]
-        t_batch = batch_timesteps(timestep_map, B, device)  # row i: t_i for the batch
 
-        x = start_noise(shape, generator, device=device, dtype=dtype, x_T=x_T)
-        dtype = x.dtype
-
-        for n, i in enumerate(range(K - 1, -1, -1)):  # n: steps taken; i: respaced index
-            _, x0 = denoiser.predict(x, t_batch[i], cond)
+        x = x_T
+        for n, t in enumerate(steps.timesteps):  # n: steps taken
+            i = len(steps.timesteps) - 1 - n  # the respaced index
+            _, x0 = denoiser.predict(x, steps.t[n], cond)
             if self.config.clip_denoised:
                 x0 = x0.clamp(-1.0, 1.0)
             if callback is not None:
-                callback({"i": n, "t": ts[n], "x_t": x, "x0": x0})
+                callback({"i": n, "t": t, "x_t": x, "x0": x0})
             # DDPM eq. (7): x_{t-1} = mu~(x_t, x0) + sigma_t z, z ~ N(0, I); z = 0 at the end.
             x = coef_x0[i] * x0 + coef_xt[i] * x
             if i > 0:
-                x = x + sigma[i] * randn(shape, generator, device=device, dtype=dtype)
+                x = x + sigma[i] * randn(x.shape, generator, device=x.device, dtype=x.dtype)
         return x.clamp(-1.0, 1.0)
 
     def __repr__(self) -> str:
         return f"DDPMSampler({self.config!r})"
-
-
-def build_ddpm(config: DDPMConfig) -> DDPMSampler:
-    """Build the DDPM sampler."""
-    return DDPMSampler(config)
 
 
 def check_ddpm(config: DDPMConfig, context: CheckContext) -> Iterator[Problem]:
@@ -165,7 +146,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             kind="sampler",
             name="ddpm",
             config=DDPMConfig,
-            build=build_ddpm,
+            build=DDPMSampler,
             check=check_ddpm,
             summary="Ancestral DDPM sampling (Ho et al. 2020), full or respaced chain.",
         )

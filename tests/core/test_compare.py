@@ -17,7 +17,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from denoisekit.cli import main
-from denoisekit.engine import compare, training
+from denoisekit.engine import compare, loop
 from denoisekit.engine.compare import parse_vary, plan, run_compare, split_values, training_groups
 
 RECIPE = """
@@ -62,13 +62,13 @@ def compared(recipe_path, tmp_path_factory):
     """Four variants: two samplers × two step counts on one model, plus another schedule."""
     out = tmp_path_factory.mktemp("cmp-out")
     calls = []
-    original = training.train
+    original = loop.train
 
     def counting_train(run):
         calls.append(run.out_dir.name)
         return original(run)
 
-    training.train = counting_train
+    loop.train = counting_train
     try:
         variants = plan(
             [recipe_path],
@@ -84,7 +84,7 @@ def compared(recipe_path, tmp_path_factory):
             log=lambda _: None,
         )
     finally:
-        training.train = original
+        loop.train = original
     return out, rows, calls
 
 

@@ -68,10 +68,9 @@ def test_check_loss_catches_a_batch_mean_and_a_wrong_target():
 
 def test_check_sampler_catches_a_sampler_that_edits_x_T():
     class InPlace(ddim.DDIMSampler):
-        def sample(self, denoiser, shape, *, x_T=None, **kwargs):
-            if x_T is not None:
-                x_T.mul_(0.5)  # the caller's tensor, changed
-            return super().sample(denoiser, shape, x_T=x_T, **kwargs)
+        def sample(self, denoiser, x_T, **kwargs):
+            x_T.mul_(0.5)  # the caller's tensor, changed
+            return super().sample(denoiser, x_T, **kwargs)
 
     spec = _spec("sampler", lambda cfg: InPlace(ddim.DDIMConfig(steps=5)))
     with pytest.raises(AssertionError, match="modified the x_T it was given"):

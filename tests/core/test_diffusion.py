@@ -335,28 +335,15 @@ def test_tables_and_randn_on_cuda(sched):
     assert x_t.is_cuda
 
 
-def test_start_noise_draws_per_image_or_copies_the_callers_x_T():
-    gens = [torch.Generator().manual_seed(i) for i in range(3)]
-    drawn = D.start_noise((3, 2, 4, 4), gens)
-    expected = torch.cat(
-        [torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    )
-    assert drawn.dtype == torch.float32 and torch.equal(drawn, expected)
-
-    x_T = torch.randn(3, 2, 4, 4, dtype=torch.float64)
-    start = D.start_noise((3, 2, 4, 4), None, x_T=x_T)
-    assert start.dtype == torch.float64 and torch.equal(start, x_T)
-    start.add_(1.0)  # a copy: the caller's tensor is left alone
-    assert not torch.equal(start, x_T)
-    assert D.start_noise((3, 2, 4, 4), None, x_T=x_T, dtype=torch.float32).dtype == torch.float32
-    with pytest.raises(ValueError, match=r"x_T has shape \(3, 2, 4, 4\), expected \(3, 2, 8, 8\)"):
-        D.start_noise((3, 2, 8, 8), None, x_T=x_T)
-
-
-def test_batch_timesteps_rows_repeat_each_timestep():
-    rows = D.batch_timesteps([999, 500, 0], 4, "cpu")
-    assert rows.dtype == torch.long and rows.shape == (3, 4)
-    assert rows.tolist() == [[999] * 4, [500] * 4, [0] * 4]
-    assert torch.equal(
-        D.batch_timesteps(torch.tensor([7, 3]), 2, "cpu"), torch.tensor([[7, 7], [3, 3]])
-    )
+def test_sampling_steps_give_the_visited_timesteps_ready_for_the_loop():
+    sched = D.DiscreteSchedule.from_betas(torch.linspace(1e-4, 0.02, 1000))
+    ab = sched.alphas_cumprod.tolist()
+    steps = D.sampling_steps(sched, [999, 500, 0], torch.zeros(4, 3, 2, 2))
+    assert steps.timesteps == [999, 500, 0]
+    assert steps.alpha_bar == [ab[999], ab[500], ab[0]]
+    assert steps.alpha_bar_next == [ab[500], ab[0], 1.0]  # sampling ends at the clean data
+    assert steps.t.dtype == torch.long and steps.t.shape == (3, 4)
+    assert steps.t.tolist() == [[999] * 4, [500] * 4, [0] * 4]
+    for bad in ([], [5, 5], [0, 5], [1000, 0], [3, -1]):
+        with pytest.raises(ValueError, match="timesteps must be decreasing"):
+            D.sampling_steps(sched, bad, torch.zeros(2))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from denoisekit.cli import main
-from denoisekit.engine.training import resolve_device
+from denoisekit.engine.build import resolve_device
 from denoisekit.errors import DataError
 from denoisekit.testing import write_recipe
 

@@ -8,11 +8,13 @@ import math
 import textwrap
 from pathlib import Path
 
+import attrs
 import numpy as np
 import pytest
 import torch
 
 from denoisekit.cli import main
+from denoisekit.engine.build import build_run
 from denoisekit.engine.evaluation import (
     EvalContext,
     SampleSet,
@@ -22,9 +24,9 @@ from denoisekit.engine.evaluation import (
     format_results,
     load_samples_npz,
 )
+from denoisekit.engine.loop import train
 from denoisekit.engine.reference import reference_recipe
 from denoisekit.engine.sampling import sample_images, save_npz
-from denoisekit.engine.training import build_run, train
 from denoisekit.errors import DenoisekitError, RegistryError
 from denoisekit.host.recipe import load_recipe
 from denoisekit.images import from_uint8, quantize, to_uint8
@@ -150,25 +152,22 @@ def test_samples_are_drawn_once_and_shared(run) -> None:
             return sampler.num_evaluations(T)
 
         def sample(self, *args, **kwargs):
-            calls.append(args[1][0])
+            calls.append(args[1].shape[0])
             return sampler.sample(*args, **kwargs)
 
-    run.sampler = Counting()
-    try:
-        context = EvalContext(run=run, num_samples=10, batch_size=4, seed=3)
-        first = context.samples()
-        assert context.samples() is first
-        both = evaluate(
-            context,
-            {
-                "a": lambda c: {"mean": float(c.sample_images().mean())},
-                "b": lambda c: {"n": float(c.samples_uint8().shape[0])},
-            },
-        )
-        assert calls == [4, 4, 2]  # one draw of 10 images, in batches of 4
-        assert both["n"] == 10
-    finally:
-        run.sampler = sampler
+    counted = attrs.evolve(run, sampler=Counting())  # the run record is frozen: a copy
+    context = EvalContext(run=counted, num_samples=10, batch_size=4, seed=3)
+    first = context.samples()
+    assert context.samples() is first
+    both = evaluate(
+        context,
+        {
+            "a": lambda c: {"mean": float(c.sample_images().mean())},
+            "b": lambda c: {"n": float(c.samples_uint8().shape[0])},
+        },
+    )
+    assert calls == [4, 4, 2]  # one draw of 10 images, in batches of 4
+    assert both["n"] == 10
     # image i is seeded from (seed, i): the same as sample_images with any batch size
     direct, _ = sample_images(run, 10, seed=3, batch_size=10)
     assert torch.equal(first.images, direct)

@@ -88,8 +88,8 @@ class ClassSampler:
     def num_evaluations(self, num_timesteps: int) -> int:
         return self.config.steps
 
-    def sample(self, denoiser: Any, shape: Any, **kwargs: Any) -> torch.Tensor:
-        return torch.zeros(shape)
+    def sample(self, denoiser: Any, x_T: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.zeros_like(x_T)
 
 
 class NoSample:
@@ -124,8 +124,8 @@ def test_a_class_is_a_factory() -> None:
 def test_a_class_factory_is_checked_from_the_class_itself() -> None:
     spec = ComponentSpec(kind="sampler", name="nosample", config=StepsConfig, build=NoSample)
     assert contract_problems_of(spec) == [
-        "NoSample has no sample() or num_evaluations(); a sampler needs sample(denoiser, shape, "
-        "*, generator, device, cond, x_T, callback) and num_evaluations(num_timesteps)"
+        "NoSample has no sample() or num_evaluations(); a sampler needs sample(denoiser, x_T, "
+        "*, generator, cond, callback) and num_evaluations(num_timesteps)"
     ]
     with pytest.raises(RegistryError, match=r"sampler 'nosample' breaks the sampler contract"):
         _registry(spec)

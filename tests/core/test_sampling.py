@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from denoisekit.cli import main
-from denoisekit.engine import sampling
-from denoisekit.engine.sampling import load_trained, sample_images
-from denoisekit.engine.training import build_run, train
+from denoisekit.engine import build, sampling
+from denoisekit.engine.build import build_run, load_trained
+from denoisekit.engine.loop import train
+from denoisekit.engine.sampling import sample_images
 from denoisekit.errors import CheckpointError, OutputError
 from denoisekit.host.recipe import load_recipe
 from denoisekit.images import to_uint8
@@ -177,7 +178,7 @@ def test_sample_outputs_are_checked_before_any_work(
     def no_work(*args, **kwargs):
         raise AssertionError("sampling started")
 
-    monkeypatch.setattr(sampling, "load_trained", no_work)
+    monkeypatch.setattr(build, "load_trained", no_work)
     argv = [str(tmp_path / f) if i % 2 else f for i, f in enumerate(flags)]
     assert main(["sample", str(trained), "-n", "2", *argv]) == 2
     names = {"folder": paths["folder"], "file": paths["file"], "old": paths["old.npz"]}
@@ -212,3 +213,20 @@ def test_a_failed_grid_write_keeps_the_previous_grid(tmp_path, monkeypatch):
         sampling.save_grid(grid, torch.zeros(4, 1, 8, 8))
     assert grid.read_bytes() == b"old grid"
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+
+
+def test_the_host_draws_x_T_per_image_and_leaves_a_given_one_alone(trained):
+    from denoisekit.diffusion import randn
+
+    run = load_trained(trained)
+    drawn = run.sample(3, generator=sampling.image_generators(7, 0, 3))
+    # x_T is image i's first draw from its generator, which then draws the DDPM noise.
+    gens = sampling.image_generators(7, 0, 3)
+    x_T = randn((3, *run.image_shape), gens)
+    expected = torch.cat(
+        [torch.randn(1, *run.image_shape, generator=g) for g in sampling.image_generators(7, 0, 3)]
+    )
+    assert x_T.dtype == torch.float32 and torch.equal(x_T, expected)
+    kept = x_T.clone()
+    given = run.sample(3, generator=gens, x_T=x_T)
+    assert torch.equal(x_T, kept) and torch.equal(given, drawn)

@@ -8,7 +8,11 @@ import attrs
 import pytest
 import torch
 
-from denoisekit.engine.training import BatchStream, MetricsFile, build_run, train
+from denoisekit import hookimpl
+from denoisekit.engine.batches import BatchStream
+from denoisekit.engine.build import MetricsFile, build_run
+from denoisekit.engine.loop import train
+from denoisekit.engine.run import rng_state, set_rng_state
 from denoisekit.errors import DataError, OutputError
 from denoisekit.host.recipe import load_recipe
 
@@ -77,7 +81,9 @@ def test_exact_resume_is_bit_identical(recipe, tmp_path):
 
     # Train 3 of the 6 steps (same lr schedule: built for 6), then continue in a fresh run.
     first = build_run(recipe, out_dir=tmp_path / "b")
-    first.recipe = attrs.evolve(recipe, train=attrs.evolve(recipe.train, steps=3))
+    first = attrs.evolve(
+        first, recipe=attrs.evolve(recipe, train=attrs.evolve(recipe.train, steps=3))
+    )
     train(first)
     state = first.state_dict()
     torch.manual_seed(12345)  # disturb the global RNG: resume must restore it
@@ -124,3 +130,71 @@ def test_a_failed_metrics_append_is_one_line_naming_the_file(tmp_path):
     path = tmp_path / "gone" / "metrics.jsonl"  # the folder was removed (or the disk is full)
     with pytest.raises(OutputError, match=r"gone/metrics\.jsonl: cannot append \(No such file"):
         MetricsFile(path).denoisekit_log_scalars(step=1, scalars={"loss": 1.0})
+
+
+# --------------------------------------------------------------------------- the run record
+
+
+def test_the_run_record_is_frozen_and_its_state_is_separate(recipe, tmp_path):
+    run = build_run(recipe, out_dir=tmp_path / "run")
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        run.model = torch.nn.Identity()
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        run.loss = None
+    with pytest.raises(TypeError):
+        run.hooks["extra"] = object()  # a read-only mapping
+    assert not hasattr(run, "loss_fn") and not hasattr(run, "lr_scheduler")
+    assert run.lr_schedule is not None and run.loss.prediction_type == "eps"
+    # What changes while training lives in run.state; the run reads through.
+    run.state.step = 4
+    assert run.step == 4
+    assert run.train_model is run.state.train_model is run.model  # no compile, one process
+
+
+def test_rng_state_round_trips_every_generator():
+    generator = torch.Generator().manual_seed(7)
+    state = rng_state(generator)
+    assert set(state) >= {"generator", "torch"}
+    first = (torch.rand(3, generator=generator), torch.rand(3))
+    torch.manual_seed(99)  # disturb both
+    generator.manual_seed(99)
+    set_rng_state(generator, state)
+    again = (torch.rand(3, generator=generator), torch.rand(3))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_state_dict_and_draw_state_share_the_rng_capture(recipe, tmp_path):
+    run = build_run(recipe, out_dir=tmp_path / "run")
+    drawn, state = run.draw_state(), run.state_dict()
+    assert drawn.keys() <= state.keys() and drawn["data"] == state["data"]
+    assert drawn["rng"].keys() == state["rng"].keys()
+    assert torch.equal(drawn["rng"]["generator"], state["rng"]["generator"])
+
+
+class _StepEndRecorder:
+    def __init__(self) -> None:
+        self.forward_t: list[torch.Tensor] = []
+        self.calls: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    @hookimpl(tryfirst=True)
+    def denoisekit_train_forward(self, t):
+        self.forward_t.append(t.clone())  # None: the core's default still answers
+
+    @hookimpl
+    def denoisekit_train_step_end(self, step, loss, loss_per_sample, t):
+        self.calls.append((step, loss.clone(), loss_per_sample.clone(), t.clone()))
+
+
+def test_train_step_end_receives_the_per_sample_loss_and_timesteps(recipe, tmp_path):
+    one_batch = attrs.evolve(recipe, train=attrs.evolve(recipe.train, grad_accum=1, steps=3))
+    recorder = _StepEndRecorder()
+    run = build_run(one_batch, out_dir=tmp_path / "run", extra_hooks=(recorder,))
+    train(run)
+    assert [step for step, *_ in recorder.calls] == [1, 2, 3]
+    for (_, loss, per_sample, t), forward_t in zip(recorder.calls, recorder.forward_t, strict=True):
+        assert per_sample.shape == t.shape == (16,)
+        assert not per_sample.requires_grad
+        assert t.dtype == torch.long and int(t.min()) >= 0 and int(t.max()) < 100
+        assert torch.equal(run.denoiser.model_time(t), forward_t)  # the timesteps used
+        assert torch.allclose(per_sample.mean(), loss)
+    assert not hasattr(run, "last_loss_per_sample") and not hasattr(run, "last_t")

@@ -15,7 +15,8 @@ import tomli_w
 import torch
 
 from denoisekit import hookimpl, testing
-from denoisekit.engine.training import Run, build_run
+from denoisekit.engine.build import build_run
+from denoisekit.engine.run import Run
 from denoisekit.host.plugin_manager import get_plugin_manager
 from denoisekit.host.recipe import Recipe, load_recipe
 from denoisekit.host.registry import Registry

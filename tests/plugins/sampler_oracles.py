@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from denoisekit.denoiser import Denoiser
-from denoisekit.diffusion import DiscreteSchedule
+from denoisekit.diffusion import DiscreteSchedule, randn
 from denoisekit.plugins.schedules import cosine
 
 MU, SIGMA = 0.2, 0.15  # data far inside [-1, 1]: 5 sigma from either end
@@ -72,3 +72,10 @@ class WigglyEps(torch.nn.Module):
 
     def forward(self, x_t, t):
         return 0.8 * torch.tanh(x_t) + 0.05 * torch.sin(0.1 * t).view(-1, *[1] * (x_t.ndim - 1))
+
+
+def draw(sampler, denoiser, shape, generator, *, dtype=torch.float32, **kwargs):
+    """Sample as the host does: ``x_T`` drawn from ``generator`` (per image with a list),
+    which then draws the sampler's own noise."""
+    x_T = randn(shape, generator, dtype=dtype)
+    return sampler.sample(denoiser, x_T, generator=generator, **kwargs)

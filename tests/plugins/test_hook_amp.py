@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from denoisekit import hookimpl
-from denoisekit.engine.training import train
+from denoisekit.engine.loop import train
 from denoisekit.errors import NonFiniteLossError
 from denoisekit.plugins.hooks import amp
 from denoisekit.plugins.hooks.amp import AMPConfig

@@ -12,7 +12,8 @@ import torch
 
 from denoisekit import hookimpl
 from denoisekit.engine.checkpoint import load_checkpoint
-from denoisekit.engine.training import Run, TrainingInterrupted, resume_from, train
+from denoisekit.engine.loop import TrainingInterrupted, resume_from, train
+from denoisekit.engine.run import Run
 from denoisekit.host.plugin_manager import get_plugin_manager
 from denoisekit.plugins.hooks.checkpoint import CheckpointConfig, CheckpointHook
 from tests.plugins.hook_runs import Poison, single_thread, tiny_recipe, tiny_run
@@ -31,12 +32,18 @@ def _fake_run(out_dir: Path, step: int = 0) -> SimpleNamespace:
         out_dir=out_dir,
         step=step,
         hooks={},
-        generator=torch.Generator(),
+        state=SimpleNamespace(generator=torch.Generator()),
         batches=SimpleNamespace(state_dict=lambda: {"epoch": 0, "position": 0}),
     )
     run.state_dict = lambda: {"step": run.step, "payload": torch.full((4,), float(run.step))}
     run.pm = get_plugin_manager(builtins=False, autoload=False)
-    run.optimizer_step_skipped = MethodType(Run.optimizer_step_skipped, run)
+    for name in (
+        "optimizer_step_skipped",
+        "draw_state",
+        "save_checkpoint",
+        "remove_stale_temporaries",
+    ):
+        setattr(run, name, MethodType(getattr(Run, name), run))
     return run
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from denoisekit.engine.training import train
+from denoisekit.engine.loop import train
 from denoisekit.plugins.hooks.compile import CompileConfig, CompileHook
 from tests.plugins.hook_runs import single_thread, tiny_recipe, tiny_run
 

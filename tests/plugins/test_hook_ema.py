@@ -11,7 +11,8 @@ from torch import nn
 
 from denoisekit import hookimpl
 from denoisekit.denoiser import Denoiser
-from denoisekit.engine.training import train
+from denoisekit.diffusion import randn
+from denoisekit.engine.loop import train
 from denoisekit.plugins.hooks.ema import EMAConfig, EMAHook
 from tests.plugins.hook_runs import params, single_thread, tiny_recipe, tiny_run
 
@@ -133,10 +134,9 @@ def test_sampling_uses_the_ema_weights(ema_run) -> None:
     got = run.sample(4, generator=torch.Generator().manual_seed(3))
     run.model.eval()
     for module, should_match in ((ema_model, True), (run.model, False)):
-        denoiser = Denoiser(module, run.schedule, run.loss_fn.prediction_type)
-        want = run.sampler.sample(
-            denoiser, (4, *run.image_shape), generator=torch.Generator().manual_seed(3)
-        )
+        denoiser = Denoiser(module, run.schedule, run.loss.prediction_type)
+        g = torch.Generator().manual_seed(3)
+        want = run.sampler.sample(denoiser, randn((4, *run.image_shape), g), generator=g)
         assert torch.equal(got, want) is should_match
     run.model.train()
 

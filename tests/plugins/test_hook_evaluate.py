@@ -8,7 +8,8 @@ import attrs
 import pytest
 import torch
 
-from denoisekit.engine.training import build_run, train
+from denoisekit.engine.build import build_run
+from denoisekit.engine.loop import train
 from denoisekit.errors import RecipeError
 from tests.core.test_evaluation import tiny_recipe
 from tests.plugins.test_metric_digits import shared_cache_dir

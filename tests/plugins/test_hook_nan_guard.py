@@ -9,7 +9,8 @@ import torch
 
 from denoisekit import hookimpl
 from denoisekit.engine.checkpoint import load_checkpoint
-from denoisekit.engine.training import Run, train
+from denoisekit.engine.loop import train
+from denoisekit.engine.run import Run
 from denoisekit.errors import NonFiniteLossError
 from denoisekit.host.plugin_manager import get_plugin_manager
 from denoisekit.plugins.hooks.nan_guard import NaNGuardConfig, NaNGuardHook
@@ -37,6 +38,8 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path) -> 
         "step-00000002.pt",
     ]
     assert load_checkpoint(folder / "last.pt")["step"] == 2
+    # The guard found it through the hookspec the checkpoint hook answers.
+    assert run.pm.hook.denoisekit_last_checkpoint(run=run) == folder / "step-00000002.pt"
     # The guard ran before the EMA update of step 3 (the weights are NaN by then).
     assert not all(torch.isfinite(p).all() for p in run.model.parameters())
     assert all(torch.isfinite(p).all() for p in run.hooks["ema"].model.parameters())
@@ -45,7 +48,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path) -> 
 def _fake_run(hooks: dict | None = None, grad_clip: float | None = None) -> SimpleNamespace:
     recipe = SimpleNamespace(train=SimpleNamespace(grad_clip=grad_clip))
     pm = get_plugin_manager(plugins=list((hooks or {}).values()), builtins=False, autoload=False)
-    run = SimpleNamespace(hooks=hooks or {}, recipe=recipe, pm=pm)
+    run = SimpleNamespace(hooks=hooks or {}, recipe=recipe, pm=pm, is_main=True)
     run.optimizer_step_skipped = MethodType(Run.optimizer_step_skipped, run)
     return run
 
@@ -91,6 +94,28 @@ def test_tolerates_scaler_skipped_steps_up_to_a_limit() -> None:
         _step_end(
             NaNGuardHook(NaNGuardConfig()), _fake_run({"amp": _FakeAMP(False)}), 1, float("nan")
         )
+
+
+class _Saver:
+    """A checkpoint-writing plugin, known to the guard only by its hook implementation."""
+
+    def __init__(self, newest) -> None:
+        self.newest = newest
+
+    @hookimpl
+    def denoisekit_last_checkpoint(self):
+        return self.newest
+
+
+def test_names_the_last_checkpoint_its_hookspec_answers(tmp_path) -> None:
+    newest = tmp_path / "step-00000004.pt"
+    run = _fake_run({"saver": _Saver(newest)})
+    run.hooks = {}  # not looked up among the hooks: asked through the run manager
+    with pytest.raises(NonFiniteLossError) as info:
+        _step_end(NaNGuardHook(NaNGuardConfig()), run, 5, float("nan"))
+    assert f"step 5: loss is nan; the last good checkpoint is {newest}; " in str(info.value)
+    with pytest.raises(NonFiniteLossError, match="; no checkpoint has been written yet; "):
+        _step_end(NaNGuardHook(NaNGuardConfig()), _fake_run({"saver": _Saver(None)}), 1, 1e999)
 
 
 def test_bad_options_name_the_field() -> None:

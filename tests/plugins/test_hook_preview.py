@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from denoisekit import hookimpl
-from denoisekit.engine.training import train
+from denoisekit.engine.loop import train
 from denoisekit.plugins.hooks.preview import PreviewConfig, PreviewHook
 from tests.plugins.hook_runs import single_thread, tiny_recipe, tiny_run
 

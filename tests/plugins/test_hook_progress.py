@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from denoisekit.engine.training import train
+from denoisekit.engine.loop import train
 from denoisekit.plugins.hooks.progress import ProgressConfig, ProgressHook, format_line
 from tests.plugins.hook_runs import single_thread, tiny_recipe, tiny_run
 

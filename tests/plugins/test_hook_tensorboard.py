@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from denoisekit.engine.training import train
+from denoisekit.engine.loop import train
 from denoisekit.errors import NonFiniteLossError
 from denoisekit.plugins.hooks.tensorboard import (
     TensorBoardConfig,
@@ -46,9 +46,7 @@ def test_loss_per_timestep_range_means(tmp_path) -> None:
         ([50, 74, 99, 99], [5.0, 6.0, 8.0, 9.0]),
     ]
     for t, losses in batches:
-        run.last_t = torch.tensor(t)
-        run.last_loss_per_sample = torch.tensor(losses)
-        hook.denoisekit_train_step_end(run=run)
+        hook.denoisekit_train_step_end(loss_per_sample=torch.tensor(losses), t=torch.tensor(t))
     scalars: dict[str, float] = {"loss": 1.0}  # a training log line
     hook.add_timestep_losses(scalars=scalars)
     scalars.pop("loss")
@@ -74,9 +72,9 @@ def test_uneven_bins_cover_every_timestep_once(tmp_path) -> None:
     hook.denoisekit_configure(run=run)
     edges = hook.bin_edges()
     assert edges == [(0, 2), (3, 4), (5, 7), (8, 9)]
-    run.last_t = torch.arange(10)
-    run.last_loss_per_sample = torch.arange(10, dtype=torch.float32)
-    hook.denoisekit_train_step_end(run=run)
+    hook.denoisekit_train_step_end(
+        loss_per_sample=torch.arange(10, dtype=torch.float32), t=torch.arange(10)
+    )
     scalars: dict[str, float] = {"loss": 1.0}  # a training log line
     hook.add_timestep_losses(scalars=scalars)
     scalars.pop("loss")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import torch
 
+from denoisekit.engine.build import build_run
 from denoisekit.engine.evaluation import EvalContext, SampleSet
-from denoisekit.engine.training import build_run
 from denoisekit.errors import DenoisekitError
 from denoisekit.plugins.metrics.sample_time import SampleTimeConfig, SampleTimeMetric
 from tests.core.test_evaluation import tiny_recipe
@@ -46,26 +47,23 @@ def test_counts_what_the_sampler_really_evaluates(run) -> None:
         def num_evaluations(self, T):
             return 99
 
-        def sample(self, denoiser, shape, **kwargs):
-            denoiser.predict(torch.zeros(shape), torch.zeros(shape[0], dtype=torch.long))
-            return inner.sample(denoiser, shape, **kwargs)
+        def sample(self, denoiser, x_T, **kwargs):
+            denoiser.predict(torch.zeros_like(x_T), torch.zeros(x_T.shape[0], dtype=torch.long))
+            return inner.sample(denoiser, x_T, **kwargs)
 
     class Bypass:
         def num_evaluations(self, T):
             return 7
 
-        def sample(self, denoiser, shape, **kwargs):
-            return torch.zeros(shape)
+        def sample(self, denoiser, x_T, **kwargs):
+            return torch.zeros_like(x_T)
 
-    try:
-        run.sampler = Twice()
-        out = SampleTimeMetric(SampleTimeConfig())(EvalContext(run=run, num_samples=3))
-        assert out["nfe_per_image"] == 4
-        run.sampler = Bypass()
-        out = SampleTimeMetric(SampleTimeConfig())(EvalContext(run=run, num_samples=3))
-        assert out["nfe_per_image"] == 7
-    finally:
-        run.sampler = inner
+    twice = attrs.evolve(run, sampler=Twice())  # the run record is frozen: a copy
+    out = SampleTimeMetric(SampleTimeConfig())(EvalContext(run=twice, num_samples=3))
+    assert out["nfe_per_image"] == 4
+    bypass = attrs.evolve(run, sampler=Bypass())
+    out = SampleTimeMetric(SampleTimeConfig())(EvalContext(run=bypass, num_samples=3))
+    assert out["nfe_per_image"] == 7
 
 
 def test_needs_a_model() -> None:

@@ -44,21 +44,10 @@ class MiscountingSampler:
     def num_evaluations(self, num_timesteps: int) -> int:
         return 2
 
-    def sample(
-        self,
-        denoiser,
-        shape,
-        *,
-        generator,
-        device="cpu",
-        cond=None,
-        x_T=None,
-        callback=None,
-        dtype=None,
-    ):
-        x = x_T if x_T is not None else torch.randn(shape, generator=generator)
+    def sample(self, denoiser, x_T, *, generator, cond=None, callback=None):
+        x = x_T
         for i in range(3):
-            _, x0 = denoiser.predict(x, torch.full((shape[0],), 5, dtype=torch.long), cond)
+            _, x0 = denoiser.predict(x, torch.full((x.shape[0],), 5, dtype=torch.long), cond)
             if callback is not None:
                 callback({"i": i, "t": 5, "x_t": x, "x0": x0})
         return x0.clamp(-1, 1)
@@ -97,5 +86,5 @@ def test_toy_backbone_is_elementwise_and_batch_independent():
     assert torch.equal(model(x[1:2], t[1:2])[0], full[1])
     den = Denoiser(model, toy_schedule(20))
     den.predict(x, torch.tensor([0, 5, 19]))
-    assert model.calls == 3 and den.nfe == 1
+    assert model.calls == 3 and den.num_evaluations == 1
     assert conformance.toy_schedule(20).num_timesteps == 20

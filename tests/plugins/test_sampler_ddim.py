@@ -17,6 +17,7 @@ from tests.plugins.sampler_oracles import (
     SIGMA,
     WigglyEps,
     cos_sched,
+    draw,
     linear_oracle_coefficients,
     mean_std_tolerances,
     oracle_denoiser,
@@ -67,7 +68,7 @@ def test_more_steps_than_timesteps_rejected():
         smp.num_evaluations(20)
     den, _ = oracle_denoiser(cos_sched(20), MU, 0.0)
     with pytest.raises(ValueError, match="exceeds"):
-        smp.sample(den, (1, 2), generator=torch.Generator().manual_seed(0))
+        draw(smp, den, (1, 2), torch.Generator().manual_seed(0))
 
 
 # --------------------------------------------------------------------------- oracles
@@ -81,9 +82,8 @@ def test_point_data_is_recovered_at_any_step_count(prediction, spacing, eta):
     sched = cos_sched(100)
     den, _ = oracle_denoiser(sched, MU, 0.0, prediction)
     for steps in (1, 2, 7, 50, 100):
-        out = sampler(steps=steps, eta=eta, spacing=spacing, clip_denoised=False).sample(
-            den, (3, 4), generator=torch.Generator().manual_seed(steps), dtype=torch.float64
-        )
+        smp = sampler(steps=steps, eta=eta, spacing=spacing, clip_denoised=False)
+        out = draw(smp, den, (3, 4), torch.Generator().manual_seed(steps), dtype=torch.float64)
         torch.testing.assert_close(out, torch.full_like(out, MU), rtol=0, atol=1e-9)
 
 
@@ -106,7 +106,7 @@ def test_eta0_converges_to_probability_flow_map(spacing, prediction):
         smp = sampler(steps=steps, spacing=spacing, clip_denoised=False)
         a = ab[smp.timesteps(1000)[0]]
         exact = MU + SIGMA * (x_T - math.sqrt(a) * MU) / math.sqrt(a * SIGMA**2 + 1 - a)
-        out = smp.sample(den, x_T.shape, generator=None, x_T=x_T)
+        out = smp.sample(den, x_T, generator=None)
         errors.append((out - exact).abs().max().item())
     assert errors[0] > 4 * errors[1] > 16 * errors[2], errors
     assert errors[2] < 5e-3, errors
@@ -142,7 +142,7 @@ def test_stochastic_respaced_chain_matches_exact_output_law(eta, spacing):
     smp = sampler(steps=25, eta=eta, spacing=spacing, clip_denoised=False)
     mean, std = _ddim_output_law(sched.alphas_cumprod.numpy(), smp.timesteps(1000), MU, SIGMA, eta)
     den, _ = oracle_denoiser(sched, MU, SIGMA, "v")
-    x = smp.sample(den, SHAPE, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    x = draw(smp, den, SHAPE, torch.Generator().manual_seed(5), dtype=torch.float64)
     tol_mean, tol_std = mean_std_tolerances(std, N)
     assert abs(x.mean().item() - mean) < tol_mean
     assert abs(x.std().item() - std) < tol_std
@@ -153,9 +153,8 @@ def test_eta1_full_chain_samples_the_gaussian():
     the chain's own bias with the posterior variance: 1.3 % at T = 1000 cosine)."""
     sched = cos_sched(1000)
     den, _ = oracle_denoiser(sched, MU, SIGMA, "eps")
-    x = sampler(steps=1000, eta=1.0, clip_denoised=False).sample(
-        den, SHAPE, generator=torch.Generator().manual_seed(6), dtype=torch.float64
-    )
+    smp = sampler(steps=1000, eta=1.0, clip_denoised=False)
+    x = draw(smp, den, SHAPE, torch.Generator().manual_seed(6), dtype=torch.float64)
     tol_mean, tol_std = mean_std_tolerances(SIGMA, N)
     assert abs(x.mean().item() - MU) < tol_mean
     assert abs(x.std().item() - SIGMA) < tol_std + 0.02 * SIGMA
@@ -188,7 +187,7 @@ def test_eta1_equals_ddpm_fixed_small(spacing, clip, amplitude):
     ]:
         seen = []
         g = torch.Generator().manual_seed(9)
-        out[name] = smp.sample(den, (4, 8), generator=g, dtype=torch.float64, callback=seen.append)
+        out[name] = draw(smp, den, (4, 8), g, dtype=torch.float64, callback=seen.append)
         x0_max = max(float(info["x0"].abs().max()) for info in seen)
         assert x0_max == 1.0 if clip else x0_max < 1.0  # clipping active / not needed
         states[name] = [info["x_t"] for info in seen]
@@ -207,10 +206,11 @@ def test_matches_reference_eq12_with_diffusers_step_rule():
     sched = cos_sched(T)
     ab = sched.alphas_cumprod.numpy()
     model = WigglyEps()
-    out = sampler(steps=n, eta=eta, spacing="leading", clip_denoised=False).sample(
+    out = draw(
+        sampler(steps=n, eta=eta, spacing="leading", clip_denoised=False),
         Denoiser(model, sched, "eps"),
         shape,
-        generator=torch.Generator().manual_seed(2),
+        torch.Generator().manual_seed(2),
         dtype=torch.float64,
     )
     g = torch.Generator().manual_seed(2)
@@ -234,12 +234,12 @@ def test_eta0_draws_only_x_T():
     sched = cos_sched(100)
     den, _ = oracle_denoiser(sched, MU, SIGMA)
     g = torch.Generator().manual_seed(0)
-    out = sampler(steps=20).sample(den, (2, 5), generator=g)
+    out = draw(sampler(steps=20), den, (2, 5), g)
     ref = torch.Generator().manual_seed(0)
     x_T = torch.randn((2, 5), generator=ref)
     assert torch.equal(g.get_state(), ref.get_state())  # nothing drawn after x_T
     other = torch.Generator().manual_seed(123)
-    assert torch.equal(sampler(steps=20).sample(den, (2, 5), generator=other, x_T=x_T), out)
+    assert torch.equal(sampler(steps=20).sample(den, x_T, generator=other), out)
 
 
 def test_callback_reports_each_step():
@@ -247,8 +247,8 @@ def test_callback_reports_each_step():
     den, model = oracle_denoiser(sched, MU, SIGMA)
     smp = sampler(steps=12, spacing="trailing")
     seen = []
-    smp.sample(den, (2, 3), generator=torch.Generator().manual_seed(1), callback=seen.append)
+    draw(smp, den, (2, 3), torch.Generator().manual_seed(1), callback=seen.append)
     assert [info["i"] for info in seen] == list(range(12))
     assert [info["t"] for info in seen] == smp.timesteps(100)
-    assert model.calls == 12 == den.nfe
+    assert model.calls == 12 == den.num_evaluations
     assert all(info["x0"].shape == (2, 3) for info in seen)

@@ -17,6 +17,7 @@ from tests.plugins.sampler_oracles import (
     SIGMA,
     WigglyEps,
     cos_sched,
+    draw,
     linear_oracle_coefficients,
     mean_std_tolerances,
     oracle_denoiser,
@@ -65,7 +66,7 @@ def test_num_evaluations_and_timesteps():
 def test_steps_beyond_schedule_rejected_at_sample_time():
     den, _ = oracle_denoiser(cos_sched(10), MU, 0.0)
     with pytest.raises(ValueError, match="exceeds"):
-        sampler(steps=11).sample(den, (1, 1), generator=torch.Generator().manual_seed(0))
+        draw(sampler(steps=11), den, (1, 1), torch.Generator().manual_seed(0))
 
 
 # --------------------------------------------------------------------------- algorithm 2
@@ -78,10 +79,11 @@ def test_full_chain_is_ho_algorithm_2(make_sched, variance):
     T, shape = 60, (3, 2, 5)
     sched = make_sched(T)
     ab = sched.alphas_cumprod.numpy()
-    out = sampler(variance=variance, clip_denoised=False).sample(
+    out = draw(
+        sampler(variance=variance, clip_denoised=False),
         Denoiser(WigglyEps(), sched, "eps"),
         shape,
-        generator=torch.Generator().manual_seed(3),
+        torch.Generator().manual_seed(3),
         dtype=torch.float64,
     )
 
@@ -110,11 +112,10 @@ def test_point_data_is_recovered_exactly(prediction, variance, steps):
     # Data at one point mu: the last step's posterior mean is x0 = mu and adds no noise.
     sched = cos_sched(100)
     den, model = oracle_denoiser(sched, MU, 0.0, prediction)
-    out = sampler(steps=steps, variance=variance, clip_denoised=False).sample(
-        den, (4, 3), generator=torch.Generator().manual_seed(0), dtype=torch.float64
-    )
+    smp = sampler(steps=steps, variance=variance, clip_denoised=False)
+    out = draw(smp, den, (4, 3), torch.Generator().manual_seed(0), dtype=torch.float64)
     torch.testing.assert_close(out, torch.full_like(out, MU), rtol=0, atol=1e-9)
-    assert model.calls == (steps or 100) == den.nfe
+    assert model.calls == (steps or 100) == den.num_evaluations
 
 
 def _output_law(ab, ts, mu, sigma, variance):
@@ -153,9 +154,8 @@ def test_full_chain_samples_the_gaussian(variance):
     """
     sched = cos_sched(1000)
     den, _ = oracle_denoiser(sched, MU, SIGMA, "eps")
-    x = sampler(variance=variance, clip_denoised=False).sample(
-        den, SHAPE, generator=torch.Generator().manual_seed(1), dtype=torch.float64
-    )
+    smp = sampler(variance=variance, clip_denoised=False)
+    x = draw(smp, den, SHAPE, torch.Generator().manual_seed(1), dtype=torch.float64)
     tol_mean, tol_std = mean_std_tolerances(SIGMA, N)
     assert abs(x.mean().item() - MU) < tol_mean
     assert abs(x.std().item() - SIGMA) < tol_std + 0.02 * SIGMA
@@ -170,7 +170,7 @@ def test_respaced_chain_matches_exact_output_law(variance, prediction):
     smp = sampler(steps=25, variance=variance, clip_denoised=False)
     mean, std = _output_law(sched.alphas_cumprod.numpy(), smp.timesteps(1000), MU, SIGMA, variance)
     den, _ = oracle_denoiser(sched, MU, SIGMA, prediction)
-    x = smp.sample(den, SHAPE, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    x = draw(smp, den, SHAPE, torch.Generator().manual_seed(2), dtype=torch.float64)
     tol_mean, tol_std = mean_std_tolerances(std, N)
     assert abs(x.mean().item() - mean) < tol_mean
     assert abs(x.std().item() - std) < tol_std
@@ -186,9 +186,8 @@ def test_clip_denoised_clips_x0_estimates():
     den, _ = oracle_denoiser(sched, 3.0, 0.0, "x0")  # the model insists on x0 = 3
     for clip in (True, False):
         seen = []
-        out = sampler(steps=10, clip_denoised=clip).sample(
-            den, (2, 3), generator=torch.Generator().manual_seed(0), callback=seen.append
-        )
+        smp = sampler(steps=10, clip_denoised=clip)
+        out = draw(smp, den, (2, 3), torch.Generator().manual_seed(0), callback=seen.append)
         x0_max = max(float(info["x0"].max()) for info in seen)
         assert x0_max == (1.0 if clip else pytest.approx(3.0))
         assert float(out.max()) <= 1.0 and float(out.min()) >= -1.0
@@ -199,13 +198,11 @@ def test_callback_and_given_x_T():
     den, _ = oracle_denoiser(sched, MU, SIGMA)
     smp = sampler(steps=8)
     seen = []
-    out = smp.sample(den, (2, 3), generator=torch.Generator().manual_seed(4), callback=seen.append)
+    out = draw(smp, den, (2, 3), torch.Generator().manual_seed(4), callback=seen.append)
     assert [info["i"] for info in seen] == list(range(8))
     assert [info["t"] for info in seen] == smp.timesteps(50)
     # Passing x_T = the first draw and the generator after it reproduces the run exactly.
     g = torch.Generator().manual_seed(4)
     x_T = torch.randn((2, 3), generator=g)
     assert torch.equal(seen[0]["x_t"], x_T)
-    assert torch.equal(smp.sample(den, (2, 3), generator=g, x_T=x_T), out)
-    with pytest.raises(ValueError, match="x_T"):
-        smp.sample(den, (2, 3), generator=g, x_T=torch.zeros(3, 3))
+    assert torch.equal(smp.sample(den, x_T, generator=g), out)

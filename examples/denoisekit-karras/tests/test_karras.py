@@ -16,7 +16,7 @@ import torch
 from denoisekit import Denoiser
 from denoisekit.testing import ComponentConformance, ToyBackbone, toy_schedule, train_tiny
 
-from denoisekit_karras.sampler import EulerConfig, HeunConfig, build_heun, karras_timesteps
+from denoisekit_karras.sampler import EulerConfig, HeunConfig, HeunSampler, karras_timesteps
 
 PLUGIN = "denoisekit_karras.plugin"
 
@@ -67,8 +67,8 @@ def test_karras_levels_follow_eq_5_where_timesteps_are_dense():
 def test_heun_makes_two_evaluations_per_step_but_the_last():
     sched = toy_schedule(50)
     model = ToyBackbone(1)
-    sampler = build_heun(HeunConfig(steps=6))
-    sampler.sample(Denoiser(model, sched), (2, 1, 2, 2), generator=torch.Generator().manual_seed(0))
+    sampler = HeunSampler(HeunConfig(steps=6))
+    sampler.sample(Denoiser(model, sched), torch.randn(2, 1, 2, 2), generator=None)
     assert model.calls == 11 == sampler.num_evaluations(50)
 
 
@@ -97,12 +97,10 @@ def test_loss_by_sigma_logs_each_band(tiny_recipe, tmp_path):
 
 def test_registers_exactly_its_components(pm):
     """The ``pm`` fixture: a fresh plugin manager with no plugins at all."""
-    from denoisekit.host.registry import Registry
-
     import denoisekit_karras.plugin
 
     pm.register_named(denoisekit_karras.plugin, "karras", "api")
-    names = {(e.kind, e.name) for e in Registry.from_plugin_manager(pm).entries()}
+    names = {(s.kind, s.name) for specs in pm.hook.denoisekit_components() for s in specs}
     expected = {("sampler", "euler"), ("sampler", "heun"), ("backbone", "tinyconv")}
     assert names == expected | {("hook", "loss-by-sigma")}
 

@@ -40,12 +40,12 @@ def _groups_divide_channels(inst: TinyConvConfig, attribute: attrs.Attribute, va
 class TinyConvConfig:
     """Options of the ``tinyconv`` backbone."""
 
-    in_channels: int = option(1, "image channels", validator=_positive_int)
+    in_channels: int = option(1, "image channels", validator=int_at_least(1))
     image_size: int = option(
-        8, "image height and width (the network is fully convolutional)", validator=_positive_int
+        8, "image height and width (the network is fully convolutional)", validator=int_at_least(1)
     )
-    channels: int = option(32, "feature channels of every block", validator=_positive_int)
-    num_blocks: int = option(3, "residual blocks", validator=_positive_int)
+    channels: int = option(32, "feature channels of every block", validator=int_at_least(1))
+    num_blocks: int = option(3, "residual blocks", validator=int_at_least(1))
     embed_dim: int = option(64, "width of the time embedding", validator=_even_positive_int)
     groups: int = option(
         8, "GroupNorm groups (must divide channels)", validator=_groups_divide_channels

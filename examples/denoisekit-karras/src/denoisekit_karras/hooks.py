@@ -60,12 +60,12 @@ class LossBySigmaHook:
         self.counts = torch.zeros(k, device=run.device)
 
     @hookimpl
-    def denoisekit_train_step_end(self, run: Any) -> None:
+    def denoisekit_train_step_end(self, loss_per_sample: torch.Tensor, t: torch.Tensor) -> None:
         """Add the step's per-sample losses to their bands (on the device, no sync)."""
-        if run.last_loss_per_sample is None or self.sums is None:
+        if self.sums is None:
             return
-        band = self.band_of_t[run.last_t]
-        losses = run.last_loss_per_sample.float()
+        band = self.band_of_t[t]
+        losses = loss_per_sample.float()
         self.sums.index_add_(0, band, losses)
         self.counts.index_add_(0, band, torch.ones_like(losses))
 

@@ -47,15 +47,12 @@ from denoisekit import (
 SPACINGS: tuple[str, ...] = ("karras", *diffusion.SPACINGS)
 
 
-_positive_int = int_at_least(1)
-
-
 @attrs.frozen(kw_only=True)
 class EulerConfig:
     """Options of the ``euler`` sampler."""
 
     steps: int = option(
-        50, "noise levels visited (network evaluations = steps)", validator=_positive_int
+        50, "noise levels visited (network evaluations = steps)", validator=int_at_least(1)
     )
     spacing: str = option(
         "karras",
@@ -77,7 +74,7 @@ class HeunConfig:
     steps: int = option(
         18,
         "noise levels visited (network evaluations = 2 steps - 1; EDM CIFAR-10: 18)",
-        validator=_positive_int,
+        validator=int_at_least(1),
     )
     spacing: str = option(
         "karras",
@@ -130,16 +127,16 @@ def _check_steps(steps: int, num_timesteps: int) -> None:
 
 
 class KarrasSampler:
-    """Euler (``order = 1``) or Heun (``order = 2``) steps on the probability-flow ODE.
+    """Steps on the probability-flow ODE of order :attr:`order`: 1 Euler, 2 Heun.
 
-    Build with :func:`build_euler` or :func:`build_heun`; see the module docstring.
+    Register a subclass (:class:`EulerSampler`, :class:`HeunSampler`); see the module
+    docstring.
     """
 
-    def __init__(self, config: EulerConfig | HeunConfig, order: int) -> None:
-        if order not in (1, 2):
-            raise ValueError(f"order must be 1 (Euler) or 2 (Heun): {order}")
+    order: int = 1
+
+    def __init__(self, config: EulerConfig | HeunConfig) -> None:
         self.config = config
-        self.order = order
 
     def timesteps(self, alphas_cumprod: Sequence[float]) -> list[int]:
         """The ``steps`` distinct timesteps visited on a schedule, noisiest first.
@@ -166,59 +163,47 @@ class KarrasSampler:
     def sample(
         self,
         denoiser: DenoiserLike,
-        shape: Sequence[int],
+        x_T: torch.Tensor,
         *,
         generator: torch.Generator | Sequence[torch.Generator] | None,
-        device: torch.device | str = "cpu",
         cond: torch.Tensor | None = None,
-        x_T: torch.Tensor | None = None,
         callback: Callable[[dict[str, Any]], None] | None = None,
-        dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        """Draw samples by integrating the probability-flow ODE from sigma_max to 0.
+        """Integrate the probability-flow ODE from sigma_max to 0, starting at ``x_T``.
 
         Args:
             denoiser: gives ``(eps, x0)`` at integer timesteps (:class:`denoisekit.Denoiser`).
-            shape: ``(B, C, H, W)`` (any ``(B, ...)``).
-            generator: a generator or one per image; only ``x_T`` is drawn (the ODE is
-                deterministic).
-            device: where sampling runs.
+            x_T: the starting noise in the VP form (``N(0, I)``, ``(B, ...)``; not modified).
+            generator: unused: the ODE is deterministic.
             cond: conditioning passed to the denoiser.
-            x_T: the starting noise in the VP form (``N(0, I)``), used instead of a draw.
             callback: called after each step's first evaluation with ``{"i", "t",
                 "sigma", "x_t" (the VP state), "x0"}``.
-            dtype: the sampling dtype; default ``x_T``'s dtype, else float32.
 
         Returns:
-            Samples of ``shape`` clamped to [-1, 1].
+            Samples of ``x_T``'s shape, dtype and device, clamped to [-1, 1].
         """
-        shape = tuple(int(s) for s in shape)
-        device = torch.device(device)
-        alpha_bar = denoiser.schedule.alphas_cumprod.tolist()  # float64 values, host side
-        ts = self.timesteps(alpha_bar)
+        schedule = denoiser.schedule
+        steps = diffusion.sampling_steps(
+            schedule, self.timesteps(schedule.alphas_cumprod.tolist()), x_T
+        )
         # Step tables: python floats (kernel scalars: no per-step device tensors or syncs).
-        sigma_all = sigmas_of(alpha_bar)
-        sigmas = [sigma_all[t] for t in ts] + [0.0]
-        scale = [math.sqrt(alpha_bar[t]) for t in ts]  # x_t = sqrt(alpha_bar_t) x
-        N, B = len(ts), shape[0]
-        t_batch = diffusion.batch_timesteps(ts, B, device)
-
-        x_T = diffusion.start_noise(shape, generator, device=device, dtype=dtype, x_T=x_T)
+        sigmas = [*sigmas_of(steps.alpha_bar), 0.0]
+        scale = [math.sqrt(ab) for ab in steps.alpha_bar]  # x_t = sqrt(alpha_bar_t) x
         x = x_T / scale[0]  # the VE state
 
         def slope(x: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             """``d = (x - D(x; sigma_i)) / sigma_i``, with ``x_t`` and ``D`` (EDM eq. 3)."""
             x_t = scale[i] * x
-            eps, x0 = denoiser.predict(x_t, t_batch[i], cond)
+            eps, x0 = denoiser.predict(x_t, steps.t[i], cond)
             if self.config.clip_denoised:
                 x0 = x0.clamp(-1.0, 1.0)
                 eps = (x - x0) / sigmas[i]
             return eps, x_t, x0
 
-        for i in range(N):
+        for i, t in enumerate(steps.timesteps):
             d, x_t, x0 = slope(x, i)
             if callback is not None:
-                callback({"i": i, "t": ts[i], "sigma": sigmas[i], "x_t": x_t, "x0": x0})
+                callback({"i": i, "t": t, "sigma": sigmas[i], "x_t": x_t, "x0": x0})
             h = sigmas[i + 1] - sigmas[i]
             x_next = x + h * d  # Euler step (Algorithm 1, line 5)
             if self.order == 2 and sigmas[i + 1] > 0.0:
@@ -229,17 +214,19 @@ class KarrasSampler:
         return x.clamp(-1.0, 1.0)
 
     def __repr__(self) -> str:
-        return f"KarrasSampler(order={self.order}, {self.config!r})"
+        return f"{type(self).__name__}({self.config!r})"
 
 
-def build_euler(config: EulerConfig) -> KarrasSampler:
-    """Build the Euler sampler."""
-    return KarrasSampler(config, order=1)
+class EulerSampler(KarrasSampler):
+    """Euler steps (EDM Algorithm 2 without churn)."""
+
+    order = 1
 
 
-def build_heun(config: HeunConfig) -> KarrasSampler:
-    """Build the Heun sampler."""
-    return KarrasSampler(config, order=2)
+class HeunSampler(KarrasSampler):
+    """Heun's 2nd-order steps (EDM Algorithm 1)."""
+
+    order = 2
 
 
 def check_steps(config: EulerConfig | HeunConfig, context: CheckContext) -> Iterator[Problem]:
@@ -258,7 +245,7 @@ SPECS: list[ComponentSpec] = [
         kind="sampler",
         name="euler",
         config=EulerConfig,
-        build=build_euler,
+        build=EulerSampler,
         check=check_steps,
         summary="Euler steps on the probability-flow ODE (Karras et al. 2022, Algorithm 2)",
     ),
@@ -266,7 +253,7 @@ SPECS: list[ComponentSpec] = [
         kind="sampler",
         name="heun",
         config=HeunConfig,
-        build=build_heun,
+        build=HeunSampler,
         check=check_steps,
         summary="Heun steps on the probability-flow ODE (Karras et al. 2022, Algorithm 1)",
     ),

@@ -1,0 +1,303 @@
+"""Building a :class:`~denoisekit.engine.run.Run`: from a recipe (:func:`build_run`) or from
+a checkpoint's own recipe (:func:`load_trained`), and the core's default hook
+implementations every run manager holds (:class:`CoreDefaults`, :class:`MetricsFile`).
+"""
+
+from __future__ import annotations
+
+import json
+import types
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import torch
+from torch import nn
+
+from denoisekit import hookimpl, hookspecs
+from denoisekit.contracts import BackboneConfig, Hook, optional
+from denoisekit.denoiser import Denoiser
+from denoisekit.engine import distributed, sampling
+from denoisekit.engine.batches import BatchStream
+from denoisekit.engine.checkpoint import load_checkpoint
+from denoisekit.engine.components import load_components
+from denoisekit.engine.distributed import DistContext
+from denoisekit.engine.run import Run, TrainingState
+from denoisekit.errors import ComponentError, DataError, OutputError
+from denoisekit.host.plugin_manager import hook_problem
+from denoisekit.host.recipe import Origins, Recipe, apply_overrides, recipe_from_data
+from denoisekit.host.registry import Registry
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; anything else as torch reads it.
+
+    Raises:
+        DataError: a name torch does not read, or a CUDA device this machine lacks.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DataError(
+            f"train.device = {name!r} is not a device name; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"train.device = {name!r}, but CUDA is not available; use 'auto' or 'cpu'")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DataError(
+            f"train.device = {name!r}, but this machine has {torch.cuda.device_count()} CUDA "
+            "device(s), numbered from 0"
+        )
+    return device
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+class CoreDefaults:
+    """The core's default implementations of the overridable run hooks (``trylast``)."""
+
+    @hookimpl(trylast=True)
+    def denoisekit_train_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+    @hookimpl(trylast=True)
+    def denoisekit_train_forward(
+        self, run: Run, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None
+    ) -> torch.Tensor:
+        return run.train_model(x_t, t, cond)
+
+    @hookimpl(trylast=True)
+    def denoisekit_backward(self, loss: torch.Tensor) -> bool:
+        loss.backward()
+        return True
+
+    @hookimpl(trylast=True)
+    def denoisekit_optimizer_step(self, run: Run) -> bool:
+        run.clip_gradients()
+        run.optimizer.step()
+        return True
+
+    @hookimpl(trylast=True)
+    def denoisekit_sampling_model(self, run: Run) -> nn.Module:
+        return run.model
+
+
+class MetricsFile:
+    """Appends every logged scalar dict to ``metrics.jsonl`` in the run folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @hookimpl(trylast=True)
+    def denoisekit_log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        try:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": step, **scalars}) + "\n")
+        except OSError as exc:  # a full disk: one line, the checkpoints stay
+            raise OutputError(f"{self.path}: cannot append ({exc.strerror or exc})") from exc
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build_run(
+    recipe: Recipe,
+    *,
+    out_dir: Path | str,
+    registry: Registry | None = None,
+    extra_hooks: Iterable[Any] = (),
+    with_data: bool = True,
+    dist: DistContext | None = None,
+) -> Run:
+    """Build every component of a recipe into a :class:`Run` (nothing trained yet).
+
+    ``with_data=False`` builds a run for sampling and evaluation only: no dataset, no
+    batch stream (the image shape comes from the backbone's config).
+
+    ``dist`` (default: :func:`denoisekit.engine.distributed.current`, the initialized process
+    group if any) places the run on this rank: ``cuda:LOCAL_RANK``, this rank's slice of
+    the data, DistributedDataParallel around the training model (with data), and the
+    file-writing hooks (:data:`~denoisekit.engine.distributed.RANK_ZERO_HOOKS`, or any hook with
+    ``rank_zero_only = True``) and ``metrics.jsonl`` on rank 0 only.
+
+    The training model is ``denoisekit_train_model``'s answer (after ``denoisekit_configure``;
+    the compile hook answers), wrapped in DistributedDataParallel under torchrun.
+    """
+    if registry is None:
+        registry = load_components(recipe)
+    out_dir = Path(out_dir)
+    train_cfg = recipe.train
+    dist = dist if dist is not None else distributed.current()
+    device = distributed.place(resolve_device(train_cfg.device), dist)
+    if with_data:
+        distributed.check_train_config(train_cfg, dist)
+    torch.manual_seed(recipe.seed)
+
+    def build(kind: str, **context: Any) -> Any:
+        choice = recipe.component(kind)
+        return registry.build(kind, choice.type, choice.config, **context)
+
+    data = build("data", root=recipe.root, train=True) if with_data else None
+    schedule = build("schedule")
+    model = build("backbone").to(device)
+    if data is not None:
+        _check_backbone_fits_data(recipe, model, data)
+    loss = build("loss", schedule=schedule)
+    optimizer = build("optimizer", params=model.parameters(), device=device)
+    lr_schedule = build("lr_schedule", optimizer=optimizer, total_steps=train_cfg.steps)
+    sampler = build("sampler")
+    batches = None
+    if data is not None:
+        batches = BatchStream(
+            data,
+            batch_size=train_cfg.batch_size // train_cfg.grad_accum,
+            seed=recipe.seed,
+            device=device,
+            drop_last=train_cfg.drop_last,
+            num_workers=train_cfg.num_workers,
+            pin_memory=train_cfg.pin_memory,
+            rank=dist.rank,
+            world_size=dist.world_size,
+        )
+    generator = torch.Generator(device=device).manual_seed(recipe.seed)
+    distributed.seed_per_rank(recipe.seed, 0, dist)
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(CoreDefaults(), name="core:defaults")
+    if dist.is_main:
+        pm.register(MetricsFile(out_dir / "metrics.jsonl"), name="core:metrics-file")
+    hooks: dict[str, Any] = {}
+    to_register: list[tuple[Any, str, str]] = []  # (hook, name, how errors name it)
+    for name, choice in recipe.hooks.items():
+        hook = registry.build("hook", choice.type, choice.config)
+        if not dist.is_main and _rank_zero_only(choice.type, hook):
+            continue
+        label = f"{registry.get('hook', choice.type).label} ([hooks.{name}])"
+        to_register.append((hook, f"hook:{name}", label))
+        hooks[name] = hook
+    for i, hook in enumerate(extra_hooks):
+        to_register.append((hook, f"extra:{i}", f"extra hook {type(hook).__name__} (#{i})"))
+    _register_hooks(pm, to_register)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once every component is built
+
+    run = Run(
+        recipe=recipe,
+        registry=registry,
+        pm=pm,
+        device=device,
+        out_dir=out_dir,
+        data=data,
+        model=model,
+        schedule=schedule,
+        loss=loss,
+        optimizer=optimizer,
+        lr_schedule=lr_schedule,
+        sampler=sampler,
+        denoiser=Denoiser(
+            model, schedule, loss.prediction_type, name=_backbone_label(recipe, registry, model)
+        ),
+        batches=batches,
+        hooks=types.MappingProxyType(hooks),
+        state=TrainingState(train_model=model, generator=generator),
+        dist=dist,
+    )
+    pm.hook.denoisekit_configure.call_historic(kwargs={"run": run})
+    train_model = pm.hook.denoisekit_train_model(run=run, model=model)
+    if dist.enabled and batches is not None:
+        train_model = distributed.wrap_model(train_model, dist, device)
+    run.state.train_model = train_model
+    return run
+
+
+def _register_hooks(pm: pluggy.PluginManager, hooks: list[tuple[Any, str, str]]) -> None:
+    """Register ``(hook, name, label)``s; a hook pluggy rejects is one error naming it."""
+    labels = {id(hook): label for hook, _, label in hooks}
+    try:
+        for hook, name, _ in hooks:
+            pm.register(hook, name=name)
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        label = labels.get(id(exc.plugin), repr(exc.plugin))
+        raise ComponentError(f"{label}: {hook_problem(exc)}") from exc
+
+
+def _backbone_label(recipe: Recipe, registry: Registry, model: nn.Module) -> str:
+    """How errors name the backbone: the recipe file, the type, the class and the plugin."""
+    entry = registry.get("backbone", recipe.backbone.type)
+    where = f"{recipe.path}: " if recipe.path is not None else ""
+    return (
+        f"{where}backbone {entry.name!r} ({type(model).__name__}, plugin {entry.plugin!r} "
+        f"({entry.source}))"
+    )
+
+
+def _rank_zero_only(type_name: str, hook: Any) -> bool:
+    flag = optional(hook, Hook, "rank_zero_only")
+    if flag is not None:
+        return bool(flag)
+    return type_name in distributed.RANK_ZERO_HOOKS
+
+
+def _check_backbone_fits_data(recipe: Recipe, model: nn.Module, data: Any) -> None:
+    """The backbone's channels and size must match the data's images."""
+    c, h, w = data.image_shape
+    cfg = recipe.backbone.config
+    expected_c = optional(cfg, BackboneConfig, "in_channels") or c
+    expected_size = optional(cfg, BackboneConfig, "image_size") or h
+    if expected_c != c or expected_size != h or h != w:
+        where = f"{recipe.path}: " if recipe.path is not None else ""
+        raise DataError(
+            f"{where}the data gives {c}×{h}×{w} images but the backbone expects "
+            f"{expected_c}×{expected_size}×{expected_size}; set backbone.in_channels = {c} and "
+            f"backbone.image_size = {h} (or resize the data)"
+        )
+
+
+# --------------------------------------------------------------------------- from a checkpoint
+
+
+def load_trained(
+    path: Path | str,
+    *,
+    overrides: Sequence[str] = (),
+    device: str | None = None,
+    registry: Registry | None = None,
+    with_data: bool = False,
+    dist: distributed.DistContext | None = None,
+    trust_plugins: bool = False,
+) -> Run:
+    """Build a run from a checkpoint's own recipe and load its weights (EMA included).
+
+    Args:
+        path: a run folder or a checkpoint file.
+        overrides: ``--set`` overrides of the stored recipe (e.g. ``sampler.steps=20``);
+            only sampling options make sense here: the weights are fixed.
+        device: run on this device instead of the recipe's ``train.device``.
+        registry: the registry to build from (default: built-ins, entry points and the
+            recipe's plugins).
+        with_data: also build the training data (evaluation against it).
+        dist: this rank under torchrun (default: the initialized process group, if any):
+            the run goes to its ``cuda:LOCAL_RANK``.
+        trust_plugins: import the stored recipe's plugins from the run folder or the
+            working directory (see :func:`~denoisekit.engine.sampling.stored_registry`).
+    """
+    checkpoint = sampling.find_checkpoint(path)
+    state = load_checkpoint(checkpoint)
+    origins = Origins()
+    data = apply_overrides(sampling.stored_recipe(checkpoint, state), overrides, origins)
+    if device is not None:
+        data.setdefault("train", {})["device"] = device
+        origins.record({"device": device}, "--device", prefix="train")
+    if registry is None:
+        registry = sampling.stored_registry(checkpoint, data, trust_plugins=trust_plugins)
+    recipe = recipe_from_data(data, registry, source=checkpoint, origins=origins)
+    run_dir = sampling.run_folder(checkpoint)
+    out_dir = run_dir if run_dir is not None else checkpoint.parent
+    run = build_run(recipe, out_dir=out_dir, registry=registry, with_data=with_data, dist=dist)
+    run.load_state_dict(state, source=str(checkpoint), weights_only=True)
+    return run

@@ -1,0 +1,224 @@
+"""The architecture, checked: the import rule between layers, no import cycle, no private
+name used across modules, module sizes, and docs/architecture.md against the package.
+
+Imports are read from the source (AST), wherever they are: at module level, inside
+functions, and a dotted string naming a core module exactly (the lazy table of
+``core/__init__.py`` imports by name; plugins are loaded by name, as designed). Imports
+under ``if TYPE_CHECKING:`` count for the layers but not for cycles (they never run).
+Violations name modules without the leading ``denoisekit.``.
+
+The layers (docs/architecture.md draws them)::
+
+    api      denoisekit.<module>  (core/*.py)   imports the api only
+    host     denoisekit.host.*                  api, host
+    engine   denoisekit.engine.*                api, host, engine
+    cli      denoisekit.cli.*, denoisekit.__main__   api, host, engine, cli
+    testing  denoisekit.testing.*               anything but cli
+    plugins  denoisekit.plugins.*, examples/    api (plugins: their own package too;
+                                                example tests: denoisekit.testing too)
+
+The one exception: ``core/__init__.py`` exposes ``denoisekit.build`` from the host, lazily.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.import_rules import (
+    CORE,
+    MODULES,
+    ROOT,
+    imports_of,
+    layer,
+    private_attribute_uses,
+    private_violations,
+    strongly_connected,
+    violations,
+)
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+#: Today's violations of the rule, to be emptied by issue 11 (the helpers removing them work
+#: in parallel; the lead empties this list after merging them). A violation not listed
+#: fails, and so does a listed one that no longer occurs: the list can only shrink.
+ALLOWED_VIOLATIONS: frozenset[str] = frozenset()
+
+#: Modules over MAX_LINES today, to be emptied by issue 11 (shrinks like the list above);
+#: "api total" stands for the API layer over API_MAX_LINES.
+ALLOWED_OVERSIZE: frozenset[str] = frozenset(
+    {
+        "api total",
+        "core/diffusion.py",
+    }
+)
+
+MAX_LINES = 400
+API_MAX_LINES = 1500
+#: The conformance kit is a list of independent checks (one function per numbered
+#: property, each shown failing in tests/core/test_conformance_checks_fail.py): its length is
+#: the number of properties, not tangled logic, so the issue lets it pass the limit.
+SIZE_EXEMPT = {"core/testing/conformance.py"}
+
+
+def _check_allowlist(found: set[str], allowed: frozenset[str], what: str) -> None:
+    new = sorted(found - allowed)
+    gone = sorted(allowed - found)
+    assert not new, f"{what} (fix them; do not list them):\n" + "\n".join(new)
+    assert not gone, f"fixed: remove from the allowlist in {__file__}:\n" + "\n".join(gone)
+
+
+def test_import_rule():
+    _check_allowlist(violations(), ALLOWED_VIOLATIONS, "imports that break the layer rule")
+
+
+def test_module_sizes():
+    found = set()
+    for path in MODULES.values():
+        rel = path.relative_to(ROOT).as_posix()
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        if lines >= MAX_LINES and rel not in SIZE_EXEMPT:
+            found.add(rel)
+    api = [p for p in CORE.glob("*.py") if p.name != "__main__.py"]
+    if sum(len(p.read_text(encoding="utf-8").splitlines()) for p in api) > API_MAX_LINES:
+        found.add("api total")
+    _check_allowlist(found, ALLOWED_OVERSIZE, f"modules of {MAX_LINES}+ lines (split them)")
+
+
+# --------------------------------------------------------------------------- the checker itself
+
+
+def test_checker_sees_imports_in_functions_strings_and_relative(tmp_path):
+    source = tmp_path / "mod.py"
+    source.write_text(
+        '"""denoisekit.engine"""\n'
+        "from typing import TYPE_CHECKING\n"
+        "from . import registry\n"
+        "if TYPE_CHECKING:\n"
+        "    from denoisekit.engine.sampling import x\n"
+        "def f():\n"
+        "    from denoisekit.engine import loop\n"
+        "    return 'denoisekit.cli'\n",
+        encoding="utf-8",
+    )
+    found = {(i.target, i.type_checking) for i in imports_of("denoisekit.host.mod", source)}
+    assert found == {
+        ("denoisekit.host.registry", False),
+        ("denoisekit.engine.sampling", True),
+        ("denoisekit.engine.loop", False),
+        ("denoisekit.cli", False),
+    }
+
+
+def test_checker_sees_private_names(tmp_path):
+    source = tmp_path / "mod.py"
+    source.write_text(
+        "from denoisekit import hookspecs\n"
+        "from denoisekit.host.recipe import _Origins\n"
+        "from denoisekit.plugins.metrics import _inception\n"
+        "hookspecs._hookspec\n",
+        encoding="utf-8",
+    )
+    imports = list(imports_of("denoisekit.engine.mod", source))
+    assert sorted(v for imp in imports for v in private_violations(imp)) == [
+        "private: engine.mod imports host.recipe._Origins",
+        "private: engine.mod imports plugins.metrics._inception",
+    ]
+    assert list(private_attribute_uses("denoisekit.engine.mod", source)) == [
+        "private: engine.mod uses hookspecs._hookspec"
+    ]
+
+
+def test_checker_finds_cycles():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    component = strongly_connected(graph)
+    assert component["a"] == component["b"] == component["c"]
+    assert len({component["a"], component["d"], component["e"]}) == 3
+
+
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        ("denoisekit", "api"),
+        ("denoisekit.config", "api"),
+        ("denoisekit.__main__", "cli"),
+        ("denoisekit.cli.plugins", "cli"),
+        ("denoisekit.host", "host"),
+        ("denoisekit.plugins.samplers.ddim", "plugins"),
+        ("torch", None),
+    ],
+)
+def test_layers(module, expected):
+    assert layer(module) == expected
+
+
+# --------------------------------------------------------------------------- docs/architecture.md
+
+#: The glossary's terms: each is a row of the table under "## Glossary".
+GLOSSARY = (
+    "component",
+    "kind",
+    "registered name",
+    "recipe",
+    "table",
+    "option",
+    "run",
+    "step",
+    "timestep t",
+    "num_timesteps T",
+    "timesteps",
+    "network evaluation",
+    "denoiser",
+    "prediction type",
+    "x_T",
+    "x0",
+    "eps",
+    "sampler",
+    "hook",
+    "metric",
+    "probe",
+    "fact",
+    "check",
+    "run folder",
+    "checkpoint",
+    "EMA weights",
+)
+
+
+def _doc_names(module: str, path: Path) -> list[str]:
+    """How the doc may name a module: dotted, or its file (a package: its folder)."""
+    rel = path.relative_to(ROOT).as_posix()
+    names = [module, rel]
+    if path.name == "__init__.py":
+        names.append(rel.removesuffix("__init__.py"))
+    return names
+
+
+def _mentions(text: str, name: str) -> bool:
+    return re.search(rf"(?<![\w./]){re.escape(name)}(?![\w/]|\.\w)", text) is not None
+
+
+def test_architecture_doc_lists_every_module():
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    missing = [
+        path.relative_to(ROOT).as_posix()
+        for module, path in MODULES.items()
+        if not any(_mentions(text, name) for name in _doc_names(module, path))
+    ]
+    assert not missing, f"docs/architecture.md does not list: {missing}"
+
+
+def test_architecture_doc_has_the_glossary():
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    section = text.split("\n## Glossary", 1)[1].split("\n## ", 1)[0]
+    rows = [
+        re.sub(r"[`*]", "", row.split("|")[1]).strip()
+        for row in section.splitlines()
+        if row.startswith("|") and not row.startswith("|-")
+    ]
+    missing = [term for term in GLOSSARY if term not in rows]
+    assert not missing, f"docs/architecture.md's glossary lacks: {missing}"
+    repeated = sorted({row for row in rows if rows.count(row) > 1})
+    assert not repeated, f"glossary terms listed twice: {repeated}"
