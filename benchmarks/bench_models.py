@@ -134,9 +134,9 @@ def _memory_format(variant: Variant) -> torch.memory_format:
 
 
 def _registry() -> Any:
-    from denoisekit.host.registry import default_registry
+    from denoisekit.host.registry import load_registry
 
-    return default_registry()
+    return load_registry()
 
 
 def build_denoisekit(layout: dict[str, Any], seed: int = 0) -> nn.Module:
@@ -318,7 +318,7 @@ def make_train_step(
 
         registry = _registry()
         schedule = registry.build(
-            "schedule", "linear", LinearScheduleConfig(timesteps=NUM_TIMESTEPS)
+            "schedule", "linear", LinearScheduleConfig(num_timesteps=NUM_TIMESTEPS)
         )
         loss_fn = registry.build("loss", "mse", MSELossConfig(), schedule=schedule)
         opt = registry.build(
@@ -487,7 +487,7 @@ def make_sampler_loop(
 
         registry = _registry()
         schedule = registry.build(
-            "schedule", "linear", LinearScheduleConfig(timesteps=NUM_TIMESTEPS)
+            "schedule", "linear", LinearScheduleConfig(num_timesteps=NUM_TIMESTEPS)
         )
         sampler = registry.build("sampler", "ddim", DDIMConfig(steps=steps, clip_denoised=clip))
         denoiser = Denoiser(timed, schedule, "eps")
@@ -595,7 +595,7 @@ def train_loop_recipe(
         "seed": 0,
         "data": {"type": "digits"},  # unused: the bench feeds its own tensors
         "backbone": {"type": "unet", **{k: _toml_value(v) for k, v in layout.items()}},
-        "schedule": {"type": "linear", "timesteps": NUM_TIMESTEPS},
+        "schedule": {"type": "linear", "num_timesteps": NUM_TIMESTEPS},
         "loss": {"type": "mse"},
         "optimizer": {"type": "adamw", "lr": 1e-4, "implementation": variant.adamw},
         "lr_schedule": {"type": "constant"},

@@ -1,26 +1,15 @@
 """denoisekit: a modular, plugin-based framework for denoising diffusion models.
 
 The public plugin API, everything a plugin author imports (see docs/writing-a-plugin.md):
+:data:`hookimpl` and :class:`ComponentSpec` (with its load-time ``facts`` and ``check``);
+the kinds (:class:`Kind` records) and their contracts (:class:`typing.Protocol` classes);
+config helpers and validators (:mod:`denoisekit.config`); :class:`Denoiser`,
+:class:`DiscreteSchedule` and the math module :mod:`diffusion`; the user-facing errors;
+and :func:`build`, which builds a registered component by name
+(``denoisekit.build("sampler", "ddim", steps=20)``).
 
-* :data:`hookimpl`, the marker of hook implementations, and :class:`ComponentSpec`, the
-  record the ``denoisekit_components`` hook returns;
-* load-time recipe checks: a component's ``facts`` and ``check``, which see a
-  :class:`CheckContext` and return :data:`Problem` pairs (:data:`FACTS` lists the known facts);
-* the contracts as :class:`typing.Protocol` classes (:class:`Backbone`,
-  :class:`NoiseSchedule`, :class:`Loss`, :class:`SamplerLike`, :class:`DenoiserLike`,
-  :class:`DataLike`, :class:`Metric`), the kinds (:data:`KINDS`) and the build context of
-  each kind (:data:`BUILD_CONTEXT`);
-* config helpers: :func:`option` (a field with a default and a one-line doc),
-  :func:`option_doc` and the validators :func:`unit_interval`, :func:`open_unit_interval`,
-  :func:`int_at_least`, :func:`int_between` (:data:`MAX_TIMESTEPS` bounds schedules),
-  :func:`positive_finite`, :func:`non_negative_finite` and
-  :func:`positive_ints`;
-* :class:`Denoiser` (backbone + schedule + prediction type → ``(eps, x0)``),
-  :class:`DiscreteSchedule` and the forward-process math module :mod:`diffusion`;
-* the user-facing errors (:class:`DenoisekitError` and its kinds).
-
-``Denoiser``, ``DiscreteSchedule``, ``PREDICTION_TYPES`` and ``diffusion`` import torch,
-so they are loaded on first access: ``import denoisekit`` itself stays light.
+``Denoiser``, ``DiscreteSchedule``, ``PREDICTION_TYPES``, ``diffusion`` and ``build`` import
+torch or the host, so they are loaded on first access: ``import denoisekit`` stays light.
 """
 
 from __future__ import annotations
@@ -45,18 +34,27 @@ from denoisekit.config import (
 from denoisekit.contracts import (
     BUILD_CONTEXT,
     FACTS,
+    KIND_RECORDS,
     KINDS,
     PROBE_KINDS,
     Backbone,
+    BackboneConfig,
     CheckContext,
     ComponentSpec,
     DataLike,
     DenoiserLike,
+    Hook,
+    Kind,
     Loss,
+    LRSchedule,
     Metric,
+    MetricContext,
     NoiseSchedule,
+    Optimizer,
     Problem,
     SamplerLike,
+    SampleSet,
+    optional,
 )
 from denoisekit.errors import (
     CheckpointError,
@@ -73,6 +71,7 @@ if TYPE_CHECKING:
     from denoisekit import diffusion
     from denoisekit.denoiser import PREDICTION_TYPES, Denoiser
     from denoisekit.diffusion import DiscreteSchedule
+    from denoisekit.host.build import build
 
 __version__ = "0.1.0"
 
@@ -85,6 +84,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "PREDICTION_TYPES": ("denoisekit.denoiser", "PREDICTION_TYPES"),
     "DiscreteSchedule": ("denoisekit.diffusion", "DiscreteSchedule"),
     "diffusion": ("denoisekit.diffusion", None),
+    "build": ("denoisekit.host.build", "build"),  # the one reference from the API to the host
 }
 
 
@@ -103,41 +103,12 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "BUILD_CONTEXT",
-    "FACTS",
-    "KINDS",
-    "MAX_TIMESTEPS",
-    "PREDICTION_TYPES",
-    "PROBE_KINDS",
-    "Backbone",
-    "CheckContext",
-    "CheckpointError",
-    "ComponentError",
-    "ComponentSpec",
-    "DataError",
-    "DataLike",
-    "DenoisekitError",
-    "Denoiser",
-    "DenoiserLike",
-    "DiscreteSchedule",
-    "Loss",
-    "Metric",
-    "NoiseSchedule",
-    "PluginLoadError",
-    "Problem",
-    "RecipeError",
-    "RegistryError",
-    "SamplerLike",
-    "__version__",
-    "diffusion",
-    "hookimpl",
-    "int_at_least",
-    "int_between",
-    "non_negative_finite",
-    "open_unit_interval",
-    "option",
-    "option_doc",
-    "positive_finite",
-    "positive_ints",
-    "unit_interval",
-]
+    "BUILD_CONTEXT", "FACTS", "KINDS", "KIND_RECORDS", "MAX_TIMESTEPS", "PREDICTION_TYPES",
+    "PROBE_KINDS", "Backbone", "BackboneConfig", "CheckContext", "CheckpointError",
+    "ComponentError", "ComponentSpec", "DataError", "DataLike", "DenoisekitError", "Denoiser",
+    "DenoiserLike", "DiscreteSchedule", "Hook", "Kind", "LRSchedule", "Loss", "Metric",
+    "MetricContext", "NoiseSchedule", "Optimizer", "PluginLoadError", "Problem", "RecipeError",
+    "RegistryError", "SampleSet", "SamplerLike", "__version__", "build", "diffusion", "hookimpl",
+    "int_at_least", "int_between", "non_negative_finite", "open_unit_interval", "option",
+    "option_doc", "optional", "positive_finite", "positive_ints", "unit_interval",
+]  # fmt: skip

@@ -6,11 +6,11 @@ and the recipe reference show::
 
     @attrs.frozen(kw_only=True)
     class DDIMConfig:
-        steps: int = option(50, "number of sampling steps", validator=attrs.validators.gt(0))
+        steps: int = option(50, "number of sampling steps", validator=int_at_least(1))
         eta: float = option(0.0, "0 deterministic, 1 DDPM-like", validator=unit_interval)
 
-Validators must ``raise`` (never ``assert``) with a message naming the field; attrs'
-built-in validators already do (``'steps' must be > 0: -1``).
+Validate with the validators below (``int_at_least(1)``, ``positive_finite``, ...); one of
+your own must ``raise`` (never ``assert``) a message naming the field, as these do.
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ def option(
     factory: Any = None,
 ) -> Any:
     """Declare a config field with a default and a one-line doc."""
-    if factory is not None:
-        return attrs.field(
-            factory=factory, validator=validator, converter=converter, metadata={DOC_KEY: doc}
-        )
     return attrs.field(
-        default=default, validator=validator, converter=converter, metadata={DOC_KEY: doc}
+        default=default,
+        factory=factory,
+        validator=validator,
+        converter=converter,
+        metadata={DOC_KEY: doc},
     )
 
 

@@ -1,37 +1,18 @@
-"""Component kinds, the registration record and the contracts components meet.
-
-A *component* is a factory registered under a kind and a name, together with a frozen
-attrs config class whose fields are the keys a recipe may set in that component's
-table. Plugins provide components by returning :class:`ComponentSpec` records from the
-``denoisekit_components`` hook.
-
-The contracts are :class:`typing.Protocol` classes: authors need not inherit from them.
-The registry and the conformance suites (``denoisekit.testing``) enforce them.
-"""
+"""Component kinds (one :class:`Kind` record each), the registration record and the
+contracts components meet: :class:`typing.Protocol` classes (no need to inherit from them),
+whose optional attributes carry their default (read them with :func:`optional`)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 if TYPE_CHECKING:
     import torch
-
-#: Every component kind, in the order a run builds them.
-KINDS: tuple[str, ...] = (
-    "data",
-    "schedule",
-    "backbone",
-    "loss",
-    "optimizer",
-    "lr_schedule",
-    "sampler",
-    "hook",
-    "metric",
-)
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]*$")
 
@@ -56,27 +37,16 @@ def _check_config(inst: ComponentSpec, attribute: attrs.Attribute, value: type) 
         )
 
 
-#: Kinds whose components may declare a ``probe``: the registry builds them small.
-PROBE_KINDS: tuple[str, ...] = ("schedule", "backbone", "loss", "sampler", "hook")
-
-
 def _check_probe(inst: ComponentSpec, attribute: attrs.Attribute, value: Any) -> None:
-    if value is None:
-        return
-    if inst.kind not in PROBE_KINDS:
-        raise ValueError(
-            f"probe of {inst.kind} {inst.name!r}: only {', '.join(PROBE_KINDS)} components "
-            "can be probed"
-        )
-    if not isinstance(value, Mapping):
-        raise TypeError(f"probe of {inst.kind} {inst.name!r} must be a dict of options: {value!r}")
+    where = f"probe of {inst.kind} {inst.name!r}"
+    if value is not None and inst.kind not in PROBE_KINDS:
+        raise ValueError(f"{where}: only {', '.join(PROBE_KINDS)} components can be probed")
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(f"{where} must be a dict of options: {value!r}")
     known = attrs.fields_dict(inst.config) if attrs.has(inst.config) else {}
-    unknown = sorted(k for k in value if k not in known)
+    unknown = sorted(k for k in value or () if k not in known)
     if unknown:
-        raise ValueError(
-            f"probe of {inst.kind} {inst.name!r} sets unknown options {unknown}; the options "
-            f"are {sorted(known)}"
-        )
+        raise ValueError(f"{where} sets unknown options {unknown}; the options are {sorted(known)}")
 
 
 #: A problem a recipe check finds: ``(key path, message)``. The key path is relative to the
@@ -101,8 +71,8 @@ class CheckContext:
     """What a component's ``check`` sees of the recipe it is part of.
 
     Attributes:
-        recipe: the whole :class:`denoisekit.host.recipe.Recipe`, every table already structured
-            and valid on its own (``recipe.train.steps``, ``recipe.metrics``, ...).
+        recipe: the whole recipe, every table already structured and valid on its own
+            (``recipe.train.steps``, ``recipe.metrics``, ...).
         facts: kind → what that kind's component states from its config (:data:`FACTS`);
             a fact a component does not state is unknown, and checks needing it pass.
         table: the key path of the component being checked (``"sampler"``, ``"hooks.ema"``).
@@ -125,25 +95,19 @@ class ComponentSpec:
         kind: one of :data:`KINDS`.
         name: the registered name a recipe selects with ``type = "name"`` (lowercase).
         config: a frozen attrs class; its fields are the recipe keys of this component.
-        build: the factory, called as ``build(config, **context)``; the context keywords
-            for each kind are listed in :data:`BUILD_CONTEXT`.
+        build: the factory, called as ``build(config, **context)`` (the context keywords of
+            each kind: :data:`BUILD_CONTEXT`); a class whose ``__init__`` takes them is one.
         summary: one line shown by ``denoisekit plugins``.
-        probe: options (a dict, overriding the config's defaults) for a small, cheap
-            instance that the registry builds and exercises when it is constructed, to
-            reject a component that breaks its contract before any run starts (see
-            :func:`contract_problems`). Only for the kinds in :data:`PROBE_KINDS`. A
-            backbone's probe config must set ``in_channels`` and ``image_size``; keep it
-            tiny (the registry is built on every command). ``None``: no probe, only the
-            static checks.
-        facts: ``facts(config) -> dict``: what this component states about itself for the
-            other components' checks, from its config alone (nothing loaded or built):
-            a schedule its ``num_timesteps``, data its ``image_shape``, ... (:data:`FACTS`).
-        check: ``check(config, context) -> iterable of (key, message)``: the problems of
-            this component's options that only the rest of the recipe shows (a sampler's
-            ``steps`` beyond the schedule's timesteps), or that only computing with them
-            shows (a schedule whose betas underflow), found when the recipe is loaded,
-            before any work. ``context`` is a :class:`CheckContext`; keys are relative to
-            the component's table (``""``: the table itself). Keep it cheap. Checks of one
+        probe: options (overriding the config's defaults) of a tiny instance the registry
+            builds and exercises, to reject a broken component before any run (only the
+            :data:`PROBE_KINDS`; a backbone's must set ``in_channels`` and ``image_size``).
+        facts: ``facts(config) -> dict``: what this component states about itself, from its
+            config alone, for the others' checks (:data:`FACTS`).
+        check: ``check(config, context) -> iterable of (key, message)``: the problems of its
+            options that only the rest of the recipe shows (a sampler's ``steps`` beyond the
+            schedule's), or only computing with them (betas that underflow), found when the
+            recipe loads. ``context`` is a :class:`CheckContext`; keys are relative to the
+            component's table (``""``: the table itself). Keep it cheap; checks of one
             option alone belong in its validator.
     """
 
@@ -159,18 +123,9 @@ class ComponentSpec:
     )
 
 
-#: The keyword arguments the run passes to ``ComponentSpec.build`` besides the config.
-BUILD_CONTEXT: dict[str, tuple[str, ...]] = {
-    "data": ("root", "train"),  # root: folder of the recipe file (pathlib.Path); train: bool
-    "schedule": (),
-    "backbone": (),
-    "loss": ("schedule",),
-    "optimizer": ("params", "device"),  # params: iterable of parameters or param groups
-    "lr_schedule": ("optimizer", "total_steps"),
-    "sampler": (),
-    "hook": (),
-    "metric": (),
-}
+def optional(component: Any, protocol: type, name: str) -> Any:
+    """The optional attribute ``name`` of ``component``, or the default ``protocol`` declares."""
+    return getattr(component, name, getattr(protocol, name))
 
 
 # --------------------------------------------------------------------------- contracts
@@ -195,12 +150,23 @@ class Backbone(Protocol):
     """An ``nn.Module`` mapping ``(x_t, t, cond=None)`` to a tensor of x_t's shape.
 
     ``t`` is a float tensor of shape ``(B,)`` holding timesteps in ``[0, T)`` (possibly
-    fractional), or, for backbones configured for continuous conditioning, log-SNR values.
+    fractional), or, where ``time_input`` is ``"log_snr"``, log-SNR values.
     """
+
+    time_input: str = "timestep"  # what ``t`` holds: "timestep" or "log_snr" (optional)
+    num_classes: int | None = None  # classes of the ``cond`` labels; None: unconditional
 
     def __call__(
         self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
     ) -> torch.Tensor: ...
+
+
+class BackboneConfig(Protocol):
+    """Options of a backbone's config the run reads for the image shape (optional; a
+    probed backbone needs both)."""
+
+    in_channels: int | None = None
+    image_size: int | None = None
 
 
 class Loss(Protocol):
@@ -265,7 +231,130 @@ class DataLike(Protocol):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]: ...
 
 
+class Optimizer(Protocol):
+    """A ``torch.optim.Optimizer`` or anything with its methods."""
+
+    def step(self) -> Any: ...
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+
+class LRSchedule(Protocol):
+    """A learning-rate schedule stepped once per optimization step (torch's LR schedulers)."""
+
+    def step(self) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+
+class Hook(Protocol):
+    """An object whose ``@denoisekit.hookimpl`` methods the run registers (see hookspecs)."""
+
+    #: True: only rank 0 of a distributed run registers it; None: the core decides by type.
+    rank_zero_only: bool | None = None
+
+
+@attrs.frozen(kw_only=True)
+class SampleSet:
+    """Images to score: float32 ``(N, C, H, W)`` in [-1, 1] on the CPU, the labels they were
+    drawn for (or None), and, for drawn images (None for a sample file), the wall time of
+    drawing them and the network evaluations per image."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+    seconds: float | None = None
+    num_evaluations: float | None = None
+
+    @property
+    def num_images(self) -> int:
+        return int(self.images.shape[0])
+
+
+class MetricContext(Protocol):
+    """What a metric gets, each thing built on first use and shared by the evaluation's
+    metrics: ``samples()`` (drawn with image ``i`` seeded from ``(seed, i)``, or a sample
+    file's), ``draw()`` fresh timed samples, ``require_run(metric)`` the run or a one-line
+    error naming the metric, ``denoiser()`` over the sampling (EMA) weights, the reference
+    data (the recipe's data built with ``train=False``; a subset of ``n`` images is seeded
+    from ``seed``) and a cache key naming it, ``cache_dir`` for things kept between runs."""
+
+    seed: int
+    batch_size: int
+    cache_dir: Path
+    recipe: Any
+    registry: Any
+
+    @property
+    def device(self) -> torch.device: ...
+    def require_run(self, metric: str) -> Any: ...
+    def denoiser(self, metric: str = ...) -> Any: ...
+    def samples(self) -> SampleSet: ...
+    def sample_images(self) -> torch.Tensor: ...
+    def draw(self, n: int, *, seed: int, batch_size: int) -> SampleSet: ...
+    def reference_data(self) -> Any: ...
+    def reference_images(
+        self, n: int | None = None, *, batch_size: int = 256
+    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+    def reference_key(self) -> str: ...
+
+
 class Metric(Protocol):
     """A metric computed on a trained model: returns a dict of named floats."""
 
-    def __call__(self, context: Any) -> dict[str, float]: ...
+    requires_model: bool = False  # True: cannot score a sample file
+    uses_samples: bool = True  # False: a property of the model alone (compare runs it once)
+
+    def __call__(self, context: MetricContext) -> dict[str, float]: ...
+
+
+# --------------------------------------------------------------------------- kinds
+
+
+@attrs.frozen
+class Kind:
+    """Everything the host knows of one component kind: every per-kind table derives from it.
+
+    ``protocol``: the contract. ``many``: a recipe holds many, as ``[table.NAME]``; else
+    one, as ``[table]`` (``table`` defaults to the name). ``default``: the type a recipe
+    leaving the table out gets (None: required). ``context``: the keywords ``build`` gets
+    besides the config. ``methods``: what the class ``build`` declares must have (the
+    static check). ``probed``: components may declare a ``probe``. ``runs``: a tiny run
+    swaps it in and the conformance kit checks its behaviour.
+    """
+
+    name: str
+    protocol: type
+    many: bool = False
+    table: str = attrs.Factory(lambda self: self.name, takes_self=True)
+    default: str | None = None
+    context: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    probed: bool = False
+    runs: bool = False
+
+
+#: Every kind, in the order a run builds them. Build context: data's ``root`` is the recipe
+#: file's folder and ``train`` a bool (the training split); ``params`` are parameters or groups.
+KIND_RECORDS: tuple[Kind, ...] = (
+    Kind("data", DataLike, context=("root", "train"), methods=("__len__", "__getitem__")),
+    Kind("schedule", NoiseSchedule, default="cosine", probed=True, runs=True),
+    Kind("backbone", Backbone, default="unet", probed=True, runs=True),
+    Kind("loss", Loss, default="mse", context=("schedule",), methods=("__call__",),
+         probed=True, runs=True),
+    Kind("optimizer", Optimizer, default="adamw", context=("params", "device"),
+         methods=("step", "zero_grad", "state_dict", "load_state_dict"), runs=True),
+    Kind("lr_schedule", LRSchedule, default="constant", context=("optimizer", "total_steps"),
+         methods=("step", "state_dict", "load_state_dict"), runs=True),
+    Kind("sampler", SamplerLike, default="ddim", methods=("sample", "num_evaluations"),
+         probed=True, runs=True),
+    Kind("hook", Hook, many=True, table="hooks", probed=True, runs=True),
+    Kind("metric", Metric, many=True, table="metrics", methods=("__call__",)),
+)  # fmt: skip
+#: Kind name → its record.
+KIND: dict[str, Kind] = {k.name: k for k in KIND_RECORDS}
+KINDS: tuple[str, ...] = tuple(KIND)
+#: Kinds whose components may declare a ``probe``: the registry builds them small.
+PROBE_KINDS: tuple[str, ...] = tuple(k.name for k in KIND_RECORDS if k.probed)
+#: The keyword arguments the run passes to ``ComponentSpec.build`` besides the config.
+BUILD_CONTEXT: dict[str, tuple[str, ...]] = {k.name: k.context for k in KIND_RECORDS}

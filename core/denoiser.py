@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from denoisekit import diffusion
+from denoisekit.contracts import Backbone, optional
 from denoisekit.diffusion import DiscreteSchedule
 from denoisekit.errors import ComponentError
 
@@ -78,7 +79,7 @@ class Denoiser:
             raise ValueError(
                 f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}: {prediction_type!r}"
             )
-        time_input = getattr(model, "time_input", "timestep")
+        time_input = optional(model, Backbone, "time_input")
         if time_input not in ("timestep", "log_snr"):
             raise ValueError(f"model.time_input must be 'timestep' or 'log_snr': {time_input!r}")
         self.model = model

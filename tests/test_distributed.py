@@ -53,7 +53,7 @@ groups = 8
 dropout = 0.0
 [schedule]
 type = "cosine"
-timesteps = 50
+num_timesteps = 50
 [optimizer]
 type = "sgd"
 lr = 0.05

@@ -21,7 +21,7 @@ from denoisekit import hookspecs
 from denoisekit.cli import build_parser, docs, recipe_reference
 from denoisekit.cli.plugins import format_plugins
 from denoisekit.config import option_doc
-from denoisekit.host.recipe import _TOP_KEYS, MULTI_KINDS, SINGLE_KINDS
+from denoisekit.host.recipe import MULTI_KINDS, SINGLE_KINDS, TOP_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -114,7 +114,7 @@ def test_reference_covers_the_train_table_and_every_top_level_key(pages):
     for field in attrs.fields(denoisekit.host.recipe.TrainConfig):
         assert f"| `{field.name}` |" in text
     tables = {*SINGLE_KINDS, *MULTI_KINDS, "train"}
-    assert set(recipe_reference.TOP_LEVEL) == (set(_TOP_KEYS) - tables) | {"extends"}
+    assert set(recipe_reference.TOP_LEVEL) == (set(TOP_KEYS) - tables) | {"extends"}
 
 
 def test_every_builtin_option_has_a_one_line_doc(registry):

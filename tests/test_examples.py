@@ -207,7 +207,7 @@ def test_recipe_plugin_module_beside_the_recipe(tmp_path, monkeypatch):
         module = sys.modules["sigmoid_schedule"]
         (spec,) = module.denoisekit_components()
         check_schedule(spec)
-        check_schedule(spec, module.SigmoidConfig(timesteps=50, tau=0.5, start=0.0))
+        check_schedule(spec, module.SigmoidConfig(num_timesteps=50, tau=0.5, start=0.0))
     finally:
         _forget("sigmoid_schedule")
 
@@ -219,11 +219,12 @@ def test_local_schedule_bounds_its_timesteps_and_samplers_check_against_them(tmp
     recipe = tmp_path / "local-plugin" / "sigmoid-digits.toml"
     _forget("sigmoid_schedule")
     try:
-        assert load_recipe(recipe, ["sampler.steps=1000"]).schedule.config.timesteps == 1000
+        assert load_recipe(recipe, ["sampler.steps=1000"]).schedule.config.num_timesteps == 1000
         with pytest.raises(RecipeError, match=r"sampler\.steps: 1001 steps exceed the schedule's "):
             load_recipe(recipe, ["sampler.steps=1001"])
-        with pytest.raises(RecipeError, match=r"schedule\.timesteps: 'timesteps' must be an "):
-            load_recipe(recipe, ["schedule.timesteps=1000000000000"])
+        message = r"schedule\.num_timesteps: 'num_timesteps' must be an "
+        with pytest.raises(RecipeError, match=message):
+            load_recipe(recipe, ["schedule.num_timesteps=1000000000000"])
     finally:
         _forget("sigmoid_schedule")
 

@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 
 from denoisekit.cli import main
 from denoisekit.host.recipe import DEFAULT_TYPES, MULTI_KINDS, SINGLE_KINDS, TrainConfig, deep_merge
-from denoisekit.host.registry import default_registry
+from denoisekit.host.registry import load_registry
 from denoisekit.testing import TINY_RECIPE, single_thread
 
 #: The bases: the tiny run, and the tiny run with hooks (the preview samples at the end,
@@ -79,7 +79,7 @@ def slow(path: tuple[str, ...]) -> bool:
 
 def _options() -> dict[tuple[str, str], dict[str, Any]]:
     """(kind, name) → {option: default} of every built-in component, and the core tables."""
-    registry = default_registry(autoload=False)
+    registry = load_registry(autoload=False)
     out = {
         (e.kind, e.name): {f.name: _default(f) for f in attrs.fields(e.spec.config)}
         for e in registry.entries()

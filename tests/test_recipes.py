@@ -27,7 +27,7 @@ def test_cifar10_recipe_is_ho_et_al():
     unet = recipe.backbone.config
     assert (unet.channels, unet.channel_mults, unet.num_res_blocks) == (128, (1, 2, 2, 2), 2)
     assert (unet.attention_resolutions, unet.dropout) == ((16,), 0.1)
-    assert recipe.schedule.type == "linear" and recipe.schedule.config.timesteps == 1000
+    assert recipe.schedule.type == "linear" and recipe.schedule.config.num_timesteps == 1000
     assert recipe.optimizer.config.lr == 2e-4 and recipe.train.batch_size == 128
     assert recipe.hooks["ema"].config.decay == 0.9999
 

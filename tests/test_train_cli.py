@@ -33,7 +33,7 @@ attention_resolutions = [4]
 groups = 8
 [schedule]
 type = "cosine"
-timesteps = 50
+num_timesteps = 50
 [sampler]
 type = "ddim"
 steps = 3

@@ -13,13 +13,14 @@ from denoisekit.cli.common import (
     check_counts,
     sampler_overrides,
 )
+from denoisekit.contracts import Metric, optional
 from denoisekit.errors import DenoisekitError
 
 
 def register(sub: Subparsers) -> None:
     """Add ``eval``."""
     parser = sub.add_parser(
-        "eval", help="compute metrics (nll, fd, sample_time, ...) of a run or a sample file"
+        "eval", help="compute metrics (nll, fd, sample-time, ...) of a run or a sample file"
     )
     parser.add_argument("run", type=Path, nargs="?", metavar="RUN_OR_CHECKPOINT")
     parser.add_argument(
@@ -71,8 +72,8 @@ def _score_samples(args: argparse.Namespace) -> int:
         evaluate,
         format_results,
         load_samples_npz,
-        reference_recipe,
     )
+    from denoisekit.engine.reference import reference_recipe
 
     if args.reference is None:
         raise DenoisekitError(
@@ -84,11 +85,11 @@ def _score_samples(args: argparse.Namespace) -> int:
     sample_set = load_samples_npz(args.samples)
     if args.metrics:
         metrics = build_metrics(recipe, registry, args.metrics)
-    else:  # the recipe's metrics that need no model (not nll, sample_time), else fd
+    else:  # the recipe's metrics that need no model (not nll, sample-time), else fd
         metrics = {
             name: metric
             for name, metric in build_metrics(recipe, registry).items()
-            if not getattr(metric, "requires_model", False)
+            if not optional(metric, Metric, "requires_model")
         } or build_metrics(recipe, registry, ["fd"])
     context = EvalContext(
         recipe=recipe,

@@ -14,9 +14,8 @@ import attrs
 
 from denoisekit.cli.common import Subparsers
 from denoisekit.config import option_doc
-from denoisekit.host.plugin_manager import get_plugin_manager
 from denoisekit.host.recipe import read_recipe_data
-from denoisekit.host.registry import Registry
+from denoisekit.host.registry import Registry, load_registry
 
 
 def register(sub: Subparsers) -> None:
@@ -30,12 +29,11 @@ def register(sub: Subparsers) -> None:
 def command(args: argparse.Namespace) -> int:
     if args.recipe is not None:
         data, _ = read_recipe_data(args.recipe)
-        pm = get_plugin_manager(
+        registry = load_registry(
             plugins=data.get("plugins", []), search_paths=[args.recipe.parent.resolve()]
         )
     else:
-        pm = get_plugin_manager()
-    registry = Registry.from_plugin_manager(pm)
+        registry = load_registry()
     print(format_plugins(registry, args.kind), end="")
     return 0
 

@@ -15,9 +15,8 @@ import attrs
 
 from denoisekit.cli.plugins import default_text, type_text
 from denoisekit.config import option_doc
-from denoisekit.host.plugin_manager import get_plugin_manager
 from denoisekit.host.recipe import DEFAULT_TYPES, MULTI_KINDS, SINGLE_KINDS, TrainConfig
-from denoisekit.host.registry import Registry
+from denoisekit.host.registry import Registry, load_registry
 
 REGENERATE = "python -m denoisekit.cli.docs"
 HEADER = (
@@ -78,7 +77,7 @@ def option_rows(config_cls: type, kind: str = "", component: str = "") -> list[O
 
 def reference_registry() -> Registry:
     """The built-in components only: the reference is the same on every machine."""
-    return Registry.from_plugin_manager(get_plugin_manager(autoload=False))
+    return load_registry(autoload=False)
 
 
 def cell(text: str) -> str:

@@ -16,15 +16,17 @@ import torch
 from torch import nn
 
 from denoisekit import hookimpl, hookspecs
+from denoisekit.contracts import BackboneConfig, Hook, optional
 from denoisekit.denoiser import Denoiser
 from denoisekit.engine import distributed, sampling
 from denoisekit.engine.batches import BatchStream
 from denoisekit.engine.checkpoint import load_checkpoint
+from denoisekit.engine.components import load_components
 from denoisekit.engine.distributed import DistContext
 from denoisekit.engine.run import Run, TrainingState
 from denoisekit.errors import ComponentError, DataError, OutputError
-from denoisekit.host.plugin_manager import get_plugin_manager, hook_problem
-from denoisekit.host.recipe import Recipe, apply_overrides, recipe_from_data
+from denoisekit.host.plugin_manager import hook_problem
+from denoisekit.host.recipe import Origins, Recipe, apply_overrides, recipe_from_data
 from denoisekit.host.registry import Registry
 
 
@@ -126,10 +128,7 @@ def build_run(
     the compile hook answers), wrapped in DistributedDataParallel under torchrun.
     """
     if registry is None:
-        search = [recipe.path.parent.resolve()] if recipe.path is not None else []
-        registry = Registry.from_plugin_manager(
-            get_plugin_manager(plugins=recipe.plugins, search_paths=search)
-        )
+        registry = load_components(recipe)
     out_dir = Path(out_dir)
     train_cfg = recipe.train
     dist = dist if dist is not None else distributed.current()
@@ -238,7 +237,7 @@ def _backbone_label(recipe: Recipe, registry: Registry, model: nn.Module) -> str
 
 
 def _rank_zero_only(type_name: str, hook: Any) -> bool:
-    flag = getattr(hook, "rank_zero_only", None)
+    flag = optional(hook, Hook, "rank_zero_only")
     if flag is not None:
         return bool(flag)
     return type_name in distributed.RANK_ZERO_HOOKS
@@ -248,8 +247,8 @@ def _check_backbone_fits_data(recipe: Recipe, model: nn.Module, data: Any) -> No
     """The backbone's channels and size must match the data's images."""
     c, h, w = data.image_shape
     cfg = recipe.backbone.config
-    expected_c = getattr(cfg, "in_channels", c)
-    expected_size = getattr(cfg, "image_size", h)
+    expected_c = optional(cfg, BackboneConfig, "in_channels") or c
+    expected_size = optional(cfg, BackboneConfig, "image_size") or h
     if expected_c != c or expected_size != h or h != w:
         where = f"{recipe.path}: " if recipe.path is not None else ""
         raise DataError(
@@ -287,11 +286,9 @@ def load_trained(
         trust_plugins: import the stored recipe's plugins from the run folder or the
             working directory (see :func:`~denoisekit.engine.sampling.stored_registry`).
     """
-    from denoisekit.host.recipe import _Origins
-
     checkpoint = sampling.find_checkpoint(path)
     state = load_checkpoint(checkpoint)
-    origins = _Origins()
+    origins = Origins()
     data = apply_overrides(sampling.stored_recipe(checkpoint, state), overrides, origins)
     if device is not None:
         data.setdefault("train", {})["device"] = device

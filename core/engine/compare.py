@@ -27,6 +27,7 @@ import attrs
 import torch
 from PIL import Image
 
+from denoisekit.contracts import Metric, optional
 from denoisekit.engine.checkpoint import atomic_write
 from denoisekit.engine.figures import labelled_rows
 from denoisekit.errors import DenoisekitError
@@ -149,14 +150,14 @@ def _recipe_of_run(path: Path, trust_plugins: bool) -> Callable[[Sequence[str]],
     import copy
 
     from denoisekit.engine.sampling import find_checkpoint, stored_recipe, stored_registry
-    from denoisekit.host.recipe import _Origins, apply_overrides, recipe_from_data
+    from denoisekit.host.recipe import Origins, apply_overrides, recipe_from_data
 
     checkpoint = find_checkpoint(path)
     stored = stored_recipe(checkpoint)
     registry = stored_registry(checkpoint, stored, trust_plugins=trust_plugins)
 
     def with_overrides(overrides: Sequence[str]) -> Recipe:
-        origins = _Origins()
+        origins = Origins()
         data = apply_overrides(copy.deepcopy(stored), overrides, origins)
         return recipe_from_data(data, registry, source=checkpoint, origins=origins)
 
@@ -277,7 +278,7 @@ def run_compare(
 def _check_metric_names(variants: Sequence[Variant], metrics: Sequence[str]) -> None:
     """An unknown ``--metric`` fails before anything trains: each name must be a
     ``[metrics.NAME]`` table of every variant or a metric its plugins register."""
-    from denoisekit.host.plugin_manager import get_plugin_manager
+    from denoisekit.engine.components import load_components
     from denoisekit.host.registry import Registry
 
     registries: dict[tuple[Any, ...], Registry] = {}
@@ -289,8 +290,7 @@ def _check_metric_names(variants: Sequence[Variant], metrics: Sequence[str]) -> 
         search = [recipe.path.parent.resolve()] if recipe.path is not None else []
         key = (recipe.plugins, *search)
         if key not in registries:  # the registry build_run will build
-            pm = get_plugin_manager(plugins=recipe.plugins, search_paths=search)
-            registries[key] = Registry.from_plugin_manager(pm)
+            registries[key] = load_components(recipe)
         for name in missing:
             registries[key].get("metric", name)
 
@@ -321,7 +321,7 @@ def _metric_values(
     values: dict[str, float] = {}
     per_sample = {}
     for name, metric in built.items():
-        if getattr(metric, "uses_samples", True):
+        if optional(metric, Metric, "uses_samples"):
             per_sample[name] = metric
         else:
             if name not in model_cache:

@@ -1,20 +1,12 @@
 """Evaluating a trained model: the context metrics share, running them, logging results.
 
-A *metric* component (kind ``"metric"``) is built from its config and called as
-``metric(context) -> dict[str, float]`` with an :class:`EvalContext`. The context gives a
-metric what it needs, built lazily and shared, so several metrics of one evaluation pay
-for each thing once:
-
-* the trained run (a sampling-only run from :func:`denoisekit.engine.build.load_trained`, or a
-  training run) and its denoiser over the sampling (EMA) weights;
-* one set of samples (``num_samples`` images, image ``i`` seeded from ``(seed, i)``, drawn
-  in batches of ``batch_size`` by :func:`denoisekit.engine.sampling.sample_images`) with the wall
-  time and the network evaluations it took; or the images of a sample file;
-* the reference data: the recipe's data component built with ``train=False`` (its
-  held-out split), and a cache key for statistics computed from it;
-* a cache folder (``$DENOISEKIT_CACHE``, else ``$XDG_CACHE_HOME/denoisekit``, else
-  ``~/.cache/denoisekit``) for things worth keeping between runs (the digits classifier,
-  reference feature statistics).
+A *metric* component is called as ``metric(context) -> dict[str, float]`` with an
+:class:`EvalContext` (a :class:`denoisekit.MetricContext`), which builds what metrics need
+lazily and shares it, so the metrics of one evaluation pay for each thing once: the
+trained run and its denoiser over the sampling (EMA) weights; one set of samples
+(image ``i`` seeded from ``(seed, i)``, timed, network evaluations counted) or a sample
+file's images; the reference data (:mod:`denoisekit.engine.reference`); a cache folder
+(``$DENOISEKIT_CACHE``, else ``$XDG_CACHE_HOME/denoisekit``, else ``~/.cache/denoisekit``).
 
 :func:`evaluate` runs a dict of metrics on one context; :func:`append_results` writes the
 results to a run's ``metrics.jsonl`` as ``{"step": N, "eval/<key>": value, ...}``, the
@@ -23,7 +15,6 @@ same flat form the ``evaluate`` training hook logs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -36,7 +27,9 @@ import attrs
 import numpy as np
 import torch
 
-from denoisekit.errors import DenoisekitError, RecipeError
+from denoisekit.contracts import Metric, SampleSet, optional
+from denoisekit.engine.reference import build_reference_data, reference_key
+from denoisekit.errors import DenoisekitError
 from denoisekit.images import from_uint8, to_uint8
 
 __all__ = [
@@ -45,12 +38,11 @@ __all__ = [
     "SampleSet",
     "append_results",
     "build_metrics",
-    "build_reference_data",
     "default_cache_dir",
+    "draw_samples",
     "evaluate",
     "format_results",
     "load_samples_npz",
-    "reference_recipe",
 ]
 
 #: Prefix of evaluation results in ``metrics.jsonl`` and TensorBoard.
@@ -68,29 +60,6 @@ def default_cache_dir() -> Path:
 
 
 # --------------------------------------------------------------------------- samples
-
-
-@attrs.frozen(kw_only=True)
-class SampleSet:
-    """Images to score, with how they were made.
-
-    Attributes:
-        images: float32 ``(N, C, H, W)`` in [-1, 1] on the CPU.
-        labels: the class labels they were drawn for, or None.
-        seconds: wall time of drawing them (device synchronized at the end), or None for
-            images read from a file.
-        num_evaluations: network evaluations per image (counted through
-            ``Denoiser.num_evaluations``), or None for images read from a file.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor | None = None
-    seconds: float | None = None
-    num_evaluations: float | None = None
-
-    @property
-    def num_images(self) -> int:
-        return int(self.images.shape[0])
 
 
 class _CountingSampler:
@@ -170,85 +139,13 @@ def load_samples_npz(path: Path | str) -> SampleSet:
     return SampleSet(images=from_uint8(images), labels=label_tensor)
 
 
-# --------------------------------------------------------------------------- reference data
-
-
-def build_reference_data(recipe: Any, registry: Any) -> Any:
-    """The recipe's data component built with ``train=False`` (its held-out split)."""
-    choice = recipe.data
-    return registry.build("data", choice.type, choice.config, root=recipe.root, train=False)
-
-
-def reference_key(recipe: Any) -> str:
-    """A cache key naming the held-out data of a recipe: ``<type>-<hash of its options>``."""
-    choice = recipe.data
-    options = attrs.asdict(choice.config) if attrs.has(type(choice.config)) else {}
-    text = json.dumps(
-        {"type": choice.type, "options": options, "root": str(recipe.root)},
-        sort_keys=True,
-        default=str,
-    )
-    return f"{choice.type}-heldout-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
-
-
-def reference_recipe(
-    spec: str | Path, overrides: Sequence[str] = (), *, trust_plugins: bool = False
-) -> tuple[Any, Any]:
-    """A recipe (and its registry) naming reference data, from a recipe file, a run folder
-    or checkpoint, or a data type name (``digits``); ``overrides`` apply as ``--set``.
-    A run's stored recipe imports its plugins as
-    :func:`denoisekit.engine.sampling.stored_registry` says (``trust_plugins``).
-
-    Returns:
-        ``(recipe, registry)``.
-    """
-    from denoisekit.host.plugin_manager import get_plugin_manager
-    from denoisekit.host.recipe import _Origins, apply_overrides, load_recipe, recipe_from_data
-    from denoisekit.host.registry import Registry
-
-    path = Path(spec)
-    if path.is_file() and path.suffix == ".toml":
-        recipe = load_recipe(path, overrides)
-        search = [path.parent.resolve()]
-        registry = Registry.from_plugin_manager(
-            get_plugin_manager(plugins=recipe.plugins, search_paths=search)
-        )
-        return recipe, registry
-    origins = _Origins()
-    if path.exists():
-        from denoisekit.engine.sampling import find_checkpoint, stored_recipe, stored_registry
-
-        checkpoint = find_checkpoint(path)
-        data = stored_recipe(checkpoint)
-        source: Path | None = checkpoint
-    else:
-        text = str(spec)
-        if not text or "/" in text or text.endswith((".toml", ".pt", ".npz")):
-            raise DenoisekitError(
-                f"--reference {text!r}: no such recipe, run folder or checkpoint (or give a "
-                "data type name, e.g. --reference digits)"
-            )
-        data = {"name": "reference", "data": {"type": text}}
-        source = None
-    data = apply_overrides(data, overrides, origins)
-    if source is not None:
-        registry = stored_registry(source, data, trust_plugins=trust_plugins)
-    else:
-        registry = Registry.from_plugin_manager(get_plugin_manager(plugins=data.get("plugins", [])))
-    try:
-        # Only its data is used: no cross-table checks (a data type name has no backbone).
-        recipe = recipe_from_data(data, registry, source=source, origins=origins, check=False)
-    except RecipeError as exc:
-        raise RecipeError(f"--reference {spec}: {exc}") from exc
-    return recipe, registry
-
-
 # --------------------------------------------------------------------------- the context
 
 
 @attrs.define(eq=False, kw_only=True)
 class EvalContext:
-    """What a metric gets: the trained run, one shared sample set, the reference data.
+    """What a metric gets (:class:`denoisekit.MetricContext`): the trained run, one shared
+    sample set, the reference data.
 
     Everything is built lazily on first use and then shared by every metric of the
     evaluation.
@@ -323,6 +220,10 @@ class EvalContext:
             )
         return self.sample_set
 
+    def draw(self, n: int, *, seed: int, batch_size: int) -> SampleSet:
+        """``n`` fresh images (image ``i`` seeded from ``(seed, i)``), timed and counted."""
+        return draw_samples(self.require_run("sampling"), n, seed=seed, batch_size=batch_size)
+
     def sample_images(self) -> torch.Tensor:
         """The shared samples as float32 ``(N, C, H, W)`` in [-1, 1] (CPU)."""
         return self.samples().images
@@ -380,7 +281,7 @@ class EvalContext:
                 images.append(x.float())
                 labels.append(torch.as_tensor(y))
             label_tensor: torch.Tensor | None = torch.cat(labels).long()
-            if not getattr(data, "num_classes", None) or bool((label_tensor < 0).all()):
+            if not data.num_classes or bool((label_tensor < 0).all()):
                 label_tensor = None
             self._reference_images[key] = (torch.cat(images), label_tensor)
         return self._reference_images[key]
@@ -398,7 +299,7 @@ class _Prefixed:
 
     @property
     def requires_model(self) -> bool:
-        return bool(getattr(self.metric, "requires_model", False))
+        return bool(optional(self.metric, Metric, "requires_model"))
 
     def __call__(self, context: EvalContext) -> dict[str, float]:
         return {f"{self.prefix}/{k}": v for k, v in self.metric(context).items()}

@@ -24,6 +24,7 @@ import pluggy
 import torch
 from torch import nn
 
+from denoisekit.contracts import Backbone, optional
 from denoisekit.denoiser import Denoiser, eval_mode
 from denoisekit.diffusion import randn
 from denoisekit.engine import checkpoint, distributed, evaluation, sampling
@@ -137,7 +138,7 @@ class Run:
 
     @property
     def num_classes(self) -> int | None:
-        return getattr(self.model, "num_classes", None)
+        return optional(self.model, Backbone, "num_classes")
 
     # ------------------------------------------------------------------ training services
 

@@ -32,7 +32,7 @@ import torch
 from denoisekit.engine import distributed
 from denoisekit.engine.checkpoint import atomic_write, load_checkpoint
 from denoisekit.errors import CheckpointError, PluginLoadError
-from denoisekit.host.registry import Registry
+from denoisekit.host.registry import Registry, load_registry
 from denoisekit.images import to_uint8
 
 
@@ -78,8 +78,6 @@ def stored_registry(
         PluginLoadError: a plugin that is not installed, or would come from the run
             folder, without ``trust_plugins``; one line naming it and ``--trust-plugins``.
     """
-    from denoisekit.host.plugin_manager import get_plugin_manager
-
     folder = (run_folder(checkpoint) or checkpoint.parent).resolve()
     names = data.get("plugins", [])
     search: list[Path] = []
@@ -89,7 +87,7 @@ def stored_registry(
         for name in names:
             if isinstance(name, str):
                 _check_installed(name, folder, checkpoint)
-    return Registry.from_plugin_manager(get_plugin_manager(plugins=names, search_paths=search))
+    return load_registry(plugins=names, search_paths=search)
 
 
 def _check_installed(name: str, folder: Path, checkpoint: Path) -> None:

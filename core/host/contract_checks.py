@@ -11,7 +11,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from denoisekit.contracts import BUILD_CONTEXT, ComponentSpec
+from denoisekit.contracts import KIND, Backbone, BackboneConfig, ComponentSpec, optional
 
 # --------------------------------------------------------------------------- contract checks
 #
@@ -19,17 +19,6 @@ from denoisekit.contracts import BUILD_CONTEXT, ComponentSpec
 # before a run starts, with an error naming it. They must stay cheap: the static checks
 # build nothing; the probe checks build only components that declare a (small) probe.
 
-_SAMPLER_METHODS: tuple[str, ...] = ("sample", "num_evaluations")
-#: Methods the class a factory declares must have (methods live on classes, so missing ones
-#: are visible without building anything; attributes set in ``__init__`` are not).
-_REQUIRED_METHODS: dict[str, tuple[str, ...]] = {
-    "sampler": _SAMPLER_METHODS,
-    "loss": ("__call__",),
-    "data": ("__len__", "__getitem__"),
-    "optimizer": ("step", "zero_grad", "state_dict", "load_state_dict"),
-    "lr_schedule": ("step", "state_dict", "load_state_dict"),
-    "metric": ("__call__",),
-}
 _PROBE_CACHE: dict[tuple[Any, ...], tuple[str, ...]] = {}
 
 
@@ -39,11 +28,12 @@ def contract_problems(spec: ComponentSpec) -> list[str]:
     Static checks, for every component (nothing is built):
 
     * ``build`` is callable and accepts ``(config, **context)`` with the context keywords
-      of its kind (:data:`BUILD_CONTEXT`);
+      of its kind (``Kind.context``);
     * the class ``build`` produces, when it says which (``build`` is a class, or declares
-      a return type): a sampler's has ``sample`` and ``num_evaluations`` methods; a
-      backbone's is an ``nn.Module``; a hook's methods marked ``@denoisekit.hookimpl``
-      implement hooks that exist, with arguments those hooks have.
+      a return type), has the methods of its kind (``Kind.methods``: a sampler's
+      ``sample`` and ``num_evaluations``, ...); a backbone's is an ``nn.Module``; a
+      hook's methods marked ``@denoisekit.hookimpl`` implement hooks that exist, with
+      arguments those hooks have.
 
     Probe checks, for components with a ``probe`` (built once per process, small): the
     instance is exercised — a backbone's output must have the shape of a probe input
@@ -68,7 +58,7 @@ def contract_problems(spec: ComponentSpec) -> list[str]:
 
 
 def _signature_problems(spec: ComponentSpec) -> list[str]:
-    context = BUILD_CONTEXT[spec.kind]
+    context = KIND[spec.kind].context
     try:
         signature = inspect.signature(spec.build)
     except (TypeError, ValueError):  # builtins and some C callables have none: trust them
@@ -94,7 +84,7 @@ def declared_product(build: Callable[..., Any]) -> type | None:
 
 
 def _class_problems(kind: str, cls: type) -> list[str]:
-    missing = [m for m in _REQUIRED_METHODS.get(kind, ()) if not callable(getattr(cls, m, None))]
+    missing = [m for m in KIND[kind].methods if not callable(getattr(cls, m, None))]
     if missing:
         need = {
             "sampler": "; a sampler needs sample(denoiser, x_T, *, generator, cond, callback) "
@@ -179,7 +169,7 @@ def _probe(spec: ComponentSpec) -> list[str]:
     except Exception as exc:
         return [f"probe options {dict(spec.probe)!r} do not make a valid config: {exc}"]
     if spec.kind == "backbone":
-        size = [getattr(config, k, None) for k in ("in_channels", "image_size")]
+        size = [optional(config, BackboneConfig, k) for k in ("in_channels", "image_size")]
         if not all(isinstance(v, int) and v > 0 for v in size):
             return [
                 "a backbone's config needs in_channels and image_size options (positive ints; "
@@ -202,7 +192,7 @@ def _probe(spec: ComponentSpec) -> list[str]:
             except Exception as exc:
                 return [f"building the probe failed: {type(exc).__name__}: {exc}"]
             try:
-                return _PROBES[spec.kind](built, config)
+                return PROBES[spec.kind](built, config)
             except Exception as exc:
                 return [f"the probe failed: {type(exc).__name__}: {exc}"]
     finally:
@@ -210,7 +200,7 @@ def _probe(spec: ComponentSpec) -> list[str]:
 
 
 def _probe_sampler(sampler: Any, config: Any) -> list[str]:
-    missing = [m for m in _SAMPLER_METHODS if not callable(getattr(sampler, m, None))]
+    missing = [m for m in KIND["sampler"].methods if not callable(getattr(sampler, m, None))]
     if missing:
         return [
             f"the built {type(sampler).__name__} has no {' or '.join(f'{m}()' for m in missing)}"
@@ -254,7 +244,7 @@ def _probe_backbone(model: Any, config: Any) -> list[str]:
         return [f"the built {type(model).__name__} is not a torch.nn.Module"]
     shape = (2, config.in_channels, config.image_size, config.image_size)
     x_t = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    if getattr(model, "time_input", "timestep") == "log_snr":
+    if optional(model, Backbone, "time_input") == "log_snr":
         t = torch.tensor([4.0, -4.0])
     else:
         t = torch.tensor([0.0, 9.0])
@@ -293,10 +283,7 @@ def _probe_hook(hook: Any, config: Any) -> list[str]:
     return []
 
 
-_PROBES: dict[str, Callable[[Any, Any], list[str]]] = {
-    "sampler": _probe_sampler,
-    "schedule": _probe_schedule,
-    "loss": _probe_loss,
-    "backbone": _probe_backbone,
-    "hook": _probe_hook,
+#: kind → its probe: ``_probe_<kind>(built, config) -> problems``, for every probed kind.
+PROBES: dict[str, Callable[[Any, Any], list[str]]] = {
+    kind.name: globals()[f"_probe_{kind.name}"] for kind in KIND.values() if kind.probed
 }

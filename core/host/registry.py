@@ -8,7 +8,8 @@ error naming it before any run starts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -177,6 +178,11 @@ def _collect(pm: PluginManager) -> Iterator[RegisteredComponent]:
             yield RegisteredComponent(spec=record, plugin=name, source=source)
 
 
-def default_registry(**kwargs: Any) -> Registry:
-    """The registry of a fresh plugin manager (see :func:`get_plugin_manager`)."""
-    return Registry.from_plugin_manager(get_plugin_manager(**kwargs))
+def load_registry(
+    *, plugins: Sequence[str | Any] = (), search_paths: Iterable[Path | str] = (), **options: Any
+) -> Registry:
+    """The registry of a fresh plugin manager: :func:`get_plugin_manager` with the same
+    arguments (``plugins``: module names or objects; ``search_paths``: folders where recipe
+    plugin modules are looked for first; ``options``: ``autoload``, ``builtins``, ...)."""
+    pm = get_plugin_manager(plugins=plugins, search_paths=search_paths, **options)
+    return Registry.from_plugin_manager(pm)

@@ -29,7 +29,13 @@ from typing import Any, TypeVar
 import cattrs
 import torch
 
-from denoisekit.contracts import ComponentSpec
+from denoisekit.contracts import (
+    KIND_RECORDS,
+    Backbone,
+    BackboneConfig,
+    ComponentSpec,
+    optional,
+)
 from denoisekit.denoiser import PREDICTION_TYPES, Denoiser
 from denoisekit.diffusion import DiscreteSchedule, randn
 
@@ -373,7 +379,7 @@ def check_backbone(spec: ComponentSpec, config: Any = None, *, batch: int = 3) -
     name = f"backbone {spec.name!r}"
     config = default_config(spec) if config is None else config
     check_config_roundtrip(spec, config)
-    C, S = getattr(config, "in_channels", None), getattr(config, "image_size", None)
+    C, S = (optional(config, BackboneConfig, k) for k in ("in_channels", "image_size"))
     assert isinstance(C, int) and isinstance(S, int), (
         f"{name}: the config needs int options in_channels and image_size (the run reads "
         f"them for the image shape); got {C!r}, {S!r}"
@@ -382,7 +388,7 @@ def check_backbone(spec: ComponentSpec, config: Any = None, *, batch: int = 3) -
         torch.manual_seed(0)
         model = spec.build(config)
     assert isinstance(model, torch.nn.Module), f"{name}: build returned {type(model)}"
-    time_input = getattr(model, "time_input", "timestep")
+    time_input = optional(model, Backbone, "time_input")
     assert time_input in ("timestep", "log_snr"), (
         f"{name}: time_input must be 'timestep' or 'log_snr': {time_input!r}"
     )
@@ -437,7 +443,7 @@ def check_backbone(spec: ComponentSpec, config: Any = None, *, batch: int = 3) -
     )
     assert not torch.allclose(forward(x * 0.5 + 0.1, t), base), f"{name}: output ignores x_t"
     assert not torch.allclose(forward(x, t_other), base), f"{name}: output ignores t"
-    num_classes = getattr(model, "num_classes", None)
+    num_classes = optional(model, Backbone, "num_classes")
     if num_classes:
         cond = torch.arange(batch) % num_classes
         with_cond = forward(x, t, cond)
@@ -557,16 +563,9 @@ def check_hook(spec: ComponentSpec, config: Any = None) -> None:
     assert pm.get_hookcallers(hook), f"{name}: implements no hook (use @denoisekit.hookimpl)"
 
 
-#: The behavioural check of each kind (data and metric components: config round trip only).
-CHECKS: dict[str, Any] = {
-    "schedule": check_schedule,
-    "loss": check_loss,
-    "sampler": check_sampler,
-    "backbone": check_backbone,
-    "optimizer": check_optimizer,
-    "lr_schedule": check_lr_schedule,
-    "hook": check_hook,
-}
+#: The behavioural check of each kind that has one (``Kind.runs``): ``check_<kind>``; data
+#: and metric components get the config round trip only.
+CHECKS: dict[str, Any] = {k.name: globals()[f"check_{k.name}"] for k in KIND_RECORDS if k.runs}
 
 
 def check_component(spec: ComponentSpec, config: Any = None) -> None:

@@ -29,10 +29,9 @@ def pm() -> Any:
 @pytest.fixture(scope="session")
 def registry() -> Any:
     """The registry of the built-in plugins (no entry points: the same on every machine)."""
-    from denoisekit.host.plugin_manager import get_plugin_manager
-    from denoisekit.host.registry import Registry
+    from denoisekit.host.registry import load_registry
 
-    return Registry.from_plugin_manager(get_plugin_manager(autoload=False))
+    return load_registry(autoload=False)
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ TINY_RECIPE: dict[str, Any] = {
     "name": "tiny",
     "seed": 0,
     "data": {"type": "digits"},
-    "schedule": {"type": "cosine", "timesteps": 100},
+    "schedule": {"type": "cosine", "num_timesteps": 100},
     "backbone": TINY_UNET,
     "loss": {"type": "mse"},
     "optimizer": {"type": "adamw", "lr": 1e-3},
@@ -91,17 +91,15 @@ def train_tiny(
     """
     from denoisekit.engine.build import build_run
     from denoisekit.engine.loop import train
-    from denoisekit.host.plugin_manager import get_plugin_manager
     from denoisekit.host.recipe import load_recipe, read_recipe_data
-    from denoisekit.host.registry import Registry
+    from denoisekit.host.registry import load_registry
     from denoisekit.testing.conformance import single_thread
 
     recipe = Path(recipe)
     names = read_recipe_data(recipe)[0].get("plugins", [])
-    pm = get_plugin_manager(
+    registry = load_registry(
         plugins=[*names, *plugins], search_paths=[recipe.parent], autoload=autoload
     )
-    registry = Registry.from_plugin_manager(pm)
     with single_thread():  # tiny tensors: see single_thread
         loaded = load_recipe(recipe, overrides, registry=registry)
         out = Path(out_dir) if out_dir is not None else recipe.parent / f"run-{loaded.name}"

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import attrs
 import pytest
 
-from denoisekit.contracts import ComponentSpec
+from denoisekit.contracts import KIND_RECORDS, ComponentSpec
 from denoisekit.errors import DenoisekitError
 from denoisekit.testing.conformance import check_component, default_config, single_thread
 from denoisekit.testing.recipes import TINY_RECIPE, train_tiny, write_recipe
@@ -40,15 +40,7 @@ from denoisekit.testing.recipes import TINY_RECIPE, train_tiny, write_recipe
 __all__ = ["Case", "ComponentConformance"]
 
 #: Kinds a tiny training run can swap in (data and metrics need more than a tiny run).
-RUN_KINDS: tuple[str, ...] = (
-    "schedule",
-    "backbone",
-    "loss",
-    "optimizer",
-    "lr_schedule",
-    "sampler",
-    "hook",
-)
+RUN_KINDS: tuple[str, ...] = tuple(k.name for k in KIND_RECORDS if k.runs)
 
 
 @attrs.frozen
@@ -154,14 +146,13 @@ class ComponentConformance:
 
 def _plugin_specs(plugins: Sequence[Any]) -> tuple[list[ComponentSpec], str | None]:
     """The components the plugins provide, alone (no built-ins, no entry points)."""
-    from denoisekit.host.plugin_manager import get_plugin_manager
-    from denoisekit.host.registry import Registry
+    from denoisekit.host.registry import load_registry
 
     if not plugins:
         return [], None
     try:
-        pm = get_plugin_manager(plugins=list(plugins), builtins=False, autoload=False)
-        return [e.spec for e in Registry.from_plugin_manager(pm).entries()], None
+        registry = load_registry(plugins=list(plugins), builtins=False, autoload=False)
+        return [e.spec for e in registry.entries()], None
     except DenoisekitError as exc:
         return [], str(exc)
 

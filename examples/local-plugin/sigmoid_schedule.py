@@ -48,7 +48,7 @@ def _end_above_start(inst: SigmoidConfig, attribute: attrs.Attribute, value: Any
 class SigmoidConfig:
     """Options of the ``sigmoid`` schedule."""
 
-    timesteps: int = option(
+    num_timesteps: int = option(
         1000, "number of diffusion steps T", validator=int_between(2, MAX_TIMESTEPS)
     )
     start: float = option(-3.0, "sigmoid input at s = 0", validator=_finite)
@@ -68,7 +68,7 @@ class SigmoidConfig:
 def sigmoid_alphas_cumprod(config: SigmoidConfig) -> torch.Tensor:
     """``alpha_bar`` at ``s = t / T``, ``t = 1 .. T`` (float64), per the module docstring."""
     c = config
-    s = torch.arange(1, c.timesteps + 1, dtype=torch.float64) / c.timesteps
+    s = torch.arange(1, c.num_timesteps + 1, dtype=torch.float64) / c.num_timesteps
     v_start = torch.sigmoid(torch.tensor(c.start / c.tau, dtype=torch.float64))
     v_end = torch.sigmoid(torch.tensor(c.end / c.tau, dtype=torch.float64))
     v = torch.sigmoid((s * (c.end - c.start) + c.start) / c.tau)
@@ -82,7 +82,7 @@ def build_sigmoid(config: SigmoidConfig) -> DiscreteSchedule:
 
 def sigmoid_facts(config: SigmoidConfig) -> dict[str, int]:
     """What samplers check their steps against when the recipe is loaded."""
-    return {"num_timesteps": config.timesteps}
+    return {"num_timesteps": config.num_timesteps}
 
 
 @hookimpl
@@ -95,6 +95,6 @@ def denoisekit_components() -> list[ComponentSpec]:
             build=build_sigmoid,
             facts=sigmoid_facts,
             summary="sigmoid schedule (Chen 2023): start, end and tau shape the noise curve",
-            probe={"timesteps": 10},
+            probe={"num_timesteps": 10},
         )
     ]

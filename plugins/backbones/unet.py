@@ -32,7 +32,7 @@ from denoisekit import CheckContext, ComponentSpec, Problem, hookimpl
 from denoisekit.config import int_at_least, int_between, option, positive_finite, positive_ints
 from denoisekit.plugins.backbones.unet_network import LOG_SNR_CLAMP, UNet
 
-__all__ = ["LOG_SNR_CLAMP", "UNet", "UNetConfig", "build_unet", "check_unet"]
+__all__ = ["LOG_SNR_CLAMP", "UNet", "UNetConfig", "check_unet"]
 
 # --------------------------------------------------------------------------- validators
 
@@ -229,11 +229,6 @@ class UNetConfig:
     )
 
 
-def build_unet(config: UNetConfig) -> UNet:
-    """Build the U-Net described by ``config``."""
-    return UNet(config)
-
-
 def check_unet(config: UNetConfig, context: CheckContext) -> Iterator[Problem]:
     """In a run: one output per input value, and an embedding row for every data label."""
     if config.out_channels not in (None, config.in_channels):
@@ -258,7 +253,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             kind="backbone",
             name="unet",
             config=UNetConfig,
-            build=build_unet,
+            build=UNet,
             check=check_unet,
             summary="DDPM attention U-Net (scale-shift / log-SNR / class-conditional options)",
             # A tiny instance whose output shape the registry checks on a probe input.

@@ -41,7 +41,7 @@ import attrs
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import option
+from denoisekit.config import int_at_least, option, positive_finite
 from denoisekit.errors import DenoisekitError
 from denoisekit.hookspecs import Run
 
@@ -83,12 +83,12 @@ class AMPConfig:
         validator=attrs.validators.in_(CHOICES),
     )
     init_scale: float = option(
-        65536.0, "float16 only: the GradScaler's initial scale", validator=attrs.validators.gt(0)
+        65536.0, "float16 only: the GradScaler's initial scale", validator=positive_finite
     )
     growth_interval: int = option(
         2000,
         "float16 only: clean steps before the scale doubles",
-        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+        validator=int_at_least(1),
     )
 
 
@@ -237,7 +237,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             kind="hook",
             name="amp",
             config=AMPConfig,
-            build=build_amp,
+            build=AMPHook,
             summary="mixed precision: autocast (bfloat16/float16) and a GradScaler for float16.",
         )
     ]

@@ -54,7 +54,7 @@ import attrs
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import option
+from denoisekit.config import int_at_least, option
 from denoisekit.errors import NonFiniteLossError
 from denoisekit.hookspecs import Run
 
@@ -76,14 +76,12 @@ class CheckpointConfig:
     every: int = option(
         1000,
         "optimization steps between checkpoints (one is also written at the end)",
-        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+        validator=int_at_least(1),
     )
     keep: int | None = option(
         3,
         "step files to keep, newest first (unset: keep all)",
-        validator=attrs.validators.optional(
-            [attrs.validators.instance_of(int), attrs.validators.gt(0)]
-        ),
+        validator=int_at_least(1, optional=True),
     )
     on_interrupt: bool = option(
         True,
@@ -273,7 +271,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             kind="hook",
             name="checkpoint",
             config=CheckpointConfig,
-            build=build_checkpoint,
+            build=CheckpointHook,
             summary="atomic checkpoints every N steps, at the end and on interrupt; keeps K.",
         )
     ]

@@ -96,7 +96,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             kind="hook",
             name="compile",
             config=CompileConfig,
-            build=build_compile,
+            build=CompileHook,
             summary="torch.compile the backbone for the training forward pass.",
         )
     ]

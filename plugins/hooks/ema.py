@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import option, unit_interval
+from denoisekit.config import int_at_least, option, unit_interval
 from denoisekit.hookspecs import Run
 
 log = logging.getLogger(__name__)
@@ -55,12 +55,12 @@ class EMAConfig:
     update_every: int = option(
         1,
         "update the average every this many optimization steps",
-        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+        validator=int_at_least(1),
     )
     start_step: int = option(
         0,
         "copy the weights (no averaging) before this optimization step",
-        validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)],
+        validator=int_at_least(0),
     )
 
 
@@ -182,7 +182,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             kind="hook",
             name="ema",
             config=EMAConfig,
-            build=build_ema,
+            build=EMAHook,
             summary="exponential moving average of the weights, used for sampling.",
         )
     ]

@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 
 from denoisekit import CheckContext, ComponentSpec, Problem, hookimpl
-from denoisekit.config import option
+from denoisekit.config import int_at_least, option
 from denoisekit.errors import RecipeError
 from denoisekit.hookspecs import Run
 
@@ -51,7 +51,7 @@ class EvaluateConfig:
     every: int = option(
         1000,
         "optimization steps between evaluations",
-        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+        validator=int_at_least(1),
     )
     at_end: bool = option(
         True, "also evaluate when training ends", validator=attrs.validators.instance_of(bool)
@@ -62,12 +62,12 @@ class EvaluateConfig:
     num_samples: int = option(
         500,
         "images drawn for the sampling metrics",
-        validator=[attrs.validators.instance_of(int), attrs.validators.gt(1)],
+        validator=int_at_least(2),
     )
     batch_size: int = option(
         256,
         "images per sampling batch",
-        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+        validator=int_at_least(1),
     )
     seed: int = option(
         0, "image i is seeded from (seed, i)", validator=attrs.validators.instance_of(int)
@@ -150,7 +150,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             kind="hook",
             name="evaluate",
             config=EvaluateConfig,
-            build=build_evaluate,
+            build=EvaluateHook,
             check=check_evaluate,
             summary="run the recipe's [metrics.*] every N steps; log them as eval/<key>.",
         )

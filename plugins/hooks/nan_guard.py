@@ -32,7 +32,7 @@ import attrs
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import option
+from denoisekit.config import int_at_least, option
 from denoisekit.errors import NonFiniteLossError
 from denoisekit.hookspecs import Run
 
@@ -46,12 +46,12 @@ class NaNGuardConfig:
     every: int = option(
         1,
         "check the loss every this many steps (each check is a host sync on CUDA)",
-        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+        validator=int_at_least(1),
     )
     amp_max_skipped: int = option(
         20,
         "float16 AMP: non-finite losses the loss scaler may skip in a row before stopping",
-        validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)],
+        validator=int_at_least(0),
     )
 
 
@@ -117,7 +117,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             kind="hook",
             name="nan-guard",
             config=NaNGuardConfig,
-            build=build_nan_guard,
+            build=NaNGuardHook,
             summary="stop with a clear error on a NaN/inf loss (the last good checkpoint kept).",
         )
     ]

@@ -29,7 +29,7 @@ import attrs
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import option
+from denoisekit.config import int_at_least, option
 from denoisekit.hookspecs import Run
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,12 @@ class PreviewConfig:
     every: int = option(
         500,
         "optimization steps between previews (one is also drawn at the end)",
-        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+        validator=int_at_least(1),
     )
     num_images: int = option(
         64,
         "images per preview",
-        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+        validator=int_at_least(1),
     )
     seed: int = option(0, "seed of the preview noise", validator=attrs.validators.instance_of(int))
     at_end: bool = option(
@@ -123,7 +123,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             kind="hook",
             name="preview",
             config=PreviewConfig,
-            build=build_preview,
+            build=PreviewHook,
             summary="sample grids from fixed noise every N steps, saved as PNG.",
         )
     ]

@@ -137,7 +137,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             kind="hook",
             name="progress",
             config=ProgressConfig,
-            build=build_progress,
+            build=ProgressHook,
             summary="a tqdm bar on a terminal, plain periodic lines otherwise.",
         )
     ]

@@ -37,7 +37,7 @@ import attrs
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import option
+from denoisekit.config import int_at_least, option
 from denoisekit.hookspecs import Run
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,12 @@ class TensorBoardConfig:
     timestep_bins: int = option(
         4,
         "timestep ranges for the per-timestep loss (4: quartiles of [0, T))",
-        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+        validator=int_at_least(1),
     )
     flush_secs: int = option(
         30,
         "seconds between flushes of the event file",
-        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+        validator=int_at_least(1),
     )
     hparams: bool = option(
         True,
@@ -231,7 +231,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             kind="hook",
             name="tensorboard",
             config=TensorBoardConfig,
-            build=build_tensorboard,
+            build=TensorBoardHook,
             summary="TensorBoard scalars, per-timestep loss, preview images, recipe, HParams.",
         )
     ]

@@ -16,7 +16,7 @@ import attrs
 import torch
 
 from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import option
+from denoisekit.config import option, positive_finite
 from denoisekit.denoiser import PREDICTION_TYPES as PREDICTIONS
 from denoisekit.diffusion import DiscreteSchedule, v_from_eps_x0
 
@@ -33,7 +33,7 @@ class MSELossConfig:
     min_snr_gamma: float | None = option(
         None,
         "min-SNR-gamma weighting (Hang et al. 2023; 5 is the paper's choice); None: unweighted",
-        validator=attrs.validators.optional(attrs.validators.gt(0.0)),
+        validator=attrs.validators.optional(positive_finite),
     )
 
 

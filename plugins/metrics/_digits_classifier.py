@@ -3,7 +3,7 @@
 
 Trained once on the digits *training* split (1,437 images, the ``digits`` data plugin's
 split) with a fixed seed, in a few seconds on a CPU, and cached in the denoisekit cache
-folder (atomic write; loaded back with ``torch.load(weights_only=True)``). The held-out
+folder as safetensors (written to a temporary file, then renamed into place). The held-out
 test split (360 images), which the metrics use as reference data, is never seen.
 
 Training adds *outlier exposure* (Hendrycks et al. 2019, "Deep Anomaly Detection with
@@ -23,15 +23,20 @@ digits work too.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from denoisekit.engine.checkpoint import load_checkpoint, save_checkpoint
-from denoisekit.errors import CheckpointError, DenoisekitError
+import denoisekit
+from denoisekit.contracts import MetricContext
+from denoisekit.errors import DenoisekitError
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +185,8 @@ def _train(
 
 def cache_file(cache_dir: Path | str, size: int = SIZE, seed: int = 0) -> Path:
     """Where the classifier for ``size``×``size`` digits and ``seed`` is cached."""
-    return Path(cache_dir) / "digits-classifier" / f"v{VERSION}-size{size}-seed{seed}.pt"
+    name = f"v{VERSION}-size{size}-seed{seed}.safetensors"
+    return Path(cache_dir) / "digits-classifier" / name
 
 
 def load_or_train(
@@ -206,40 +212,49 @@ def load_or_train(
     model = None
     if path.is_file():
         try:
-            state = load_checkpoint(path)
             model = DigitsClassifier()
-            model.load_state_dict(state["model"])
+            model.load_state_dict(load_file(path))
             model.eval()
             model.requires_grad_(False)
-        except (CheckpointError, KeyError, RuntimeError) as exc:
+        except (SafetensorError, OSError, RuntimeError) as exc:
             log.warning("retraining the digits classifier: %s is unreadable (%s)", path, exc)
             model = None
     if model is None:
         data = training_data()
         log.info("training the digits classifier on %d images (cached in %s)", len(data), path)
         model = train_classifier(data.images, data.labels, seed=seed)
-        state = {"model": model.state_dict(), "version": VERSION, "size": size, "seed": seed}
-        save_checkpoint(path, state)
+        _save_weights(path, model)
     _LOADED[key] = model
     return model
 
 
-def classifier_for(context: Any, size: int = SIZE) -> DigitsClassifier:
+def _save_weights(path: Path, model: nn.Module) -> None:
+    """Write the weights as safetensors to a temporary file beside ``path``, then rename it
+    into place (a reader never sees a torn file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(model.state_dict(), temp, metadata={"version": str(VERSION)})
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def classifier_for(context: MetricContext, size: int = SIZE) -> DigitsClassifier:
     """The cached classifier for ``size``×``size`` digits of an evaluation context.
 
     Trains it when absent from ``context.cache_dir``, on the training split of the
-    ``digits`` data component (from ``context.registry``, else the default registry) at
-    ``image_size = size``.
+    ``digits`` data component (from ``context.registry``, else the installed plugins'
+    through :func:`denoisekit.build`) at ``image_size = size``.
     """
 
     def training_data() -> Any:
         registry = context.registry
-        if registry is None:
-            from denoisekit.host.registry import default_registry
-
-            registry = default_registry()
-        config = registry.get("data", "digits").spec.config(image_size=size)
-        return registry.build("data", "digits", config, root=Path.cwd(), train=True)
+        return denoisekit.build(
+            "data", "digits", registry=registry, image_size=size, root=Path.cwd(), train=True
+        )
 
     return load_or_train(context.cache_dir, training_data, size=int(size))
 

@@ -29,7 +29,7 @@ import torch
 
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import open_unit_interval, option
-from denoisekit.engine.evaluation import EvalContext
+from denoisekit.contracts import MetricContext
 from denoisekit.errors import DenoisekitError
 from denoisekit.images import quantize
 
@@ -53,7 +53,7 @@ class DigitsQualityMetric:
     def __init__(self, config: DigitsQualityConfig) -> None:
         self.config = config
 
-    def __call__(self, context: EvalContext) -> dict[str, float]:
+    def __call__(self, context: MetricContext) -> dict[str, float]:
         from denoisekit.plugins.metrics._digits_classifier import (
             NUM_CLASSES,
             classifier_for,
@@ -81,11 +81,6 @@ class DigitsQualityMetric:
         return out
 
 
-def build_digits_quality(config: DigitsQualityConfig) -> DigitsQualityMetric:
-    """Build the digits-quality metric."""
-    return DigitsQualityMetric(config)
-
-
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     """Register ``digits-quality``."""
@@ -94,7 +89,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             kind="metric",
             name="digits-quality",
             config=DigitsQualityConfig,
-            build=build_digits_quality,
+            build=DigitsQualityMetric,
             summary="fraction of samples the digits classifier is confident about, and the "
             "digits present (the quickstart check).",
         )

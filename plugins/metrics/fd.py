@@ -35,6 +35,8 @@ Recipe example::
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +46,7 @@ import torch
 
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import int_at_least, option
-from denoisekit.engine.checkpoint import atomic_write
-from denoisekit.engine.evaluation import EvalContext
+from denoisekit.contracts import MetricContext
 from denoisekit.errors import DenoisekitError
 from denoisekit.images import quantize
 
@@ -78,7 +79,7 @@ class FDConfig:
     batch_size: int = option(
         100,
         "images per feature-extractor batch",
-        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+        validator=int_at_least(1),
     )
 
 
@@ -145,7 +146,7 @@ class DigitsFeatures:
         return classify(self.model, images, batch_size=batch_size)[1]
 
 
-def resolve_features(features: str, context: EvalContext) -> str:
+def resolve_features(features: str, context: MetricContext) -> str:
     """``auto`` → ``digits`` for digits data, else ``inception``."""
     if features != "auto":
         return features
@@ -153,7 +154,7 @@ def resolve_features(features: str, context: EvalContext) -> str:
     return "digits" if data_type == "digits" else "inception"
 
 
-def build_extractor(config: FDConfig, context: EvalContext) -> Any:
+def build_extractor(config: FDConfig, context: MetricContext) -> Any:
     """The feature extractor the config names (``key`` attribute, called on images)."""
     kind = resolve_features(config.features, context)
     if kind == "digits":
@@ -169,6 +170,20 @@ def build_extractor(config: FDConfig, context: EvalContext) -> Any:
 # --------------------------------------------------------------------------- the metric
 
 
+def _save_statistics(path: Path, stats: tuple[np.ndarray, np.ndarray]) -> None:
+    """Write ``mu`` and ``sigma`` to a temporary file beside ``path``, then rename it into
+    place (a reader never sees a torn file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(file, mu=stats[0], sigma=stats[1])
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
 class FDMetric:
     """The ``fd`` metric: ``{"fd": Fréchet distance of samples to the reference data}``."""
 
@@ -178,7 +193,7 @@ class FDMetric:
         self.config = config
         self._memo: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-    def stats_file(self, context: EvalContext, extractor: Any) -> Path | None:
+    def stats_file(self, context: MetricContext, extractor: Any) -> Path | None:
         """Where the reference statistics are cached (None: a dataset given in code)."""
         if context.recipe is None:
             return None
@@ -188,7 +203,7 @@ class FDMetric:
         return context.cache_dir / "fd-reference" / name
 
     def reference_statistics(
-        self, context: EvalContext, extractor: Any
+        self, context: MetricContext, extractor: Any
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(mu, sigma)`` of the reference features: memo, then cache file, then computed."""
         path = self.stats_file(context, extractor)
@@ -206,12 +221,11 @@ class FDMetric:
             images, _ = context.reference_images(self.config.num_reference)
             stats = feature_statistics(extractor(quantize(images), self.config.batch_size))
             if path is not None:
-                with atomic_write(path) as handle:
-                    np.savez(handle, mu=stats[0], sigma=stats[1])
+                _save_statistics(path, stats)
         self._memo[key] = stats
         return stats
 
-    def __call__(self, context: EvalContext) -> dict[str, float]:
+    def __call__(self, context: MetricContext) -> dict[str, float]:
         extractor = build_extractor(self.config, context)
         samples = quantize(context.sample_images())
         reference = context.reference_data()
@@ -226,11 +240,6 @@ class FDMetric:
         return {"fd": frechet_distance(mu_s, sigma_s, mu_r, sigma_r)}
 
 
-def build_fd(config: FDConfig) -> FDMetric:
-    """Build the FD metric."""
-    return FDMetric(config)
-
-
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     """Register ``fd``."""
@@ -239,7 +248,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             kind="metric",
             name="fd",
             config=FDConfig,
-            build=build_fd,
+            build=FDMetric,
             summary="Fréchet distance of sample features to held-out data (Inception: FID; "
             "or the digits classifier).",
         )

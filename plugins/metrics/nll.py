@@ -52,9 +52,9 @@ import torch
 
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import int_at_least, option
+from denoisekit.contracts import MetricContext
 from denoisekit.denoiser import eval_mode
 from denoisekit.diffusion import VARIANCES
-from denoisekit.engine.evaluation import EvalContext
 from denoisekit.images import quantize
 
 _LN2 = math.log(2.0)
@@ -300,7 +300,7 @@ class NLLMetric:
     def __init__(self, config: NLLConfig) -> None:
         self.config = config
 
-    def __call__(self, context: EvalContext) -> dict[str, float]:
+    def __call__(self, context: MetricContext) -> dict[str, float]:
         cfg = self.config
         run = context.require_run(self.name)
         denoiser = context.denoiser(self.name)
@@ -331,11 +331,6 @@ class NLLMetric:
         return {"nll_bpd": float(total) / images.shape[0]}
 
 
-def build_nll(config: NLLConfig) -> NLLMetric:
-    """Build the NLL metric."""
-    return NLLMetric(config)
-
-
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     """Register ``nll``."""
@@ -344,7 +339,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             kind="metric",
             name="nll",
             config=NLLConfig,
-            build=build_nll,
+            build=NLLMetric,
             summary="negative log-likelihood (bits/dim) on held-out data from the variational "
             "bound (DDPM sec. 3.3, improved-diffusion's calc_bpd_loop).",
         )

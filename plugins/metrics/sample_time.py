@@ -1,4 +1,4 @@
-"""Sampling cost: seconds and network evaluations per image (``[metrics.sample_time]``).
+"""Sampling cost: seconds and network evaluations per image (``[metrics.sample-time]``).
 
 By default it reports how the evaluation's shared sample set was drawn (no extra work):
 the wall time from the first batch to a device synchronization after the last, divided
@@ -13,7 +13,7 @@ start-up costs there).
 
 Recipe example::
 
-    [metrics.sample_time]
+    [metrics.sample-time]
     num_images = 256
 """
 
@@ -23,13 +23,13 @@ import attrs
 
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import int_at_least, option
-from denoisekit.engine.evaluation import EvalContext, draw_samples
+from denoisekit.contracts import MetricContext
 from denoisekit.errors import DenoisekitError
 
 
 @attrs.frozen(kw_only=True)
 class SampleTimeConfig:
-    """Options of ``[metrics.sample_time]``."""
+    """Options of ``[metrics.sample-time]``."""
 
     num_images: int | None = option(
         None,
@@ -45,46 +45,41 @@ class SampleTimeConfig:
 
 
 class SampleTimeMetric:
-    """The ``sample_time`` metric: ``sec_per_image`` and ``nfe_per_image``."""
+    """The ``sample-time`` metric: ``sec_per_image`` and ``nfe_per_image``."""
 
-    name = "sample_time"
+    name = "sample-time"
     requires_model = True  # cannot score a sample file
 
     def __init__(self, config: SampleTimeConfig) -> None:
         self.config = config
 
-    def __call__(self, context: EvalContext) -> dict[str, float]:
-        run = context.require_run(self.name)
+    def __call__(self, context: MetricContext) -> dict[str, float]:
+        context.require_run(self.name)
         n = self.config.num_images
         if n is None:
             drawn = context.samples()
         else:
             batch = min(context.batch_size, n)
             if self.config.warmup:
-                draw_samples(run, batch, seed=context.seed + 1, batch_size=batch)
-            drawn = draw_samples(run, n, seed=context.seed, batch_size=batch)
+                context.draw(batch, seed=context.seed + 1, batch_size=batch)
+            drawn = context.draw(n, seed=context.seed, batch_size=batch)
         if drawn.seconds is None or drawn.num_evaluations is None:
-            raise DenoisekitError("sample_time: these samples were given, not drawn: no timing")
+            raise DenoisekitError("sample-time: these samples were given, not drawn: no timing")
         return {
             "sec_per_image": drawn.seconds / drawn.num_images,
             "nfe_per_image": float(drawn.num_evaluations),
         }
 
 
-def build_sample_time(config: SampleTimeConfig) -> SampleTimeMetric:
-    """Build the sample-time metric."""
-    return SampleTimeMetric(config)
-
-
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
-    """Register ``sample_time``."""
+    """Register ``sample-time``."""
     return [
         ComponentSpec(
             kind="metric",
-            name="sample_time",
+            name="sample-time",
             config=SampleTimeConfig,
-            build=build_sample_time,
+            build=SampleTimeMetric,
             summary="seconds and network evaluations per sampled image.",
         )
     ]

@@ -10,7 +10,7 @@ from denoisekit import CheckContext, Problem
 
 def timesteps_fact(config: Any) -> dict[str, int]:
     """What the recipe's other components may check against: the number of timesteps."""
-    return {"num_timesteps": config.timesteps}
+    return {"num_timesteps": config.num_timesteps}
 
 
 def buildable(build: Callable[[Any], Any]) -> Callable[[Any, CheckContext], Iterator[Problem]]:

@@ -30,7 +30,7 @@ from denoisekit.plugins.schedules._checks import buildable, timesteps_fact
 class CosineScheduleConfig:
     """Options of the cosine schedule."""
 
-    timesteps: int = option(
+    num_timesteps: int = option(
         1000,
         f"number of diffusion steps T (at most {MAX_TIMESTEPS})",
         validator=int_between(1, MAX_TIMESTEPS),
@@ -47,19 +47,20 @@ class CosineScheduleConfig:
     )
 
 
-def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """``beta_1 .. beta_T`` of the cosine schedule, clipped at ``max_beta`` (float64)."""
 
     def f(t: float) -> float:
-        return math.cos((t / timesteps + s) / (1.0 + s) * math.pi / 2.0) ** 2
+        return math.cos((t / num_timesteps + s) / (1.0 + s) * math.pi / 2.0) ** 2
 
-    betas = [min(1.0 - f(i + 1) / f(i), max_beta) for i in range(timesteps)]
+    betas = [min(1.0 - f(i + 1) / f(i), max_beta) for i in range(num_timesteps)]
     return torch.tensor(betas, dtype=torch.float64)
 
 
 def build_cosine(config: CosineScheduleConfig) -> DiscreteSchedule:
     """Build the cosine schedule described by ``config``."""
-    return DiscreteSchedule.from_betas(cosine_betas(config.timesteps, config.s, config.max_beta))
+    betas = cosine_betas(config.num_timesteps, config.s, config.max_beta)
+    return DiscreteSchedule.from_betas(betas)
 
 
 @hookimpl

@@ -23,11 +23,12 @@ def _check_beta_end(inst: LinearScheduleConfig, attribute: attrs.Attribute, valu
         raise ValueError(
             f"'{attribute.name}' must be >= 'beta_start' ({inst.beta_start!r}): {value!r}"
         )
-    scaled = value * 1000.0 / inst.timesteps
+    scaled = value * 1000.0 / inst.num_timesteps
     if scaled >= 1.0:
         raise ValueError(
-            f"'{attribute.name}' scaled by 1000 / timesteps is {scaled!r} (>= 1) for "
-            f"timesteps = {inst.timesteps}: use more timesteps or a smaller '{attribute.name}'"
+            f"'{attribute.name}' scaled by 1000 / num_timesteps is {scaled!r} (>= 1) for "
+            f"num_timesteps = {inst.num_timesteps}: use more timesteps or a smaller "
+            f"'{attribute.name}'"
         )
 
 
@@ -35,7 +36,7 @@ def _check_beta_end(inst: LinearScheduleConfig, attribute: attrs.Attribute, valu
 class LinearScheduleConfig:
     """Options of the linear schedule."""
 
-    timesteps: int = option(
+    num_timesteps: int = option(
         1000,
         f"number of diffusion steps T (at most {MAX_TIMESTEPS})",
         validator=int_between(1, MAX_TIMESTEPS),
@@ -48,16 +49,18 @@ class LinearScheduleConfig:
     )
 
 
-def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+def linear_betas(
+    num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> torch.Tensor:
     """``beta_1 .. beta_T``: ``linspace(beta_start, beta_end, T) * 1000 / T`` (float64)."""
-    scale = 1000.0 / timesteps
-    return torch.linspace(beta_start * scale, beta_end * scale, timesteps, dtype=torch.float64)
+    scale = 1000.0 / num_timesteps
+    return torch.linspace(beta_start * scale, beta_end * scale, num_timesteps, dtype=torch.float64)
 
 
 def build_linear(config: LinearScheduleConfig) -> DiscreteSchedule:
     """Build the linear schedule described by ``config``."""
     return DiscreteSchedule.from_betas(
-        linear_betas(config.timesteps, config.beta_start, config.beta_end)
+        linear_betas(config.num_timesteps, config.beta_start, config.beta_end)
     )
 
 

@@ -35,7 +35,7 @@ attention_resolutions = [4]
 groups = 8
 [schedule]
 type = "cosine"
-timesteps = 40
+num_timesteps = 40
 [sampler]
 steps = 4  # at most the schedule's 40 timesteps (checked when the recipe loads)
 [train]

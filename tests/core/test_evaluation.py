@@ -23,9 +23,9 @@ from denoisekit.engine.evaluation import (
     evaluate,
     format_results,
     load_samples_npz,
-    reference_recipe,
 )
 from denoisekit.engine.loop import train
+from denoisekit.engine.reference import reference_recipe
 from denoisekit.engine.sampling import sample_images, save_npz
 from denoisekit.errors import DenoisekitError, RegistryError
 from denoisekit.host.recipe import load_recipe
@@ -48,7 +48,7 @@ attention_resolutions = [4]
 groups = 8
 [schedule]
 type = "cosine"
-timesteps = 40
+num_timesteps = 40
 [sampler]
 type = "ddim"
 steps = 3
@@ -206,18 +206,18 @@ def test_build_metrics_from_tables_and_defaults(run) -> None:
     metrics = build_metrics(recipe, registry)
     assert list(metrics) == ["fd", "nll"]
     assert metrics["nll"].config.timesteps == 4  # the recipe's table
-    metrics = build_metrics(recipe, registry, ["sample_time", "nll"])
-    assert list(metrics) == ["sample_time", "nll"]
-    assert metrics["sample_time"].config.num_images is None  # registered defaults
+    metrics = build_metrics(recipe, registry, ["sample-time", "nll"])
+    assert list(metrics) == ["sample-time", "nll"]
+    assert metrics["sample-time"].config.num_images is None  # registered defaults
     with pytest.raises(RegistryError, match="unknown metric 'fid'"):
         build_metrics(recipe, registry, ["fid"])
 
 
 def test_tables_named_differently_prefix_their_keys(tmp_path) -> None:
     recipe = tiny_recipe(tmp_path, '[metrics.fast_nll]\ntype = "nll"\ntimesteps = 2\n')
-    from denoisekit.host.registry import default_registry
+    from denoisekit.host.registry import load_registry
 
-    metrics = build_metrics(recipe, default_registry(), ["fast_nll"])
+    metrics = build_metrics(recipe, load_registry(), ["fast_nll"])
     assert metrics["fast_nll"].requires_model  # passed through from the nll metric
 
     class Stub:
@@ -270,7 +270,7 @@ def test_eval_command_prints_and_appends(trained, capsys, monkeypatch) -> None:
             "--metric",
             "fd",
             "--metric",
-            "sample_time",
+            "sample-time",
             "-n",
             "20",
             "--batch-size",
@@ -298,9 +298,9 @@ def test_eval_command_prints_and_appends(trained, capsys, monkeypatch) -> None:
 
 def test_eval_command_scores_a_sample_file(tmp_path, trained, capsys, monkeypatch) -> None:
     monkeypatch.setenv("DENOISEKIT_CACHE", str(shared_cache_dir()))
-    from denoisekit.host.registry import default_registry
+    from denoisekit.host.registry import load_registry
 
-    registry = default_registry()
+    registry = load_registry()
     test = registry.build("data", "digits", None, train=False)
     path = save_npz(tmp_path / "real.npz", test.images[:200])
     assert main(["eval", "--samples", str(path), "--reference", "digits"]) == 0

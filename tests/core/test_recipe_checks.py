@@ -142,7 +142,7 @@ def trained_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("trained")
     path = write_recipe(folder, {"hooks": {"checkpoint": {"every": 2}}})
     run = train_tiny(path, out_dir=folder / "run")
-    assert run.recipe.schedule.config.timesteps == 100
+    assert run.recipe.schedule.config.num_timesteps == 100
     return folder / "run"
 
 

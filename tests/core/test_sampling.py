@@ -36,7 +36,7 @@ groups = 8
 num_classes = 10
 [schedule]
 type = "cosine"
-timesteps = 50
+num_timesteps = 50
 [sampler]
 type = "ddpm"
 steps = 5

@@ -7,7 +7,7 @@ import pytest
 from denoisekit.contracts import KINDS
 from denoisekit.host.suggest import closest, did_you_mean, edit_distance
 
-METRICS = ["digits-quality", "fd", "nll", "sample_time"]
+METRICS = ["digits-quality", "fd", "nll", "sample-time"]
 UNET_OPTIONS = ["in_channels", "out_channels", "channels", "channel_mults", "dropout"]
 HOOKS = ["denoisekit_train_start", "denoisekit_train_end", "denoisekit_train_step_end"]
 
@@ -24,7 +24,7 @@ HOOKS = ["denoisekit_train_start", "denoisekit_train_end", "denoisekit_train_ste
         ("samplers", KINDS, "sampler"),
         ("sed", ["name", "seed", "plugins"], "seed"),
         ("digitz", ["digits", "image-folder", "torchvision"], "digits"),
-        ("sample-time", METRICS, "sample_time"),
+        ("sample_time", METRICS, "sample-time"),
         ("DDIM", ["ddim", "ddpm"], "ddim"),  # case is ignored
         ("denoisekit_train_stat", HOOKS, "denoisekit_train_start"),
         ("foo", ["ddim", "ddpm"], None),

@@ -33,7 +33,7 @@ groups = 8
 dropout = 0.1
 [schedule]
 type = "cosine"
-timesteps = 100
+num_timesteps = 100
 [optimizer]
 type = "adamw"
 lr = 1e-3

@@ -52,7 +52,7 @@ def commands(run: Path, tmp: Path) -> dict[str, list[str]]:
     save_npz(tmp / "given.npz", torch.zeros(2, 1, 8, 8))
     return {
         "sample": ["sample", str(run), "-n", "2", "--out", str(tmp / "s.npz")],
-        "eval": ["eval", str(run), "--metric", "sample_time", "-n", "2", "--no-log"],
+        "eval": ["eval", str(run), "--metric", "sample-time", "-n", "2", "--no-log"],
         "eval-reference": ["eval", "--samples", str(tmp / "given.npz"), "--reference", str(run)],
         "compare": ["compare", "--run", str(run), "--vary", "sampler.steps=2,3", "-n", "2",
                     "--out", str(tmp / "cmp")],

@@ -82,7 +82,7 @@ def tiny_recipe(
         "name": name,
         "seed": 0,
         "data": {"type": "digits"},
-        "schedule": {"type": "cosine", "timesteps": 100},
+        "schedule": {"type": "cosine", "num_timesteps": 100},
         "backbone": {**TINY_UNET, **(backbone or {})},
         "loss": {"type": "mse"},
         "optimizer": {"type": "adamw", **(optimizer or {})},

@@ -58,7 +58,7 @@ def mean_std_tolerances(sigma: float, n: int, z: float = 5.0) -> tuple[float, fl
 
 def cos_sched(T: int) -> DiscreteSchedule:
     """The cosine schedule with ``T`` steps."""
-    return cosine.build_cosine(cosine.CosineScheduleConfig(timesteps=T))
+    return cosine.build_cosine(cosine.CosineScheduleConfig(num_timesteps=T))
 
 
 def oracle_denoiser(sched, mu, sigma, prediction="eps"):

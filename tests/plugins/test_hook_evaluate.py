@@ -15,7 +15,7 @@ from tests.core.test_evaluation import tiny_recipe
 from tests.plugins.test_metric_digits import shared_cache_dir
 
 EVAL = """
-[metrics.sample_time]
+[metrics.sample-time]
 [hooks.evaluate]
 every = 2
 num_samples = 8
@@ -72,7 +72,7 @@ def test_configure_errors(tmp_path) -> None:
         build_run(recipe, out_dir=tmp_path / "run2")
     from denoisekit.plugins.hooks.evaluate import EvaluateConfig
 
-    with pytest.raises(ValueError, match="'every' must be > 0"):
+    with pytest.raises(ValueError, match="'every' must be a positive integer"):
         EvaluateConfig(every=0)
 
 

@@ -194,7 +194,7 @@ def test_config_validation() -> None:
         FDConfig(features="clip")
     with pytest.raises(ValueError, match="'num_reference' must be an integer >= 2"):
         FDConfig(num_reference=1)
-    with pytest.raises(ValueError, match="'batch_size' must be > 0"):
+    with pytest.raises(ValueError, match="'batch_size' must be a positive integer"):
         FDConfig(batch_size=0)
 
 

@@ -1,4 +1,4 @@
-"""The ``sample_time`` metric: seconds and network evaluations per image."""
+"""The ``sample-time`` metric: seconds and network evaluations per image."""
 
 from __future__ import annotations
 

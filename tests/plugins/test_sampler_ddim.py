@@ -178,7 +178,7 @@ class WigglyX0(torch.nn.Module):
 @pytest.mark.parametrize("spacing", ["linspace", "trailing", "leading"])
 @pytest.mark.parametrize("clip, amplitude", [(False, 0.6), (True, 1.5)])
 def test_eta1_equals_ddpm_fixed_small(spacing, clip, amplitude):
-    sched = linear.build_linear(linear.LinearScheduleConfig(timesteps=100))
+    sched = linear.build_linear(linear.LinearScheduleConfig(num_timesteps=100))
     den = Denoiser(WigglyX0(amplitude), sched, "x0")
     out, states = {}, {}
     for name, smp in [

@@ -31,7 +31,7 @@ def sampler(**kwargs) -> ddpm.DDPMSampler:
 
 
 def lin_sched(T: int) -> DiscreteSchedule:
-    return linear.build_linear(linear.LinearScheduleConfig(timesteps=T))
+    return linear.build_linear(linear.LinearScheduleConfig(num_timesteps=T))
 
 
 # --------------------------------------------------------------------------- config

@@ -26,7 +26,7 @@ def f_cos(t: float, T: int, s: float) -> float:
 
 @pytest.mark.parametrize("T, s", [(1000, 0.008), (4000, 0.008), (50, 0.0), (100, 0.05)])
 def test_cosine_alpha_bar_is_the_formula(T, s):
-    sched = cosine.build_cosine(cosine.CosineScheduleConfig(timesteps=T, s=s))
+    sched = cosine.build_cosine(cosine.CosineScheduleConfig(num_timesteps=T, s=s))
     ab = sched.alphas_cumprod.numpy()
     expected = np.array([f_cos(t, T, s) / f_cos(0, T, s) for t in range(1, T + 1)])
     # Where no beta was clipped (every t but the last), alpha_bar(t) = f(t) / f(0).
@@ -50,7 +50,7 @@ def test_cosine_betas_clipped_like_squaredcos_cap_v2():
 
 
 def test_cosine_max_beta_option():
-    sched = cosine.build_cosine(cosine.CosineScheduleConfig(timesteps=100, max_beta=0.5))
+    sched = cosine.build_cosine(cosine.CosineScheduleConfig(num_timesteps=100, max_beta=0.5))
     assert sched.betas.max().item() == pytest.approx(0.5)
     assert sched.betas[-1].item() == pytest.approx(0.5)
 
@@ -62,7 +62,7 @@ def test_cosine_max_beta_option():
     "T, lo, hi", [(1000, 1e-4, 0.02), (500, 2e-4, 0.04), (4000, 2.5e-5, 0.005), (100, 1e-3, 0.2)]
 )
 def test_linear_betas_rescaled_by_1000_over_T(T, lo, hi):
-    sched = linear.build_linear(linear.LinearScheduleConfig(timesteps=T))
+    sched = linear.build_linear(linear.LinearScheduleConfig(num_timesteps=T))
     betas = np.linspace(lo, hi, T)
     np.testing.assert_allclose(sched.betas.numpy(), betas, rtol=1e-9, atol=1e-15)
     np.testing.assert_allclose(sched.alphas_cumprod.numpy(), np.cumprod(1 - betas), rtol=1e-12)
@@ -70,7 +70,7 @@ def test_linear_betas_rescaled_by_1000_over_T(T, lo, hi):
 
 def test_linear_custom_ends():
     sched = linear.build_linear(
-        linear.LinearScheduleConfig(timesteps=1000, beta_start=1e-3, beta_end=1e-3)
+        linear.LinearScheduleConfig(num_timesteps=1000, beta_start=1e-3, beta_end=1e-3)
     )
     np.testing.assert_allclose(sched.betas.numpy(), np.full(1000, 1e-3), rtol=1e-9)
 
@@ -81,7 +81,8 @@ def test_linear_custom_ends():
 @settings(max_examples=30, deadline=None)
 @given(T=st.integers(1, 3000), s=st.floats(0.0, 0.1), max_beta=st.floats(0.5, 0.9999))
 def test_cosine_is_a_valid_schedule(T, s, max_beta):
-    sched = cosine.build_cosine(cosine.CosineScheduleConfig(timesteps=T, s=s, max_beta=max_beta))
+    config = cosine.CosineScheduleConfig(num_timesteps=T, s=s, max_beta=max_beta)
+    sched = cosine.build_cosine(config)
     ab = sched.alphas_cumprod
     assert sched.num_timesteps == T
     assert bool(((ab > 0) & (ab < 1)).all()) and bool((ab[1:] < ab[:-1]).all())
@@ -90,7 +91,7 @@ def test_cosine_is_a_valid_schedule(T, s, max_beta):
 @settings(max_examples=30, deadline=None)
 @given(T=st.integers(21, 3000), start=st.floats(1e-6, 1e-3), width=st.floats(0.0, 0.019))
 def test_linear_is_a_valid_schedule(T, start, width):
-    cfg = linear.LinearScheduleConfig(timesteps=T, beta_start=start, beta_end=start + width)
+    cfg = linear.LinearScheduleConfig(num_timesteps=T, beta_start=start, beta_end=start + width)
     ab = linear.build_linear(cfg).alphas_cumprod
     assert bool(((ab > 0) & (ab < 1)).all()) and bool((ab[1:] < ab[:-1]).all())
 
@@ -109,15 +110,15 @@ def test_respacing_keeps_alpha_bar_at_kept_timesteps():
 @pytest.mark.parametrize(
     "cls, kwargs, field",
     [
-        (cosine.CosineScheduleConfig, {"timesteps": 0}, "timesteps"),
-        (cosine.CosineScheduleConfig, {"timesteps": -5}, "timesteps"),
+        (cosine.CosineScheduleConfig, {"num_timesteps": 0}, "num_timesteps"),
+        (cosine.CosineScheduleConfig, {"num_timesteps": -5}, "num_timesteps"),
         (cosine.CosineScheduleConfig, {"s": -0.1}, "s"),
         (cosine.CosineScheduleConfig, {"max_beta": 1.0}, "max_beta"),
         (cosine.CosineScheduleConfig, {"max_beta": 0.0}, "max_beta"),
-        (linear.LinearScheduleConfig, {"timesteps": 0}, "timesteps"),
+        (linear.LinearScheduleConfig, {"num_timesteps": 0}, "num_timesteps"),
         (linear.LinearScheduleConfig, {"beta_start": 0.0}, "beta_start"),
         (linear.LinearScheduleConfig, {"beta_end": 1e-5}, "beta_end"),  # < beta_start
-        (linear.LinearScheduleConfig, {"timesteps": 10}, "beta_end"),  # 0.02 * 100 >= 1
+        (linear.LinearScheduleConfig, {"num_timesteps": 10}, "beta_end"),  # 0.02 * 100 >= 1
     ],
 )
 def test_config_rejects_bad_values(cls, kwargs, field):
@@ -128,7 +129,7 @@ def test_config_rejects_bad_values(cls, kwargs, field):
 def test_configs_are_frozen():
     cfg = cosine.CosineScheduleConfig()
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
-        cfg.timesteps = 10  # type: ignore[misc]
+        cfg.num_timesteps = 10  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=spec_id)
@@ -143,11 +144,12 @@ def test_timesteps_are_bounded_and_stated_as_a_fact(module) -> None:
     from denoisekit.config import MAX_TIMESTEPS as T_MAX
 
     (spec,) = module.denoisekit_components()
-    assert spec.facts(spec.config(timesteps=37)) == {"num_timesteps": 37}
-    assert spec.config(timesteps=T_MAX)
+    assert spec.facts(spec.config(num_timesteps=37)) == {"num_timesteps": 37}
+    assert spec.config(num_timesteps=T_MAX)
     for T in (T_MAX + 1, 10**30, 0):
-        with pytest.raises(ValueError, match=f"'timesteps' must be an integer from 1 to {T_MAX}"):
-            spec.config(timesteps=T)
+        message = f"'num_timesteps' must be an integer from 1 to {T_MAX}"
+        with pytest.raises(ValueError, match=message):
+            spec.config(num_timesteps=T)
 
 
 def test_a_huge_schedule_fails_recipe_check_at_once(tmp_path) -> None:
@@ -157,8 +159,8 @@ def test_a_huge_schedule_fails_recipe_check_at_once(tmp_path) -> None:
 
     path = write_recipe(tmp_path)
     for T in ("1000000", "1000000000000000000000000000000"):
-        with pytest.raises(RecipeError, match=r"schedule\.timesteps: "):
-            load_recipe(path, [f"schedule.timesteps={T}"])
+        with pytest.raises(RecipeError, match=r"schedule\.num_timesteps: "):
+            load_recipe(path, [f"schedule.num_timesteps={T}"])
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from denoisekit.config import option_doc
 from denoisekit.host.recipe import structure_config
-from denoisekit.host.registry import default_registry
+from denoisekit.host.registry import load_registry
 from denoisekit.plugins.backbones import unet as unet_mod
-from denoisekit.plugins.backbones.unet import UNet, UNetConfig, build_unet
+from denoisekit.plugins.backbones.unet import UNet, UNetConfig
 from denoisekit.plugins.backbones.unet_layers import (
     AttentionBlock,
     Dropout,
@@ -519,7 +519,7 @@ def test_config_defaults_valid_and_round_trip_through_recipe_converter():
     )
     assert cfg.channel_mults == (1, 2)
     assert cfg.attention_resolutions == (16,)
-    spec = default_registry().get("backbone", "unet").spec
+    spec = load_registry().get("backbone", "unet").spec
     check_config_roundtrip(spec, cfg)
     check_config_roundtrip(spec)  # the defaults
     assert all(option_doc(f) for f in attrs.fields(UNetConfig))  # every option documented
@@ -530,7 +530,7 @@ def test_registers_the_unet_backbone():
     assert (spec.kind, spec.name, spec.config) == ("backbone", "unet", UNetConfig)
     model = spec.build(tiny())
     assert isinstance(model, UNet)
-    assert build_unet is spec.build
+    assert UNet is spec.build
 
 
 def test_run_checks_at_load_classes_and_output_channels(tmp_path):

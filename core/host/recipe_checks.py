@@ -1,0 +1,112 @@
+"""What only a whole recipe shows: ``train`` against the machine and the data, then every
+component's own ``check`` with the facts the others state."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from denoisekit.contracts import KIND_RECORDS, BackboneConfig, CheckContext, optional
+from denoisekit.errors import DenoisekitError, RegistryError, exception_line
+from denoisekit.host.convert import join_key
+from denoisekit.host.registry import Registry
+
+
+def check_recipe(recipe: Any, registry: Registry) -> list[tuple[str, str]]:
+    """The problems only the whole recipe shows, as ``(key path, message)`` pairs.
+
+    The core checks ``train`` against the machine and the data; then every component's
+    :attr:`~denoisekit.ComponentSpec.check` runs, in build order, with the facts the
+    components state (:attr:`~denoisekit.ComponentSpec.facts`). :func:`recipe_from_data`
+    calls this, so ``recipe check``, ``train``, ``sample`` and ``compare`` all stop here.
+
+    Raises:
+        RegistryError: a component's ``facts`` or ``check`` itself failed (a plugin bug;
+            the message names the plugin).
+    """
+    singles = [k.name for k in KIND_RECORDS if not k.many]
+    choices = [(kind, kind, recipe.component(kind)) for kind in singles]
+    for k in KIND_RECORDS:
+        if k.many:
+            choices += [(k.name, f"{k.table}.{n}", c) for n, c in getattr(recipe, k.table).items()]
+    facts: dict[str, dict[str, Any]] = {}
+    for kind in singles:
+        choice = recipe.component(kind)
+        entry = registry.get(kind, choice.type)
+        if entry.spec.facts is not None:
+            stated = _call_plugin(entry, "facts", lambda e=entry, c=choice: e.spec.facts(c.config))
+            facts[kind] = dict(stated or {})
+    problems = _core_problems(recipe, facts)
+    for kind, table, choice in choices:
+        entry = registry.get(kind, choice.type)
+        if entry.spec.check is None:
+            continue
+        context = CheckContext(recipe=recipe, facts=facts, table=table)
+        found = _call_plugin(
+            entry, "check", lambda e=entry, c=choice, x=context: list(e.spec.check(c.config, x))
+        )
+        problems += [(join_key(table, key) if key else table, message) for key, message in found]
+    return problems
+
+
+def _call_plugin(entry: Any, what: str, call: Any) -> Any:
+    try:
+        return call()
+    except DenoisekitError:
+        raise
+    except Exception as exc:
+        raise RegistryError(
+            f"{entry.label}: its {what} failed on this recipe: {exception_line(exc)}"
+        ) from exc
+
+
+def _core_problems(recipe: Any, facts: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """``train`` against the machine and the data's facts; the backbone against the data."""
+    problems = _device_problems(recipe.train.device)
+    data = facts.get("data", {})
+    train = recipe.train
+    num_images = data.get("num_images")
+    micro = train.batch_size // train.grad_accum
+    if num_images is not None and (num_images == 0 or (train.drop_last and num_images < micro)):
+        message = (
+            f"the data's training split has {num_images} images, fewer than one micro-batch "
+            f"of {micro}; lower train.batch_size or set train.drop_last = false"
+        )
+        problems.append(("train.batch_size", message))
+    shape = data.get("image_shape")
+    if shape is None:
+        return problems
+    c, h, w = shape
+    if h != w:
+        message = f"the data gives {c}×{h}×{w} images; backbones take square ones: resize them"
+        return [*problems, ("data", message)]
+    cfg = recipe.backbone.config
+    wanted = {k: optional(cfg, BackboneConfig, k) for k in ("in_channels", "image_size")}
+    for key, value in (("in_channels", c), ("image_size", h)):
+        if wanted[key] is not None and wanted[key] != value:
+            expects = f"{wanted['in_channels'] or c}×{wanted['image_size'] or h}"
+            message = (
+                f"the data gives {c}×{h}×{w} images but the backbone expects {expects}×"
+                f"{wanted['image_size'] or h}; set backbone.{key} = {value} (or change the data)"
+            )
+            problems.append((f"backbone.{key}", message))
+    return problems
+
+
+def _device_problems(device: str) -> list[tuple[str, str]]:
+    """A device the recipe names that this machine does not have."""
+    if device == "auto":
+        return []
+    import torch
+
+    parsed = torch.device(device)
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            return [("train.device", f"{device!r}: CUDA is not available; use 'auto' or 'cpu'")]
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count and "LOCAL_RANK" not in os.environ:
+            return [("train.device", f"{device!r}: this machine has {count} CUDA device(s)")]
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        return [("train.device", f"{device!r}: MPS is not available; use 'auto' or 'cpu'")]
+    return []
