@@ -109,6 +109,8 @@ class ComponentSpec:
             recipe loads. ``context`` is a :class:`CheckContext`; keys are relative to the
             component's table (``""``: the table itself). Keep it cheap; checks of one
             option alone belong in its validator.
+        formats: a backbone's converters from and to other libraries' model files, by
+            format name (``"diffusers"``); docs/interop.md gives their methods.
     """
 
     kind: str = attrs.field(validator=_check_kind)
@@ -121,6 +123,7 @@ class ComponentSpec:
     check: Callable[[Any, CheckContext], Iterable[Problem]] | None = attrs.field(
         default=None, eq=False
     )
+    formats: Mapping[str, Any] = attrs.field(factory=dict, eq=False)
 
 
 def optional(component: Any, protocol: type, name: str) -> Any:

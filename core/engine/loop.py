@@ -31,6 +31,7 @@ from denoisekit.diffusion import q_sample
 from denoisekit.engine import distributed
 from denoisekit.engine.checkpoint import atomic_write, load_checkpoint
 from denoisekit.engine.run import Run, versions
+from denoisekit.engine.weights import init_from
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ def train(run: Run) -> Run:
     cfg = run.recipe.train
     if run.batches is None:
         raise ValueError("this run was built with_data=False: it can sample, not train")
+    if run.step == 0 and cfg.init_from is not None:  # a fresh run, not a resumed one
+        init_from(run, run.recipe.root / cfg.init_from)
     if run.is_main:
         write_run_files(run)
     run.model.train()

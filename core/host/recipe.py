@@ -113,6 +113,12 @@ class TrainConfig:
         "steps between logged scalars (host syncs happen only then)",
         validator=int_at_least(1),
     )
+    init_from: str | None = option(
+        None,
+        "start from this run folder's or checkpoint's weights (EMA too), relative to the "
+        "recipe's folder; the optimizer and step start afresh (unset: random weights)",
+        validator=attrs.validators.optional(attrs.validators.instance_of(str)),
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from denoisekit.errors import DenoisekitError
-from denoisekit.plugins.backbones.unet import UNetConfig
+from denoisekit.plugins.backbones.unet_config import UNetConfig
 
 
 class UnsupportedLayoutError(DenoisekitError, ValueError):

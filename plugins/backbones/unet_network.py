@@ -1,6 +1,6 @@
 """The network of the ``unet`` backbone: :class:`UNet`, built from a ``UNetConfig``.
 
-The options and their checks live in ``plugins/backbones/unet.py``, the blocks in
+The options and their checks live in ``plugins/backbones/unet_config.py``, the blocks in
 ``unet_layers.py``.
 """
 
@@ -21,7 +21,7 @@ from denoisekit.plugins.backbones.unet_layers import (
 )
 
 if TYPE_CHECKING:
-    from denoisekit.plugins.backbones.unet import UNetConfig
+    from denoisekit.plugins.backbones.unet_config import UNetConfig
 
 #: log-SNR values are clamped to ±this before embedding (``t = 0`` of a continuous schedule
 #: has ``lambda = +inf``; sinusoids of inf are NaN).

@@ -1,0 +1,189 @@
+"""Other libraries' model files: diffusers model folders in (``denoisekit import-diffusers``)
+and out (``denoisekit export-diffusers``).
+
+The core knows where a diffusers folder keeps its files; what they mean belongs to a
+backbone's converter, which its spec declares as ``formats={"diffusers": converter}``
+(:attr:`denoisekit.ComponentSpec.formats`; docs/interop.md gives the methods):
+
+* ``converter.model_classes``: the ``config.json`` ``_class_name`` values it reads;
+* ``converter.import_model(config, scheduler_config_or_None, weights)`` →
+  ``(tables, state_dict)``: recipe tables by name (``backbone`` at least) and the weights;
+* ``converter.export_model(recipe_dict, state_dict, prediction=...)`` →
+  ``(config, scheduler_config, weights)``.
+
+Nothing here unpickles (:mod:`denoisekit.engine.weights` reads the weights).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from denoisekit.engine.build import build_run, load_trained
+from denoisekit.engine.checkpoint import atomic_write, strip_compile_prefix
+from denoisekit.engine.loop import write_run_files
+from denoisekit.engine.outputs import RUN_OUTPUTS, check_output_folder, clear_outputs
+from denoisekit.engine.run import Run
+from denoisekit.engine.weights import load_weights, read_weights, save_safetensors
+from denoisekit.errors import ComponentError, DenoisekitError, OutputError
+from denoisekit.host.recipe import recipe_from_data
+from denoisekit.host.registry import Registry, load_registry
+
+FORMAT = "diffusers"
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+SCHEDULER_FILE = "scheduler_config.json"
+#: What ``export-diffusers`` writes in its folder.
+EXPORT_OUTPUTS = ("config.json", WEIGHT_FILES[0], SCHEDULER_FILE)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _write_json(path: Path, value: Mapping[str, Any]) -> None:
+    with atomic_write(path) as handle:
+        handle.write((json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DenoisekitError(f"{path}: not a readable JSON file ({exc})") from exc
+    if not isinstance(value, dict):
+        raise DenoisekitError(f"{path}: expected a JSON object")
+    return value
+
+
+def diffusers_files(folder: Path) -> tuple[Path, Path, Path | None]:
+    """``(config.json, weights, scheduler config or None)`` of a diffusers model folder:
+    ``DIR`` itself or a pipeline's ``DIR/unet``; the scheduler config beside the model,
+    or in ``DIR/scheduler`` or ``DIR/../scheduler`` (a pipeline's layout)."""
+    if not folder.is_dir():
+        raise DenoisekitError(f"{folder}: no such folder")
+    model = folder
+    if not (folder / "config.json").is_file() and (folder / "unet" / "config.json").is_file():
+        model = folder / "unet"
+    if not (model / "config.json").is_file():
+        raise DenoisekitError(
+            f"{folder}: no config.json (nor unet/config.json): not a model folder"
+        )
+    weights = next((model / n for n in WEIGHT_FILES if (model / n).is_file()), None)
+    if weights is None:
+        raise DenoisekitError(f"{model}: no {' or '.join(WEIGHT_FILES)}")
+    places = [model, folder / "scheduler", model.parent / "scheduler"]
+    scheduler = next((p / SCHEDULER_FILE for p in places if (p / SCHEDULER_FILE).is_file()), None)
+    return model / "config.json", weights, scheduler
+
+
+def _converter(registry: Registry, backbone: str | None, model_class: str | None) -> Any:
+    """The ``diffusers`` converter of ``backbone``, or of the backbone reading ``model_class``."""
+    entries = [e for e in registry.entries("backbone") if FORMAT in e.spec.formats]
+    if backbone is not None:
+        entry = registry.get("backbone", backbone)
+        if FORMAT not in entry.spec.formats:
+            raise DenoisekitError(f"backbone {backbone!r} has no {FORMAT} format (no converter)")
+        return entry.spec.formats[FORMAT]
+    for entry in entries:
+        if model_class in getattr(entry.spec.formats[FORMAT], "model_classes", ()):
+            return entry.spec.formats[FORMAT]
+    known = sorted(
+        {c for e in entries for c in getattr(e.spec.formats[FORMAT], "model_classes", ())}
+    )
+    raise DenoisekitError(
+        f"_class_name = {model_class!r} is not supported (the installed backbones read: "
+        f"{', '.join(known) or 'none'})"
+    )
+
+
+def _call(converter: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    """A converter's method; an error that is not a user error is one ComponentError line."""
+    try:
+        return getattr(converter, method)(*args, **kwargs)
+    except DenoisekitError:
+        raise
+    except Exception as exc:
+        raise ComponentError(
+            f"{FORMAT} converter {type(converter).__name__}.{method}: "
+            f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+        ) from exc
+
+
+# --------------------------------------------------------------------------- import
+
+
+def placeholder_data(in_channels: int, image_size: int) -> dict[str, Any]:
+    """The ``[data]`` of an imported run: ``digits`` for 1×8×8, else an ``image-folder``
+    (``images/`` beside the recipe) of the model's image size; change it to fine-tune."""
+    if (in_channels, image_size) == (1, 8):
+        return {"type": "digits"}
+    mode = {1: "L", 3: "RGB"}.get(in_channels)
+    if mode is None:
+        raise DenoisekitError(f"in_channels = {in_channels}: no image data has this many channels")
+    return {"type": "image-folder", "path": "images", "image_size": image_size, "mode": mode}
+
+
+def import_diffusers(folder: Path, out: Path, *, overwrite: bool = False) -> Run:
+    """Write a diffusers model folder as a run folder (``recipe.toml``, ``versions.json``,
+    ``checkpoints/last.pt`` at step 0, the model's weights also as the EMA weights)."""
+    existing = check_output_folder(out, RUN_OUTPUTS, overwrite=overwrite, what="a run", fix="")
+    config_path, weights_path, scheduler_path = diffusers_files(folder)
+    config = _read_json(config_path)
+    scheduler = _read_json(scheduler_path) if scheduler_path is not None else None
+    registry = load_registry()
+    converter = _converter(registry, None, config.get("_class_name", "UNet2DModel"))
+    weights = read_weights(weights_path)
+    try:
+        tables, state = _call(converter, "import_model", config, scheduler, weights)
+    except DenoisekitError as exc:
+        raise DenoisekitError(f"{folder}: {exc}") from exc
+    backbone = tables["backbone"]
+    data = {
+        "name": out.name,
+        "description": f"imported from the diffusers model {folder}",
+        "data": placeholder_data(backbone.get("in_channels", 3), backbone.get("image_size", 32)),
+        **tables,
+        "hooks": {"ema": {}},
+    }
+    recipe = recipe_from_data(data, registry, source=out / "recipe.toml")
+    clear_outputs(out, existing)
+    run = build_run(recipe, out_dir=out, registry=registry, with_data=False)
+    load_weights(run, state, sampling=state, source=str(weights_path))
+    write_run_files(run)
+    run.save_checkpoint(out / "checkpoints" / "last.pt")
+    return run
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_diffusers(
+    path: Path, out: Path, *, overwrite: bool = False, trust_plugins: bool = False
+) -> list[Path]:
+    """Write a run's sampling (EMA) weights as a diffusers ``UNet2DModel`` folder with a
+    ``DDIMScheduler`` config; returns the files written."""
+    existing = check_output_folder(
+        out, EXPORT_OUTPUTS, overwrite=overwrite, what="an exported model", fix=""
+    )
+    run = load_trained(path, device="cpu", trust_plugins=trust_plugins)
+    converter = _converter(run.registry, run.recipe.backbone.type, None)
+    model = run.pm.hook.denoisekit_sampling_model(run=run)
+    weights = strip_compile_prefix(model.state_dict())
+    config, scheduler, theirs = _call(
+        converter,
+        "export_model",
+        run.recipe.to_dict(),
+        weights,
+        prediction=run.loss.prediction_type,
+    )
+    clear_outputs(out, existing)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"--out {out}: cannot make this folder ({exc.strerror or exc})") from exc
+    files = [out / name for name in EXPORT_OUTPUTS]
+    _write_json(files[0], config)
+    save_safetensors(files[1], theirs)
+    _write_json(files[2], scheduler)
+    return files

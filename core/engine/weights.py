@@ -1,0 +1,82 @@
+"""Weights in and out of runs: safetensors files, ``weights_only`` loads, and a run's
+weights as the start of another (``train.init_from``).
+
+Nothing here unpickles: weights load with safetensors or ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from denoisekit.engine.checkpoint import atomic_write, load_checkpoint, strip_compile_prefix
+from denoisekit.engine.run import Run
+from denoisekit.engine.sampling import find_checkpoint
+from denoisekit.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A weights file: ``.safetensors``, or a ``.bin``/``.pt`` read with ``weights_only``."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path}: not a readable weights file ({line[:200]})") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: holds no state dict of tensors")
+    return state
+
+
+def save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> Path:
+    """Write tensors as ``.safetensors`` atomically (contiguous CPU copies)."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    with atomic_write(path) as handle:
+        handle.write(data)
+    return path
+
+
+def load_weights(
+    run: Run, model: Mapping[str, Any], *, sampling: Mapping[str, Any] | None, source: str
+) -> None:
+    """Set the trained weights and, when given, the sampling weights (EMA where on)."""
+    target = run.pm.hook.denoisekit_sampling_model(run=run)
+    pairs = [(run.model, model)]
+    if sampling is not None and target is not run.model:
+        pairs.append((target, sampling))
+    for module, weights in pairs:
+        try:
+            module.load_state_dict(strip_compile_prefix(weights))
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CheckpointError(
+                f"{source}: the weights do not fit this recipe's backbone ({first[:200]})"
+            ) from exc
+
+
+def init_from(run: Run, path: Path) -> None:
+    """Start ``run`` from the weights of a run folder or checkpoint (``train.init_from``):
+    the trained weights, and the hooks' state (the EMA weights) where the source has it;
+    the optimizer, schedule, data order and step stay fresh."""
+    checkpoint = find_checkpoint(path)
+    state = load_checkpoint(checkpoint, map_location=run.device)
+    load_weights(run, state["model"], sampling=None, source=str(checkpoint))
+    try:
+        run.pm.hook.denoisekit_load_state_dict(run=run, state=state.get("hooks", {}))
+    except (KeyError, RuntimeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [repr(exc)])[0]
+        raise CheckpointError(
+            f"{checkpoint}: the hooks' state does not fit this recipe's run ({first[:200]})"
+        ) from exc
+    log.info("initialized from %s", checkpoint)
