@@ -128,7 +128,6 @@ def read_recipe_data(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[st
     return merged, origins
 
 
-
 _KEY_RE = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*$")
 
 
