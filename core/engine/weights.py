@@ -68,7 +68,14 @@ def load_weights(
 def init_from(run: Run, path: Path) -> None:
     """Start ``run`` from the weights of a run folder or checkpoint (``train.init_from``):
     the trained weights, and the hooks' state (the EMA weights) where the source has it;
-    the optimizer, schedule, data order and step stay fresh."""
+    the optimizer, schedule, data order and step stay fresh. A ``.safetensors`` file of the
+    checkpoint hook gives ``model.*`` and ``ema.*`` (the sampling weights; else ``model.*``)."""
+    if path.suffix == ".safetensors":  # the checkpoint hook's: model.* and ema.* weights
+        tensors = read_weights(path)
+        model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        load_weights(run, model, sampling=ema or model, source=str(path))
+        return
     checkpoint = find_checkpoint(path)
     state = load_checkpoint(checkpoint, map_location=run.device)
     load_weights(run, state["model"], sampling=None, source=str(checkpoint))

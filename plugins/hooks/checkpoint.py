@@ -9,6 +9,9 @@ Files, in ``<run>/checkpoints/``:
 * ``last.pt``: the newest step file, as a hard link (no second copy of the bytes) swapped in
   atomically, or a copy where the file system has no hard links.
   ``denoisekit train --resume runs/NAME/checkpoints/last.pt`` continues exactly.
+* ``step-00001000.safetensors`` with ``safetensors = true``: the weights alone, to share
+  (``model.*`` the trained ones, ``ema.*`` the sampling ones when the EMA hook is on); any
+  library reads them without unpickling, and ``train.init_from`` starts a run from them.
 
 A process killed mid-write (``kill -9``) leaves only a temporary file, which the next run's
 start removes (``run.remove_stale_temporaries``); ``last.pt`` and the step files are those
@@ -45,6 +48,7 @@ Recipe example::
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Generator
 from pathlib import Path
@@ -86,6 +90,11 @@ class CheckpointConfig:
     on_interrupt: bool = option(
         True,
         "write a checkpoint on Ctrl-C or SIGTERM",
+        validator=attrs.validators.instance_of(bool),
+    )
+    safetensors: bool = option(
+        False,
+        "also write the weights as step-N.safetensors: model.* trained, ema.* sampling (EMA)",
         validator=attrs.validators.instance_of(bool),
     )
 
@@ -227,6 +236,8 @@ class CheckpointHook:
             raise RuntimeError("checkpoint hook used before denoisekit_configure")
         path = self.folder / step_file_name(run.step)
         run.save_checkpoint(path, state, last=self.folder / LAST_NAME)
+        if self.config.safetensors:
+            save_safetensors(run, path.with_suffix(".safetensors"))
         self._history = [(s, p) for s, p in self._history if s != run.step]
         self._history.append((run.step, path))
         self._prune()
@@ -241,6 +252,7 @@ class CheckpointHook:
         while len(self._history) > keep:
             _, old = self._history.pop(0)
             old.unlink(missing_ok=True)
+            old.with_suffix(".safetensors").unlink(missing_ok=True)
 
     def _record_boundary(self, run: Run) -> None:
         # The data position and RNG states at the end of a step (small host copies, no
@@ -256,6 +268,25 @@ class CheckpointHook:
 def _loss_ok(run: Run, loss: torch.Tensor) -> bool:
     """Finite, or not finite on a step the float16 loss scaler skipped (one host sync)."""
     return bool(torch.isfinite(loss).all()) or run.optimizer_step_skipped()
+
+
+def save_safetensors(run: Run, path: Path) -> Path:
+    """The trained (``model.*``) and sampling (``ema.*``, where a hook such as EMA gives other
+    weights) weights as safetensors: a file any library loads without unpickling."""
+    from safetensors.torch import save
+
+    tensors = {f"model.{k}": v for k, v in run.model.state_dict().items()}
+    sampling = run.pm.hook.denoisekit_sampling_model(run=run)
+    if sampling is not run.model:
+        tensors.update((f"ema.{k}", v) for k, v in sampling.state_dict().items())
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def build_checkpoint(config: CheckpointConfig) -> CheckpointHook:

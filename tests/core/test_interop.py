@@ -256,3 +256,28 @@ def test_init_from_weights_of_another_backbone_is_one_line(imported, tmp_path, c
     assert main(argv) == 2
     err = one_line_error(capsys)
     assert "last.pt: the weights do not fit this recipe's backbone" in err
+
+
+def test_checkpoints_as_safetensors_and_init_from_them(tmp_path):
+    from safetensors.torch import load_file
+
+    hooks = {"ema": {"decay": 0.5}, "checkpoint": {"every": 2, "keep": 1, "safetensors": True}}
+    path = write_recipe(tmp_path, {"hooks": hooks, "train": {"steps": 4}})
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 0
+    folder = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "last.pt", "step-00000004.pt", "step-00000004.safetensors"
+    ]  # fmt: skip
+    tensors = load_file(folder / "step-00000004.safetensors")
+    state = torch.load(folder / "last.pt", weights_only=True)
+    for key, value in state["model"].items():
+        assert torch.equal(tensors[f"model.{key}"], value)
+        assert torch.equal(tensors[f"ema.{key}"], state["hooks"]["ema"]["model"][key])
+    assert not torch.equal(tensors["ema.conv_out.weight"], tensors["model.conv_out.weight"])
+    start = {"train": {"steps": 1, "init_from": "run/checkpoints/step-00000004.safetensors"}}
+    probe = WeightsAtStart()
+    again = write_recipe(tmp_path, {**start, "hooks": {"ema": {}}}, name="again")
+    train(build_run(load_recipe(again), out_dir=tmp_path / "again", extra_hooks=[probe]))
+    for key, value in state["model"].items():
+        assert torch.equal(probe.model[key], value)
+        assert torch.equal(probe.sampling[key], state["hooks"]["ema"]["model"][key])
