@@ -199,7 +199,13 @@ def test_the_run_protocol_is_documented_member_by_member(pages):
 # --------------------------------------------------------------------------- guides
 
 
-GUIDES = ["quickstart.md", "writing-a-plugin.md", "architecture.md", "errors-and-safety.md"]
+GUIDES = [
+    "quickstart.md",
+    "writing-a-plugin.md",
+    "architecture.md",
+    "errors-and-safety.md",
+    "interop.md",
+]
 
 
 def _shell_commands(text: str) -> list[list[str]]:
