@@ -74,6 +74,7 @@ def _core_problems(recipe: Any, facts: Mapping[str, Mapping[str, Any]]) -> list[
             f"of {micro}; lower train.batch_size or set train.drop_last = false"
         )
         problems.append(("train.batch_size", message))
+    problems += _init_from_problems(recipe)
     shape = data.get("image_shape")
     if shape is None:
         return problems
@@ -92,6 +93,27 @@ def _core_problems(recipe: Any, facts: Mapping[str, Mapping[str, Any]]) -> list[
             )
             problems.append((f"backbone.{key}", message))
     return problems
+
+
+def _init_from_problems(recipe: Any) -> list[tuple[str, str]]:
+    """``train.init_from`` must name a run folder with ``checkpoints/last.pt``, a ``.pt``
+    checkpoint or a ``.safetensors`` file. Not checked in a recipe read back from a
+    checkpoint: a trained run's record, which will not start again."""
+    name = recipe.train.init_from
+    if name is None or (recipe.path is not None and recipe.path.suffix == ".pt"):
+        return []
+    path = recipe.root / name
+    if path.is_dir():
+        if (path / "checkpoints" / "last.pt").is_file():
+            return []
+        why = f"{path} holds no checkpoints/last.pt"
+    elif path.is_file():
+        if path.suffix in (".pt", ".safetensors"):
+            return []
+        why = f"{path} is neither a .pt checkpoint nor a .safetensors file"
+    else:
+        why = f"{path}: no such run folder or checkpoint"
+    return [("train.init_from", f"{why} (relative paths are read from the recipe's folder)")]
 
 
 def _device_problems(device: str) -> list[tuple[str, str]]:
