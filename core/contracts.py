@@ -167,6 +167,7 @@ class BackboneConfig(Protocol):
 
     in_channels: int | None = None
     image_size: int | None = None
+    num_classes: int | None = None  # class-conditional: labels 0 .. num_classes - 1
 
 
 class Loss(Protocol):

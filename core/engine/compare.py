@@ -34,7 +34,7 @@ from denoisekit.errors import DenoisekitError
 from denoisekit.host.recipe import Recipe, load_recipe, parse_override
 
 #: Tables that only sampling and evaluation read: variants differing only here share a model.
-SAMPLING_TABLES = ("sampler", "metrics")
+SAMPLING_TABLES = ("sampler", "guidance", "metrics")
 
 
 @attrs.frozen

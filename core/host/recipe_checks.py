@@ -74,6 +74,7 @@ def _core_problems(recipe: Any, facts: Mapping[str, Mapping[str, Any]]) -> list[
             f"of {micro}; lower train.batch_size or set train.drop_last = false"
         )
         problems.append(("train.batch_size", message))
+    problems += _guidance_problems(recipe)
     shape = data.get("image_shape")
     if shape is None:
         return problems
@@ -91,6 +92,31 @@ def _core_problems(recipe: Any, facts: Mapping[str, Mapping[str, Any]]) -> list[
                 f"{wanted['image_size'] or h}; set backbone.{key} = {value} (or change the data)"
             )
             problems.append((f"backbone.{key}", message))
+    return problems
+
+
+def _guidance_problems(recipe: Any) -> list[tuple[str, str]]:
+    """Label dropout and guidance need a class-conditional backbone."""
+    if optional(recipe.backbone.config, BackboneConfig, "num_classes"):
+        return []
+    problems = []
+    if recipe.train.label_dropout > 0:
+        problems.append(
+            (
+                "train.label_dropout",
+                "needs a class-conditional backbone: set backbone.num_classes to the data's "
+                "classes, or train.label_dropout = 0",
+            )
+        )
+    if recipe.guidance.scale != 1:
+        problems.append(
+            (
+                "guidance.scale",
+                f"{recipe.guidance.scale} needs a class-conditional backbone "
+                "(backbone.num_classes) trained with train.label_dropout; this one is "
+                "unconditional: leave it at 1",
+            )
+        )
     return problems
 
 

@@ -118,7 +118,8 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
         (
             ["trian", "r.toml"],
             "argument COMMAND: invalid choice: 'trian' (did you mean 'train'?) (choose from "
-            "'train', 'sample', 'edit', 'compare', 'eval', 'plugins', 'recipe') (see denoisekit --help)",
+            "'train', 'sample', 'edit', 'compare', 'eval', 'plugins', 'recipe') "
+            "(see denoisekit --help)",
         ),
         (
             ["recipe", "chek", "r.toml"],
