@@ -32,6 +32,7 @@ import torch
 from denoisekit.engine import distributed
 from denoisekit.engine.checkpoint import atomic_write, load_checkpoint
 from denoisekit.errors import CheckpointError, PluginLoadError
+from denoisekit.host.convert import RENAMED_KEYS
 from denoisekit.host.registry import Registry, load_registry
 from denoisekit.images import to_uint8
 
@@ -59,9 +60,21 @@ def stored_recipe(checkpoint: Path, state: dict[str, Any] | None = None) -> dict
     if state is None:
         state = load_checkpoint(checkpoint, mmap=True)
     try:
-        return tomllib.loads(state["recipe"])
+        data = tomllib.loads(state["recipe"])
     except (KeyError, tomllib.TOMLDecodeError) as exc:
         raise CheckpointError(f"{checkpoint}: holds no readable recipe ({exc})") from exc
+    return migrated(data)
+
+
+def migrated(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored recipe written before an option was renamed, with today's key names (a
+    run folder stays usable; a recipe file the user edits is told to rename instead)."""
+    for table in data.values():
+        if isinstance(table, dict):
+            for old, new in RENAMED_KEYS.items():
+                if old in table and new not in table:
+                    table[new] = table.pop(old)
+    return data
 
 
 def stored_registry(

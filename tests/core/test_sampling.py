@@ -230,3 +230,10 @@ def test_the_host_draws_x_T_per_image_and_leaves_a_given_one_alone(trained):
     kept = x_T.clone()
     given = run.sample(3, generator=gens, x_T=x_T)
     assert torch.equal(x_T, kept) and torch.equal(given, drawn)
+
+
+def test_a_stored_recipe_from_before_a_rename_is_migrated():
+    old = {"name": "r", "schedule": {"type": "cosine", "timesteps": 1000}, "seed": 0}
+    assert sampling.migrated(old)["schedule"] == {"type": "cosine", "num_timesteps": 1000}
+    both = {"schedule": {"timesteps": 5, "num_timesteps": 7}}  # never overwrite the new key
+    assert sampling.migrated(both)["schedule"] == {"timesteps": 5, "num_timesteps": 7}
