@@ -288,9 +288,7 @@ def test_eval_command_prints_and_appends(trained, capsys, monkeypatch) -> None:
     assert record["step"] == 2 and record["eval/nfe_per_image"] == 2.0  # the override
     assert record["eval/fd"] > 0
     # --no-log leaves the file alone; the recipe's tables are the default metrics
-    assert (
-        main(["eval", str(trained), "-n", "8", "--no-log", "--set", "metrics.nll.timesteps=2"]) == 0
-    )
+    assert main(["eval", str(trained), "-n", "8", "--no-log", "--set", "metrics.nll.steps=2"]) == 0
     out = capsys.readouterr().out
     assert "nll_bpd" in out and "fd" in out
     assert (trained / "metrics.jsonl").read_text().splitlines() == after
