@@ -181,9 +181,9 @@ class EvalContext:
         # Defaults from the run (reading attributes only; nothing is built here).
         if self.run is not None:
             if self.recipe is None:
-                self.recipe = getattr(self.run, "recipe", None)
+                self.recipe = self.run.recipe
             if self.registry is None:
-                self.registry = getattr(self.run, "registry", None)
+                self.registry = self.run.registry
 
     # -- the model -----------------------------------------------------------------------
 

@@ -60,7 +60,7 @@ device = "cpu"
 [metrics.fd]
 features = "digits"
 [metrics.nll]
-timesteps = 4
+steps = 4
 num_images = 16
 """
 
@@ -205,7 +205,7 @@ def test_build_metrics_from_tables_and_defaults(run) -> None:
     recipe, registry = run.recipe, run.registry
     metrics = build_metrics(recipe, registry)
     assert list(metrics) == ["fd", "nll"]
-    assert metrics["nll"].config.timesteps == 4  # the recipe's table
+    assert metrics["nll"].config.steps == 4  # the recipe's table
     metrics = build_metrics(recipe, registry, ["sample-time", "nll"])
     assert list(metrics) == ["sample-time", "nll"]
     assert metrics["sample-time"].config.num_images is None  # registered defaults
@@ -214,7 +214,7 @@ def test_build_metrics_from_tables_and_defaults(run) -> None:
 
 
 def test_tables_named_differently_prefix_their_keys(tmp_path) -> None:
-    recipe = tiny_recipe(tmp_path, '[metrics.fast_nll]\ntype = "nll"\ntimesteps = 2\n')
+    recipe = tiny_recipe(tmp_path, '[metrics.fast_nll]\ntype = "nll"\nsteps = 2\n')
     from denoisekit.host.registry import load_registry
 
     metrics = build_metrics(recipe, load_registry(), ["fast_nll"])

@@ -72,6 +72,7 @@ class StubRun:
 
     num_classes = None
     device = torch.device("cpu")
+    recipe = registry = None
 
     def __init__(self, denoiser: Denoiser) -> None:
         self._denoiser = denoiser
