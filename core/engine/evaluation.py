@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from denoisekit.contracts import Metric, SampleSet, optional
+from denoisekit.engine.image_files import from_uint8, to_uint8
 from denoisekit.engine.reference import build_reference_data, reference_key
 from denoisekit.errors import DenoisekitError
-from denoisekit.images import from_uint8, to_uint8
 
 __all__ = [
     "EVAL_PREFIX",

@@ -24,12 +24,13 @@ from denoisekit.engine.evaluation import (
     format_results,
     load_samples_npz,
 )
+from denoisekit.engine.image_files import from_uint8, to_uint8
 from denoisekit.engine.loop import train
 from denoisekit.engine.reference import reference_recipe
 from denoisekit.engine.sampling import sample_images, save_npz
 from denoisekit.errors import DenoisekitError, RegistryError
 from denoisekit.host.recipe import load_recipe
-from denoisekit.images import from_uint8, quantize, to_uint8
+from denoisekit.images import quantize
 from tests.plugins.test_metric_digits import shared_cache_dir
 
 TINY = """
