@@ -134,12 +134,9 @@ def optional(component: Any, protocol: type, name: str) -> Any:
 
 
 class NoiseSchedule(Protocol):
-    """A discrete-time variance-preserving noise schedule.
-
-    ``alphas_cumprod[t]`` is alpha_bar at timestep ``t`` for ``t = 0 .. T-1`` (diffusers'
-    indexing: index ``t`` is the paper's ``t + 1``), a float64 CPU tensor, strictly
-    decreasing in (0, 1).
-    """
+    """A discrete-time variance-preserving noise schedule: ``alphas_cumprod[t]`` is alpha_bar
+    at ``t = 0 .. T-1`` (index ``t`` is the paper's ``t + 1``), a float64 CPU tensor,
+    strictly decreasing in (0, 1)."""
 
     @property
     def num_timesteps(self) -> int: ...
@@ -219,11 +216,8 @@ class SamplerLike(Protocol):
 
 
 class DataLike(Protocol):
-    """A map-style dataset of ``(image, label)`` pairs, images C×H×W in [-1, 1].
-
-    ``label`` is an int (``-1`` where the data has none). ``num_classes`` is ``None`` for
-    unlabelled data. ``image_shape`` is ``(C, H, W)``.
-    """
+    """A map-style dataset of ``(image, label)`` pairs, images C×H×W in [-1, 1]; ``label`` is
+    an int (``-1`` where the data has none, and ``num_classes`` is ``None``)."""
 
     num_classes: int | None
     image_shape: tuple[int, int, int]
