@@ -14,6 +14,8 @@ import attrs
 if TYPE_CHECKING:
     import torch
 
+    from denoisekit.hookspecs import Run
+
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]*$")
 
 
@@ -132,12 +134,9 @@ def optional(component: Any, protocol: type, name: str) -> Any:
 
 
 class NoiseSchedule(Protocol):
-    """A discrete-time variance-preserving noise schedule.
-
-    ``alphas_cumprod[t]`` is alpha_bar at timestep ``t`` for ``t = 0 .. T-1`` (diffusers'
-    indexing: index ``t`` is the paper's ``t + 1``), a float64 CPU tensor, strictly
-    decreasing in (0, 1).
-    """
+    """A discrete-time variance-preserving noise schedule: ``alphas_cumprod[t]`` is alpha_bar
+    at ``t = 0 .. T-1`` (index ``t`` is the paper's ``t + 1``), a float64 CPU tensor,
+    strictly decreasing in (0, 1)."""
 
     @property
     def num_timesteps(self) -> int: ...
@@ -218,11 +217,8 @@ class SamplerLike(Protocol):
 
 
 class DataLike(Protocol):
-    """A map-style dataset of ``(image, label)`` pairs, images C×H×W in [-1, 1].
-
-    ``label`` is an int (``-1`` where the data has none). ``num_classes`` is ``None`` for
-    unlabelled data. ``image_shape`` is ``(C, H, W)``.
-    """
+    """A map-style dataset of ``(image, label)`` pairs, images C×H×W in [-1, 1]; ``label`` is
+    an int (``-1`` where the data has none, and ``num_classes`` is ``None``)."""
 
     num_classes: int | None
     image_shape: tuple[int, int, int]
@@ -288,7 +284,7 @@ class MetricContext(Protocol):
 
     @property
     def device(self) -> torch.device: ...
-    def require_run(self, metric: str) -> Any: ...
+    def require_run(self, metric: str) -> Run: ...
     def denoiser(self, metric: str = ...) -> Any: ...
     def samples(self) -> SampleSet: ...
     def sample_images(self) -> torch.Tensor: ...

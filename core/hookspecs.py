@@ -75,9 +75,7 @@ class Run(Protocol):
 
 @_hookspec(historic=True)
 def denoisekit_addhooks(pluginmanager: pluggy.PluginManager) -> None:
-    """Add hook specifications of a plugin's own (``pluginmanager.add_hookspecs``).
-
-    :param pluginmanager: the component plugin manager.
+    """Add hook specifications of a plugin's own to the component plugin manager.
 
     Example::
 
@@ -90,12 +88,8 @@ def denoisekit_addhooks(pluginmanager: pluggy.PluginManager) -> None:
 
 @_hookspec
 def denoisekit_components() -> Iterable[ComponentSpec]:
-    """Return the components this plugin provides.
-
-    Each record names its kind, its name, its frozen attrs config class and its factory;
-    two plugins providing one kind and name is an error naming both.
-
-    :returns: an iterable of :class:`denoisekit.ComponentSpec`.
+    """Return the :class:`denoisekit.ComponentSpec` records of this plugin's components (kind,
+    name, frozen attrs config class, factory); two providing one kind and name is an error.
 
     Example::
 

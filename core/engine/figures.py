@@ -19,7 +19,7 @@ def scale_for(side: int, min_cell: int = MIN_CELL) -> int:
 
 def image_row(images: torch.Tensor, scale: int) -> np.ndarray:
     """``(N, C, H, W)`` in [-1, 1] → one uint8 RGB strip ``(H·s, N·(W·s + PAD) - PAD, 3)``."""
-    from denoisekit.images import to_uint8
+    from denoisekit.engine.image_files import to_uint8
 
     pixels = to_uint8(images)  # N, H, W, C
     if pixels.shape[-1] == 1:

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 
 from denoisekit.denoiser import check_output_shape
-from denoisekit.diffusion import q_sample
 from denoisekit.engine import distributed
 from denoisekit.engine.checkpoint import atomic_write, load_checkpoint
+from denoisekit.engine.forward import q_sample
 from denoisekit.engine.run import Run, versions
 from denoisekit.engine.steering import NULL_LABEL
 

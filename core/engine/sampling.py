@@ -31,10 +31,10 @@ import torch
 
 from denoisekit.engine import distributed
 from denoisekit.engine.checkpoint import atomic_write, load_checkpoint
+from denoisekit.engine.image_files import to_uint8
 from denoisekit.errors import CheckpointError, PluginLoadError
 from denoisekit.host.convert import RENAMED_KEYS
 from denoisekit.host.registry import Registry, load_registry
-from denoisekit.images import to_uint8
 
 
 def find_checkpoint(path: Path | str) -> Path:

@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from denoisekit.contracts import KIND_RECORDS, BackboneConfig, CheckContext, optional
-from denoisekit.errors import DenoisekitError, RegistryError, exception_line
+from denoisekit.errors import DenoisekitError, RegistryError
 from denoisekit.host.convert import join_key
 from denoisekit.host.registry import Registry
+from denoisekit.host.suggest import exception_line
 
 
 def check_recipe(recipe: Any, registry: Registry) -> list[tuple[str, str]]:

@@ -91,7 +91,7 @@ class CheckpointConfig:
 
 
 class CheckpointHook:
-    """The run hook; build with :func:`build_checkpoint`.
+    """The run hook.
 
     Attributes:
         folder: ``<run>/checkpoints``.
@@ -256,11 +256,6 @@ class CheckpointHook:
 def _loss_ok(run: Run, loss: torch.Tensor) -> bool:
     """Finite, or not finite on a step the float16 loss scaler skipped (one host sync)."""
     return bool(torch.isfinite(loss).all()) or run.optimizer_step_skipped()
-
-
-def build_checkpoint(config: CheckpointConfig) -> CheckpointHook:
-    """Build the checkpoint hook."""
-    return CheckpointHook(config)
 
 
 @hookimpl

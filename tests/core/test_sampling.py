@@ -14,11 +14,12 @@ import torch
 from denoisekit.cli import main
 from denoisekit.engine import build, sampling
 from denoisekit.engine.build import build_run, load_trained
+from denoisekit.engine.image_files import to_uint8
 from denoisekit.engine.loop import train
+from denoisekit.engine.outputs import OutputError
 from denoisekit.engine.sampling import sample_images
-from denoisekit.errors import CheckpointError, OutputError
+from denoisekit.errors import CheckpointError
 from denoisekit.host.recipe import load_recipe
-from denoisekit.images import to_uint8
 
 RECIPE = """
 name = "tiny-sample"
