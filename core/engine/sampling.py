@@ -33,7 +33,7 @@ from denoisekit.engine import distributed
 from denoisekit.engine.checkpoint import atomic_write, load_checkpoint
 from denoisekit.engine.image_files import to_uint8
 from denoisekit.errors import CheckpointError, PluginLoadError
-from denoisekit.host.convert import RENAMED_KEYS
+from denoisekit.host.convert import PATH_KINDS, RENAMED_KEYS
 from denoisekit.host.registry import Registry, load_registry
 
 
@@ -69,9 +69,13 @@ def stored_recipe(checkpoint: Path, state: dict[str, Any] | None = None) -> dict
 def migrated(data: dict[str, Any]) -> dict[str, Any]:
     """A stored recipe written before an option was renamed, with today's key names (a
     run folder stays usable; a recipe file the user edits is told to rename instead)."""
-    for table in data.values():
-        if isinstance(table, dict):
-            for old, new in RENAMED_KEYS.items():
+    for name, value in data.items():
+        kind = PATH_KINDS.get(name)
+        if kind is None or not isinstance(value, dict):
+            continue
+        tables = [value] if kind == name else [t for t in value.values() if isinstance(t, dict)]
+        for table in tables:
+            for old, new in RENAMED_KEYS.get(kind, {}).items():
                 if old in table and new not in table:
                     table[new] = table.pop(old)
     return data

@@ -238,3 +238,9 @@ def test_a_stored_recipe_from_before_a_rename_is_migrated():
     assert sampling.migrated(old)["schedule"] == {"type": "cosine", "num_timesteps": 1000}
     both = {"schedule": {"timesteps": 5, "num_timesteps": 7}}  # never overwrite the new key
     assert sampling.migrated(both)["schedule"] == {"timesteps": 5, "num_timesteps": 7}
+    metrics = {"metrics": {"nll": {"timesteps": 4}}, "sampler": {"timesteps": 3}}
+    # renamed per kind: the nll metric's option, not a sampler's key of the same name
+    assert sampling.migrated(metrics) == {
+        "metrics": {"nll": {"steps": 4}},
+        "sampler": {"timesteps": 3},
+    }
