@@ -21,7 +21,6 @@ from denoisekit.config import (
     non_negative_finite,
     open_unit_interval,
     option,
-    option_doc,
     positive_finite,
     positive_ints,
     unit_interval,
@@ -105,5 +104,5 @@ __all__ = [
     "MetricContext", "NoiseSchedule", "Optimizer", "PluginLoadError", "Problem", "RecipeError",
     "RegistryError", "SampleSet", "SamplerLike", "__version__", "build", "diffusion", "hookimpl",
     "int_at_least", "int_between", "non_negative_finite", "open_unit_interval", "option",
-    "option_doc", "optional", "positive_finite", "positive_ints", "unit_interval",
+    "optional", "positive_finite", "positive_ints", "unit_interval",
 ]  # fmt: skip

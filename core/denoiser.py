@@ -46,8 +46,7 @@ class Denoiser:
     Args:
         model: the backbone; its optional ``time_input`` is ``"timestep"`` (the integer index
             as a float) or ``"log_snr"`` (the schedule's log-SNR at that index).
-        schedule: the schedule the backbone was trained on (any ``NoiseSchedule``, wrapped
-            into a :class:`DiscreteSchedule`).
+        schedule: its training schedule (any ``NoiseSchedule``, made a :class:`DiscreteSchedule`).
         prediction_type: ``"eps"``, ``"x0"`` or ``"v"``.
         name: how errors name the backbone (default: ``the backbone <its class>``); a
             backbone output not of its input's shape is a :class:`ComponentError`.
@@ -74,7 +73,6 @@ class Denoiser:
             raise ValueError(f"model.time_input must be 'timestep' or 'log_snr': {time_input!r}")
         self.model = model
         self.time_input = time_input
-        # Any NoiseSchedule works: wrap a foreign one to get the cached coefficient tables.
         self.schedule = DiscreteSchedule.of(schedule)
         self.prediction_type = prediction_type
         self.name = name if name is not None else f"the backbone {type(model).__name__}"
@@ -90,11 +88,9 @@ class Denoiser:
     def predict(
         self, x_t: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Evaluate the backbone once on noisy images ``x_t`` ``(B, ...)`` and return ``(eps, x0)``.
-
-        ``t``: integer timesteps of the original schedule, ``(B,)`` (an int or a 0-dim tensor
-        is broadcast); ``cond`` is passed through to the backbone (omitted when ``None``).
-        """
+        """Evaluate the backbone once on noisy images ``x_t`` ``(B, ...)``: ``(eps, x0)`` at
+        integer timesteps ``t`` of the original schedule, ``(B,)`` (an int or a 0-dim tensor
+        is broadcast); ``cond`` is passed to the backbone (omitted when ``None``)."""
         t = torch.as_tensor(t, device=x_t.device)
         if t.dtype.is_floating_point or t.dtype == torch.bool:
             raise TypeError(f"timesteps must be an integer tensor, got {t.dtype}")
@@ -105,8 +101,7 @@ class Denoiser:
         out = self.network(x_t, t, time, cond)
         self.num_evaluations += 1
         check_output_shape(out, x_t, self.name)
-        # Under autocast the backbone may answer in half precision: do the conversions in
-        # the sampler state's dtype.
+        # Under autocast the output may be half precision: convert in the sampler state's dtype.
         out = out.to(x_t.dtype)
         if self.prediction_type == "eps":
             eps = out

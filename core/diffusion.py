@@ -1,13 +1,12 @@
 """Diffusion math on a discrete variance-preserving schedule, shared by losses and samplers.
 
-Conversions between the eps / x0 / v parameterizations, timestep spacings for shortened
-sampling chains, the steps a sampler visits and a batch-size-independent noise source; the
-schedule (:class:`DiscreteSchedule`, re-exported) and the notation are in
-:mod:`denoisekit.schedule`.
+Conversions between the eps / x0 / v parameterizations, timestep spacings for shortened sampling
+chains, the steps a sampler visits and a batch-size-independent noise source; the schedule
+(:class:`DiscreteSchedule`, re-exported) and the notation are in :mod:`denoisekit.schedule`.
 
-Every function accepts any floating dtype and device, takes timesteps as an integer
-tensor of shape ``(B,)`` and broadcasts per-timestep coefficients over the remaining
-(image) dimensions. Coefficients come from :meth:`DiscreteSchedule.tables`.
+Every function accepts any floating dtype and device, takes timesteps as an integer tensor of
+shape ``(B,)`` and broadcasts per-timestep coefficients (from :meth:`DiscreteSchedule.tables`)
+over the remaining (image) dimensions.
 """
 
 from __future__ import annotations
@@ -20,24 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from denoisekit.schedule import DiscreteSchedule, ScheduleTables
-
-__all__ = [
-    "SPACINGS",
-    "VARIANCES",
-    "DiscreteSchedule",
-    "SamplingSteps",
-    "ScheduleTables",
-    "coefficient",
-    "eps_from_v",
-    "predict_eps_from_x0",
-    "predict_x0_from_eps",
-    "randn",
-    "sampling_steps",
-    "spaced_timesteps",
-    "v_from_eps_x0",
-    "x0_from_v",
-]
+from denoisekit.schedule import DiscreteSchedule
+from denoisekit.schedule import ScheduleTables as ScheduleTables  # re-exported
 
 #: Timestep spacings for shortened chains, named as diffusers names them.
 SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
@@ -142,10 +125,8 @@ def predict_eps_from_x0(
 def v_from_eps_x0(
     schedule: DiscreteSchedule, t: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor
 ) -> torch.Tensor:
-    """The v target ``sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0`` (Salimans & Ho 2022).
-
-    Needs no ``x_t``: it is what a v-prediction loss regresses onto.
-    """
+    """The v target ``sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0`` (Salimans & Ho 2022);
+    needs no ``x_t``: it is what a v-prediction loss regresses onto."""
     tab = schedule.tables(x0.device, x0.dtype)
     return (
         coefficient(tab.sqrt_alpha_bar, t, x0.ndim) * eps
@@ -187,14 +168,11 @@ def randn(
 ) -> torch.Tensor:
     """Standard normal noise of ``shape`` ``(B, ...)``, reproducible per image.
 
-    Args:
-        generator: one ``torch.Generator`` for the batch, a list of ``B`` (image ``i`` from
-            ``generator[i]``: independent of the batch size and of its position), or ``None``
-            (the global RNG).
-        device: where the result lives. Noise is drawn on each generator's own device and
-            moved: a CPU generator gives the same images on any device (at the cost of a
-            host-to-device copy per draw; pass CUDA generators to avoid it).
-        dtype: half precision is drawn in float32 and cast (it matches the float32 stream).
+    ``generator``: one for the batch, a list of ``B`` (image ``i`` from ``generator[i]``,
+    independent of the batch size and of its position), or ``None`` (the global RNG). Noise
+    is drawn on each generator's own device and moved to ``device``: a CPU generator gives
+    the same images on any device (at a host-to-device copy per draw; CUDA generators avoid
+    it). Half precision is drawn in float32 and cast (it matches the float32 stream).
     """
     shape = tuple(int(s) for s in shape)
     draw_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32

@@ -119,9 +119,8 @@ def denoisekit_configure(run: Run) -> None:
 
 @_hookspec(firstresult=True)
 def denoisekit_train_model(run: Run, model: torch.nn.Module) -> torch.nn.Module | None:
-    """Return the module the training forward calls (asked once, after configure).
-
-    Under torchrun the engine wraps the answer in DistributedDataParallel.
+    """Return the module the training forward calls (asked once, after configure); under
+    torchrun the engine wraps the answer in DistributedDataParallel.
 
     :param model: the raw backbone, ``run.model`` (which stays raw).
 
@@ -266,8 +265,7 @@ def denoisekit_sampling_model(run: Run) -> Any:
 
 @_hookspec(firstresult=True)
 def denoisekit_last_checkpoint(run: Run) -> Path | None:
-    """Return the newest good checkpoint file (the checkpoint hook answers; the NaN
-    guard names it).
+    """Return the newest good checkpoint file (the checkpoint hook answers; the NaN guard names it).
 
     Example::
 

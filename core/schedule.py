@@ -24,11 +24,8 @@ __all__ = ["DiscreteSchedule", "ScheduleTables"]
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleTables:
-    """Per-timestep coefficient tables, each of shape ``(T,)`` on one device and dtype.
-
-    ``posterior_*`` describe q(x_{t-1} | x_t, x0) (DDPM eq. 6-7); at ``t = 0`` the posterior
-    variance is 0 and its log is clipped to the value at ``t = 1`` (improved-diffusion).
-    """
+    """Per-timestep coefficient tables, each ``(T,)`` on one device and dtype; ``posterior_*``
+    describe q(x_{t-1} | x_t, x0) (DDPM eq. 6-7), the log variance clipped at ``t = 0``."""
 
     alpha_bar: torch.Tensor
     alpha_bar_prev: torch.Tensor
@@ -61,12 +58,9 @@ def _cache_key(device: torch.device | str | None, dtype: torch.dtype) -> tuple[s
 
 
 class DiscreteSchedule:
-    """A discrete-time variance-preserving noise schedule, defined by its ``alpha_bar``.
-
-    Args:
-        alphas_cumprod: ``alpha_bar`` at indices ``0 .. T-1``, strictly decreasing in (0, 1)
-            (a ``ValueError`` otherwise); stored as a float64 CPU tensor.
-    """
+    """A discrete-time variance-preserving noise schedule, defined by ``alphas_cumprod``:
+    ``alpha_bar`` at indices ``0 .. T-1``, strictly decreasing in (0, 1) (a ``ValueError``
+    otherwise), stored as a float64 CPU tensor."""
 
     def __init__(self, alphas_cumprod: torch.Tensor | Sequence[float] | np.ndarray) -> None:
         alpha_bar = _as_float64(alphas_cumprod).clone()
@@ -185,13 +179,9 @@ class DiscreteSchedule:
 
     def respace(self, use_timesteps: Iterable[int]) -> tuple[DiscreteSchedule, torch.Tensor]:
         """Keep the timesteps ``use_timesteps`` (any order, no duplicates; Improved DDPM,
-        section 4): the new schedule keeps ``alpha_bar`` at the kept ``t_1 < ... < t_K``, so
-        its betas are ``1 - alpha_bar_{t_i} / alpha_bar_{t_{i-1}}`` (``alpha_bar_{t_0} = 1``).
-
-        Returns:
-            ``(schedule, timestep_map)``: the respaced schedule of ``K`` steps and a LongTensor
-            ``(K,)`` mapping its index ``i`` to the original index ``t_i`` (ascending).
-        """
+        section 4): return the schedule of ``alpha_bar`` at the kept ``t_1 < ... < t_K`` (its
+        betas are ``1 - alpha_bar_{t_i} / alpha_bar_{t_{i-1}}``, ``alpha_bar_{t_0} = 1``) and
+        a LongTensor ``(K,)`` mapping its index ``i`` to the original index ``t_i``."""
         kept = [int(t) for t in use_timesteps]
         if not kept:
             raise ValueError("respace needs at least one timestep")

@@ -19,8 +19,7 @@ import torch
 import denoisekit
 from denoisekit import hookspecs
 from denoisekit.cli import build_parser, docs, recipe_reference
-from denoisekit.cli.plugins import format_plugins
-from denoisekit.config import option_doc
+from denoisekit.cli.plugins import format_plugins, option_doc
 from denoisekit.host.recipe import MULTI_KINDS, SINGLE_KINDS, TOP_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,7 @@ import re
 
 import attrs
 
-from denoisekit.cli.plugins import default_text, type_text
-from denoisekit.config import option_doc
+from denoisekit.cli.plugins import default_text, option_doc, type_text
 from denoisekit.host.recipe import CORE_TABLES, DEFAULT_TYPES, MULTI_KINDS, SINGLE_KINDS
 from denoisekit.host.registry import Registry, load_registry
 
