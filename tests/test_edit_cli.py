@@ -204,3 +204,26 @@ def test_label_dropout_needs_a_conditional_backbone(tmp_path, capsys):
     recipe = write_recipe(tmp_path, {"train": {"label_dropout": 0.1}})
     assert main(["recipe", "check", str(recipe)]) == 2
     assert "train.label_dropout: needs a class-conditional backbone" in capsys.readouterr().err
+
+
+def test_compare_varies_guidance_on_a_trained_run(runs, tmp_path):
+    import io
+
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, _, conditional = runs
+    out = tmp_path / "cmp"
+    args = ["compare", "--run", str(conditional), "--vary", "guidance.scale=0,1,1.0,3"]
+    assert main([*args, "-n", "4", "--out", str(out)]) == 0
+    pictures = {}
+    for variant in (out / "variants").iterdir():
+        acc = EventAccumulator(str(variant))
+        acc.Reload()
+        png = acc.Images("samples")[0].encoded_image_string
+        with Image.open(io.BytesIO(png)) as picture:  # the 4 samples, right of the label
+            pictures[variant.name] = np.asarray(picture)[:, -(4 * 48 + 3 * 2) :].tobytes()
+    by_scale = {name.split("=")[1]: pixels for name, pixels in pictures.items()}
+    assert by_scale["1"] == by_scale["1.0"]  # the same variant twice: the same samples
+    assert len({by_scale["0"], by_scale["1"], by_scale["3"]}) == 3
+    assert "guidance.scale" in (out / "compare.csv").read_text().splitlines()[0]
