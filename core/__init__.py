@@ -1,15 +1,10 @@
 """denoisekit: a modular, plugin-based framework for denoising diffusion models.
 
-The public plugin API, everything a plugin author imports (see docs/writing-a-plugin.md):
-:data:`hookimpl` and :class:`ComponentSpec` (with its load-time ``facts`` and ``check``);
-the kinds (:class:`Kind` records) and their contracts (:class:`typing.Protocol` classes);
-config helpers and validators (:mod:`denoisekit.config`); :class:`Denoiser`,
-:class:`DiscreteSchedule` and the math module :mod:`diffusion`; the user-facing errors;
-and :func:`build`, which builds a registered component by name
-(``denoisekit.build("sampler", "ddim", steps=20)``).
-
-``Denoiser``, ``DiscreteSchedule``, ``PREDICTION_TYPES``, ``diffusion`` and ``build`` import
-torch or the host, so they are loaded on first access: ``import denoisekit`` stays light.
+The public plugin API (see docs/writing-a-plugin.md): :data:`hookimpl`, :class:`ComponentSpec`,
+the kinds and their contracts, config helpers and validators, :class:`Denoiser`,
+:class:`DiscreteSchedule` and :mod:`diffusion`, the user-facing errors, and :func:`build`
+(``denoisekit.build("sampler", "ddim", steps=20)``). The names in ``_LAZY`` import torch or
+the host, so they are loaded on first access: ``import denoisekit`` stays light.
 """
 
 from __future__ import annotations
@@ -26,7 +21,6 @@ from denoisekit.config import (
     non_negative_finite,
     open_unit_interval,
     option,
-    option_doc,
     positive_finite,
     positive_ints,
     unit_interval,
@@ -110,5 +104,5 @@ __all__ = [
     "MetricContext", "NoiseSchedule", "Optimizer", "PluginLoadError", "Problem", "RecipeError",
     "RegistryError", "SampleSet", "SamplerLike", "__version__", "build", "diffusion", "hookimpl",
     "int_at_least", "int_between", "non_negative_finite", "open_unit_interval", "option",
-    "option_doc", "optional", "positive_finite", "positive_ints", "unit_interval",
+    "optional", "positive_finite", "positive_ints", "unit_interval",
 ]  # fmt: skip

@@ -50,11 +50,6 @@ def option(
     )
 
 
-def option_doc(field: attrs.Attribute) -> str:
-    """The one-line doc of a config field ('' when it has none)."""
-    return field.metadata.get(DOC_KEY, "")
-
-
 def unit_interval(inst: Any, attribute: attrs.Attribute, value: float) -> None:
     """Validator: ``0 <= value <= 1``."""
     if not 0.0 <= value <= 1.0:

@@ -14,6 +14,8 @@ import attrs
 if TYPE_CHECKING:
     import torch
 
+    from denoisekit.hookspecs import Run
+
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]*$")
 
 
@@ -49,8 +51,7 @@ def _check_probe(inst: ComponentSpec, attribute: attrs.Attribute, value: Any) ->
         raise ValueError(f"{where} sets unknown options {unknown}; the options are {sorted(known)}")
 
 
-#: A problem a recipe check finds: ``(key path, message)``. The key path is relative to the
-#: checked component's table (``"steps"`` of the sampler is reported as ``sampler.steps``).
+#: A problem a check finds: ``(key, message)``; the sampler's ``"steps"`` is ``sampler.steps``.
 Problem = tuple[str, str]
 
 #: The facts components state about themselves for the others' checks (see
@@ -68,15 +69,11 @@ FACTS: dict[str, dict[str, str]] = {
 
 @attrs.frozen(kw_only=True)
 class CheckContext:
-    """What a component's ``check`` sees of the recipe it is part of.
-
-    Attributes:
-        recipe: the whole recipe, every table already structured and valid on its own
-            (``recipe.train.steps``, ``recipe.metrics``, ...).
-        facts: kind → what that kind's component states from its config (:data:`FACTS`);
-            a fact a component does not state is unknown, and checks needing it pass.
-        table: the key path of the component being checked (``"sampler"``, ``"hooks.ema"``).
-    """
+    """What a component's ``check`` sees of its recipe: ``recipe``, the whole recipe, every
+    table structured and valid on its own (``recipe.train.steps``); ``facts``, kind → what
+    that kind's component states from its config (:data:`FACTS`; a fact not stated is
+    unknown, and checks needing it pass); ``table``, the checked component's key path
+    (``"sampler"``, ``"hooks.ema"``)."""
 
     recipe: Any
     facts: Mapping[str, Mapping[str, Any]]
@@ -93,24 +90,20 @@ class ComponentSpec:
 
     Attributes:
         kind: one of :data:`KINDS`.
-        name: the registered name a recipe selects with ``type = "name"`` (lowercase).
-        config: a frozen attrs class; its fields are the recipe keys of this component.
-        build: the factory, called as ``build(config, **context)`` (the context keywords of
-            each kind: :data:`BUILD_CONTEXT`); a class whose ``__init__`` takes them is one.
+        name: what a recipe selects with ``type = "name"`` (lowercase).
+        config: a frozen attrs class; its fields are the component's recipe keys.
+        build: the factory, ``build(config, **context)`` (each kind's context keywords:
+            :data:`BUILD_CONTEXT`); a class whose ``__init__`` takes them is one.
         summary: one line shown by ``denoisekit plugins``.
-        probe: options (overriding the config's defaults) of a tiny instance the registry
-            builds and exercises, to reject a broken component before any run (only the
-            :data:`PROBE_KINDS`; a backbone's must set ``in_channels`` and ``image_size``).
-        facts: ``facts(config) -> dict``: what this component states about itself, from its
-            config alone, for the others' checks (:data:`FACTS`).
-        check: ``check(config, context) -> iterable of (key, message)``: the problems of its
-            options that only the rest of the recipe shows (a sampler's ``steps`` beyond the
-            schedule's), or only computing with them (betas that underflow), found when the
-            recipe loads. ``context`` is a :class:`CheckContext`; keys are relative to the
-            component's table (``""``: the table itself). Keep it cheap; checks of one
-            option alone belong in its validator.
-        formats: a backbone's converters from and to other libraries' model files, by
-            format name (``"diffusers"``); docs/interop.md gives their methods.
+        probe: options of a tiny instance the registry builds and exercises before any run
+            (:data:`PROBE_KINDS` only; a backbone's sets ``in_channels`` and ``image_size``).
+        facts: ``facts(config) -> dict``: what it states about itself from its config
+            alone, for the others' checks (:data:`FACTS`).
+        check: ``check(config, context) -> iterable of (key, message)``, run when the recipe
+            loads (cheap): what only the rest of the recipe (a sampler's ``steps`` beyond the
+            schedule's) or computing (betas that underflow) shows. ``context``: a
+            :class:`CheckContext`; keys relative to its table (``""``: the table itself).
+        formats: a backbone's converters of other libraries' files, by name (docs/interop.md).
     """
 
     kind: str = attrs.field(validator=_check_kind)
@@ -135,12 +128,9 @@ def optional(component: Any, protocol: type, name: str) -> Any:
 
 
 class NoiseSchedule(Protocol):
-    """A discrete-time variance-preserving noise schedule.
-
-    ``alphas_cumprod[t]`` is alpha_bar at timestep ``t`` for ``t = 0 .. T-1`` (diffusers'
-    indexing: index ``t`` is the paper's ``t + 1``), a float64 CPU tensor, strictly
-    decreasing in (0, 1).
-    """
+    """A discrete-time variance-preserving noise schedule: ``alphas_cumprod[t]`` is alpha_bar
+    at ``t = 0 .. T-1`` (index ``t`` is the paper's ``t + 1``), a float64 CPU tensor,
+    strictly decreasing in (0, 1)."""
 
     @property
     def num_timesteps(self) -> int: ...
@@ -150,11 +140,9 @@ class NoiseSchedule(Protocol):
 
 
 class Backbone(Protocol):
-    """An ``nn.Module`` mapping ``(x_t, t, cond=None)`` to a tensor of x_t's shape.
-
-    ``t`` is a float tensor of shape ``(B,)`` holding timesteps in ``[0, T)`` (possibly
-    fractional), or, where ``time_input`` is ``"log_snr"``, log-SNR values.
-    """
+    """An ``nn.Module`` mapping ``(x_t, t, cond=None)`` to a tensor of x_t's shape; ``t`` is a
+    float ``(B,)`` tensor of timesteps in ``[0, T)`` (possibly fractional), or log-SNR values
+    where ``time_input`` is ``"log_snr"``."""
 
     time_input: str = "timestep"  # what ``t`` holds: "timestep" or "log_snr" (optional)
     num_classes: int | None = None  # classes of the ``cond`` labels; None: unconditional
@@ -170,6 +158,7 @@ class BackboneConfig(Protocol):
 
     in_channels: int | None = None
     image_size: int | None = None
+    num_classes: int | None = None  # class-conditional: labels 0 .. num_classes - 1
 
 
 class Loss(Protocol):
@@ -220,11 +209,8 @@ class SamplerLike(Protocol):
 
 
 class DataLike(Protocol):
-    """A map-style dataset of ``(image, label)`` pairs, images C×H×W in [-1, 1].
-
-    ``label`` is an int (``-1`` where the data has none). ``num_classes`` is ``None`` for
-    unlabelled data. ``image_shape`` is ``(C, H, W)``.
-    """
+    """A map-style dataset of ``(image, label)`` pairs, images C×H×W in [-1, 1]; ``label`` is
+    an int (``-1`` where the data has none, and ``num_classes`` is ``None``)."""
 
     num_classes: int | None
     image_shape: tuple[int, int, int]
@@ -276,30 +262,26 @@ class SampleSet:
 
 class MetricContext(Protocol):
     """What a metric gets, each thing built on first use and shared by the evaluation's
-    metrics: ``samples()`` (drawn with image ``i`` seeded from ``(seed, i)``, or a sample
-    file's), ``draw()`` fresh timed samples, ``require_run(metric)`` the run or a one-line
-    error naming the metric, ``denoiser()`` over the sampling (EMA) weights, the reference
-    data (the recipe's data built with ``train=False``; a subset of ``n`` images is seeded
-    from ``seed``) and a cache key naming it, ``cache_dir`` for things kept between runs."""
+    metrics; the reference data is the recipe's data built with ``train=False``."""
 
     seed: int
     batch_size: int
-    cache_dir: Path
+    cache_dir: Path  # for things kept between runs
     recipe: Any
     registry: Any
 
     @property
     def device(self) -> torch.device: ...
-    def require_run(self, metric: str) -> Any: ...
-    def denoiser(self, metric: str = ...) -> Any: ...
-    def samples(self) -> SampleSet: ...
+    def require_run(self, metric: str) -> Run: ...  # the run, or a one-line error naming metric
+    def denoiser(self, metric: str = ...) -> Any: ...  # over the sampling (EMA) weights
+    def samples(self) -> SampleSet: ...  # image i seeded from (seed, i), or a sample file's
     def sample_images(self) -> torch.Tensor: ...
-    def draw(self, n: int, *, seed: int, batch_size: int) -> SampleSet: ...
+    def draw(self, n: int, *, seed: int, batch_size: int) -> SampleSet: ...  # fresh, timed
     def reference_data(self) -> Any: ...
-    def reference_images(
+    def reference_images(  # a subset of n images is seeded from seed
         self, n: int | None = None, *, batch_size: int = 256
     ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
-    def reference_key(self) -> str: ...
+    def reference_key(self) -> str: ...  # a cache key naming the reference data
 
 
 class Metric(Protocol):
@@ -316,25 +298,17 @@ class Metric(Protocol):
 
 @attrs.frozen
 class Kind:
-    """Everything the host knows of one component kind: every per-kind table derives from it.
-
-    ``protocol``: the contract. ``many``: a recipe holds many, as ``[table.NAME]``; else
-    one, as ``[table]`` (``table`` defaults to the name). ``default``: the type a recipe
-    leaving the table out gets (None: required). ``context``: the keywords ``build`` gets
-    besides the config. ``methods``: what the class ``build`` declares must have (the
-    static check). ``probed``: components may declare a ``probe``. ``runs``: a tiny run
-    swaps it in and the conformance kit checks its behaviour.
-    """
+    """Everything the host knows of one component kind: every per-kind table derives from it."""
 
     name: str
-    protocol: type
-    many: bool = False
-    table: str = attrs.Factory(lambda self: self.name, takes_self=True)
-    default: str | None = None
-    context: tuple[str, ...] = ()
-    methods: tuple[str, ...] = ()
-    probed: bool = False
-    runs: bool = False
+    protocol: type  # the contract
+    many: bool = False  # a recipe holds many, as ``[table.NAME]``; else one, as ``[table]``
+    table: str = attrs.Factory(lambda self: self.name, takes_self=True)  # default: the name
+    default: str | None = None  # the type a recipe leaving the table out gets (None: required)
+    context: tuple[str, ...] = ()  # the keywords ``build`` gets besides the config
+    methods: tuple[str, ...] = ()  # what the class ``build`` declares must have (static check)
+    probed: bool = False  # components may declare a ``probe``
+    runs: bool = False  # a tiny run swaps it in and the conformance kit checks its behaviour
 
 
 #: Every kind, in the order a run builds them. Build context: data's ``root`` is the recipe

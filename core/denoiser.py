@@ -25,14 +25,8 @@ PREDICTION_TYPES: tuple[str, ...] = ("eps", "x0", "v")
 
 
 def check_output_shape(output: Any, x_t: torch.Tensor, backbone: str) -> None:
-    """Raise :class:`ComponentError` unless the backbone's ``output`` is a tensor of
-    ``x_t``'s shape (no learned variance here: one prediction per input value).
-
-    A comparison of sizes on the host: it never waits for the device.
-
-    Args:
-        backbone: how the error names the backbone (its type, class and plugin).
-    """
+    """Raise :class:`ComponentError`, naming ``backbone``, unless ``output`` is a tensor of
+    ``x_t``'s shape (one prediction per input value). Compares sizes: never waits for the device."""
     if isinstance(output, torch.Tensor) and output.shape == x_t.shape:
         return
     got = (
@@ -50,21 +44,16 @@ class Denoiser:
     """Wrap ``model(x_t, time, cond=None)`` into ``(eps, x0)`` estimates.
 
     Args:
-        model: the backbone. Its optional attribute ``time_input`` says what it takes as
-            time: ``"timestep"`` (default; the integer index as a float) or ``"log_snr"``
-            (the schedule's log-SNR at that index).
-        schedule: the schedule the backbone was trained on (any object with
-            ``alphas_cumprod`` is accepted and wrapped into a :class:`DiscreteSchedule`).
+        model: the backbone; its optional ``time_input`` is ``"timestep"`` (the integer index
+            as a float) or ``"log_snr"`` (the schedule's log-SNR at that index).
+        schedule: its training schedule (any ``NoiseSchedule``, made a :class:`DiscreteSchedule`).
         prediction_type: ``"eps"``, ``"x0"`` or ``"v"``.
-        name: how errors name the backbone (default: ``the backbone <its class>``).
-
-    Raises:
-        ComponentError: from :meth:`predict`, when the backbone's output is not a tensor of
-            its input's shape.
+        name: how errors name the backbone (default: ``the backbone <its class>``); a
+            backbone output not of its input's shape is a :class:`ComponentError`.
 
     Attributes:
-        num_evaluations: network evaluations made through :meth:`predict` (a plain int,
-            free to count; set it to 0 to restart).
+        num_evaluations: network evaluations made through :meth:`predict` (a plain int;
+            set it to 0 to restart).
     """
 
     def __init__(
@@ -84,18 +73,14 @@ class Denoiser:
             raise ValueError(f"model.time_input must be 'timestep' or 'log_snr': {time_input!r}")
         self.model = model
         self.time_input = time_input
-        # Any NoiseSchedule works: wrap a foreign one to get the cached coefficient tables.
         self.schedule = DiscreteSchedule.of(schedule)
         self.prediction_type = prediction_type
         self.name = name if name is not None else f"the backbone {type(model).__name__}"
         self.num_evaluations = 0
 
     def model_time(self, t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """What the backbone receives as time for integer timesteps ``t`` (shape ``(B,)``).
-
-        The schedule's log-SNR at ``t`` when ``model.time_input == "log_snr"``, else ``t``
-        itself as a float. Both in ``dtype`` on ``t``'s device.
-        """
+        """What the backbone receives as time for integer timesteps ``t`` ``(B,)``, in ``dtype``
+        on ``t``'s device: the log-SNR at ``t`` for ``time_input == "log_snr"``, else ``t``."""
         if self.time_input == "log_snr":
             return self.schedule.tables(t.device, dtype).log_snr[t]
         return t.to(dtype)
@@ -103,14 +88,9 @@ class Denoiser:
     def predict(
         self, x_t: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Evaluate the backbone once and return ``(eps, x0)`` estimates.
-
-        Args:
-            x_t: noisy images ``(B, ...)``.
-            t: integer timesteps of the original schedule, shape ``(B,)`` (an int or a
-                0-dim tensor is broadcast over the batch).
-            cond: conditioning passed through to the backbone (omitted when ``None``).
-        """
+        """Evaluate the backbone once on noisy images ``x_t`` ``(B, ...)``: ``(eps, x0)`` at
+        integer timesteps ``t`` of the original schedule, ``(B,)`` (an int or a 0-dim tensor
+        is broadcast); ``cond`` is passed to the backbone (omitted when ``None``)."""
         t = torch.as_tensor(t, device=x_t.device)
         if t.dtype.is_floating_point or t.dtype == torch.bool:
             raise TypeError(f"timesteps must be an integer tensor, got {t.dtype}")
@@ -121,8 +101,7 @@ class Denoiser:
         out = self.network(x_t, t, time, cond)
         self.num_evaluations += 1
         check_output_shape(out, x_t, self.name)
-        # Under autocast the backbone may answer in half precision: do the conversions in
-        # the sampler state's dtype.
+        # Under autocast the output may be half precision: convert in the sampler state's dtype.
         out = out.to(x_t.dtype)
         if self.prediction_type == "eps":
             eps = out

@@ -38,16 +38,3 @@ class CheckpointError(DenoisekitError):
 
 class NonFiniteLossError(DenoisekitError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
-
-
-class OutputError(DenoisekitError):
-    """An output that cannot be written (no space, a folder in the way) or that would
-    replace the user's files without ``--overwrite``."""
-
-
-def exception_line(exc: BaseException, limit: int = 300) -> str:
-    """``Type: message`` of a foreign exception on one line (whitespace collapsed, cut to
-    ``limit`` characters), for error lines that quote it."""
-    text = " ".join(str(exc).split())
-    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."

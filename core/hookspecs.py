@@ -75,9 +75,7 @@ class Run(Protocol):
 
 @_hookspec(historic=True)
 def denoisekit_addhooks(pluginmanager: pluggy.PluginManager) -> None:
-    """Add hook specifications of a plugin's own (``pluginmanager.add_hookspecs``).
-
-    :param pluginmanager: the component plugin manager.
+    """Add hook specifications of a plugin's own to the component plugin manager.
 
     Example::
 
@@ -90,12 +88,8 @@ def denoisekit_addhooks(pluginmanager: pluggy.PluginManager) -> None:
 
 @_hookspec
 def denoisekit_components() -> Iterable[ComponentSpec]:
-    """Return the components this plugin provides.
-
-    Each record names its kind, its name, its frozen attrs config class and its factory;
-    two plugins providing one kind and name is an error naming both.
-
-    :returns: an iterable of :class:`denoisekit.ComponentSpec`.
+    """Return the :class:`denoisekit.ComponentSpec` records of this plugin's components (kind,
+    name, frozen attrs config class, factory); two providing one kind and name is an error.
 
     Example::
 
@@ -125,9 +119,8 @@ def denoisekit_configure(run: Run) -> None:
 
 @_hookspec(firstresult=True)
 def denoisekit_train_model(run: Run, model: torch.nn.Module) -> torch.nn.Module | None:
-    """Return the module the training forward calls (asked once, after configure).
-
-    Under torchrun the engine wraps the answer in DistributedDataParallel.
+    """Return the module the training forward calls (asked once, after configure); under
+    torchrun the engine wraps the answer in DistributedDataParallel.
 
     :param model: the raw backbone, ``run.model`` (which stays raw).
 
@@ -272,8 +265,7 @@ def denoisekit_sampling_model(run: Run) -> Any:
 
 @_hookspec(firstresult=True)
 def denoisekit_last_checkpoint(run: Run) -> Path | None:
-    """Return the newest good checkpoint file (the checkpoint hook answers; the NaN
-    guard names it).
+    """Return the newest good checkpoint file (the checkpoint hook answers; the NaN guard names it).
 
     Example::
 

@@ -19,8 +19,7 @@ import torch
 import denoisekit
 from denoisekit import hookspecs
 from denoisekit.cli import build_parser, docs, recipe_reference
-from denoisekit.cli.plugins import format_plugins
-from denoisekit.config import option_doc
+from denoisekit.cli.plugins import format_plugins, option_doc
 from denoisekit.host.recipe import MULTI_KINDS, SINGLE_KINDS, TOP_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,11 +108,13 @@ def test_reference_lists_what_denoisekit_plugins_lists(registry, pages):
     assert len(ref_rows) == sum(len(attrs.fields(e.spec.config)) for e in registry.entries())
 
 
-def test_reference_covers_the_train_table_and_every_top_level_key(pages):
+def test_reference_covers_the_core_tables_and_every_top_level_key(pages):
     text = pages["recipes.md"]
-    for field in attrs.fields(denoisekit.host.recipe.TrainConfig):
-        assert f"| `{field.name}` |" in text
-    tables = {*SINGLE_KINDS, *MULTI_KINDS, "train"}
+    for table, config_cls in denoisekit.host.recipe.CORE_TABLES.items():
+        assert f"## `[{table}]`" in text
+        for field in attrs.fields(config_cls):
+            assert f"| `{field.name}` |" in text
+    tables = {*SINGLE_KINDS, *MULTI_KINDS, *denoisekit.host.recipe.CORE_TABLES}
     assert set(recipe_reference.TOP_LEVEL) == (set(TOP_KEYS) - tables) | {"extends"}
 
 

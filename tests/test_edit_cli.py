@@ -131,3 +131,99 @@ def test_sample_class_draws_those_classes_and_keeps_the_labels(runs, tmp_path, c
     )
     err = capsys.readouterr().err
     assert "class 10 is out of range; this model has classes 0 to 9" in err
+
+
+def test_guided_sampling_through_the_cli_and_its_errors(runs, tmp_path, capsys):
+    _, plain, conditional = runs
+    out = tmp_path / "g.npz"
+    assert (
+        main(
+            [
+                "sample",
+                str(conditional),
+                "-n",
+                "4",
+                "--class",
+                "3",
+                "--guidance",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert edited(out)[1].tolist() == [3] * 4
+    capsys.readouterr()
+    assert (
+        main(["sample", str(plain), "-n", "2", "--guidance", "2", "--out", str(out), "--overwrite"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "guidance.scale: 2.0 needs a class-conditional backbone" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_label_dropout_trains_the_null_class(tmp_path):
+    import torch
+
+    from denoisekit import hookimpl
+    from denoisekit.engine.build import build_run
+    from denoisekit.engine.loop import train
+    from denoisekit.host.recipe import load_recipe
+
+    class Seen:
+        def __init__(self):
+            self.labels = []
+
+        @hookimpl(tryfirst=True)
+        def denoisekit_train_forward(self, cond):
+            self.labels.append(cond.clone())
+
+    def labels_seen(dropout):
+        recipe = write_recipe(
+            tmp_path,
+            {
+                "backbone": {"num_classes": 10},
+                "train": {"steps": 6, "batch_size": 64, "label_dropout": dropout},
+            },
+            name=f"d{dropout}",
+        )
+        seen = Seen()
+        train(build_run(load_recipe(recipe), out_dir=tmp_path / f"r{dropout}", extra_hooks=[seen]))
+        return torch.cat(seen.labels)
+
+    kept, half, none = labels_seen(0.0), labels_seen(0.5), labels_seen(1.0)
+    assert (kept >= 0).all() and (none == -1).all()
+    fraction = (half == -1).float().mean().item()
+    assert 0.4 < fraction < 0.6, fraction  # 384 labels: 5 standard errors is ±0.13
+    assert torch.equal(half[half >= 0], kept[half >= 0])  # the others keep their label
+
+
+def test_label_dropout_needs_a_conditional_backbone(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, {"train": {"label_dropout": 0.1}})
+    assert main(["recipe", "check", str(recipe)]) == 2
+    assert "train.label_dropout: needs a class-conditional backbone" in capsys.readouterr().err
+
+
+def test_compare_varies_guidance_on_a_trained_run(runs, tmp_path):
+    import io
+
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, _, conditional = runs
+    out = tmp_path / "cmp"
+    args = ["compare", "--run", str(conditional), "--vary", "guidance.scale=0,1,1.0,3"]
+    assert main([*args, "-n", "4", "--out", str(out)]) == 0
+    pictures = {}
+    for variant in (out / "variants").iterdir():
+        acc = EventAccumulator(str(variant))
+        acc.Reload()
+        png = acc.Images("samples")[0].encoded_image_string
+        with Image.open(io.BytesIO(png)) as picture:  # the 4 samples, right of the label
+            pictures[variant.name] = np.asarray(picture)[:, -(4 * 48 + 3 * 2) :].tobytes()
+    by_scale = {name.split("=")[1]: pixels for name, pixels in pictures.items()}
+    assert by_scale["1"] == by_scale["1.0"]  # the same variant twice: the same samples
+    assert len({by_scale["0"], by_scale["1"], by_scale["3"]}) == 3
+    assert "guidance.scale" in (out / "compare.csv").read_text().splitlines()[0]

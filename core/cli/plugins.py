@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from denoisekit.cli.common import Subparsers
-from denoisekit.config import option_doc
+from denoisekit.config import DOC_KEY
 from denoisekit.host.recipe import read_recipe_data
 from denoisekit.host.registry import Registry, load_registry
 
@@ -53,6 +53,11 @@ def format_plugins(registry: Registry, kind: str | None = None) -> str:
             head = f"    {field.name}: {type_text(field.type)} = {default_text(field)}"
             lines.append(f"{head}  {option_doc(field)}".rstrip())
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def option_doc(field: attrs.Attribute) -> str:
+    """The one-line doc of a config field (declared with :func:`denoisekit.option`; '' if none)."""
+    return field.metadata.get(DOC_KEY, "")
 
 
 def type_text(tp: Any) -> str:

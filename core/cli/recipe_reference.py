@@ -13,9 +13,8 @@ import re
 
 import attrs
 
-from denoisekit.cli.plugins import default_text, type_text
-from denoisekit.config import option_doc
-from denoisekit.host.recipe import DEFAULT_TYPES, MULTI_KINDS, SINGLE_KINDS, TrainConfig
+from denoisekit.cli.plugins import default_text, option_doc, type_text
+from denoisekit.host.recipe import CORE_TABLES, DEFAULT_TYPES, MULTI_KINDS, SINGLE_KINDS
 from denoisekit.host.registry import Registry, load_registry
 
 REGENERATE = "python -m denoisekit.cli.docs"
@@ -109,8 +108,8 @@ def recipe_reference(registry: Registry | None = None) -> str:
         "",
         "A recipe is a TOML file: a few top-level keys, one table per component kind whose "
         '`type = "..."` picks a registered component and whose other keys are that '
-        "component's options, and the core `[train]` table. Every option has a default, so "
-        "a table only lists what it changes. Load and check one with "
+        "component's options, and the core `[train]` and `[guidance]` tables. Every option "
+        "has a default, so a table only lists what it changes. Load and check one with "
         "`denoisekit recipe check FILE`, print it fully resolved with "
         "`denoisekit recipe show FILE`, override keys with `--set table.key=VALUE`.",
         "",
@@ -125,8 +124,9 @@ def recipe_reference(registry: Registry | None = None) -> str:
     ]
     for key, (tp, default, doc) in TOP_LEVEL.items():
         out.append(f"| `{key}` | `{tp}` | {default} | {doc} |")
-    out += ["", "## `[train]`", "", rst_to_md(inspect.getdoc(TrainConfig) or ""), ""]
-    out += _options_table(option_rows(TrainConfig, "train", "train"))
+    for table, config_cls in CORE_TABLES.items():
+        out += ["", f"## `[{table}]`", "", rst_to_md(inspect.getdoc(config_cls) or ""), ""]
+        out += _options_table(option_rows(config_cls, table, table))
     tables = {kind: f"[{kind}]" for kind in SINGLE_KINDS}
     tables.update({kind: f"[{table}.NAME]" for table, kind in MULTI_KINDS.items()})
     for kind in (*SINGLE_KINDS, *MULTI_KINDS.values()):

@@ -23,8 +23,9 @@ from denoisekit.engine.batches import BatchStream
 from denoisekit.engine.checkpoint import load_checkpoint
 from denoisekit.engine.components import load_components
 from denoisekit.engine.distributed import DistContext
+from denoisekit.engine.outputs import OutputError
 from denoisekit.engine.run import Run, TrainingState
-from denoisekit.errors import ComponentError, DataError, OutputError
+from denoisekit.errors import ComponentError, DataError
 from denoisekit.host.plugin_manager import hook_problem
 from denoisekit.host.recipe import Origins, Recipe, apply_overrides, recipe_from_data
 from denoisekit.host.registry import Registry

@@ -8,7 +8,7 @@ Atomic writes go through a temporary file beside the target, named
 leaves it behind; the next write into that folder (and a training run's start, for its
 checkpoints) removes the ones of this host whose process is gone
 (:func:`remove_stale_temporaries`). A full disk or a file-size limit is a one-line
-:class:`~denoisekit.errors.OutputError` naming the file, and leaves nothing behind.
+:class:`~denoisekit.engine.outputs.OutputError` naming the file, and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from typing import Any, BinaryIO
 
 import torch
 
-from denoisekit.errors import CheckpointError, OutputError
+from denoisekit.engine.outputs import OutputError
+from denoisekit.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from denoisekit.errors import DenoisekitError
 from denoisekit.host.recipe import Recipe, load_recipe, parse_override
 
 #: Tables that only sampling and evaluation read: variants differing only here share a model.
-SAMPLING_TABLES = ("sampler", "metrics")
+SAMPLING_TABLES = ("sampler", "guidance", "metrics")
 
 
 @attrs.frozen
@@ -244,9 +244,9 @@ def run_compare(
         for variant in members:
             sampler_choice = variant.recipe.sampler
             sampler = run.registry.build("sampler", sampler_choice.type, sampler_choice.config)
-            sample_set = draw_samples(
-                run, num_samples, seed=seed, batch_size=batch_size, sampler=sampler
-            )
+            # The trained run with the variant's sampling tables (sampler, guidance).
+            variant_run = attrs.evolve(run, recipe=variant.recipe, sampler=sampler)
+            sample_set = draw_samples(variant_run, num_samples, seed=seed, batch_size=batch_size)
             values: dict[str, float] = {
                 "sec_per_image": sample_set.seconds / num_samples,
                 "nfe_per_image": sample_set.num_evaluations,
@@ -254,7 +254,9 @@ def run_compare(
             if train_loss is not None:
                 values["train_loss"] = train_loss
             values.update(
-                _metric_values(run, variant, sample_set, metrics, seed, batch_size, model_cache)
+                _metric_values(
+                    variant_run, variant, sample_set, metrics, seed, batch_size, model_cache
+                )
             )
             picture_rows.append(sample_set.images[:row_images])
             row_labels.append(variant.name)

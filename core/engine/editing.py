@@ -28,11 +28,11 @@ import torch
 
 from denoisekit.denoiser import eval_mode
 from denoisekit.diffusion import randn
+from denoisekit.engine.image_files import from_uint8
 from denoisekit.engine.repaint import repaint
 from denoisekit.engine.sampling import image_generators
 from denoisekit.engine.steering import InpaintingDenoiser, truncated
 from denoisekit.errors import DataError
-from denoisekit.images import from_uint8
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 

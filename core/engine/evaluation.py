@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from denoisekit.contracts import Metric, SampleSet, optional
+from denoisekit.engine.image_files import from_uint8, to_uint8
 from denoisekit.engine.reference import build_reference_data, reference_key
 from denoisekit.errors import DenoisekitError
-from denoisekit.images import from_uint8, to_uint8
 
 __all__ = [
     "EVAL_PREFIX",
@@ -181,9 +181,9 @@ class EvalContext:
         # Defaults from the run (reading attributes only; nothing is built here).
         if self.run is not None:
             if self.recipe is None:
-                self.recipe = getattr(self.run, "recipe", None)
+                self.recipe = self.run.recipe
             if self.registry is None:
-                self.registry = getattr(self.run, "registry", None)
+                self.registry = self.run.registry
 
     # -- the model -----------------------------------------------------------------------
 

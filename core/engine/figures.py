@@ -10,6 +10,8 @@ import torch
 #: Small images are scaled up (nearest neighbour, by a whole factor) to at least this side.
 MIN_CELL = 48
 PAD = 2
+#: Grey between and around images, so that white pixels (a mask's) stay visible.
+BACKGROUND = 190
 
 
 def scale_for(side: int, min_cell: int = MIN_CELL) -> int:
@@ -19,14 +21,14 @@ def scale_for(side: int, min_cell: int = MIN_CELL) -> int:
 
 def image_row(images: torch.Tensor, scale: int) -> np.ndarray:
     """``(N, C, H, W)`` in [-1, 1] → one uint8 RGB strip ``(H·s, N·(W·s + PAD) - PAD, 3)``."""
-    from denoisekit.images import to_uint8
+    from denoisekit.engine.image_files import to_uint8
 
     pixels = to_uint8(images)  # N, H, W, C
     if pixels.shape[-1] == 1:
         pixels = np.repeat(pixels, 3, axis=-1)
     pixels = pixels.repeat(scale, axis=1).repeat(scale, axis=2)
     n, h, w, _ = pixels.shape
-    strip = np.full((h, n * (w + PAD) - PAD, 3), 255, np.uint8)
+    strip = np.full((h, n * (w + PAD) - PAD, 3), BACKGROUND, np.uint8)
     for i in range(n):
         strip[:, i * (w + PAD) : i * (w + PAD) + w] = pixels[i]
     return strip
@@ -46,7 +48,7 @@ def labelled_rows(
     label_width = max(int(probe.textlength(label, font=font)) for label, _ in rows) + 3 * PAD
     width = label_width + max(strip.shape[1] for strip in strips)
     height = sum(strip.shape[0] + PAD for strip in strips) + PAD
-    canvas = Image.new("RGB", (width, height), "white")
+    canvas = Image.new("RGB", (width, height), (BACKGROUND,) * 3)
     draw = ImageDraw.Draw(canvas)
     top = PAD
     for (label, _), strip in zip(rows, strips, strict=True):

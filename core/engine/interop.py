@@ -24,10 +24,15 @@ from typing import Any
 from denoisekit.engine.build import build_run, load_trained
 from denoisekit.engine.checkpoint import atomic_write, strip_compile_prefix
 from denoisekit.engine.loop import write_run_files
-from denoisekit.engine.outputs import RUN_OUTPUTS, check_output_folder, clear_outputs
+from denoisekit.engine.outputs import (
+    RUN_OUTPUTS,
+    OutputError,
+    check_output_folder,
+    clear_outputs,
+)
 from denoisekit.engine.run import Run
 from denoisekit.engine.weights import load_weights, read_weights, save_safetensors
-from denoisekit.errors import ComponentError, DenoisekitError, OutputError
+from denoisekit.errors import ComponentError, DenoisekitError
 from denoisekit.host.recipe import recipe_from_data
 from denoisekit.host.registry import Registry, load_registry
 

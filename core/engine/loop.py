@@ -27,10 +27,11 @@ from typing import Any
 import torch
 
 from denoisekit.denoiser import check_output_shape
-from denoisekit.diffusion import q_sample
 from denoisekit.engine import distributed
 from denoisekit.engine.checkpoint import atomic_write, load_checkpoint
+from denoisekit.engine.forward import q_sample
 from denoisekit.engine.run import Run, versions
+from denoisekit.engine.steering import NULL_LABEL
 from denoisekit.engine.weights import init_from
 
 log = logging.getLogger(__name__)
@@ -137,12 +138,19 @@ def _loop(run: Run, cfg: Any) -> None:
             noise = torch.randn(
                 (n, *x0.shape[1:]), device=run.device, generator=state.generator, dtype=x0.dtype
             )
+            dropped = None  # label dropout: these images train the null class
+            if cfg.label_dropout > 0 and run.num_classes:
+                u = torch.rand((n,), device=run.device, generator=state.generator)
+                dropped = u < cfg.label_dropout
             if world_size > 1:
                 mine = distributed.rank_slice(n, run.dist)
                 t, noise = t[mine], noise[mine]
+                dropped = dropped[mine] if dropped is not None else None
             with _no_sync_unless(run, micro == cfg.grad_accum - 1):
                 x_t = q_sample(run.schedule, x0, t, noise)
                 cond = labels if run.num_classes else None
+                if cond is not None and dropped is not None:
+                    cond = cond.masked_fill(dropped, NULL_LABEL)
                 output = hook.denoisekit_train_forward(
                     run=run, x_t=x_t, t=run.denoiser.model_time(t), cond=cond
                 )

@@ -15,7 +15,13 @@ import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from denoisekit.errors import OutputError
+from denoisekit.errors import DenoisekitError
+
+
+class OutputError(DenoisekitError):
+    """An output that cannot be written (no space, a folder in the way) or that would
+    replace the user's files without ``--overwrite``."""
+
 
 #: What ``denoisekit train`` writes in a run folder; any of them means the folder holds a run.
 RUN_OUTPUTS: tuple[str, ...] = (

@@ -30,6 +30,7 @@ from denoisekit.diffusion import randn
 from denoisekit.engine import checkpoint, distributed, evaluation, sampling
 from denoisekit.engine.batches import BatchStream
 from denoisekit.engine.distributed import SINGLE, DistContext
+from denoisekit.engine.steering import GuidedDenoiser
 from denoisekit.errors import CheckpointError
 from denoisekit.host.recipe import Recipe
 from denoisekit.host.registry import Registry
@@ -158,8 +159,20 @@ class Run:
     # ------------------------------------------------------------------ sampling
 
     def sampling_denoiser(self) -> Denoiser:
-        """The denoiser over the sampling weights (EMA where the hook is on)."""
+        """The denoiser over the sampling weights (EMA where the hook is on), with the
+        recipe's classifier-free guidance."""
         model = self.pm.hook.denoisekit_sampling_model(run=self)
+        guidance = self.recipe.guidance
+        if guidance.scale != 1 and self.num_classes:
+            return GuidedDenoiser(
+                model,
+                self.schedule,
+                self.loss.prediction_type,
+                name=self.denoiser.name,
+                scale=guidance.scale,
+                rescale=guidance.rescale,
+                interval=guidance.interval,
+            )
         return Denoiser(model, self.schedule, self.loss.prediction_type, name=self.denoiser.name)
 
     @torch.no_grad()

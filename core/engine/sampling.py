@@ -31,9 +31,10 @@ import torch
 
 from denoisekit.engine import distributed
 from denoisekit.engine.checkpoint import atomic_write, load_checkpoint
+from denoisekit.engine.image_files import to_uint8
 from denoisekit.errors import CheckpointError, PluginLoadError
+from denoisekit.host.convert import PATH_KINDS, RENAMED_KEYS
 from denoisekit.host.registry import Registry, load_registry
-from denoisekit.images import to_uint8
 
 
 def find_checkpoint(path: Path | str) -> Path:
@@ -59,9 +60,25 @@ def stored_recipe(checkpoint: Path, state: dict[str, Any] | None = None) -> dict
     if state is None:
         state = load_checkpoint(checkpoint, mmap=True)
     try:
-        return tomllib.loads(state["recipe"])
+        data = tomllib.loads(state["recipe"])
     except (KeyError, tomllib.TOMLDecodeError) as exc:
         raise CheckpointError(f"{checkpoint}: holds no readable recipe ({exc})") from exc
+    return migrated(data)
+
+
+def migrated(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored recipe written before an option was renamed, with today's key names (a
+    run folder stays usable; a recipe file the user edits is told to rename instead)."""
+    for name, value in data.items():
+        kind = PATH_KINDS.get(name)
+        if kind is None or not isinstance(value, dict):
+            continue
+        tables = [value] if kind == name else [t for t in value.values() if isinstance(t, dict)]
+        for table in tables:
+            for old, new in RENAMED_KEYS.get(kind, {}).items():
+                if old in table and new not in table:
+                    table[new] = table.pop(old)
+    return data
 
 
 def stored_registry(

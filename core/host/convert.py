@@ -15,12 +15,19 @@ from cattrs.errors import (
     IterableValidationError,
 )
 
+from denoisekit.contracts import KIND_RECORDS, KINDS
 from denoisekit.host.suggest import did_you_mean
 
 #: TOML integers are signed 64-bit; larger ones cannot be stored or seeded with.
 INT64_RANGE: tuple[int, int] = (-(2**63), 2**63 - 1)
-#: Options renamed since a release: old key → new key (a recipe using the old one is told).
-RENAMED_KEYS: dict[str, str] = {"timesteps": "num_timesteps"}
+#: Options renamed since a release, by kind: old key → new key. A table using the old key
+#: is told to rename it where its config has the new key and not the old.
+RENAMED_KEYS: dict[str, dict[str, str]] = {
+    "schedule": {"timesteps": "num_timesteps"},
+    "metric": {"timesteps": "steps"},  # nll
+}
+#: The first part of a key path (a kind, or the table of a kind holding many) → the kind.
+PATH_KINDS: dict[str, str] = {k.table: k.name for k in KIND_RECORDS} | {k: k for k in KINDS}
 
 
 def _make_converter() -> cattrs.Converter:
@@ -86,8 +93,9 @@ def flatten_errors(exc: BaseException, path: str, cls: type | None) -> list[tupl
             out += flatten_errors(sub, path, exc.cl)
     elif isinstance(exc, ForbiddenExtraKeysError):
         fields = [f.name for f in attrs.fields(exc.cl)]
+        renamed = RENAMED_KEYS.get(PATH_KINDS.get(path.split(".")[0], ""), {})
         for key in sorted(exc.extra_fields):
-            new = RENAMED_KEYS.get(key)
+            new = renamed.get(key)
             if new in fields and key not in fields:
                 out.append((join_key(path, key), f"renamed to {new}: rename the key"))
             else:

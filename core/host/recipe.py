@@ -18,10 +18,10 @@ from typing import Any
 import attrs
 import tomli_w
 
-from denoisekit.config import int_at_least, option, positive_finite
 from denoisekit.contracts import KIND_RECORDS
 from denoisekit.errors import DenoisekitError, RecipeError, RegistryError
 from denoisekit.host.convert import INT64_RANGE, converter, flatten_errors, structure_config
+from denoisekit.host.core_tables import CORE_TABLES, DEVICE_TYPES, GuidanceConfig, TrainConfig
 from denoisekit.host.recipe_checks import check_recipe
 from denoisekit.host.recipe_files import (
     Origins,
@@ -34,6 +34,7 @@ from denoisekit.host.registry import Registry, load_registry
 from denoisekit.host.suggest import did_you_mean
 
 __all__ = [
+    "CORE_TABLES",
     "DEFAULT_TYPES",
     "DEVICE_TYPES",
     "INT64_RANGE",
@@ -41,6 +42,7 @@ __all__ = [
     "SINGLE_KINDS",
     "TOP_KEYS",
     "ComponentChoice",
+    "GuidanceConfig",
     "Origins",
     "Recipe",
     "TrainConfig",
@@ -60,65 +62,6 @@ SINGLE_KINDS: tuple[str, ...] = tuple(k.name for k in KIND_RECORDS if not k.many
 MULTI_KINDS: dict[str, str] = {k.table: k.name for k in KIND_RECORDS if k.many}
 #: The type used when a recipe leaves a component table out (``data`` is required).
 DEFAULT_TYPES: dict[str, str] = {k.name: k.default for k in KIND_RECORDS if k.default}
-
-
-#: Device types a run can train and sample on (``train.device``, ``--device``).
-DEVICE_TYPES: tuple[str, ...] = ("cpu", "cuda", "mps")
-
-
-def _check_device(inst: Any, attribute: attrs.Attribute, value: str) -> None:
-    if value == "auto":
-        return
-    import torch
-
-    try:
-        device_type = torch.device(value).type
-    except (RuntimeError, ValueError, TypeError):
-        device_type = None
-    if device_type not in DEVICE_TYPES:
-        raise ValueError(f"'{attribute.name}' must be auto, cpu, cuda, cuda:N or mps: {value!r}")
-
-
-def _divides_batch_size(inst: Any, attribute: attrs.Attribute, value: int) -> None:
-    if value > 0 and inst.batch_size % value:
-        raise ValueError(f"'grad_accum' ({value}) must divide 'batch_size' ({inst.batch_size})")
-
-
-@attrs.frozen(kw_only=True)
-class TrainConfig:
-    """The ``[train]`` table: options of the core training loop."""
-
-    steps: int = option(1000, "optimization steps to train for", validator=int_at_least(1))
-    batch_size: int = option(64, "images per optimization step", validator=int_at_least(1))
-    grad_accum: int = option(
-        1,
-        "micro-batches per optimization step (batch_size must divide by it)",
-        validator=[int_at_least(1), _divides_batch_size],
-    )
-    grad_clip: float | None = option(
-        None,
-        "clip the global gradient norm to this value (unset: no clipping)",
-        validator=attrs.validators.optional(positive_finite),
-    )
-    device: str = option(
-        "auto",
-        "'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', 'mps'",
-        validator=_check_device,
-    )
-    num_workers: int = option(0, "DataLoader worker processes", validator=int_at_least(0))
-    pin_memory: bool = option(True, "pin host memory for faster copies to CUDA (ignored on CPU)")
-    drop_last: bool = option(True, "drop the last incomplete batch of each epoch")
-    log_every: int = option(
-        50,
-        "steps between logged scalars (host syncs happen only then)",
-        validator=int_at_least(1),
-    )
-    init_from: str | None = option(
-        None,
-        "start from this run folder's or checkpoint's weights (EMA too), relative to the "
-        "recipe's folder; the optimizer and step start afresh (unset: random weights)",
-        validator=attrs.validators.optional(attrs.validators.instance_of(str)),
-    )
 
 
 @attrs.frozen(kw_only=True)
@@ -150,6 +93,7 @@ class Recipe:
     lr_schedule: ComponentChoice
     sampler: ComponentChoice
     train: TrainConfig = attrs.field(factory=TrainConfig)
+    guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
     hooks: dict[str, ComponentChoice] = attrs.field(factory=dict)
     metrics: dict[str, ComponentChoice] = attrs.field(factory=dict)
     #: The file the recipe was read from (not part of equality).
@@ -175,7 +119,8 @@ class Recipe:
         }
         for kind in SINGLE_KINDS:
             out[kind] = _choice_to_dict(getattr(self, kind))
-        out["train"] = _drop_none(converter.unstructure(self.train))
+        for table in CORE_TABLES:
+            out[table] = _drop_none(converter.unstructure(getattr(self, table)))
         for table in MULTI_KINDS:
             choices = getattr(self, table)
             out[table] = {name: _choice_to_dict(c) for name, c in choices.items()}
@@ -212,7 +157,7 @@ _check_fields()
 
 # --------------------------------------------------------------------------- loading
 
-TOP_KEYS = ("name", "description", "seed", "plugins", "train", *SINGLE_KINDS, *MULTI_KINDS)
+TOP_KEYS = ("name", "description", "seed", "plugins", *CORE_TABLES, *SINGLE_KINDS, *MULTI_KINDS)
 
 
 def load_recipe(
@@ -316,14 +261,15 @@ def recipe_from_data(
                 chosen[name] = choice
         fields[table_name] = chosen
 
-    if "train" in data:
+    for table, config_cls in CORE_TABLES.items():
+        if table not in data:
+            continue
         try:
-            train = data["train"]
-            if not isinstance(train, Mapping):
+            if not isinstance(data[table], Mapping):
                 raise TypeError("expected a table")
-            fields["train"] = structure_config(TrainConfig, train)
+            fields[table] = structure_config(config_cls, data[table])
         except Exception as exc:
-            errors += flatten_errors(exc, "train", TrainConfig)
+            errors += flatten_errors(exc, table, config_cls)
 
     if errors:
         raise RecipeError(_format_errors(where, errors, origins))

@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from denoisekit.contracts import KIND_RECORDS, BackboneConfig, CheckContext, optional
-from denoisekit.errors import DenoisekitError, RegistryError, exception_line
+from denoisekit.errors import DenoisekitError, RegistryError
 from denoisekit.host.convert import join_key
 from denoisekit.host.registry import Registry
+from denoisekit.host.suggest import exception_line
 
 
 def check_recipe(recipe: Any, registry: Registry) -> list[tuple[str, str]]:
@@ -75,6 +76,7 @@ def _core_problems(recipe: Any, facts: Mapping[str, Mapping[str, Any]]) -> list[
         )
         problems.append(("train.batch_size", message))
     problems += _init_from_problems(recipe)
+    problems += _guidance_problems(recipe)
     shape = data.get("image_shape")
     if shape is None:
         return problems
@@ -114,6 +116,31 @@ def _init_from_problems(recipe: Any) -> list[tuple[str, str]]:
     else:
         why = f"{path}: no such run folder or checkpoint"
     return [("train.init_from", f"{why} (relative paths are read from the recipe's folder)")]
+
+
+def _guidance_problems(recipe: Any) -> list[tuple[str, str]]:
+    """Label dropout and guidance need a class-conditional backbone."""
+    if optional(recipe.backbone.config, BackboneConfig, "num_classes"):
+        return []
+    problems = []
+    if recipe.train.label_dropout > 0:
+        problems.append(
+            (
+                "train.label_dropout",
+                "needs a class-conditional backbone: set backbone.num_classes to the data's "
+                "classes, or train.label_dropout = 0",
+            )
+        )
+    if recipe.guidance.scale != 1:
+        problems.append(
+            (
+                "guidance.scale",
+                f"{recipe.guidance.scale} needs a class-conditional backbone "
+                "(backbone.num_classes) trained with train.label_dropout; this one is "
+                "unconditional: leave it at 1",
+            )
+        )
+    return problems
 
 
 def _device_problems(device: str) -> list[tuple[str, str]]:

@@ -20,11 +20,10 @@ from denoisekit.errors import (
     DenoisekitError,
     PluginLoadError,
     RegistryError,
-    exception_line,
 )
 from denoisekit.host.contract_checks import contract_problems, hook_problems
 from denoisekit.host.plugin_manager import PluginManager, get_plugin_manager
-from denoisekit.host.suggest import did_you_mean
+from denoisekit.host.suggest import did_you_mean, exception_line
 
 
 @attrs.frozen

@@ -1,4 +1,4 @@
-"""Did-you-mean suggestions for misspelt names.
+"""Did-you-mean suggestions for misspelt names, and foreign exceptions on one line.
 
 Closeness is the optimal string alignment distance (Damerau–Levenshtein restricted to
 non-overlapping edits): insertions, deletions, substitutions and transpositions of two
@@ -53,3 +53,11 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """``" (did you mean 'x'?)"`` for the closest candidate, else ``""``."""
     match = closest(word, candidates)
     return f" (did you mean {match!r}?)" if match else ""
+
+
+def exception_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` of a foreign exception on one line (whitespace collapsed, cut to
+    ``limit`` characters), for error lines that quote it."""
+    text = " ".join(str(exc).split())
+    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."

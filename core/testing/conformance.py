@@ -38,6 +38,7 @@ from denoisekit.contracts import (
 )
 from denoisekit.denoiser import PREDICTION_TYPES, Denoiser
 from denoisekit.diffusion import DiscreteSchedule, randn
+from denoisekit.engine.steering import GuidedDenoiser
 
 __all__ = [
     "CHECKS",
@@ -243,7 +244,8 @@ def check_sampler(
     determinism under a fixed seed; with a list of per-image generators, image ``i`` does
     not depend on the batch size; the network evaluations made equal
     ``num_evaluations(T)``; ``x_T`` is used and not modified; the callback gets ``i``,
-    ``t``, ``x_t`` and ``x0``; every prediction type works; conditioning is passed through.
+    ``t``, ``x_t`` and ``x0``; every prediction type works; conditioning is passed through;
+    with classifier-free guidance (the denoiser's) one forward per step, scale 1 exact.
     """
     name = f"sampler {spec.name!r}"
     check_config_roundtrip(spec, config)
@@ -342,6 +344,31 @@ def check_sampler(
     cond = torch.arange(B, dtype=torch.float32) + 1.0
     with_cond, _, _ = run(cond=cond)
     assert not torch.equal(with_cond, out), f"{name}: cond did not reach the backbone"
+
+    # 7. classifier-free guidance through the denoiser: one forward (of 2B) per step, and
+    #    scale 1 is exactly the conditional sampler.
+    labels = torch.arange(B) % 3
+    x_T = randn(shape, torch.Generator().manual_seed(7))
+    conditional = sampler.sample(
+        Denoiser(ToyBackbone(shape[1]), sched),
+        x_T,
+        generator=torch.Generator().manual_seed(0),
+        cond=labels,
+    )
+    for scale in (1.0, 3.0):
+        model = ToyBackbone(shape[1])
+        guided = GuidedDenoiser(model, sched, scale=scale)
+        o = sampler.sample(guided, x_T, generator=torch.Generator().manual_seed(0), cond=labels)
+        assert model.calls == expected, (
+            f"{name}: guided sampling made {model.calls} forwards, expected {expected}"
+        )
+        assert bool(torch.isfinite(o).all()) and float(o.abs().max()) <= 1.0, (
+            f"{name}: bad output with guidance scale {scale}"
+        )
+        assert torch.equal(o, conditional) is (scale == 1.0), (
+            f"{name}: guidance scale {scale} must {'' if scale == 1 else 'not '}give the "
+            "conditional samples"
+        )
 
 
 def spec_id(spec: ComponentSpec) -> str:

@@ -93,7 +93,7 @@ class AMPConfig:
 
 
 class AMPHook:
-    """The run hook; build with :func:`build_amp`.
+    """The run hook.
 
     Attributes:
         device_type: ``"cpu"`` or ``"cuda"`` (set by ``denoisekit_configure``).
@@ -222,11 +222,6 @@ class AMPHook:
             total = total + extra.to(self._skipped.device)
         self._last_found_inf = total
         self._skipped += total.clamp(max=1.0)
-
-
-def build_amp(config: AMPConfig) -> AMPHook:
-    """Build the AMP hook."""
-    return AMPHook(config)
 
 
 @hookimpl

@@ -100,7 +100,7 @@ class CheckpointConfig:
 
 
 class CheckpointHook:
-    """The run hook; build with :func:`build_checkpoint`.
+    """The run hook.
 
     Attributes:
         folder: ``<run>/checkpoints``.
@@ -287,11 +287,6 @@ def save_safetensors(run: Run, path: Path) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-def build_checkpoint(config: CheckpointConfig) -> CheckpointHook:
-    """Build the checkpoint hook."""
-    return CheckpointHook(config)
 
 
 @hookimpl

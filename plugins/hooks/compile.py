@@ -62,7 +62,7 @@ class CompileConfig:
 
 
 class CompileHook:
-    """The run hook; build with :func:`build_compile`."""
+    """The run hook."""
 
     def __init__(self, config: CompileConfig) -> None:
         self.config = config
@@ -81,11 +81,6 @@ class CompileHook:
     def denoisekit_train_model(self, model: torch.nn.Module) -> torch.nn.Module:
         log.info("compile: the training forward runs through torch.compile (%s)", self.config)
         return self.compile(model)
-
-
-def build_compile(config: CompileConfig) -> CompileHook:
-    """Build the compile hook."""
-    return CompileHook(config)
 
 
 @hookimpl

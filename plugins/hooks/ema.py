@@ -65,7 +65,7 @@ class EMAConfig:
 
 
 class EMAHook:
-    """The run hook; build with :func:`build_ema`.
+    """The run hook.
 
     Attributes:
         model: the averaged copy of ``run.model`` (eval mode, no gradients); set by
@@ -167,11 +167,6 @@ class EMAHook:
     def _copy_buffers(self) -> None:
         if self._ema_buffers:
             torch._foreach_copy_(self._ema_buffers, self._buffers)
-
-
-def build_ema(config: EMAConfig) -> EMAHook:
-    """Build the EMA hook."""
-    return EMAHook(config)
 
 
 @hookimpl

@@ -75,7 +75,7 @@ class EvaluateConfig:
 
 
 class EvaluateHook:
-    """The run hook; build with :func:`build_evaluate`.
+    """The run hook.
 
     Attributes:
         metrics: name → metric, built at configure time.
@@ -135,11 +135,6 @@ def check_evaluate(config: EvaluateConfig, context: CheckContext) -> Iterator[Pr
             "metrics",
             f"no [metrics.{unknown[0]}] table in the recipe (its metrics: {known})",
         )
-
-
-def build_evaluate(config: EvaluateConfig) -> EvaluateHook:
-    """Build the evaluate hook."""
-    return EvaluateHook(config)
 
 
 @hookimpl

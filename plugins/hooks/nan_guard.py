@@ -56,7 +56,7 @@ class NaNGuardConfig:
 
 
 class NaNGuardHook:
-    """The run hook; build with :func:`build_nan_guard`."""
+    """The run hook."""
 
     def __init__(self, config: NaNGuardConfig) -> None:
         self.config = config
@@ -102,11 +102,6 @@ def _last_good(run: Run) -> str:
     if ask.get_hookimpls():  # a plugin writes checkpoints, none yet
         return "no checkpoint has been written yet"
     return "no checkpoints are written (add [hooks.checkpoint])"
-
-
-def build_nan_guard(config: NaNGuardConfig) -> NaNGuardHook:
-    """Build the NaN guard hook."""
-    return NaNGuardHook(config)
 
 
 @hookimpl

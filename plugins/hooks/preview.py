@@ -61,7 +61,7 @@ def preview_file_name(step: int) -> str:
 
 
 class PreviewHook:
-    """The run hook; build with :func:`build_preview`.
+    """The run hook.
 
     Attributes:
         last_step: the step of the last preview drawn, or None.
@@ -108,11 +108,6 @@ class PreviewHook:
     def denoisekit_train_end(self, run: Run) -> None:
         if self.config.at_end and self.last_step != run.step:
             self.preview(run, run.step)
-
-
-def build_preview(config: PreviewConfig) -> PreviewHook:
-    """Build the preview hook."""
-    return PreviewHook(config)
 
 
 @hookimpl

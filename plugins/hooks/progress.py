@@ -52,7 +52,7 @@ def format_line(step: int, total: int, scalars: dict[str, float]) -> str:
 
 
 class ProgressHook:
-    """The run hook; build with :func:`build_progress`.
+    """The run hook.
 
     Args:
         config: the options.
@@ -122,11 +122,6 @@ class ProgressHook:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-def build_progress(config: ProgressConfig) -> ProgressHook:
-    """Build the progress hook."""
-    return ProgressHook(config)
 
 
 @hookimpl

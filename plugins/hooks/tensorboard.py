@@ -89,7 +89,7 @@ def flatten_recipe(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class TensorBoardHook:
-    """The run hook; build with :func:`build_tensorboard`.
+    """The run hook.
 
     Attributes:
         writer: the ``SummaryWriter`` (between train start and end).
@@ -216,11 +216,6 @@ class TensorBoardHook:
             self.writer.flush()
             self.writer.close()
             self.writer = None
-
-
-def build_tensorboard(config: TensorBoardConfig) -> TensorBoardHook:
-    """Build the TensorBoard hook."""
-    return TensorBoardHook(config)
 
 
 @hookimpl

@@ -9,8 +9,9 @@ training split with an extra "not a digit" class; see
 * ``digits_classes``: how many of the ten digits occur among the confident samples (10: no
   mode is missing);
 * ``digits_count/<d>``: confident samples of each digit ``d``;
-* ``digits_label_accuracy`` (class-conditional models only): the fraction of samples
-  classified (confidently) as the label they were drawn for.
+* for samples drawn for chosen classes (``arr_1`` labels): ``digits_label_accuracy``, the
+  fraction classified confidently as their label; ``digits_accuracy``, the fraction whose
+  most probable digit is their label; ``digits_accuracy/<d>``, that fraction per class.
 
 The quickstart check: ``digits_confident >= 0.9`` and ``digits_classes == 10``. For scale,
 at version 1 of the classifier about 93% of the held-out test digits and ~100% of the
@@ -75,9 +76,14 @@ class DigitsQualityMetric:
             "digits_classes": float(int((counts > 0).sum())),
         }
         out.update({f"digits_count/{d}": float(counts[d]) for d in range(NUM_CLASSES)})
-        if samples.labels is not None:
-            hit = confident & (digit == samples.labels.cpu().long())
-            out["digits_label_accuracy"] = float(hit.float().mean())
+        if samples.labels is not None:  # drawn for chosen classes: did they come out?
+            labels = samples.labels.cpu().long()
+            right = digit == labels
+            out["digits_label_accuracy"] = float((confident & right).float().mean())
+            out["digits_accuracy"] = float(right.float().mean())
+            for d in labels.unique().tolist():
+                if 0 <= d < NUM_CLASSES:
+                    out[f"digits_accuracy/{d}"] = float(right[labels == d].float().mean())
         return out
 
 

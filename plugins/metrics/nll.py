@@ -27,7 +27,7 @@ over ``num_images`` held-out images (the recipe's data with ``train=False``, rou
 8 bits first, as the discretized decoder assumes). Class-conditional models are
 evaluated on each image's own label (a conditional likelihood).
 
-**Estimator with ``timesteps = K``** (``K`` network evaluations per image instead of
+**Estimator with ``steps = K``** (``K`` network evaluations per image instead of
 ``T``): ``L_T`` and the decoder ``L_0`` stay exact; the ``T - 1`` KL terms are split into
 ``K - 1`` contiguous, evenly sized ranges of ``1 .. T-1`` (stratified sampling: ``np.
 array_split``), and for each image and range one index ``t`` is drawn uniformly in the range
@@ -37,7 +37,7 @@ variance grows as ``K`` shrinks (``L_t`` is steep at small ``t``, so it averages
 images more slowly). With ``K >= T`` it is the full bound itself. Deterministic,
 evenly spaced indices with re-weighting were rejected: on the steep profile near ``t = 1``
 they are biased by 25% at ``K = 100``, ``T = 1000``. Use a small ``K`` to follow
-training, and the full bound (``timesteps`` unset) for final numbers.
+training, and the full bound (``steps`` unset) for final numbers.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ _LN2 = math.log(2.0)
 class NLLConfig:
     """Options of ``[metrics.nll]``."""
 
-    timesteps: int | None = option(
+    steps: int | None = option(
         None,
         "network evaluations per image: None = the full bound (all T terms; use for final "
         "numbers), K = decoder + one KL term drawn in each of K-1 even ranges (unbiased)",
@@ -110,7 +110,7 @@ def bound_strata(num_timesteps: int, k: int | None) -> list[tuple[int, int]]:
     if k is None or k >= T:
         return [(t, t) for t in range(T - 1, -1, -1)]
     if k < 2:
-        raise ValueError(f"'timesteps' must be >= 2 (the decoder and one KL term): {k}")
+        raise ValueError(f"'steps' must be >= 2 (the decoder and one KL term): {k}")
     parts = np.array_split(np.arange(1, T), k - 1)  # contiguous, sizes differ by <= 1
     return [(int(p[0]), int(p[-1])) for p in reversed(parts)] + [(0, 0)]
 
@@ -257,7 +257,7 @@ def nll_bpd(
     denoiser: Any,
     x0: torch.Tensor,
     *,
-    timesteps: int | None = None,
+    steps: int | None = None,
     variance: str = "fixed_small",
     clip_denoised: bool = True,
     generator: torch.Generator | None = None,
@@ -265,10 +265,10 @@ def nll_bpd(
 ) -> torch.Tensor:
     """The bound in bits/dim of each image of a batch, ``(B,)`` on ``x0``'s device.
 
-    ``timesteps`` None is the full bound; ``K`` the stratified estimator of the module
+    ``steps`` None is the full bound; ``K`` the stratified estimator of the module
     docstring (``K`` network evaluations per image, unbiased).
     """
-    strata = bound_strata(denoiser.schedule.num_timesteps, timesteps)
+    strata = bound_strata(denoiser.schedule.num_timesteps, steps)
     if all(lo == hi for lo, hi in strata):
         rows: Sequence[int] | torch.Tensor = [lo for lo, _ in strata]
     else:
@@ -302,7 +302,7 @@ class NLLMetric:
 
     def __call__(self, context: MetricContext) -> dict[str, float]:
         cfg = self.config
-        run = context.require_run(self.name)
+        run = context.require_run(self.name)  # a one-line error for a sample file
         denoiser = context.denoiser(self.name)
         images, labels = context.reference_images(cfg.num_images)
         if cfg.quantize:
@@ -310,7 +310,7 @@ class NLLMetric:
         device = context.device
         generator = torch.Generator(device=device).manual_seed(context.seed)
         batch_size = cfg.batch_size or context.batch_size
-        conditional = bool(getattr(run, "num_classes", None))
+        conditional = bool(run.num_classes)
         total = torch.zeros((), device=device, dtype=torch.float64)
         with eval_mode(denoiser.model):
             for start in range(0, images.shape[0], batch_size):
@@ -321,7 +321,7 @@ class NLLMetric:
                 bpd = nll_bpd(
                     denoiser,
                     x0,
-                    timesteps=cfg.timesteps,
+                    steps=cfg.steps,
                     variance=cfg.variance,
                     clip_denoised=cfg.clip_denoised,
                     generator=generator,

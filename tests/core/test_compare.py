@@ -44,7 +44,7 @@ batch_size = 8
 log_every = 1
 [metrics.nll]
 num_images = 8
-timesteps = 5
+steps = 5
 [metrics.fd]
 num_reference = 64
 """

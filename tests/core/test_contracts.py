@@ -340,7 +340,7 @@ def test_public_api_is_importable_and_documented():
         if callable(value) or isinstance(value, type(denoisekit)):
             assert (value.__doc__ or "").strip(), f"denoisekit.{name} has no docstring"
     assert denoisekit.Denoiser is __import__("denoisekit.denoiser").denoiser.Denoiser
-    assert denoisekit.diffusion.q_sample is not None
+    assert denoisekit.diffusion.randn is not None
     assert set(dir(denoisekit)) >= set(denoisekit.__all__)
     with pytest.raises(AttributeError, match="no attribute 'Denoisr'"):
         _ = denoisekit.Denoisr

@@ -11,6 +11,7 @@ import torch
 
 from denoisekit import diffusion as D
 from denoisekit.diffusion import DiscreteSchedule
+from denoisekit.engine import forward
 
 # --------------------------------------------------------------------------- helpers
 
@@ -207,7 +208,9 @@ def test_q_sample_is_the_closed_form(sched, shape):
     t, x0, eps = _batch(50, shape)
     ab = torch.from_numpy(cosine_alpha_bar(51)[:50]).view(-1, *[1] * len(shape))
     expected = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-    torch.testing.assert_close(D.q_sample(sched, x0, t, eps), expected, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(
+        forward.q_sample(sched, x0, t, eps), expected, rtol=1e-14, atol=1e-14
+    )
 
 
 def test_q_sample_moments_empirically(sched):
@@ -218,7 +221,7 @@ def test_q_sample_moments_empirically(sched):
     t = torch.tensor([0, 10, 25, 49])
     x0 = torch.tensor([0.7, -0.3, 0.5, 1.0], dtype=torch.float64)
     noise = torch.randn(N, 4, generator=g, dtype=torch.float64)
-    x_t = D.q_sample(sched, x0.expand(N, 4).T, t, noise.T)  # (4, N): batch = timesteps
+    x_t = forward.q_sample(sched, x0.expand(N, 4).T, t, noise.T)  # (4, N): batch = timesteps
     ab = torch.from_numpy(cosine_alpha_bar(51)[:50])[t]
     mean, var = x_t.mean(1), x_t.var(1)
     assert torch.all((mean - ab.sqrt() * x0).abs() < 5 * ((1 - ab) / N).sqrt())
@@ -250,7 +253,7 @@ def test_round_trip_at_extreme_noise():
     t = torch.tensor([0, 500, 998, 999])
     x0 = torch.tensor([0.3, -0.2, 0.9, -1.0], dtype=torch.float64)
     eps = torch.tensor([1.0, -0.5, 2.0, 0.1], dtype=torch.float64)
-    x_t = D.q_sample(s, x0, t, eps)
+    x_t = forward.q_sample(s, x0, t, eps)
     v = D.v_from_eps_x0(s, t, eps, x0)
     torch.testing.assert_close(D.x0_from_v(s, x_t, t, v), x0, rtol=0, atol=1e-12)
     torch.testing.assert_close(D.eps_from_v(s, x_t, t, v), eps, rtol=0, atol=1e-12)
@@ -281,7 +284,9 @@ def test_q_posterior_is_gaussian_conditioning(sched):
     mean = np.sqrt(prev)[:, None] * x0 + (cov / var22)[:, None] * (x_t - np.sqrt(ab)[:, None] * x0)
     var = var11 - cov**2 / var22
 
-    m, v, logv = D.q_posterior(sched, torch.from_numpy(x0), torch.from_numpy(x_t), torch.arange(T))
+    m, v, logv = forward.q_posterior(
+        sched, torch.from_numpy(x0), torch.from_numpy(x_t), torch.arange(T)
+    )
     assert m.shape == (T, 3) and v.shape == (T, 1) and logv.shape == (T, 1)
     np.testing.assert_allclose(m.numpy(), mean, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(v.numpy()[:, 0], var, rtol=1e-10, atol=1e-15)
@@ -294,7 +299,7 @@ def test_q_posterior_is_gaussian_conditioning(sched):
 def test_q_posterior_float32_image_shapes(sched):
     x0 = torch.zeros(4, 3, 8, 8)
     x_t = torch.ones(4, 3, 8, 8)
-    m, v, _ = D.q_posterior(sched, x0, x_t, torch.tensor([0, 1, 2, 49]))
+    m, v, _ = forward.q_posterior(sched, x0, x_t, torch.tensor([0, 1, 2, 49]))
     assert m.shape == (4, 3, 8, 8) and v.shape == (4, 1, 1, 1) and m.dtype == torch.float32
 
 
@@ -331,7 +336,7 @@ def test_tables_and_randn_on_cuda(sched):
     assert tab.alpha_bar.is_cuda and sched.tables("cuda:0", torch.float32) is tab
     x = D.randn((2, 3), torch.Generator().manual_seed(0), device="cuda", dtype=torch.float32)
     assert x.is_cuda
-    x_t = D.q_sample(sched, x, torch.tensor([0, 5], device="cuda"), x)
+    x_t = forward.q_sample(sched, x, torch.tensor([0, 5], device="cuda"), x)
     assert x_t.is_cuda
 
 

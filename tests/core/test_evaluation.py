@@ -24,12 +24,13 @@ from denoisekit.engine.evaluation import (
     format_results,
     load_samples_npz,
 )
+from denoisekit.engine.image_files import from_uint8, to_uint8
 from denoisekit.engine.loop import train
 from denoisekit.engine.reference import reference_recipe
 from denoisekit.engine.sampling import sample_images, save_npz
 from denoisekit.errors import DenoisekitError, RegistryError
 from denoisekit.host.recipe import load_recipe
-from denoisekit.images import from_uint8, quantize, to_uint8
+from denoisekit.images import quantize
 from tests.plugins.test_metric_digits import shared_cache_dir
 
 TINY = """
@@ -60,7 +61,7 @@ device = "cpu"
 [metrics.fd]
 features = "digits"
 [metrics.nll]
-timesteps = 4
+steps = 4
 num_images = 16
 """
 
@@ -205,7 +206,7 @@ def test_build_metrics_from_tables_and_defaults(run) -> None:
     recipe, registry = run.recipe, run.registry
     metrics = build_metrics(recipe, registry)
     assert list(metrics) == ["fd", "nll"]
-    assert metrics["nll"].config.timesteps == 4  # the recipe's table
+    assert metrics["nll"].config.steps == 4  # the recipe's table
     metrics = build_metrics(recipe, registry, ["sample-time", "nll"])
     assert list(metrics) == ["sample-time", "nll"]
     assert metrics["sample-time"].config.num_images is None  # registered defaults
@@ -214,7 +215,7 @@ def test_build_metrics_from_tables_and_defaults(run) -> None:
 
 
 def test_tables_named_differently_prefix_their_keys(tmp_path) -> None:
-    recipe = tiny_recipe(tmp_path, '[metrics.fast_nll]\ntype = "nll"\ntimesteps = 2\n')
+    recipe = tiny_recipe(tmp_path, '[metrics.fast_nll]\ntype = "nll"\nsteps = 2\n')
     from denoisekit.host.registry import load_registry
 
     metrics = build_metrics(recipe, load_registry(), ["fast_nll"])
@@ -288,9 +289,7 @@ def test_eval_command_prints_and_appends(trained, capsys, monkeypatch) -> None:
     assert record["step"] == 2 and record["eval/nfe_per_image"] == 2.0  # the override
     assert record["eval/fd"] > 0
     # --no-log leaves the file alone; the recipe's tables are the default metrics
-    assert (
-        main(["eval", str(trained), "-n", "8", "--no-log", "--set", "metrics.nll.timesteps=2"]) == 0
-    )
+    assert main(["eval", str(trained), "-n", "8", "--no-log", "--set", "metrics.nll.steps=2"]) == 0
     out = capsys.readouterr().out
     assert "nll_bpd" in out and "fd" in out
     assert (trained / "metrics.jsonl").read_text().splitlines() == after

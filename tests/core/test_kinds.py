@@ -171,6 +171,10 @@ def test_build_a_builtin_by_name() -> None:
          "building a loss needs schedule=... (its build context)"),
         (lambda: denoisekit.build("schedule", "cosine", timesteps=10), RecipeError,
          "schedule.timesteps: renamed to num_timesteps: rename the key"),
+        (lambda: denoisekit.build("metric", "nll", timesteps=10), RecipeError,
+         "metric.timesteps: renamed to steps: rename the key"),
+        (lambda: denoisekit.build("sampler", "ddim", timesteps=10), RecipeError,
+         "sampler.timesteps: unknown key"),  # renames are per kind
     ],
 )  # fmt: skip
 def test_build_errors_are_one_line(call, error, message) -> None:
@@ -196,6 +200,14 @@ def test_a_recipe_still_using_timesteps_is_told_to_rename_it(tmp_path) -> None:
     with pytest.raises(RecipeError, match=r"schedule\.timesteps: renamed to num_timesteps: "
                        r"rename the key \(set by --set\)"):  # fmt: skip
         load_recipe(write_recipe(tmp_path / "b"), ["schedule.timesteps=50"])
+
+
+def test_a_recipe_still_using_the_nll_timesteps_is_told_to_rename_it(tmp_path) -> None:
+    from denoisekit.host.recipe import load_recipe
+
+    with pytest.raises(RecipeError) as info:
+        load_recipe(write_recipe(tmp_path), ["metrics.nll.timesteps=20"])
+    assert "metrics.nll.timesteps: renamed to steps: rename the key" in str(info.value)
 
 
 # --------------------------------------------------------------------------- metric context

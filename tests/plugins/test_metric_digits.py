@@ -159,6 +159,14 @@ def test_digits_quality_of_real_digits() -> None:
     assert sum(counts) == pytest.approx(out["digits_confident"] * 360)
     assert min(counts) > 20  # the test split holds ~36 of each digit
     assert out["digits_label_accuracy"] > 0.85
+    assert out["digits_accuracy"] >= out["digits_label_accuracy"]
+    per_class = [out[f"digits_accuracy/{d}"] for d in range(10)]
+    counts = torch.bincount(test.labels.long(), minlength=10).float()
+    # the overall accuracy is the per-class accuracies weighted by the class counts
+    assert out["digits_accuracy"] == pytest.approx(
+        float((torch.tensor(per_class) * counts).sum() / 360)
+    )
+    assert min(per_class) > 0.8
 
 
 def test_digits_quality_of_one_digit_and_of_noise() -> None:

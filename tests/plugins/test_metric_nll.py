@@ -72,6 +72,7 @@ class StubRun:
 
     num_classes = None
     device = torch.device("cpu")
+    recipe = registry = None
 
     def __init__(self, denoiser: Denoiser) -> None:
         self._denoiser = denoiser
@@ -228,7 +229,7 @@ def test_bound_strata_full_and_subsampled() -> None:
     for (lo, hi), row in zip(strata, rows, strict=True):
         assert int(row.min()) >= lo and int(row.max()) <= hi
     assert len(set(rows[0].tolist())) > 50  # drawn per image
-    with pytest.raises(ValueError, match="'timesteps' must be >= 2"):
+    with pytest.raises(ValueError, match="'steps' must be >= 2"):
         bound_strata(10, 1)
 
 
@@ -248,7 +249,7 @@ def test_subsampled_estimate_is_unbiased_for_the_full_bound() -> None:
     x0 = gaussian_data(2000, seed=11)
     full = analytic_bound_bpd(x0.numpy(), betas, variance="fixed_small")
     sub = nll_bpd(
-        denoiser, x0, timesteps=20, clip_denoised=False, generator=torch.Generator().manual_seed(0)
+        denoiser, x0, steps=20, clip_denoised=False, generator=torch.Generator().manual_seed(0)
     )
     stderr = float(sub.std()) / math.sqrt(len(sub))
     assert abs(float(sub.mean()) - full) < 4 * stderr
@@ -272,8 +273,8 @@ def test_discretized_likelihood_is_a_distribution_on_the_8bit_grid() -> None:
 
 
 def test_config_validation() -> None:
-    with pytest.raises(ValueError, match="'timesteps' must be an integer >= 2"):
-        NLLConfig(timesteps=1)
+    with pytest.raises(ValueError, match="'steps' must be an integer >= 2"):
+        NLLConfig(steps=1)
     with pytest.raises(ValueError, match="'num_images' must be a positive integer"):
         NLLConfig(num_images=0)
     with pytest.raises(ValueError, match="variance"):

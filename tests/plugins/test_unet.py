@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from denoisekit.config import option_doc
+from denoisekit.cli.plugins import option_doc
 from denoisekit.host.recipe import structure_config
 from denoisekit.host.registry import load_registry
 from denoisekit.plugins.backbones import unet as unet_mod

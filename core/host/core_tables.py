@@ -1,0 +1,116 @@
+"""The recipe's core tables (not components): ``[train]``, the training loop's options,
+and ``[guidance]``, classifier-free guidance at sampling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from denoisekit.config import (
+    int_at_least,
+    option,
+    positive_finite,
+    unit_interval,
+)
+
+#: Device types a run can train and sample on (``train.device``, ``--device``).
+DEVICE_TYPES: tuple[str, ...] = ("cpu", "cuda", "mps")
+
+
+def _check_device(inst: Any, attribute: attrs.Attribute, value: str) -> None:
+    if value == "auto":
+        return
+    import torch
+
+    try:
+        device_type = torch.device(value).type
+    except (RuntimeError, ValueError, TypeError):
+        device_type = None
+    if device_type not in DEVICE_TYPES:
+        raise ValueError(f"'{attribute.name}' must be auto, cpu, cuda, cuda:N or mps: {value!r}")
+
+
+def _divides_batch_size(inst: Any, attribute: attrs.Attribute, value: int) -> None:
+    if value > 0 and inst.batch_size % value:
+        raise ValueError(f"'grad_accum' ({value}) must divide 'batch_size' ({inst.batch_size})")
+
+
+@attrs.frozen(kw_only=True)
+class TrainConfig:
+    """The ``[train]`` table: options of the core training loop."""
+
+    steps: int = option(1000, "optimization steps to train for", validator=int_at_least(1))
+    batch_size: int = option(64, "images per optimization step", validator=int_at_least(1))
+    grad_accum: int = option(
+        1,
+        "micro-batches per optimization step (batch_size must divide by it)",
+        validator=[int_at_least(1), _divides_batch_size],
+    )
+    grad_clip: float | None = option(
+        None,
+        "clip the global gradient norm to this value (unset: no clipping)",
+        validator=attrs.validators.optional(positive_finite),
+    )
+    device: str = option(
+        "auto",
+        "'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', 'mps'",
+        validator=_check_device,
+    )
+    num_workers: int = option(0, "DataLoader worker processes", validator=int_at_least(0))
+    pin_memory: bool = option(True, "pin host memory for faster copies to CUDA (ignored on CPU)")
+    drop_last: bool = option(True, "drop the last incomplete batch of each epoch")
+    label_dropout: float = option(
+        0.0,
+        "probability of training a step's image with the null class instead of its label "
+        "(classifier-free guidance needs about 0.1; class-conditional backbones only)",
+        validator=unit_interval,
+    )
+    log_every: int = option(
+        50,
+        "steps between logged scalars (host syncs happen only then)",
+        validator=int_at_least(1),
+    )
+    init_from: str | None = option(
+        None,
+        "start from this run folder's or checkpoint's weights (EMA too), relative to the "
+        "recipe's folder; the optimizer and step start afresh (unset: random weights)",
+        validator=attrs.validators.optional(attrs.validators.instance_of(str)),
+    )
+
+
+def _interval(inst: Any, attribute: attrs.Attribute, value: tuple[float, float]) -> None:
+    low, high = value
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(
+            f"'interval' must be [low, high] with 0 <= low <= high <= 1: {list(value)}"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class GuidanceConfig:
+    """The ``[guidance]`` table: classifier-free guidance (Ho & Salimans 2022) at sampling,
+    for a class-conditional backbone trained with ``train.label_dropout``. The denoiser
+    combines one forward of the doubled batch as ``u + scale (c - u)``, for every sampler."""
+
+    scale: float = option(
+        1.0,
+        "guidance scale w: 1 = conditional (no guidance), 0 = unconditional, > 1 guided",
+        validator=attrs.validators.and_(
+            attrs.validators.instance_of((int, float)), attrs.validators.ge(0)
+        ),
+    )
+    rescale: float = option(
+        0.0,
+        "guidance rescale phi (Lin et al. 2023): 0 = off, 0.7 = their choice",
+        validator=unit_interval,
+    )
+    interval: tuple[float, float] = option(
+        (0.0, 1.0),
+        "guide only where low <= t / T <= high (Kynkäänniemi et al. 2024); elsewhere conditional",
+        validator=_interval,
+    )
+
+
+#: The core tables, by recipe table name.
+CORE_TABLES: dict[str, type] = {"train": TrainConfig, "guidance": GuidanceConfig}
