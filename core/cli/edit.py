@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
@@ -78,17 +77,10 @@ def _options(args: argparse.Namespace) -> Any:
         raise DenoisekitError("edit: give --mask (inpainting) and/or --strength (img2img)")
     if args.repaint is not None and args.mask is None:
         raise DenoisekitError("edit: --repaint inpaints: give a --mask")
-    strength = 1.0 if args.strength is None else args.strength
-    if not 0.0 <= strength <= 1.0 or math.isnan(strength):
-        raise DenoisekitError(
-            f"--strength {strength} is outside [0, 1]; use 0 (keep) to 1 (resample)"
-        )
-    if args.repaint is not None and min(args.repaint) < 1:
-        raise DenoisekitError(
-            f"--repaint {' '.join(map(str, args.repaint))}: all three must be >= 1"
-        )
     if args.batch_size <= 0:
         raise DenoisekitError("--batch-size must be positive")
+    strength = 1.0 if args.strength is None else args.strength
+    # EditOptions checks the strength and --repaint (one line each) before anything loads.
     return EditOptions(strength=strength, repaint=tuple(args.repaint) if args.repaint else None)
 
 
@@ -99,7 +91,7 @@ def command(args: argparse.Namespace) -> int:
 
     from denoisekit.engine.build import load_trained
     from denoisekit.engine.editing import edit_images, load_inputs, load_mask
-    from denoisekit.engine.figures import labelled_rows
+    from denoisekit.engine.figures import save_labelled_rows
     from denoisekit.engine.sampling import save_npz
 
     options = _options(args)
@@ -126,17 +118,12 @@ def command(args: argparse.Namespace) -> int:
     save_npz(args.out, results, labels)
     print(f"wrote {results.shape[0]} edited images to {args.out} (step {run.step})")
     if args.grid:
-        from PIL import Image
-
-        from denoisekit.engine.checkpoint import atomic_write
-
         n = min(GRID_IMAGES, images.shape[0])
         rows = [("input", images[:n])]
         if mask is not None:
             shown = mask[:n] if mask.shape[0] > 1 else mask.expand(n, -1, -1, -1)
             rows.append(("mask", (shown * 2 - 1).expand(-1, images.shape[1], -1, -1)))
         rows.append(("result", results[:n]))
-        with atomic_write(args.grid) as handle:
-            Image.fromarray(labelled_rows(rows)).save(handle, format="PNG")
+        save_labelled_rows(args.grid, rows)
         print(f"wrote {args.grid}")
     return 0

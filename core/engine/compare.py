@@ -25,11 +25,9 @@ from typing import Any
 
 import attrs
 import torch
-from PIL import Image
 
 from denoisekit.contracts import Metric, optional
-from denoisekit.engine.checkpoint import atomic_write
-from denoisekit.engine.figures import labelled_rows
+from denoisekit.engine.figures import labelled_rows, save_labelled_rows
 from denoisekit.errors import DenoisekitError
 from denoisekit.host.recipe import Recipe, load_recipe, parse_override
 
@@ -371,6 +369,5 @@ def _write_outputs(
     (out_dir / "compare.md").write_text("\n".join(lines), encoding="utf-8")
     if picture_rows:
         count = min(row_images, *(images.shape[0] for _, images in picture_rows))
-        picture = labelled_rows([(label, images[:count]) for label, images in picture_rows])
-        with atomic_write(out_dir / "compare.png") as handle:
-            Image.fromarray(picture).save(handle, format="PNG")
+        shown = [(label, images[:count]) for label, images in picture_rows]
+        save_labelled_rows(out_dir / "compare.png", shown)

@@ -50,11 +50,21 @@ class EditOptions:
     strength: float = 1.0
     repaint: tuple[int, int, int] | None = None
 
+    def __attrs_post_init__(self) -> None:
+        check_strength(self.strength)
+        if self.repaint is not None and min(self.repaint) < 1:
+            raise DataError(f"--repaint {' '.join(map(str, self.repaint))}: all three must be >= 1")
+
+
+def check_strength(strength: float) -> None:
+    """One line unless ``strength`` lies in [0, 1] (NaN does not)."""
+    if not 0.0 <= strength <= 1.0:
+        raise DataError(f"--strength {strength} is outside [0, 1]; use 0 (keep) to 1 (resample)")
+
 
 def start_timestep(strength: float, num_timesteps: int) -> int:
     """The timestep img2img starts from (``-1``: none, the input is returned)."""
-    if not 0.0 <= strength <= 1.0 or math.isnan(strength):
-        raise DataError(f"--strength {strength} is outside [0, 1]; use 0 (keep) to 1 (resample)")
+    check_strength(strength)
     return math.ceil(strength * num_timesteps) - 1
 
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
+
+from denoisekit.engine.checkpoint import atomic_write
+from denoisekit.engine.image_files import to_uint8
 
 #: Small images are scaled up (nearest neighbour, by a whole factor) to at least this side.
 MIN_CELL = 48
@@ -21,8 +25,6 @@ def scale_for(side: int, min_cell: int = MIN_CELL) -> int:
 
 def image_row(images: torch.Tensor, scale: int) -> np.ndarray:
     """``(N, C, H, W)`` in [-1, 1] → one uint8 RGB strip ``(H·s, N·(W·s + PAD) - PAD, 3)``."""
-    from denoisekit.engine.image_files import to_uint8
-
     pixels = to_uint8(images)  # N, H, W, C
     if pixels.shape[-1] == 1:
         pixels = np.repeat(pixels, 3, axis=-1)
@@ -56,3 +58,11 @@ def labelled_rows(
         draw.text((PAD, top + strip.shape[0] // 2), label, fill="black", font=font, anchor="lm")
         top += strip.shape[0] + PAD
     return np.asarray(canvas).copy()
+
+
+def save_labelled_rows(path: Path | str, rows: Sequence[tuple[str, torch.Tensor]]) -> None:
+    """Write :func:`labelled_rows` as a PNG, atomically."""
+    from PIL import Image
+
+    with atomic_write(path) as handle:
+        Image.fromarray(labelled_rows(rows)).save(handle, format="PNG")

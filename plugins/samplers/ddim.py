@@ -19,15 +19,16 @@ diffusers' ``t - T // steps``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 import torch
 
-from denoisekit import CheckContext, ComponentSpec, DenoiserLike, Problem, hookimpl
+from denoisekit import ComponentSpec, DenoiserLike, hookimpl
 from denoisekit.config import int_at_least, option, unit_interval
 from denoisekit.diffusion import SPACINGS, randn, sampling_steps, spaced_timesteps
+from denoisekit.plugins.samplers._checks import steps_within_schedule
 
 
 @attrs.frozen(kw_only=True)
@@ -131,17 +132,6 @@ class DDIMSampler:
         return f"DDIMSampler({self.config!r})"
 
 
-def check_ddim(config: DDIMConfig, context: CheckContext) -> Iterator[Problem]:
-    """``steps`` must not exceed the schedule's timesteps."""
-    T = context.fact("schedule", "num_timesteps")
-    if T is not None and config.steps > T:
-        yield (
-            "steps",
-            f"{config.steps} steps exceed the schedule's {T} timesteps; set "
-            f"{context.table}.steps to at most {T}",
-        )
-
-
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     return [
@@ -150,7 +140,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="ddim",
             config=DDIMConfig,
             build=DDIMSampler,
-            check=check_ddim,
+            check=steps_within_schedule(),
             summary="DDIM (Song et al. 2021): deterministic at eta = 0, DDPM-like at eta = 1.",
         )
     ]

@@ -13,13 +13,13 @@ schedule and uses the respaced betas ``1 - alpha_bar_{t_i} / alpha_bar_{t_{i-1}}
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 import torch
 
-from denoisekit import CheckContext, ComponentSpec, DenoiserLike, Problem, hookimpl
+from denoisekit import ComponentSpec, DenoiserLike, hookimpl
 from denoisekit.config import int_at_least, option
 from denoisekit.diffusion import (
     SPACINGS,
@@ -29,6 +29,7 @@ from denoisekit.diffusion import (
     sampling_steps,
     spaced_timesteps,
 )
+from denoisekit.plugins.samplers._checks import steps_within_schedule
 
 
 @attrs.frozen(kw_only=True)
@@ -128,17 +129,6 @@ class DDPMSampler:
         return f"DDPMSampler({self.config!r})"
 
 
-def check_ddpm(config: DDPMConfig, context: CheckContext) -> Iterator[Problem]:
-    """``steps`` (when set) must not exceed the schedule's timesteps."""
-    T = context.fact("schedule", "num_timesteps")
-    if T is not None and config.steps is not None and config.steps > T:
-        yield (
-            "steps",
-            f"{config.steps} steps exceed the schedule's {T} timesteps; set "
-            f"{context.table}.steps to at most {T} (or leave it unset: the full chain)",
-        )
-
-
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     return [
@@ -147,7 +137,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="ddpm",
             config=DDPMConfig,
             build=DDPMSampler,
-            check=check_ddpm,
+            check=steps_within_schedule(" (or leave it unset: the full chain)"),
             summary="Ancestral DDPM sampling (Ho et al. 2020), full or respaced chain.",
         )
     ]

@@ -18,16 +18,17 @@ timesteps from ``T - 1`` down to ``0`` and returns the data prediction at timest
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 import numpy as np
 import torch
 
-from denoisekit import CheckContext, ComponentSpec, DenoiserLike, Problem, hookimpl
+from denoisekit import ComponentSpec, DenoiserLike, hookimpl
 from denoisekit.config import int_at_least, option
 from denoisekit.diffusion import sampling_steps
+from denoisekit.plugins.samplers._checks import steps_within_schedule
 
 SPACINGS: tuple[str, ...] = ("logsnr", "linspace")
 
@@ -132,17 +133,6 @@ class DPMSolverSampler:
         return f"DPMSolverSampler({self.config!r})"
 
 
-def check_dpmpp(config: DPMSolverConfig, context: CheckContext) -> Iterator[Problem]:
-    """``steps`` must not exceed the schedule's timesteps."""
-    T = context.fact("schedule", "num_timesteps")
-    if T is not None and config.steps > T:
-        yield (
-            "steps",
-            f"{config.steps} steps exceed the schedule's {T} timesteps; set "
-            f"{context.table}.steps to at most {T}",
-        )
-
-
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     return [
@@ -151,7 +141,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="dpmpp-2m",
             config=DPMSolverConfig,
             build=DPMSolverSampler,
-            check=check_dpmpp,
+            check=steps_within_schedule(),
             summary="DPM-Solver++(2M) (Lu et al. 2022): second-order multistep ODE solver.",
         )
     ]

@@ -1,0 +1,24 @@
+"""The recipe check the built-in samplers share: their ``steps`` against the schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from denoisekit import CheckContext, Problem
+
+
+def steps_within_schedule(hint: str = "") -> Callable[[Any, CheckContext], Iterator[Problem]]:
+    """A check that ``steps`` (when set) does not exceed the schedule's timesteps; ``hint``
+    ends the message."""
+
+    def check(config: Any, context: CheckContext) -> Iterator[Problem]:
+        T = context.fact("schedule", "num_timesteps")
+        if T is not None and config.steps is not None and config.steps > T:
+            yield (
+                "steps",
+                f"{config.steps} steps exceed the schedule's {T} timesteps; set "
+                f"{context.table}.steps to at most {T}{hint}",
+            )
+
+    return check
