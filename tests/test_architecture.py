@@ -50,7 +50,10 @@ ALLOWED_VIOLATIONS: frozenset[str] = frozenset()
 ALLOWED_OVERSIZE: frozenset[str] = frozenset()
 
 MAX_LINES = 400
-API_MAX_LINES = 1500
+#: 1,500 in issue 11; raised for round 5, which moves into the API what plugins need and
+#: the engine kept (the forward process, timestep spacings, atomic/safetensors I/O, the
+#: run-folder-free weights format) instead of each plugin keeping a copy.
+API_MAX_LINES = 1900
 #: The conformance kit is a list of independent checks (one function per numbered
 #: property, each shown failing in tests/core/test_conformance_checks_fail.py): its length is
 #: the number of properties, not tangled logic, so the issue lets it pass the limit.
