@@ -30,6 +30,7 @@ from denoisekit.contracts import (
     FACTS,
     KIND_RECORDS,
     KINDS,
+    NULL_CLASS,
     PROBE_KINDS,
     Backbone,
     BackboneConfig,
@@ -97,7 +98,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "BUILD_CONTEXT", "FACTS", "KINDS", "KIND_RECORDS", "MAX_TIMESTEPS", "PREDICTION_TYPES",
+    "BUILD_CONTEXT", "FACTS", "KINDS", "KIND_RECORDS", "MAX_TIMESTEPS", "NULL_CLASS",
+    "PREDICTION_TYPES",
     "PROBE_KINDS", "Backbone", "BackboneConfig", "CheckContext", "CheckpointError",
     "ComponentError", "ComponentSpec", "DataError", "DataLike", "DenoisekitError", "Denoiser",
     "DenoiserLike", "DiscreteSchedule", "Hook", "Kind", "LRSchedule", "Loss", "Metric",
