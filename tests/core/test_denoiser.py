@@ -240,3 +240,20 @@ def test_fractional_t_is_continuous_between_and_across_steps(sched, dtype):
         assert all(ends[0] - tol <= v <= ends[1] + tol for v in between)
         steps = np.diff([exact, *between, x0_at(k + 1)])
         assert (steps >= -tol).all() or (steps <= tol).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
+@pytest.mark.parametrize("time_input", ["timestep", "log_snr"])
+def test_fractional_t_makes_no_host_device_sync_on_cuda(sched, time_input):
+    x_t = torch.randn(8, 3, 4, 4, device="cuda")
+    den = Denoiser(Smooth(time_input).cuda(), sched, "v")
+    t = torch.linspace(0.0, T - 1, 8, dtype=torch.float64, device="cuda")
+    den.predict(x_t, t)  # the schedule's tables are copied to the device once, here
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        den.predict(x_t, t)
+        den.predict(x_t, t.round().long())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
