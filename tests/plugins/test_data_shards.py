@@ -183,6 +183,7 @@ num_res_blocks = 1
 attention_resolutions = []
 groups = 4
 num_classes = 3
+dropout = 0.0
 [schedule]
 type = "cosine"
 num_timesteps = 20
@@ -351,3 +352,27 @@ def test_missing_shards_and_index_are_one_line(tmp_path) -> None:
         build_shards(shard_config(shards="x-{000000..000002}.tar"), root=tmp_path)
     with pytest.raises(DataError, match=r"shardindex\.json does not exist; write it with"):
         build_shards(shard_config(), root=tmp_path)
+
+
+# --------------------------------------------------------------------------- under torchrun
+
+
+@pytest.mark.slow
+def test_two_ranks_with_workers_resume_a_one_process_run_on_shards(packed: Path, tmp_path):
+    from tests.test_distributed import _assert_close, _state, torchrun
+
+    table = SHARDS_TABLE + "\nhflip = 0.0"  # flips are drawn per rank: off, to compare
+    recipe = write_recipe(packed, table, "dist-shards")
+    extra = ["--set", "train.num_workers=2", "--set", "hooks.checkpoint.every=2"]
+    single = tmp_path / "single"
+    assert main(["train", str(recipe), "--out", str(single), *extra]) == 0
+    two = tmp_path / "two"
+    result = torchrun("train", str(recipe), "--out", str(two), *extra, "--resume",
+                      str(single / "checkpoints" / "step-00000002.pt"), cwd=packed)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    one, resumed = (
+        _state(single / "checkpoints" / "last.pt"),
+        _state(two / "checkpoints" / "last.pt"),
+    )
+    assert one["step"] == resumed["step"] == 4 and one["data"] == resumed["data"]
+    _assert_close(one["model"], resumed["model"])
