@@ -376,3 +376,21 @@ def test_two_ranks_with_workers_resume_a_one_process_run_on_shards(packed: Path,
     )
     assert one["step"] == resumed["step"] == 4 and one["data"] == resumed["data"]
     _assert_close(one["model"], resumed["model"])
+
+
+def test_pack_a_data_type_by_name(tmp_path, capsys) -> None:
+    from denoisekit.plugins.data.digits import DigitsConfig, build_digits
+
+    out = tmp_path / "digits"
+    assert main(["data", "pack", "digits", "--out", str(out), "--per-shard", "1000"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 1437 samples in 2 shards" in printed and "num_classes = 10" in printed
+    data = build_shards(
+        shard_config(shards=str(out / "shardindex.json"), num_classes=10), train=False
+    )
+    digits = build_digits(DigitsConfig())
+    assert len(data) == 1437
+    for i in (0, 999, 1000, 1436):  # both shards; PNG holds 8-bit grey levels
+        (x, y), (a, b) = data[i], digits[i]
+        assert y == b and data.caption(i) == str(b)
+        torch.testing.assert_close(x, a, atol=0.5 / 127.5 + 1e-6, rtol=0)
