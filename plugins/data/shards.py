@@ -269,6 +269,15 @@ def build_shards(
         indexed = False
     if sum(counts) == 0:
         raise DataError(f"shards: the shards of data.shards = {config.shards!r} hold no samples")
+    if len(paths) > config.open_shards:
+        logger.warning(
+            "shards: %d shards, but each DataLoader worker keeps data.open_shards = %d open: "
+            "samples drawn in random order will often reopen (re-index) a shard; raise "
+            "data.open_shards towards %d if the open-file limit allows (ulimit -n)",
+            len(paths),
+            config.open_shards,
+            len(paths),
+        )
     return ShardDataset(paths, counts, config=config, train=train, indexed=indexed)
 
 

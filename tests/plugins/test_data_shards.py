@@ -394,3 +394,12 @@ def test_pack_a_data_type_by_name(tmp_path, capsys) -> None:
         (x, y), (a, b) = data[i], digits[i]
         assert y == b and data.caption(i) == str(b)
         torch.testing.assert_close(x, a, atol=0.5 / 127.5 + 1e-6, rtol=0)
+
+
+def test_more_shards_than_open_shards_is_a_warning(packed: Path, caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        data = build_shards(shard_config(open_shards=3), root=packed)
+    assert "10 shards, but each DataLoader worker keeps data.open_shards = 3" in caplog.text
+    ref = build_shards(shard_config(), root=packed)
+    for i in (0, 20, 40, 1, 21):  # shards 0, 4, 8, 0 (reopened), 4
+        assert torch.equal(data[i][0], ref[i][0])
