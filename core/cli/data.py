@@ -45,8 +45,10 @@ def register(sub: Subparsers) -> None:
 
 def pack_command(args: argparse.Namespace) -> int:
     # torch-importing engine module: lazy, so `denoisekit --help` stays fast.
-    from denoisekit.engine.pack import build_unaugmented, data_recipe, pack_dataset
+    from denoisekit.engine.pack import build_unaugmented, check_output, data_recipe, pack_dataset
 
+    # Before any work (building the data may read every file): the output and the count.
+    check_output(args.out, args.prefix, per_shard=args.per_shard, overwrite=args.overwrite)
     recipe, registry = data_recipe(args.recipe, args.overrides)
     dataset = build_unaugmented(recipe, registry, train=args.split == "train")
     result = pack_dataset(

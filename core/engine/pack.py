@@ -22,7 +22,7 @@ import torch
 
 from denoisekit.errors import DataError, DenoisekitError, RecipeError
 
-__all__ = ["INDEX_NAME", "PackResult", "data_recipe", "pack_dataset"]
+__all__ = ["INDEX_NAME", "PackResult", "check_output", "data_recipe", "pack_dataset"]
 
 #: The index file written next to the shards.
 INDEX_NAME = "shardindex.json"
@@ -89,6 +89,24 @@ def existing_shards(out: Path, prefix: str) -> list[Path]:
     return [*found, index] if index.exists() else found
 
 
+def check_output(out: Path, prefix: str, *, per_shard: int, overwrite: bool) -> list[Path]:
+    """The files of an earlier pack that ``overwrite`` allows to replace.
+
+    Raises:
+        DenoisekitError: ``per_shard`` is not positive, or ``out`` holds an earlier pack
+            and ``overwrite`` is false.
+    """
+    if per_shard < 1:
+        raise DenoisekitError(f"--per-shard {per_shard}: give a positive number of samples")
+    old = existing_shards(out, prefix)
+    if old and not overwrite:
+        raise DataError(
+            f"{out} already holds {len(old)} shard files of an earlier pack (e.g. {old[0].name}); "
+            f"pass --overwrite to replace them, or choose another --out"
+        )
+    return old
+
+
 def to_png(image: torch.Tensor) -> bytes:
     """A C×H×W image in [-1, 1] (C = 1 or 3) as 8-bit PNG bytes."""
     from PIL import Image
@@ -119,14 +137,7 @@ def pack_dataset(
     """
     import webdataset
 
-    if per_shard < 1:
-        raise DenoisekitError(f"--per-shard {per_shard}: give a positive number of samples")
-    old = existing_shards(out, prefix)
-    if old and not overwrite:
-        raise DataError(
-            f"{out} already holds {len(old)} shard files of an earlier pack (e.g. {old[0].name}); "
-            f"pass --overwrite to replace them, or choose another --out"
-        )
+    old = check_output(out, prefix, per_shard=per_shard, overwrite=overwrite)
     shape = tuple(dataset.image_shape)
     if shape[0] not in (1, 3):
         raise DataError(f"the data gives {shape[0]}-channel images; shards hold 1 or 3 (PNG)")

@@ -264,6 +264,9 @@ def test_pack_refuses_to_overwrite_without_the_flag(tmp_path, capsys) -> None:
     assert main(["data", "pack", recipe, "--out", str(out), "--per-shard", "12",
                  "--overwrite"]) == 0  # fmt: skip
     assert sorted(p.name for p in out.iterdir()) == ["shardindex.json", "train-000000.tar"]
+    assert main(["data", "pack", recipe, "--out", str(tmp_path / "new"), "--per-shard", "0"]) == 2
+    assert "--per-shard 0: give a positive number" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 # --------------------------------------------------------------------------- bad shards
