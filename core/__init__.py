@@ -67,7 +67,13 @@ if TYPE_CHECKING:
     from denoisekit.diffusion import DiscreteSchedule
     from denoisekit.host.build import build
 
-__version__ = "0.1.0"
+#: The package version (semantic versioning; pyproject.toml reads it from here). Before
+#: 1.0 a minor release may change the plugin API: CHANGELOG.md says what changed.
+__version__ = "0.2.0"
+#: The plugin API's version (major, minor): the major number grows when a plugin written
+#: for the previous one may break (a contract, hook or public name changed incompatibly),
+#: the minor when the API only gains. 1.0 was denoisekit 0.1; see docs/writing-a-plugin.md.
+PLUGIN_API_VERSION: tuple[int, int] = (2, 0)
 
 #: Marker for hook implementations: ``@denoisekit.hookimpl``.
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -97,12 +103,13 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "BUILD_CONTEXT", "FACTS", "KINDS", "KIND_RECORDS", "MAX_TIMESTEPS", "PREDICTION_TYPES",
-    "PROBE_KINDS", "Backbone", "BackboneConfig", "CheckContext", "CheckpointError",
-    "ComponentError", "ComponentSpec", "DataError", "DataLike", "DenoisekitError", "Denoiser",
-    "DenoiserLike", "DiscreteSchedule", "Hook", "Kind", "LRSchedule", "Loss", "Metric",
-    "MetricContext", "NoiseSchedule", "Optimizer", "PluginLoadError", "Problem", "RecipeError",
-    "RegistryError", "SampleSet", "SamplerLike", "__version__", "build", "diffusion", "hookimpl",
-    "int_at_least", "int_between", "non_negative_finite", "open_unit_interval", "option",
-    "optional", "positive_finite", "positive_ints", "unit_interval",
+    "BUILD_CONTEXT", "FACTS", "KINDS", "KIND_RECORDS", "MAX_TIMESTEPS", "PLUGIN_API_VERSION",
+    "PREDICTION_TYPES", "PROBE_KINDS", "Backbone", "BackboneConfig", "CheckContext",
+    "CheckpointError", "ComponentError", "ComponentSpec", "DataError", "DataLike",
+    "DenoisekitError", "Denoiser", "DenoiserLike", "DiscreteSchedule", "Hook", "Kind",
+    "LRSchedule", "Loss", "Metric", "MetricContext", "NoiseSchedule", "Optimizer",
+    "PluginLoadError", "Problem", "RecipeError", "RegistryError", "SampleSet", "SamplerLike",
+    "__version__", "build", "diffusion", "hookimpl", "int_at_least", "int_between",
+    "non_negative_finite", "open_unit_interval", "option", "optional", "positive_finite",
+    "positive_ints", "unit_interval",
 ]  # fmt: skip

@@ -1,0 +1,42 @@
+"""The version says what a release is: one source for the package version, the plugin
+API's version beside it, and a changelog section for the release."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+import denoisekit
+from tests.import_rules import ROOT
+
+SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
+
+
+def test_the_version_is_semver_and_pyproject_reads_it_from_the_package():
+    assert SEMVER.match(denoisekit.__version__)
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    with warnings.catch_warnings():  # setuptools calls [tool.setuptools] "beta"
+        warnings.simplefilter("ignore")
+        config = read_configuration(ROOT / "pyproject.toml", expand=True)
+    assert config["project"]["version"] == denoisekit.__version__
+
+
+def test_the_plugin_api_version_is_a_major_minor_pair():
+    major, minor = denoisekit.PLUGIN_API_VERSION
+    assert isinstance(major, int) and isinstance(minor, int) and major >= 2
+    assert "PLUGIN_API_VERSION" in denoisekit.__all__
+
+
+@pytest.mark.parametrize("argv", [["-m", "denoisekit", "--version"]])
+def test_version_prints_the_package_and_the_plugin_api(argv):
+    result = subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, check=True, timeout=120
+    )
+    api = ".".join(map(str, denoisekit.PLUGIN_API_VERSION))
+    assert result.stdout.strip() == f"denoisekit {denoisekit.__version__} (plugin API {api})"
+
