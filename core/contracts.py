@@ -142,13 +142,14 @@ class NoiseSchedule(Protocol):
 class Backbone(Protocol):
     """An ``nn.Module`` mapping ``(x_t, t, cond=None)`` to a tensor of x_t's shape; ``t`` is a
     float ``(B,)`` tensor of timesteps in ``[0, T)`` (possibly fractional), or log-SNR values
-    where ``time_input`` is ``"log_snr"``."""
+    where ``time_input`` is ``"log_snr"``. In every contract the host passes the arguments
+    before ``/`` positionally (any names), those after ``*`` by name."""
 
     time_input: str = "timestep"  # what ``t`` holds: "timestep" or "log_snr" (optional)
     num_classes: int | None = None  # classes of the ``cond`` labels; None: unconditional
 
     def __call__(
-        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, /
     ) -> torch.Tensor: ...
 
 
@@ -169,6 +170,7 @@ class Loss(Protocol):
     def __call__(
         self,
         model_output: torch.Tensor,
+        /,
         *,
         x0: torch.Tensor,
         noise: torch.Tensor,
@@ -193,7 +195,7 @@ class SamplerLike(Protocol):
     through a denoiser, ending at t = 0; shape, device and dtype follow ``x_T``, which it
     must not modify. ``generator`` (one, or one per image) draws any noise of its own."""
 
-    def num_evaluations(self, num_timesteps: int) -> int:
+    def num_evaluations(self, num_timesteps: int, /) -> int:
         """Network evaluations one call of :meth:`sample` makes for a schedule of this length."""
         ...
 
@@ -201,6 +203,7 @@ class SamplerLike(Protocol):
         self,
         denoiser: DenoiserLike,
         x_T: torch.Tensor,
+        /,
         *,
         generator: torch.Generator | list[torch.Generator] | None,
         cond: torch.Tensor | None = None,
@@ -217,16 +220,16 @@ class DataLike(Protocol):
 
     def __len__(self) -> int: ...
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]: ...
+    def __getitem__(self, index: int, /) -> tuple[torch.Tensor, int]: ...
 
 
 class Optimizer(Protocol):
     """A ``torch.optim.Optimizer`` or anything with its methods."""
 
     def step(self) -> Any: ...
-    def zero_grad(self, set_to_none: bool = True) -> None: ...
+    def zero_grad(self, *, set_to_none: bool = True) -> None: ...
     def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state_dict: dict[str, Any], /) -> None: ...
 
 
 class LRSchedule(Protocol):
@@ -234,7 +237,7 @@ class LRSchedule(Protocol):
 
     def step(self) -> None: ...
     def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state_dict: dict[str, Any], /) -> None: ...
 
 
 class Hook(Protocol):
@@ -290,7 +293,7 @@ class Metric(Protocol):
     requires_model: bool = False  # True: cannot score a sample file
     uses_samples: bool = True  # False: a property of the model alone (compare runs it once)
 
-    def __call__(self, context: MetricContext) -> dict[str, float]: ...
+    def __call__(self, context: MetricContext, /) -> dict[str, float]: ...
 
 
 # --------------------------------------------------------------------------- kinds
