@@ -40,3 +40,33 @@ def test_version_prints_the_package_and_the_plugin_api(argv):
     api = ".".join(map(str, denoisekit.PLUGIN_API_VERSION))
     assert result.stdout.strip() == f"denoisekit {denoisekit.__version__} (plugin API {api})"
 
+
+
+CHANGELOG = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+GUIDE = (ROOT / "docs" / "writing-a-plugin.md").read_text(encoding="utf-8")
+SECTIONS = ("Added", "Changed", "Deprecated", "Removed", "Fixed", "Security")
+
+
+def test_the_changelog_keeps_a_changelog():
+    releases = re.findall(r"^## \[([^\]]+)\](.*)$", CHANGELOG, flags=re.M)
+    assert releases[0] == ("Unreleased", "")
+    assert [name for name, _ in releases[1:]] == ["0.1.0"]  # 0.2.0 is the unreleased one
+    assert re.fullmatch(r" - \d{4}-\d{2}-\d{2}", releases[1][1])
+    assert f"**{denoisekit.__version__}**" in CHANGELOG.split("\n## [0.1.0]")[0]
+    for heading in re.findall(r"^### (.+)$", CHANGELOG, flags=re.M):
+        assert heading in SECTIONS, f"not a Keep a Changelog section: {heading}"
+
+
+def test_the_changelog_entries_contract_errors_name_exist():
+    from denoisekit.host.signatures import CHANGED
+
+    for reference in CHANGED.values():
+        entry, guide = re.findall(r"'([^']+)'", reference)
+        assert f"**{entry}.**" in CHANGELOG, f"CHANGELOG.md has no entry {entry!r}"
+        assert re.search(rf"^## (\d+\. )?{re.escape(guide)}$", GUIDE, flags=re.M), guide
+
+
+def test_the_guide_states_the_compatibility_policy_and_the_migration():
+    assert re.search(r"^## (\d+\. )?Compatibility$", GUIDE, flags=re.M)
+    assert re.search(r"^## (\d+\. )?Migrating from 0\.1$", GUIDE, flags=re.M)
+    assert "denoisekit>=0.2,<0.3" in GUIDE and "DenoisekitDeprecationWarning" in GUIDE
