@@ -1,6 +1,8 @@
 """Component kinds (one :class:`Kind` record each), the registration record and the
 contracts components meet: :class:`typing.Protocol` classes (no need to inherit from them),
-whose optional attributes carry their default (read them with :func:`optional`)."""
+whose optional attributes carry their default (read them with :func:`optional`) and whose
+methods say how the host calls them: arguments before ``/`` positionally (under any names),
+after ``*`` by name (the registry checks it: :mod:`denoisekit.host.signatures`)."""
 
 from __future__ import annotations
 
@@ -142,8 +144,7 @@ class NoiseSchedule(Protocol):
 class Backbone(Protocol):
     """An ``nn.Module`` mapping ``(x_t, t, cond=None)`` to a tensor of x_t's shape; ``t`` is a
     float ``(B,)`` tensor of timesteps in ``[0, T)`` (possibly fractional), or log-SNR values
-    where ``time_input`` is ``"log_snr"``. In every contract the host passes the arguments
-    before ``/`` positionally (any names), those after ``*`` by name."""
+    where ``time_input`` is ``"log_snr"``."""
 
     time_input: str = "timestep"  # what ``t`` holds: "timestep" or "log_snr" (optional)
     num_classes: int | None = None  # classes of the ``cond`` labels; None: unconditional
