@@ -187,7 +187,7 @@ class DenoiserLike(Protocol):
     def predict(
         self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(eps, x0)`` estimates at integer timesteps ``t`` (shape ``(B,)``)."""
+        """``(eps, x0)`` at timesteps ``t``, which samplers pass as a ``(B,)`` long tensor."""
         ...
 
 
