@@ -19,11 +19,12 @@ timesteps remain. Both start at ``T - 1``, where the sampler's starting noise ``
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from denoisekit.deprecation import warn
 
 #: The timestep spacings, by name (see the module docstring).
 SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace", "logsnr", "karras")
@@ -56,11 +57,9 @@ def spaced_timesteps(
         ValueError: ``steps`` outside ``[1, T]`` or an unknown spacing.
     """
     if isinstance(alphas_cumprod, int):  # 0.1's spaced_timesteps(num_timesteps, ...)
-        warnings.warn(
-            "spaced_timesteps(num_timesteps, ...) is deprecated and goes in denoisekit 0.3.0: "
+        warn(
+            "spaced_timesteps(num_timesteps, ...)",
             "pass the schedule's alphas_cumprod table, spaced_timesteps(alphas_cumprod, ...)",
-            DeprecationWarning,
-            stacklevel=2,
         )
         if spacing in LEVEL_SPACINGS:
             raise ValueError(f"spacing {spacing!r} needs the schedule's alphas_cumprod")

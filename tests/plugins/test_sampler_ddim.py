@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from denoisekit import DenoisekitDeprecationWarning
 from denoisekit.denoiser import Denoiser
 from denoisekit.plugins.samplers import ddim, ddpm
 from denoisekit.plugins.schedules import linear
@@ -61,6 +62,13 @@ def test_timesteps_per_spacing(spacing, expected):
     smp = sampler(steps=10, spacing=spacing)
     assert smp.timesteps(linear_ab(1000)) == expected
     assert smp.num_evaluations(1000) == 10
+
+
+@pytest.mark.parametrize("make", [ddim.DDIMConfig, ddpm.DDPMConfig])
+def test_timesteps_of_num_timesteps_still_work_with_a_deprecation_warning(make):
+    smp = (ddim.DDIMSampler if make is ddim.DDIMConfig else ddpm.DDPMSampler)(make(steps=10))
+    with pytest.warns(DenoisekitDeprecationWarning, match="alphas_cumprod"):
+        assert smp.timesteps(1000) == smp.timesteps(linear_ab(1000))
 
 
 def test_more_steps_than_timesteps_rejected():
