@@ -38,6 +38,7 @@ import denoisekit
 from denoisekit.engine.build import load_trained
 from denoisekit.engine.editing import EditOptions, edit_images
 from denoisekit.engine.evaluation import default_cache_dir
+from denoisekit.engine.figures import save_labelled_rows
 from denoisekit.engine.repaint import num_evaluations as repaint_evaluations
 from denoisekit.images import quantize
 from denoisekit.plugins.metrics._digits_classifier import NUM_CLASSES, classify, load_or_train
@@ -140,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="append one JSON line per result here")
     parser.add_argument("--save", type=Path, help="folder for the results as .npz")
+    parser.add_argument(
+        "--grid", type=Path, help="also write GRID-MASK.png: input, mask, each method (16 digits)"
+    )
     args = parser.parse_args(argv)
 
     base = load_trained(args.run)
@@ -164,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         pasted = nearest_paste(images, train.images, mask)
         row = score(images, pasted, mask, labels, classifier, reference)
         emit({"mask": kind, "method": "nearest-neighbour paste", "n": args.n, **row})
+        shown = mask[:16] if mask.shape[0] > 1 else mask.expand(16, -1, -1, -1)
+        rows = [("input", images[:16]), ("mask", shown * 2 - 1), ("nearest paste", pasted[:16])]
         for spec in args.methods.split(","):
             options, overrides, forwards, backward = parse_method(spec)
             run = load_trained(args.run, overrides=overrides)
@@ -185,9 +191,12 @@ def main(argv: list[str] | None = None) -> int:
                     **row,
                 }
             )
+            rows.append((spec, result[:16]))
             if args.save:
                 args.save.mkdir(parents=True, exist_ok=True)
                 np.savez(args.save / f"{kind}-{spec}.npz", result=result.numpy(), mask=mask.numpy())
+        if args.grid:
+            save_labelled_rows(args.grid.with_name(f"{args.grid.stem}-{kind}.png"), rows)
     return 0
 
 
