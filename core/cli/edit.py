@@ -65,9 +65,8 @@ def register(sub: Subparsers) -> None:
     parser.add_argument(
         "--cg-iterations",
         type=int,
-        default=1,
         metavar="N",
-        help="conjugate-gradient steps of --inpaint mmps (one backward pass each)",
+        help="conjugate-gradient steps of --inpaint mmps (one backward pass each; default 2)",
     )
     add_sampling_args(parser)
     add_class_arg(parser)
@@ -98,8 +97,8 @@ def _options(args: argparse.Namespace) -> Any:
     return EditOptions(
         strength=strength,
         repaint=tuple(args.repaint) if args.repaint else None,
-        iterations=args.cg_iterations,
         **({"method": args.inpaint} if args.inpaint else {}),
+        **({"iterations": args.cg_iterations} if args.cg_iterations is not None else {}),
     )
 
 

@@ -157,7 +157,7 @@ def inpainting_denoiser(
     mask: torch.Tensor,
     noise: torch.Tensor,
     *,
-    iterations: int = 1,
+    iterations: int = 2,
 ) -> InpaintingDenoiser:
     """The denoiser of ``method`` (one of :data:`METHODS`) over ``denoiser``."""
     if method == "replacement":
