@@ -84,6 +84,13 @@ def test_inpainting_the_top_half_keeps_the_bottom_half(runs, inputs, tmp_path):
         other = edited(out)[0]
         assert np.array_equal(other[:, 4:], images[:, 4:]), method
         assert not np.array_equal(other[:, :4], images[:, :4]), method
+    # --repaint alone is RePaint: replacement on its schedule; with --inpaint ddnm, DDNM's
+    repaint = []
+    for method in ([], ["--inpaint", "replacement"], ["--inpaint", "ddnm"]):
+        extra = [*method, "--repaint", "10", "2", "2", "--overwrite"]
+        assert main([*args, *extra, "--out", str(out)]) == 0
+        repaint.append(edited(out)[0])
+    assert np.array_equal(repaint[0], repaint[1]) and not np.array_equal(repaint[0], repaint[2])
 
 
 @pytest.mark.parametrize(

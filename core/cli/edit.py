@@ -54,7 +54,8 @@ def register(sub: Subparsers) -> None:
         type=int,
         metavar=("STEPS", "JUMP", "RESAMPLE"),
         help="inpaint on RePaint's time-travel schedule (e.g. 100 10 5) instead of the "
-        "sampler: RePaint with --inpaint replacement, DDNM's time travel with ddnm",
+        "sampler: RePaint (with --inpaint replacement, the default here), DDNM's time travel "
+        "with --inpaint ddnm",
     )
     parser.add_argument(
         "--inpaint",
@@ -97,7 +98,8 @@ def _options(args: argparse.Namespace) -> Any:
     return EditOptions(
         strength=strength,
         repaint=tuple(args.repaint) if args.repaint else None,
-        **({"method": args.inpaint} if args.inpaint else {}),
+        # --repaint alone is RePaint (replacement on its schedule), as before MMPS was the default
+        **({"method": args.inpaint or "replacement"} if args.inpaint or args.repaint else {}),
         **({"iterations": args.cg_iterations} if args.cg_iterations is not None else {}),
     )
 
