@@ -14,6 +14,9 @@ draws ``-n`` samples at the same number of network evaluations (``--nfe``), and
   (warm-up, power 3/4, max decay 0.9999); the example's batch of 16 is raised to 64 to
   use a CPU's cores. It samples through ``DDPMPipeline`` with diffusers'
   ``DPMSolverMultistepScheduler`` (DPM-Solver++ 2M, like denoisekit's recipe) at ``--nfe``.
+  The example trains in fp32 by default (``mixed_precision = "no"``); denoisekit's recipes
+  train in bf16 autocast where the CPU computes bf16 natively (AVX-512 BF16, AMX), so on
+  such a CPU run it a second time with ``--diffusers-bf16 --contenders diffusers``.
 
 A run's learning-rate schedule needs its step count up front, so each contender first
 times a few steps (``--calibrate``), then trains ``budget / time per step`` steps; the
@@ -22,6 +25,7 @@ load: run it alone on the machine. Usage::
 
     python benchmarks/fashion_vs_diffusers.py --minutes 20 -n 5000 --json fashion.json
     python benchmarks/fashion_vs_diffusers.py --minutes 1 -n 500 --contenders denoisekit,diffusers
+    python benchmarks/fashion_vs_diffusers.py --minutes 10,20,40,80 --contenders diffusers
 """
 
 from __future__ import annotations
@@ -182,8 +186,9 @@ def run_diffusers(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             x0 = images_u8[idx].float().div_(127.5).sub_(1.0)
             noise = torch.randn(x0.shape, generator=g)
             t = torch.randint(0, 1000, (batch,), generator=g)
-            pred = model(scheduler.add_noise(x0, noise, t), t).sample
-            loss = torch.nn.functional.mse_loss(pred, noise)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.diffusers_bf16):
+                pred = model(scheduler.add_noise(x0, noise, t), t).sample
+            loss = torch.nn.functional.mse_loss(pred.float(), noise)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -242,7 +247,12 @@ def score(images: torch.Tensor, args: argparse.Namespace) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=20.0, help="training budget each")
+    parser.add_argument(
+        "--minutes",
+        default="20",
+        help="training budget of each contender; several (5,10,20,40): each contender at "
+        "each (the time diffusers needs to reach denoisekit's FD)",
+    )
     parser.add_argument("-n", type=int, default=5000, help="samples scored per contender")
     parser.add_argument("--nfe", type=int, default=20, help="network evaluations per sample")
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
@@ -252,6 +262,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser.add_argument("--batch-size", type=int, default=500, help="sampling batch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--classifier-steps", type=int, default=None)
+    parser.add_argument(
+        "--diffusers-bf16",
+        action="store_true",
+        help="diffusers trains under bf16 autocast (accelerate's mixed_precision='bf16'); "
+        "denoisekit's recipes use bf16 where the CPU computes it natively ([hooks.amp] auto)",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny networks (the test)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -260,16 +276,22 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     if unknown:
         parser.error(f"--contenders: unknown {', '.join(unknown)} (known: {', '.join(CONTENDERS)})")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    budgets = [float(m) for m in str(args.minutes).split(",") if m.strip()]
     rows: dict[str, dict[str, Any]] = {}
     for name in names:
-        print(f"{name}: training for {args.minutes:g} min ...", flush=True)
-        if name == "diffusers":
-            row = run_diffusers(args, args.out)
-        else:
-            row = run_denoisekit(name, args, args.out)
-        row.update(score(row.pop("images"), args))
-        rows[name] = row
-        print(f"{name}: {json.dumps({k: row[k] for k in ('steps', 'train_seconds', *KEYS)})}")
+        for minutes in budgets:
+            key = name if len(budgets) == 1 else f"{name}@{minutes:g}min"
+            print(f"{key}: training for {minutes:g} min ...", flush=True)
+            run_args = argparse.Namespace(**{**vars(args), "minutes": minutes})
+            out = args.out / key
+            if name == "diffusers":
+                row = run_diffusers(run_args, out)
+            else:
+                row = run_denoisekit(name, run_args, out)
+            row.update(score(row.pop("images"), args))
+            rows[key] = row
+            brief = {k: row[k] for k in ("steps", "train_seconds", *KEYS)}
+            print(f"{key}: {json.dumps(brief)}", flush=True)
     cols = ("parameters", "batch_size", "steps", "train_seconds", "nfe", "sample_ms_per_image")
     print("\n| contender | " + " | ".join(cols + KEYS) + " |\n|---|" + "---|" * len(cols + KEYS))
     for name, row in rows.items():

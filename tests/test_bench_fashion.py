@@ -42,6 +42,7 @@ def test_every_contender_trains_samples_and_is_scored(tmp_path: Path) -> None:
             "--nfe=3",
             "--batch-size=4",
             "--classifier-steps=2",
+            "--diffusers-bf16",
             f"--data-root={tmp_path / 'data'}",
             f"--out={tmp_path / 'runs'}",
             f"--contenders={','.join(CONTENDERS)}",
@@ -49,6 +50,7 @@ def test_every_contender_trains_samples_and_is_scored(tmp_path: Path) -> None:
         ]
     )
     assert list(rows) == CONTENDERS
+    assert (tmp_path / "runs" / "denoisekit").is_dir()
     saved = json.loads(out.read_text())
     for name, row in saved.items():
         assert row["steps"] >= 1 and row["train_seconds"] > 0 and row["parameters"] > 0
@@ -68,3 +70,22 @@ def test_the_naive_recipe_is_the_quickstart_at_28px(tmp_path: Path) -> None:
     assert set(naive["hooks"]) <= set(fvd.KEPT_HOOKS) and set(ours["hooks"]) <= set(fvd.KEPT_HOOKS)
     with pytest.raises(SystemExit):
         fvd.main(["--contenders=denoisekit,keras"])
+
+
+def test_several_budgets_give_one_row_each(tmp_path: Path) -> None:
+    fake(tmp_path / "data", gz=False, n_train=8, n_test=6)
+    rows = fvd.main(
+        [
+            "--tiny",
+            "--minutes=0.001,0.002",
+            "--calibrate=1",
+            "-n=4",
+            "--nfe=2",
+            "--batch-size=4",
+            "--classifier-steps=1",
+            f"--data-root={tmp_path / 'data'}",
+            f"--out={tmp_path / 'runs'}",
+            "--contenders=naive",
+        ]
+    )
+    assert list(rows) == ["naive@0.001min", "naive@0.002min"]
