@@ -1,6 +1,8 @@
 """Component kinds (one :class:`Kind` record each), the registration record and the
 contracts components meet: :class:`typing.Protocol` classes (no need to inherit from them),
-whose optional attributes carry their default (read them with :func:`optional`)."""
+whose optional attributes carry their default (read them with :func:`optional`) and whose
+methods say how the host calls them: arguments before ``/`` positionally (under any names),
+after ``*`` by name (the registry checks it: :mod:`denoisekit.host.signatures`)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,11 @@ if TYPE_CHECKING:
     from denoisekit.hookspecs import Run
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]*$")
+
+#: The class label meaning "no class": what a class-conditional backbone reads as the null
+#: class (classifier-free guidance's unconditional branch, label dropout in training) and
+#: what data without labels gives.
+NULL_CLASS = -1
 
 
 def _check_kind(inst: ComponentSpec, attribute: attrs.Attribute, value: str) -> None:
@@ -59,7 +66,7 @@ Problem = tuple[str, str]
 FACTS: dict[str, dict[str, str]] = {
     "data": {
         "image_shape": "(C, H, W) of the training images",
-        "num_classes": "number of classes of the labels (None: unlabelled, label -1)",
+        "num_classes": "number of classes of the labels (None: unlabelled, label NULL_CLASS)",
         "num_images": "images in the training split",
     },
     "schedule": {"num_timesteps": "T, the number of diffusion timesteps"},
@@ -142,13 +149,15 @@ class NoiseSchedule(Protocol):
 class Backbone(Protocol):
     """An ``nn.Module`` mapping ``(x_t, t, cond=None)`` to a tensor of x_t's shape; ``t`` is a
     float ``(B,)`` tensor of timesteps in ``[0, T)`` (possibly fractional), or log-SNR values
-    where ``time_input`` is ``"log_snr"``."""
+    where ``time_input`` is ``"log_snr"``. A class-conditional backbone (``num_classes`` set)
+    takes integer labels ``(B,)`` in ``cond``, and must read :data:`NULL_CLASS` (and
+    ``cond=None``) as the null class: classifier-free guidance and label dropout send it."""
 
     time_input: str = "timestep"  # what ``t`` holds: "timestep" or "log_snr" (optional)
     num_classes: int | None = None  # classes of the ``cond`` labels; None: unconditional
 
     def __call__(
-        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, /
     ) -> torch.Tensor: ...
 
 
@@ -169,6 +178,7 @@ class Loss(Protocol):
     def __call__(
         self,
         model_output: torch.Tensor,
+        /,
         *,
         x0: torch.Tensor,
         noise: torch.Tensor,
@@ -184,7 +194,10 @@ class DenoiserLike(Protocol):
     def predict(
         self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(eps, x0)`` estimates at integer timesteps ``t`` (shape ``(B,)``)."""
+        """Return ``(eps, x0)`` estimates at timesteps ``t``, a ``(B,)`` tensor on ``x_t``'s
+        device: ``torch.long`` for the schedule's steps, or floating (float64; float32 on
+        MPS) for fractional timesteps, where the schedule is interpolated in log-SNR. A
+        sampler passes the rows of ``diffusion.sampling_steps(...).t``, which have these dtypes."""
         ...
 
 
@@ -193,7 +206,7 @@ class SamplerLike(Protocol):
     through a denoiser, ending at t = 0; shape, device and dtype follow ``x_T``, which it
     must not modify. ``generator`` (one, or one per image) draws any noise of its own."""
 
-    def num_evaluations(self, num_timesteps: int) -> int:
+    def num_evaluations(self, num_timesteps: int, /) -> int:
         """Network evaluations one call of :meth:`sample` makes for a schedule of this length."""
         ...
 
@@ -201,6 +214,7 @@ class SamplerLike(Protocol):
         self,
         denoiser: DenoiserLike,
         x_T: torch.Tensor,
+        /,
         *,
         generator: torch.Generator | list[torch.Generator] | None,
         cond: torch.Tensor | None = None,
@@ -210,23 +224,23 @@ class SamplerLike(Protocol):
 
 class DataLike(Protocol):
     """A map-style dataset of ``(image, label)`` pairs, images C×H×W in [-1, 1]; ``label`` is
-    an int (``-1`` where the data has none, and ``num_classes`` is ``None``)."""
+    an int (:data:`NULL_CLASS` where the data has none, and ``num_classes`` is ``None``)."""
 
     num_classes: int | None
     image_shape: tuple[int, int, int]
 
     def __len__(self) -> int: ...
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]: ...
+    def __getitem__(self, index: int, /) -> tuple[torch.Tensor, int]: ...
 
 
 class Optimizer(Protocol):
     """A ``torch.optim.Optimizer`` or anything with its methods."""
 
     def step(self) -> Any: ...
-    def zero_grad(self, set_to_none: bool = True) -> None: ...
+    def zero_grad(self, *, set_to_none: bool = True) -> None: ...
     def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state_dict: dict[str, Any], /) -> None: ...
 
 
 class LRSchedule(Protocol):
@@ -234,7 +248,7 @@ class LRSchedule(Protocol):
 
     def step(self) -> None: ...
     def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state_dict: dict[str, Any], /) -> None: ...
 
 
 class Hook(Protocol):
@@ -290,7 +304,7 @@ class Metric(Protocol):
     requires_model: bool = False  # True: cannot score a sample file
     uses_samples: bool = True  # False: a property of the model alone (compare runs it once)
 
-    def __call__(self, context: MetricContext) -> dict[str, float]: ...
+    def __call__(self, context: MetricContext, /) -> dict[str, float]: ...
 
 
 # --------------------------------------------------------------------------- kinds
