@@ -16,6 +16,7 @@ import pluggy
 
 from denoisekit.config import (
     MAX_TIMESTEPS,
+    finite_number,
     int_at_least,
     int_between,
     non_negative_finite,
@@ -102,7 +103,8 @@ __all__ = [
     "ComponentError", "ComponentSpec", "DataError", "DataLike", "DenoisekitError", "Denoiser",
     "DenoiserLike", "DiscreteSchedule", "Hook", "Kind", "LRSchedule", "Loss", "Metric",
     "MetricContext", "NoiseSchedule", "Optimizer", "PluginLoadError", "Problem", "RecipeError",
-    "RegistryError", "SampleSet", "SamplerLike", "__version__", "build", "diffusion", "hookimpl",
-    "int_at_least", "int_between", "non_negative_finite", "open_unit_interval", "option",
-    "optional", "positive_finite", "positive_ints", "unit_interval",
+    "RegistryError", "SampleSet", "SamplerLike", "__version__", "build", "diffusion",
+    "finite_number", "hookimpl", "int_at_least", "int_between", "non_negative_finite",
+    "open_unit_interval", "option", "optional", "positive_finite", "positive_ints",
+    "unit_interval",
 ]  # fmt: skip

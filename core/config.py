@@ -109,6 +109,18 @@ def non_negative_finite(inst: Any, attribute: attrs.Attribute, value: float) -> 
         raise ValueError(f"'{attribute.name}' must be a finite number >= 0: {value!r}")
 
 
+def finite_number(*, allow: tuple[float, ...] = ()) -> Validator:
+    """Validator: a finite number (an int or float, not a bool), or one of the infinities
+    in ``allow`` (``-math.inf`` where it means "no bound"); NaN never passes."""
+    extra = "".join(f" or {v}" for v in allow)
+
+    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if not (_is_number(value) and (math.isfinite(value) or value in allow)):
+            raise ValueError(f"'{attribute.name}' must be a finite number{extra}: {value!r}")
+
+    return check
+
+
 def positive_ints(inst: Any, attribute: attrs.Attribute, value: tuple[int, ...]) -> None:
     """Validator: every element is an int > 0."""
     for i, v in enumerate(value):

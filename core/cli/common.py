@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from pathlib import Path
 from typing import Any, NoReturn
@@ -40,6 +41,18 @@ class CommandParser(Parser):
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return namespace, extras
+
+
+def finite_float(text: str) -> float:
+    """An argparse ``type``: a finite number (``nan`` and ``inf`` parse as floats but mean
+    nothing for a scale or a strength)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number: {text!r}")
+    return value
 
 
 #: The ``add_subparsers`` result each command module registers its parser into.
@@ -96,7 +109,7 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", help="another registered sampler (its defaults, then --set)")
     parser.add_argument(
         "--guidance",
-        type=float,
+        type=finite_float,
         metavar="W",
         help="classifier-free guidance scale (--set guidance.scale=W): 0 unconditional, "
         "1 conditional, above 1 guided",

@@ -13,6 +13,7 @@ from denoisekit.cli.common import (
     add_set_arg,
     add_trust_arg,
     class_labels_for,
+    finite_float,
     sampler_overrides,
 )
 from denoisekit.engine.outputs import check_output_files
@@ -44,7 +45,7 @@ def register(sub: Subparsers) -> None:
     )
     parser.add_argument(
         "--strength",
-        type=float,
+        type=finite_float,
         help="img2img: noise the input this far (0 = return it, 1 = plain sampling); "
         "default 1 with --mask",
     )

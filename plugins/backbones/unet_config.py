@@ -110,11 +110,6 @@ def _check_groups(inst: UNetConfig, attribute: attrs.Attribute, value: int) -> N
             )
 
 
-def _check_log_snr_scale(inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"'log_snr_scale' must be > 0: {value!r}")
-
-
 # --------------------------------------------------------------------------- config
 
 
@@ -170,7 +165,7 @@ class UNetConfig:
     log_snr_scale: float = option(
         25.0,
         "log-SNR is multiplied by this before the sinusoidal embedding (time_input = log_snr)",
-        validator=_check_log_snr_scale,
+        validator=positive_finite,
     )
     num_classes: int | None = option(
         None,

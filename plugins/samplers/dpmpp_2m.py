@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from denoisekit import ComponentSpec, DenoiserLike, hookimpl
-from denoisekit.config import int_at_least, option
+from denoisekit.config import finite_number, int_at_least, option
 from denoisekit.diffusion import sampling_steps
 from denoisekit.plugins.samplers._checks import steps_within_schedule
 
@@ -48,8 +48,8 @@ class DPMSolverConfig:
     lambda_min: float = option(
         -5.1,
         "lowest lambda = log(alpha / sigma) the logsnr grid starts from (diffusers' "
-        "lambda_min_clipped: keeps steps off the cosine schedule's clipped end)",
-        validator=attrs.validators.instance_of((int, float)),
+        "lambda_min_clipped: keeps steps off the cosine schedule's clipped end; -inf: none)",
+        validator=finite_number(allow=(-math.inf,)),
     )
     lower_order_final: bool = option(
         True,

@@ -1,0 +1,116 @@
+"""Bad input found by trying the commands as a new user (issue 19): each ends in one line
+naming the flag, key or file, exit status 2, before any work starts."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from denoisekit.cli import main
+from denoisekit.engine.weights_fit import misfit
+from denoisekit.testing import train_tiny, write_recipe
+from tests.core.test_error_lines import error_line
+
+CLASSES = {"backbone": {"num_classes": 10}, "train": {"label_dropout": 0.1}}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A trained tiny run and a class-conditional one: ``(folder, plain, classes)``."""
+    folder = tmp_path_factory.mktemp("bad-inputs")
+    hooks = {"hooks": {"checkpoint": {"every": 2}}}
+    plain = train_tiny(write_recipe(folder, hooks), out_dir=folder / "plain")
+    classes = write_recipe(folder, {**hooks, **CLASSES}, name="classes")
+    conditional = train_tiny(classes, out_dir=folder / "classes")
+    return folder, plain.out_dir, conditional.out_dir
+
+
+# ----------------------------------------------------------------------- non-finite numbers
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_guidance_flag_must_be_finite(value, runs, tmp_path, capsys):
+    _, _, classes = runs
+    out = tmp_path / "s.npz"
+    argv = ["sample", str(classes), "-n", "2", f"--guidance={value}", "--out", str(out)]
+    line = error_line(argv, capsys)
+    assert f"argument --guidance: must be a finite number: '{value}'" in line
+    assert not out.exists()
+
+
+def test_strength_flag_must_be_finite(runs, tmp_path, capsys):
+    _, plain, _ = runs
+    argv = ["edit", str(plain), "--input", str(tmp_path), "--strength", "inf"]
+    assert "argument --strength: must be a finite number: 'inf'" in error_line(argv, capsys)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("guidance.scale", "inf", "'scale' must be a finite number >= 0: inf"),
+        ("guidance.scale", "nan", "'scale' must be a finite number >= 0: nan"),
+        ("sampler.lambda_min", "nan", "'lambda_min' must be a finite number or -inf: nan"),
+        ("sampler.lambda_min", "inf", "'lambda_min' must be a finite number or -inf: inf"),
+        ("backbone.log_snr_scale", "inf", "'log_snr_scale' must be a finite number > 0: inf"),
+    ],
+)
+def test_recipe_check_refuses_non_finite_options(key, value, message, tmp_path, capsys):
+    path = write_recipe(tmp_path, {**CLASSES, "sampler": {"type": "dpmpp-2m"}})
+    line = error_line(["recipe", "check", str(path), "--set", f"{key}={value}"], capsys)
+    assert line == f"denoisekit: error: {path}: {key}: {message} (set by --set)"
+
+
+def test_lambda_min_minus_infinity_means_no_clipping(runs, tmp_path, capsys):
+    """-inf is diffusers' lambda_min_clipped default: the grid starts at lambda_{T-1}."""
+    from denoisekit.plugins.samplers.dpmpp_2m import DPMSolverConfig, DPMSolverSampler
+
+    ab = np.linspace(0.999, 1e-4, 100)
+    unclipped = DPMSolverSampler(DPMSolverConfig(lambda_min=-float("inf"))).timesteps(ab)
+    assert unclipped == DPMSolverSampler(DPMSolverConfig(lambda_min=-1e9)).timesteps(ab)
+    _, plain, _ = runs
+    argv = ["sample", str(plain), "-n", "2", "--sampler", "dpmpp-2m"]
+    out = tmp_path / "s.npz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's RuntimeWarnings on a grid from +inf
+        assert main([*argv, "--set", "sampler.lambda_min=-inf", "--out", str(out)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+# ------------------------------------------------------------------ weights that do not fit
+
+
+def test_weights_that_do_not_fit_name_the_tensor_and_both_shapes(runs, tmp_path, capsys):
+    _, plain, _ = runs
+    path = write_recipe(tmp_path, {"train": {"init_from": str(plain)}}, name="ft")
+    argv = ["train", str(path), "--out", str(tmp_path / "ft"), "--set", "backbone.channels=16"]
+    line = error_line(argv, capsys)
+    assert line == (
+        f"denoisekit: error: {plain / 'checkpoints' / 'last.pt'}: the weights do not fit this "
+        "recipe's backbone: time_mlp.0.weight is 32×8 in the file but 64×16 in this backbone; "
+        "the recipe must describe the network the weights were trained with"
+    )
+    assert not (tmp_path / "ft" / "checkpoints").exists()
+
+
+def test_sampling_a_checkpoint_with_another_backbone_names_the_tensor(runs, tmp_path, capsys):
+    _, plain, _ = runs
+    checkpoint = plain / "checkpoints" / "last.pt"
+    argv = ["sample", str(checkpoint), "-n", "2", "--out", str(tmp_path / "s.npz")]
+    line = error_line([*argv, "--set", "backbone.num_res_blocks=2"], capsys)
+    assert f"{checkpoint}: the weights do not fit this recipe's backbone: " in line
+    assert "tensors missing from the file (" in line and "unexpected in it (" in line
+
+
+def test_misfit_lists_missing_and_unexpected_keys():
+    module = torch.nn.Linear(2, 3)
+    assert misfit(module, module.state_dict()) is None
+    assert misfit(module, {"weight": torch.zeros(3, 2)}) == (
+        "1 tensors missing from the file ('bias')"
+    )
+    extra = {**module.state_dict(), "scale": torch.zeros(()), "shift": torch.zeros(())}
+    assert misfit(module, extra) == "2 unexpected in it ('scale' and 1 more)"
+    wrong = {"weight": torch.zeros(3, 4), "bias": torch.zeros(3)}
+    assert misfit(module, wrong) == "weight is 3×4 in the file but 3×2 in this backbone"
