@@ -91,7 +91,7 @@ def command(args: argparse.Namespace) -> int:
     import torch
 
     from denoisekit.engine.build import load_trained
-    from denoisekit.engine.editing import edit_images, load_inputs, load_mask
+    from denoisekit.engine.editing import edit_images, fit_to_timesteps, load_inputs, load_mask
     from denoisekit.engine.figures import save_labelled_rows
     from denoisekit.engine.sampling import save_npz
 
@@ -103,6 +103,9 @@ def command(args: argparse.Namespace) -> int:
         device=args.device,
         trust_plugins=args.trust_plugins,
     )
+    sampler, options, notes = fit_to_timesteps(run, options)
+    for note in notes:
+        print(f"note: {note}")
     images = load_inputs(args.input, run.image_shape)
     mask = load_mask(args.mask, images.shape[0], run.image_shape) if args.mask else None
     classes = class_labels_for(args.classes, run.num_classes, images.shape[0])
@@ -115,6 +118,7 @@ def command(args: argparse.Namespace) -> int:
         labels=labels,
         seed=args.seed,
         batch_size=args.batch_size,
+        sampler=sampler,
     )
     save_npz(args.out, results, labels)
     print(f"wrote {results.shape[0]} edited images to {args.out} (step {run.step})")

@@ -114,3 +114,95 @@ def test_misfit_lists_missing_and_unexpected_keys():
     assert misfit(module, extra) == "2 unexpected in it ('scale' and 1 more)"
     wrong = {"weight": torch.zeros(3, 4), "bias": torch.zeros(3)}
     assert misfit(module, wrong) == "weight is 3×4 in the file but 3×2 in this backbone"
+
+
+# ------------------------------------------------------------------------- edit: strength, inputs
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """``.npz`` inputs: 8×8 grey (the model's), 8×8 RGB and 16×16 grey."""
+    rng = np.random.default_rng(0)
+    paths = {}
+    for name, shape in {"fit": (3, 8, 8, 1), "rgb": (3, 8, 8, 3), "big": (3, 16, 16, 1)}.items():
+        paths[name] = tmp_path / f"{name}.npz"
+        np.savez(paths[name], rng.integers(0, 256, shape, dtype=np.uint8))
+    return paths
+
+
+@pytest.mark.parametrize(("strength", "sampler"), [("0.1", "dpmpp-2m"), ("0.03", "ddim")])
+def test_a_low_strength_samples_over_the_timesteps_left_and_says_so(
+    strength, sampler, runs, inputs, tmp_path, capsys
+):
+    _, plain, _ = runs
+    out = tmp_path / "out.npz"
+    argv = ["edit", str(plain), "--input", str(inputs["fit"]), "--strength", strength]
+    assert main([*argv, "--sampler", sampler, "--out", str(out)]) == 0
+    left = round(float(strength) * 100)
+    default = {"dpmpp-2m": 20, "ddim": 5}[sampler]  # dpmpp-2m's default; the tiny recipe's ddim
+    assert (
+        f"note: --strength {strength} leaves {left} of the schedule's 100 timesteps: sampler "
+        f"{sampler} takes {left} steps instead of {default}"
+    ) in capsys.readouterr().out
+    assert np.load(out)["arr_0"].shape == (3, 8, 8, 1)
+
+
+def test_fit_to_timesteps_gives_the_sampler_of_the_steps_left(runs):
+    from denoisekit.engine.build import load_trained
+    from denoisekit.engine.editing import EditOptions, fit_to_timesteps
+
+    _, plain, _ = runs
+    run = load_trained(plain, overrides=["sampler.type='dpmpp-2m'"], device="cpu")
+    sampler, options, notes = fit_to_timesteps(run, EditOptions(strength=0.1))
+    assert sampler.config.steps == 10 and len(notes) == 1
+    assert sampler.timesteps(run.schedule.alphas_cumprod[:10].numpy())[0] == 9
+    assert fit_to_timesteps(run, EditOptions(strength=0.2))[0] is run.sampler  # 20 left: as is
+    _, options, notes = fit_to_timesteps(run, EditOptions(strength=0.05, repaint=(20, 3, 2)))
+    assert options.repaint == (5, 3, 2) and "RePaint takes 5 steps instead of 20" in notes[0]
+
+
+def test_a_strength_too_low_for_the_sampler_names_the_lowest_it_can_take(
+    runs, inputs, tmp_path, capsys
+):
+    _, plain, _ = runs
+    out = tmp_path / "out.npz"
+    argv = ["edit", str(plain), "--input", str(inputs["fit"]), "--strength", "0.01"]
+    line = error_line([*argv, "--sampler", "dpmpp-2m", "--out", str(out)], capsys)
+    assert line == (
+        "denoisekit: error: --strength 0.01 leaves 1 of the schedule's 100 timesteps, fewer "
+        "than the 2 steps sampler dpmpp-2m takes at least; use --strength 0.02 or more, or "
+        "another --sampler"
+    )
+    assert not out.exists()
+
+
+def test_repaint_steps_beyond_the_schedule_take_its_timesteps(runs, inputs, tmp_path, capsys):
+    _, plain, _ = runs
+    np.save(tmp_path / "top.npy", np.r_[np.ones((4, 8)), np.zeros((4, 8))])
+    argv = ["edit", str(plain), "--input", str(inputs["fit"]), "--mask", str(tmp_path / "top.npy")]
+    assert main([*argv, "--repaint", "250", "50", "1", "--out", str(tmp_path / "o.npz")]) == 0
+    assert "RePaint takes 100 steps instead of 250" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (
+            "rgb",
+            "arr_0 holds 3-channel images but the model makes 1-channel ones; convert them to "
+            "grey levels (image files given instead are converted)",
+        ),
+        (
+            "big",
+            "arr_0 holds 16×16 images but the model makes 8×8 ones; resize them to 8×8 (image "
+            "files given instead are resized)",
+        ),
+    ],
+)
+def test_npz_inputs_that_do_not_fit_name_the_file(name, message, runs, inputs, tmp_path, capsys):
+    _, plain, _ = runs
+    out = tmp_path / "out.npz"
+    argv = ["edit", str(plain), "--input", str(inputs["fit"]), "--input", str(inputs[name])]
+    line = error_line([*argv, "--strength", "0.5", "--out", str(out)], capsys)
+    assert line == f"denoisekit: error: {inputs[name]}: {message}"
+    assert not out.exists()
