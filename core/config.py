@@ -16,10 +16,13 @@ your own must ``raise`` (never ``assert``) a message naming the field, as these 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
 import attrs
+
+from denoisekit.errors import DenoisekitError
 
 DOC_KEY = "denoisekit.doc"
 
@@ -27,6 +30,10 @@ DOC_KEY = "denoisekit.doc"
 #: NLL take one network evaluation per timestep, and the tables are built on the host:
 #: beyond this a recipe is almost surely a typo (DDPM uses 1000, Improved DDPM 4000).
 MAX_TIMESTEPS = 100_000
+
+#: Environment variable: the memory (GiB) a recipe's sizes may need at most, instead of the
+#: machine's physical memory (a share of a machine, or a test).
+MEMORY_LIMIT_ENV = "DENOISEKIT_MEMORY_LIMIT_GB"
 
 #: An attrs validator: ``check(instance, attribute, value)`` raises ``ValueError``.
 Validator = Callable[[Any, attrs.Attribute, Any], None]
@@ -126,3 +133,42 @@ def positive_ints(inst: Any, attribute: attrs.Attribute, value: tuple[int, ...])
     for i, v in enumerate(value):
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
             raise ValueError(f"'{attribute.name}[{i}]' must be a positive integer: {v!r}")
+
+
+def memory_limit() -> int | None:
+    """Bytes a run may need at most: ``$DENOISEKIT_MEMORY_LIMIT_GB`` GiB where set, else the
+    machine's physical memory (``None`` where the system does not say)."""
+    text = os.environ.get(MEMORY_LIMIT_ENV)
+    if text is not None:
+        try:
+            gib = float(text)
+        except ValueError:
+            gib = math.nan
+        if not (math.isfinite(gib) and gib > 0):
+            raise DenoisekitError(f"{MEMORY_LIMIT_ENV}={text!r}: give a number of GiB > 0")
+        return int(gib * 2**30)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def byte_size(n: float) -> str:
+    """``n`` bytes for a reader: ``"3.2 GiB"``."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    i = 0
+    while n >= 1024 and i < len(units) - 1:
+        n, i = n / 1024, i + 1
+    return f"{n:.3g} {units[i]}" if i else f"{n:.0f} B"
+
+
+def over_memory(nbytes: float, what: str) -> str | None:
+    """``None`` when ``nbytes`` fit :func:`memory_limit`, else the message: ``what`` needs at
+    least ``nbytes``, more than the limit."""
+    limit = memory_limit()
+    if limit is None or nbytes <= limit:
+        return None
+    has = (
+        f"that {MEMORY_LIMIT_ENV} allows" if MEMORY_LIMIT_ENV in os.environ else "this machine has"
+    )
+    return f"{what} needs at least {byte_size(nbytes)}, more than the {byte_size(limit)} {has}"

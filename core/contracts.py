@@ -63,6 +63,10 @@ FACTS: dict[str, dict[str, str]] = {
         "num_images": "images in the training split",
     },
     "schedule": {"num_timesteps": "T, the number of diffusion timesteps"},
+    "backbone": {
+        "num_parameters": "parameters of the network",
+        "activation_bytes": "bytes one image's training forward keeps for the backward (at least)",
+    },
     "optimizer": {"lr": "the base learning rate"},
 }
 

@@ -206,3 +206,85 @@ def test_npz_inputs_that_do_not_fit_name_the_file(name, message, runs, inputs, t
     line = error_line([*argv, "--strength", "0.5", "--out", str(out)], capsys)
     assert line == f"denoisekit: error: {inputs[name]}: {message}"
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------- sizes beyond memory
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "blamed"),
+    [
+        ("backbone.channels=1000000000", "backbone.channels", "backbone.channels"),
+        ("backbone.channel_mults=[1, 2, 100000000]", "backbone.channel_mults", None),
+        ("backbone.num_res_blocks=100000000", "backbone.num_res_blocks", None),
+    ],
+)
+def test_a_network_too_big_for_memory_names_the_option(override, key, blamed, tmp_path, capsys):
+    path = write_recipe(tmp_path)
+    line = error_line(["recipe", "check", str(path), "--set", override], capsys)
+    assert line.startswith(f"denoisekit: error: {path}: {key}: storing ")
+    assert "parameters (float32) needs at least " in line and "this machine has" in line
+    blamed = blamed or (f"{key}[2]" if "mults" in key else key)
+    assert line.endswith(f"; lower {blamed} (set by --set)")
+
+
+def test_a_training_batch_beyond_the_limit_says_how_many_images_fit(tmp_path, capsys, monkeypatch):
+    """1 MiB: the tiny unet's 44,969 parameters need 8 x 44,969 bytes with their gradients,
+    each image at least 123,904 bytes of activations: 5 images fit, 8 do not."""
+    monkeypatch.setenv("DENOISEKIT_MEMORY_LIMIT_GB", str(1 / 1024))
+    path = write_recipe(tmp_path)
+    out = ["--out", str(tmp_path / "run")]
+    for argv in (["recipe", "check", str(path)], ["train", str(path), *out]):
+        line = error_line(argv, capsys)
+        assert line == (
+            f"denoisekit: error: {path}: train.batch_size: training a micro-batch of 8 images "
+            "(float32 activations and weights) needs at least 1.29 MiB, more than the 1 MiB "
+            "that DENOISEKIT_MEMORY_LIMIT_GB allows; 5 images fit: lower train.batch_size, or "
+            "raise train.grad_accum (micro-batches of batch_size / grad_accum)"
+        )
+    assert not (tmp_path / "run").exists()
+    assert main(["recipe", "check", str(path), "--set", "train.grad_accum=2"]) == 0
+
+
+def test_sampling_a_run_checks_no_training_batch(runs, tmp_path, monkeypatch):
+    _, plain, _ = runs
+    monkeypatch.setenv("DENOISEKIT_MEMORY_LIMIT_GB", str(1 / 1024))
+    assert main(["sample", str(plain), "-n", "2", "--out", str(tmp_path / "s.npz")]) == 0
+
+
+def test_one_image_too_big_names_the_image_size(tmp_path, capsys):
+    path = write_recipe(tmp_path)
+    size = ["--set", "backbone.image_size=65536", "--set", "data.image_size=65536"]
+    argv = ["recipe", "check", str(path), *size, "--set", "backbone.attention_resolutions=[]"]
+    line = error_line(argv, capsys)
+    assert f"{path}: backbone.image_size: training on one image (float32) needs at least " in line
+    assert line.endswith("; lower backbone.image_size or the widths (set by --set)")
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "nan"])
+def test_a_bad_memory_limit_is_one_line(value, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DENOISEKIT_MEMORY_LIMIT_GB", value)
+    line = error_line(["recipe", "check", str(write_recipe(tmp_path))], capsys)
+    assert (
+        line == f"denoisekit: error: DENOISEKIT_MEMORY_LIMIT_GB={value!r}: give a number of GiB > 0"
+    )
+
+
+def test_a_diffusers_config_too_big_names_its_field_before_allocating(tmp_path, capsys):
+    pytest.importorskip("diffusers", reason="diffusers (the bench extra) is not installed")
+    import json
+
+    from tests.core.test_interop import DIGITS_LAYOUT, save_model
+
+    save_model(tmp_path / "model", DIGITS_LAYOUT)
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    config["block_out_channels"] = [8, 10**12]
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config))
+    argv = ["import-diffusers", str(tmp_path / "model"), "--out", str(tmp_path / "run")]
+    line = error_line(argv, capsys)
+    assert line.startswith(
+        f"denoisekit: error: {tmp_path / 'model'}: block_out_channels[1] = 1000000000000: "
+        "storing 1.18e+26 parameters (float32) needs at least "
+    )
+    assert line.endswith("; lower it")
+    assert not (tmp_path / "run").exists()
