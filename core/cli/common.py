@@ -93,6 +93,26 @@ def check_counts(args: argparse.Namespace) -> None:
         raise DenoisekitError("-n and --batch-size must be positive")
 
 
+def check_image_memory(n: int, batch_size: int, image_shape: tuple[int, ...]) -> None:
+    """``-n`` images are held (float32) until written and scored, a batch is in flight with
+    at least two more copies (``x_t`` and ``x0``): refuse counts beyond the memory limit
+    before any image is drawn."""
+    from denoisekit.config import over_memory
+
+    pixels = math.prod(image_shape)
+    held = over_memory(
+        4 * pixels * n, f"-n {n}: holding {n} images of {'×'.join(map(str, image_shape))} (float32)"
+    )
+    if held is not None:
+        raise DenoisekitError(f"{held}; draw fewer images")
+    batch = min(n, batch_size)
+    problem = over_memory(
+        4 * pixels * (n + 2 * batch), f"--batch-size {batch_size}: sampling {batch} images at once"
+    )
+    if problem is not None:
+        raise DenoisekitError(f"{problem}; use a smaller --batch-size")
+
+
 def sampler_overrides(args: argparse.Namespace) -> list[str]:
     """``--set`` overrides, preceded by ``--sampler NAME`` as ``sampler.type=NAME`` and
     ``--guidance W`` as ``guidance.scale=W``."""

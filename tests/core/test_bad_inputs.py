@@ -288,3 +288,44 @@ def test_a_diffusers_config_too_big_names_its_field_before_allocating(tmp_path, 
     )
     assert line.endswith("; lower it")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_more_images_than_memory_holds_names_the_count(command, runs, tmp_path, capsys):
+    _, plain, _ = runs
+    out = ["--out", str(tmp_path / "s.npz")] if command == "sample" else ["--metric", "fd"]
+    argv = [command, str(plain), "-n", str(10**12), *out]
+    line = error_line(argv, capsys)
+    assert line.startswith(
+        f"denoisekit: error: -n {10**12}: holding {10**12} images of 1×8×8 (float32) needs at "
+        "least 233 TiB, more than the "
+    )
+    assert line.endswith("; draw fewer images")
+
+
+def test_a_sampling_batch_beyond_the_limit_names_batch_size(runs, tmp_path, capsys, monkeypatch):
+    """Under 1 MiB, 2,000 images of 1×8×8 (256 bytes each in float32) are held, but not
+    with a batch of all 2,000 in flight (two more copies): 1,536,000 bytes."""
+    _, plain, _ = runs
+    monkeypatch.setenv("DENOISEKIT_MEMORY_LIMIT_GB", str(1 / 1024))
+    argv = ["sample", str(plain), "-n", "2000", "--out", str(tmp_path / "s.npz")]
+    line = error_line([*argv, "--batch-size", "2000"], capsys)
+    assert line == (
+        "denoisekit: error: --batch-size 2000: sampling 2000 images at once needs at least "
+        "1.46 MiB, more than the 1 MiB that DENOISEKIT_MEMORY_LIMIT_GB allows; use a smaller "
+        "--batch-size"
+    )
+
+
+@pytest.mark.parametrize(
+    ("hook", "key"),
+    [
+        ({"preview": {"num_images": 10**9}}, "num_images"),
+        ({"evaluate": {"num_samples": 10**9}}, "num_samples"),
+    ],
+)
+def test_hooks_drawing_more_images_than_memory_holds(hook, key, tmp_path, capsys):
+    path = write_recipe(tmp_path, {"hooks": hook, "metrics": {"fd": {}}})
+    line = error_line(["recipe", "check", str(path)], capsys)
+    name = next(iter(hook))
+    assert f"{path}: hooks.{name}.{key}: " in line and "needs at least " in line
