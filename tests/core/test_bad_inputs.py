@@ -329,3 +329,21 @@ def test_hooks_drawing_more_images_than_memory_holds(hook, key, tmp_path, capsys
     line = error_line(["recipe", "check", str(path)], capsys)
     name = next(iter(hook))
     assert f"{path}: hooks.{name}.{key}: " in line and "needs at least " in line
+
+
+def test_more_timestep_bins_than_timesteps_is_one_line(tmp_path, capsys):
+    """Before: the tensorboard hook allocated the bins and failed in the allocator."""
+    path = write_recipe(tmp_path, {"hooks": {"tensorboard": {"timestep_bins": 10**9}}})
+    line = error_line(["recipe", "check", str(path)], capsys)
+    assert line == (
+        f"denoisekit: error: {path}: hooks.tensorboard.timestep_bins: 1000000000 bins for the "
+        "schedule's 100 timesteps; set hooks.tensorboard.timestep_bins to at most 100"
+    )
+
+
+def test_sample_time_drawing_more_than_memory_holds(runs, capsys):
+    """Before: it made 10**12 per-image generators before drawing anything (it hung)."""
+    _, plain, _ = runs
+    argv = ["eval", str(plain), "-n", "4", "--metric", "sample-time"]
+    line = error_line([*argv, "--set", f"metrics.sample-time.num_images={10**12}"], capsys)
+    assert f"metrics.sample-time.num_images: holding {10**12} float32 images of 1×8×8" in line
