@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -31,8 +32,6 @@ DOC_KEY = "denoisekit.doc"
 #: beyond this a recipe is almost surely a typo (DDPM uses 1000, Improved DDPM 4000).
 MAX_TIMESTEPS = 100_000
 
-#: Environment variable: the memory (GiB) a recipe's sizes may need at most, instead of the
-#: machine's physical memory (a share of a machine, or a test).
 MEMORY_LIMIT_ENV = "DENOISEKIT_MEMORY_LIMIT_GB"
 
 #: An attrs validator: ``check(instance, attribute, value)`` raises ``ValueError``.
@@ -117,12 +116,11 @@ def non_negative_finite(inst: Any, attribute: attrs.Attribute, value: float) -> 
 
 
 def finite_number(*, allow: tuple[float, ...] = ()) -> Validator:
-    """Validator: a finite number (an int or float, not a bool), or one of the infinities
-    in ``allow`` (``-math.inf`` where it means "no bound"); NaN never passes."""
-    extra = "".join(f" or {v}" for v in allow)
+    """Validator: a finite number (not a bool), or an infinity in ``allow`` (never NaN)."""
 
     def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
         if not (_is_number(value) and (math.isfinite(value) or value in allow)):
+            extra = "".join(f" or {v}" for v in allow)
             raise ValueError(f"'{attribute.name}' must be a finite number{extra}: {value!r}")
 
     return check
@@ -138,37 +136,24 @@ def positive_ints(inst: Any, attribute: attrs.Attribute, value: tuple[int, ...])
 def memory_limit() -> int | None:
     """Bytes a run may need at most: ``$DENOISEKIT_MEMORY_LIMIT_GB`` GiB where set, else the
     machine's physical memory (``None`` where the system does not say)."""
-    text = os.environ.get(MEMORY_LIMIT_ENV)
-    if text is not None:
-        try:
-            gib = float(text)
-        except ValueError:
-            gib = math.nan
-        if not (math.isfinite(gib) and gib > 0):
-            raise DenoisekitError(f"{MEMORY_LIMIT_ENV}={text!r}: give a number of GiB > 0")
-        return int(gib * 2**30)
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):
-        return None
-
-
-def byte_size(n: float) -> str:
-    """``n`` bytes for a reader: ``"3.2 GiB"``."""
-    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
-    i = 0
-    while n >= 1024 and i < len(units) - 1:
-        n, i = n / 1024, i + 1
-    return f"{n:.3g} {units[i]}" if i else f"{n:.0f} B"
+    text, conf = os.environ.get(MEMORY_LIMIT_ENV), getattr(os, "sysconf", None)
+    if text is None:
+        return conf("SC_PAGE_SIZE") * conf("SC_PHYS_PAGES") if conf else None
+    gib = float(text) if re.fullmatch(r"\d+(\.\d*)?(e-?\d+)?", text.strip()) else 0.0
+    if not 0 < gib < math.inf:
+        raise DenoisekitError(f"{MEMORY_LIMIT_ENV}={text!r}: give a number of GiB > 0")
+    return int(gib * 2**30)
 
 
 def over_memory(nbytes: float, what: str) -> str | None:
-    """``None`` when ``nbytes`` fit :func:`memory_limit`, else the message: ``what`` needs at
-    least ``nbytes``, more than the limit."""
-    limit = memory_limit()
+    """``None`` if ``nbytes`` fit :func:`memory_limit`, else "``what`` needs at least ..."."""
+
+    def size(n: float) -> str:
+        i = min(6, int(math.log(n, 1024))) if n >= 1024 else 0
+        return f"{n / 1024**i:.3g} {('B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB')[i]}"
+
+    limit, env = memory_limit(), MEMORY_LIMIT_ENV in os.environ
     if limit is None or nbytes <= limit:
         return None
-    has = (
-        f"that {MEMORY_LIMIT_ENV} allows" if MEMORY_LIMIT_ENV in os.environ else "this machine has"
-    )
-    return f"{what} needs at least {byte_size(nbytes)}, more than the {byte_size(limit)} {has}"
+    has = f"that {MEMORY_LIMIT_ENV} allows" if env else "this machine has"
+    return f"{what} needs at least {size(nbytes)}, more than the {size(limit)} {has}"
