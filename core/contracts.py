@@ -70,6 +70,7 @@ FACTS: dict[str, dict[str, str]] = {
         "num_images": "images in the training split",
     },
     "schedule": {"num_timesteps": "T, the number of diffusion timesteps"},
+    "backbone": {"num_parameters": "parameters", "activation_bytes": "bytes per training image"},
     "optimizer": {"lr": "the base learning rate"},
 }
 

@@ -11,6 +11,7 @@ from denoisekit.cli.common import (
     add_set_arg,
     add_trust_arg,
     check_counts,
+    check_image_memory,
     sampler_overrides,
 )
 from denoisekit.contracts import Metric, optional
@@ -124,6 +125,7 @@ def _evaluate_run(args: argparse.Namespace) -> int:
         device=args.device,
         trust_plugins=args.trust_plugins,
     )
+    check_image_memory(args.num, args.batch_size, run.image_shape)
     names = args.metrics or list(run.recipe.metrics)
     if not names:
         known = ", ".join(run.registry.names("metric"))

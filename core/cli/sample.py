@@ -14,6 +14,7 @@ from denoisekit.cli.common import (
     add_set_arg,
     add_trust_arg,
     check_counts,
+    check_image_memory,
     class_labels_for,
     sampler_overrides,
 )
@@ -75,6 +76,7 @@ def _sample(args: argparse.Namespace, dist: Any) -> int:
         dist=dist,
         trust_plugins=args.trust_plugins,
     )
+    check_image_memory(args.num, args.batch_size, run.image_shape)
     classes = class_labels_for(args.classes, run.num_classes, args.num)
     labels = torch.tensor(classes) if classes is not None else None
     frames: list[Any] = []

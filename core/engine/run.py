@@ -32,6 +32,7 @@ from denoisekit.engine import checkpoint, distributed, evaluation, sampling
 from denoisekit.engine.batches import BatchStream
 from denoisekit.engine.distributed import SINGLE, DistContext
 from denoisekit.engine.steering import GuidedDenoiser
+from denoisekit.engine.weights_fit import load_fitting
 from denoisekit.errors import CheckpointError
 from denoisekit.host.recipe import Recipe
 from denoisekit.host.registry import Registry
@@ -279,7 +280,8 @@ class Run:
         sample or evaluate.
         """
         try:
-            self.model.load_state_dict(checkpoint.strip_compile_prefix(state["model"]))
+            weights = checkpoint.strip_compile_prefix(state["model"])
+            load_fitting(self.model, weights, source=source)
             self.state.step = int(state["step"])
             if not weights_only:
                 self.optimizer.load_state_dict(state["optimizer"])

@@ -16,6 +16,7 @@ import torch
 from denoisekit.engine.checkpoint import atomic_write, load_checkpoint, strip_compile_prefix
 from denoisekit.engine.run import Run
 from denoisekit.engine.sampling import find_checkpoint
+from denoisekit.engine.weights_fit import load_fitting
 from denoisekit.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -56,13 +57,7 @@ def load_weights(
     if sampling is not None and target is not run.model:
         pairs.append((target, sampling))
     for module, weights in pairs:
-        try:
-            module.load_state_dict(strip_compile_prefix(weights))
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise CheckpointError(
-                f"{source}: the weights do not fit this recipe's backbone ({first[:200]})"
-            ) from exc
+        load_fitting(module, strip_compile_prefix(weights), source=source)
 
 
 def init_from(run: Run, path: Path) -> None:

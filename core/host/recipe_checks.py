@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from denoisekit.config import memory_limit, over_memory
 from denoisekit.contracts import KIND_RECORDS, BackboneConfig, CheckContext, optional
 from denoisekit.errors import DenoisekitError, RegistryError
 from denoisekit.host.convert import join_key
@@ -76,6 +77,7 @@ def _core_problems(recipe: Any, facts: Mapping[str, Mapping[str, Any]]) -> list[
         )
         problems.append(("train.batch_size", message))
     problems += _init_from_problems(recipe)
+    problems += _memory_problems(recipe, facts.get("backbone", {}))
     problems += _guidance_problems(recipe)
     shape = data.get("image_shape")
     if shape is None:
@@ -116,6 +118,33 @@ def _init_from_problems(recipe: Any) -> list[tuple[str, str]]:
     else:
         why = f"{path}: no such run folder or checkpoint"
     return [("train.init_from", f"{why} (relative paths are read from the recipe's folder)")]
+
+
+def _memory_problems(recipe: Any, backbone: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A training micro-batch must fit in memory: the float32 weights and gradients, and the
+    activations each image keeps for the backward (the backbone's facts, lower bounds; its
+    own check refuses weights that alone do not fit). Not checked in a recipe read back from
+    a checkpoint (its run is not trained again; sampling keeps no activations)."""
+    parameters, per_image = backbone.get("num_parameters"), backbone.get("activation_bytes")
+    stored = recipe.path is not None and recipe.path.suffix == ".pt"
+    if stored or parameters is None or per_image is None or over_memory(4 * parameters, ""):
+        return []
+    micro = recipe.train.batch_size // recipe.train.grad_accum
+    what = f"training a micro-batch of {micro} images (float32 activations and weights)"
+    problem = over_memory(8 * parameters + micro * per_image, what)
+    if problem is None:
+        return []
+    fit = (memory_limit() or 0) - 8 * parameters
+    if fit >= per_image:
+        return [
+            (
+                "train.batch_size",
+                f"{problem}; {fit // per_image} images fit: lower train.batch_size, or raise "
+                "train.grad_accum (micro-batches of batch_size / grad_accum)",
+            )
+        ]
+    one = over_memory(8 * parameters + per_image, "training on one image (float32)")
+    return [("backbone.image_size", f"{one}; lower backbone.image_size or the widths")]
 
 
 def _guidance_problems(recipe: Any) -> list[tuple[str, str]]:

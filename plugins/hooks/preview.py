@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 import torch
 
-from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import int_at_least, option
+from denoisekit import CheckContext, ComponentSpec, Problem, hookimpl
+from denoisekit.config import int_at_least, option, over_memory
 from denoisekit.hookspecs import Run
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,19 @@ class PreviewHook:
             self.preview(run, run.step)
 
 
+def check_preview(config: PreviewConfig, context: CheckContext) -> Iterator[Problem]:
+    """The ``num_images`` drawn at once fit in memory: at least ``x_t``, ``eps`` and ``x0``
+    (float32) of each image."""
+    shape = context.fact("data", "image_shape")
+    if shape is None:
+        return
+    size = "×".join(map(str, shape))
+    what = f"sampling {config.num_images} images of {size} at once"
+    problem = over_memory(12 * math.prod(shape) * config.num_images, what)
+    if problem is not None:
+        yield "num_images", f"{problem}; lower {context.table}.num_images"
+
+
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     """Register ``preview``."""
@@ -119,6 +133,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="preview",
             config=PreviewConfig,
             build=PreviewHook,
+            check=check_preview,
             summary="sample grids from fixed noise every N steps, saved as PNG.",
         )
     ]

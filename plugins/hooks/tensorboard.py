@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
 
-from denoisekit import ComponentSpec, hookimpl
+from denoisekit import CheckContext, ComponentSpec, Problem, hookimpl
 from denoisekit.config import int_at_least, option
 from denoisekit.hookspecs import Run
 
@@ -218,6 +219,17 @@ class TensorBoardHook:
             self.writer = None
 
 
+def check_tensorboard(config: TensorBoardConfig, context: CheckContext) -> Iterator[Problem]:
+    """Each timestep bin holds at least one timestep."""
+    T = context.fact("schedule", "num_timesteps")
+    if T is not None and config.timestep_bins > T:
+        yield (
+            "timestep_bins",
+            f"{config.timestep_bins} bins for the schedule's {T} timesteps; set "
+            f"{context.table}.timestep_bins to at most {T}",
+        )
+
+
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     """Register ``tensorboard``."""
@@ -227,6 +239,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="tensorboard",
             config=TensorBoardConfig,
             build=TensorBoardHook,
+            check=check_tensorboard,
             summary="TensorBoard scalars, per-timestep loss, preview images, recipe, HParams.",
         )
     ]
