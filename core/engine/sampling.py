@@ -184,8 +184,8 @@ def sample_images(
 
     With ``dist`` of several ranks (every rank must call this, with the same arguments),
     rank ``r`` draws images ``[N r / W, N (r + 1) / W)`` in batches of ``batch_size`` and
-    rank 0 gathers them all: the same images as one process draws (bit for bit on the
-    CPU; on GPUs as far as the kernels do not depend on the batch size). Other ranks
+    rank 0 gathers them all: the same images as one process draws (to float rounding: bit
+    for bit where the kernels do not depend on the batch size or the thread split). Other ranks
     get an empty ``(0, C, H, W)`` tensor. ``progress`` counts this rank's images.
     """
     if n <= 0:

@@ -98,7 +98,10 @@ def test_image_i_does_not_depend_on_batch_size(trained):
     a, _ = sample_images(run, 6, seed=3, batch_size=6)
     b, _ = sample_images(run, 6, seed=3, batch_size=4)
     c, _ = sample_images(run, 6, seed=4, batch_size=6)
-    assert torch.equal(a, b)
+    # Bit for bit where the kernels split work the same way; with several threads, oneDNN's
+    # CPU kernels may split a batch of 4 and of 6 differently (3e-8 measured on an AMX CPU
+    # with 2 threads, 0 with one), so the claim is equality to float32 rounding.
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     assert not torch.equal(a, c)
 
 
