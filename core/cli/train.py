@@ -48,12 +48,15 @@ def command(args: argparse.Namespace) -> int:
             "--resume continues the run in the folder, --overwrite replaces it: pass one"
         )
     out_dir = _run_folder(args, recipe)
-    if args.resume is None:  # every rank checks before any rank writes
+    if args.resume is None:
         _check_init_from(recipe, out_dir)
-        check_output_folder(out_dir, RUN_OUTPUTS, overwrite=args.overwrite, what="a run", fix=FIX)
     # Under torchrun every rank runs this (DDP); outside it the session does nothing.
     with distributed.session(recipe.train.device) as dist:
         if not dist.is_main:  # rank 0 alone writes the folder, and holds its lock
+            if args.resume is None:  # (rank 0's writer checks it under the lock)
+                check_output_folder(
+                    out_dir, RUN_OUTPUTS, overwrite=args.overwrite, what="a run", fix=FIX
+                )
             return _train(args, recipe, dist, None)
         with FolderWriter(
             out_dir,

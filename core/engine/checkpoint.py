@@ -77,7 +77,7 @@ def load_checkpoint(
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"{path}: not a readable denoisekit checkpoint ({type(exc).__name__}: "
-            f"{reason[:200]}); pick another file from the run's checkpoints/ folder"
+            f"{reason[:200]}); pick another checkpoint (a step file beside it)"
         ) from exc
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"{path}: not a denoisekit checkpoint (no format_version key)")

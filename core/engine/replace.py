@@ -10,7 +10,8 @@
    with one line naming the folder and the process holding it. Readers (``sample``,
    ``eval``) take no lock and keep working on a run that is training.
 2. **Recover.** Leftovers of a writer killed on this host (below) are resolved.
-3. **Check.** Outputs already there are refused without ``--overwrite``.
+3. **Check.** Outputs already there are refused without ``--overwrite`` (after the
+   recovery, so the refusal names what is really there).
 4. **Build beside, swap last.** New content is written to a staging folder beside the
    target (``.<name>.denoisekit-<host>-<pid>.new``); :meth:`FolderWriter.commit` marks it
    complete (a file in it listing the old and new names), moves the old outputs into
@@ -95,10 +96,9 @@ class FolderWriter:
     # ------------------------------------------------------------------ lifecycle
 
     def __enter__(self) -> FolderWriter:
-        check_output_folder(  # a file in the way, or outputs: one line before any lock
-            self.folder, self.names, overwrite=self.overwrite or not self.check,
-            what=self.what, fix=self.fix,
-        )  # fmt: skip
+        check_output_folder(  # a file in the way: one line before any lock
+            self.folder, self.names, overwrite=True, what=self.what, fix=self.fix
+        )
         self._lock()
         try:
             recover(self.folder.resolve())
@@ -131,7 +131,7 @@ class FolderWriter:
         old = [n for n in self.names if _exists(self.folder / n)]
         record = json.dumps({"old": old, "new": new}).encode("utf-8")
         write_bytes(self.staging / COMPLETE, record)  # complete: from here the new wins
-        _swap(self.folder, self.staging, self.trash, old, new)
+        swap(self.folder, self.staging, self.trash, old, new)
         self._committed = True
 
     # ------------------------------------------------------------------ train
@@ -236,7 +236,7 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _swap(folder: Path, staging: Path, trash: Path, old: Sequence[str], new: Sequence[str]) -> None:
+def swap(folder: Path, staging: Path, trash: Path, old: Sequence[str], new: Sequence[str]) -> None:
     """Old outputs into ``trash``, new ones from ``staging`` in; idempotent (a writer killed
     midway is finished by :func:`recover` with the same lists)."""
     trash.mkdir(exist_ok=True)
@@ -280,7 +280,7 @@ def recover(folder: Path) -> list[Path]:
             marker = path / COMPLETE
             if marker.is_file():
                 lists = json.loads(marker.read_text(encoding="utf-8"))
-                _swap(folder, path, trash, lists["old"], lists["new"])
+                swap(folder, path, trash, lists["old"], lists["new"])
                 log.warning("%s: finished replacing its content (a writer was killed)", folder)
             else:
                 shutil.rmtree(path, ignore_errors=True)
