@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from denoisekit.cli.common import Subparsers, add_set_arg, add_trust_arg
-from denoisekit.engine.outputs import COMPARE_OUTPUTS
+from denoisekit.engine.outputs import COMPARE_OUTPUTS, check_output_folder
 from denoisekit.errors import DenoisekitError
 
 
@@ -48,6 +48,10 @@ def register(sub: Subparsers) -> None:
 def command(args: argparse.Namespace) -> int:
     if bool(args.recipes) == (args.run is not None):
         raise DenoisekitError("compare takes recipe files or --run RUN_OR_CHECKPOINT (one of)")
+    if not args.dry_run:  # before the recipes load (again under the writer's lock below)
+        check_output_folder(
+            args.out, COMPARE_OUTPUTS, overwrite=args.overwrite, what="a comparison", fix=""
+        )
     # The engine's compare module imports torch (a second or more): imported here, not at
     # the top, so `denoisekit --help` and a rejected argument stay fast.
     from denoisekit.engine.compare import plan, run_compare, training_groups

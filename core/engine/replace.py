@@ -85,7 +85,7 @@ class FolderWriter:
         self.overwrite, self.what, self.fix, self.check = overwrite, what, fix, check
         self.existing: list[str] = []
         self._fd: int | None = None
-        self._made = False
+        self._made: list[Path] = []
         self._committed = False
         self._aside: list[str] | None = None
         real = self.folder.resolve()
@@ -162,9 +162,10 @@ class FolderWriter:
     # ------------------------------------------------------------------ the lock
 
     def _lock(self) -> None:
+        missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
         try:
             self.folder.mkdir(parents=True)
-            self._made = True
+            self._made = missing  # removed again where left empty
         except FileExistsError:
             pass
         except OSError as exc:
@@ -202,9 +203,10 @@ class FolderWriter:
 
     def _remove_made_folder(self) -> None:
         """A folder this writer made and left empty goes (a failed command leaves none)."""
-        if self._made and self._fd is None:
+        if self._fd is None:
             with contextlib.suppress(OSError):  # not empty, or gone
-                self.folder.rmdir()
+                for folder in self._made:
+                    folder.rmdir()
 
 
 def _try_lock(fd: int) -> bool:

@@ -64,7 +64,7 @@ def test_a_failure_before_the_commit_leaves_the_old_content_and_no_new_folder(tm
         raise RuntimeError("the import failed")
     assert contents(run) == {"checkpoints/last.pt": "old", "metrics.jsonl": "old",
                              "recipe.toml": "old"}  # fmt: skip
-    with pytest.raises(RuntimeError), writer(tmp_path / "new") as w:
+    with pytest.raises(RuntimeError), writer(tmp_path / "new" / "deeper") as w:
         raise RuntimeError("the import failed")
     assert sorted(os.listdir(tmp_path)) == ["run"]
 
