@@ -86,7 +86,7 @@ class FolderWriter:
         self.existing: list[str] = []
         self._fd: int | None = None
         self._made: list[Path] = []
-        self._committed = False
+        self._marked = False
         self._aside: list[str] | None = None
         real = self.folder.resolve()
         prefix = temporary_prefix(real)
@@ -115,7 +115,7 @@ class FolderWriter:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         try:
-            if not self._committed:
+            if not self._marked:  # a staging folder marked complete stays for recovery
                 shutil.rmtree(self.staging, ignore_errors=True)
         finally:
             self._unlock()
@@ -131,8 +131,8 @@ class FolderWriter:
         old = [n for n in self.names if _exists(self.folder / n)]
         record = json.dumps({"old": old, "new": new}).encode("utf-8")
         write_bytes(self.staging / COMPLETE, record)  # complete: from here the new wins
-        swap(self.folder, self.staging, self.trash, old, new)
-        self._committed = True
+        self._marked = True
+        swap(self.folder.resolve(), self.staging, self.trash, old, new)
 
     # ------------------------------------------------------------------ train
 
