@@ -1,24 +1,14 @@
-"""File I/O a plugin may need: atomic writes, safetensors, the weights-file format.
-
-* :func:`atomic_write`: a temporary file beside the target, fsynced, renamed over it, the
-  folder fsynced. Temporary names are ``.<name>.denoisekit-<host>-<pid>.<random>.tmp``
-  (:func:`temporary_prefix`); a writer killed mid-write (``kill -9``) leaves one behind,
-  which the next write into that folder removes (:func:`remove_stale_temporaries`).
-* :func:`save_safetensors` / :func:`load_safetensors`: tensors to and from a
-  ``.safetensors`` file (written atomically; never unpickles).
-* :class:`RunPaths`: the layout of a run folder, every path a run has (hooks see it as
-  ``run.paths``); the engine's :mod:`denoisekit.engine.run_folder` opens and writes runs.
-* :func:`weights_file` / :func:`split_weights_file`: the checkpoint hook's weights file,
-  ``model.*`` the trained weights and ``ema.*`` the sampling ones where they differ;
-  ``train.init_from`` reads it back.
-
-A write that fails (no space, a file-size limit, a file where a folder should be) is one
-:class:`~denoisekit.errors.OutputError` line naming the file, and leaves nothing behind.
-torch and safetensors are imported inside the functions that need them.
+"""File I/O a plugin may need, so no plugin keeps a copy: :func:`atomic_write` (temporary
+names ``.<name>.denoisekit-<host>-<pid>.<random>.tmp``, removed by the next write into the
+folder when their writer was killed), safetensors, the weights-file format of the
+checkpoint hook and ``train.init_from`` (:func:`weights_file`), and :class:`RunPaths`, a
+run folder's layout: the one place its paths are spelled (hooks: ``run.paths``). torch and
+safetensors are imported where they are used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -28,8 +18,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
-
-import attrs
 
 from denoisekit.errors import CheckpointError, OutputError
 
@@ -48,15 +36,9 @@ TEMPORARY_NAME = re.compile(
 MODEL_PREFIX, SAMPLING_PREFIX = "model.", "ema."
 
 #: What a run writes in its folder; any of them means the folder holds a run.
-RUN_OUTPUTS: tuple[str, ...] = (
-    "recipe.toml",
-    "versions.json",
-    "metrics.jsonl",
-    "checkpoints",
-    "tensorboard",
-    "samples",
+RUN_OUTPUTS: tuple[str, ...] = tuple(
+    ["recipe.toml", "versions.json", "metrics.jsonl", "checkpoints", "tensorboard", "samples"]
 )
-_STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 
 _UMASK = os.umask(0)  # read the process umask once (setting it is the only way to read it)
 os.umask(_UMASK)
@@ -107,12 +89,8 @@ def remove_stale_temporaries(folder: Path | str) -> list[Path]:
 def atomic_write(path: Path | str) -> Iterator[BinaryIO]:
     """Write ``path`` atomically: yield a binary handle on a temporary file in the same
     folder; on success fsync it, rename it over ``path`` and fsync the folder. On an
-    exception the temporary file is removed and ``path`` keeps its previous content.
-
-    Raises:
-        OutputError: the file cannot be written (no space left, a file-size limit, a file
-            where a folder should be, no permission); nothing is left behind.
-    """
+    exception the temporary file is removed and ``path`` keeps its previous content; a
+    failed write (no space, a file-size limit, no permission) is one OutputError line."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,16 +134,12 @@ def write_bytes(path: Path | str, data: bytes) -> Path:
 
 def fsync_folder(folder: Path | str) -> None:
     """Make a folder's entries (a rename into it) durable, where the platform can."""
-    try:
+    with contextlib.suppress(OSError):  # platforms without directory fds
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -196,55 +170,24 @@ def _os_error(exc: BaseException) -> OSError | None:
 # --------------------------------------------------------------------------- run folders
 
 
-@attrs.frozen
 class RunPaths:
-    """Every path of the run folder ``root``: the one place they are spelled."""
+    """Every path of the run folder ``root``: ``recipe`` (resolved, every default filled in),
+    ``versions``, ``metrics`` (the logged scalars, a JSON object a line), ``checkpoints``,
+    ``last_checkpoint`` (what ``--resume`` and readers load), ``tensorboard``, ``samples``
+    (grids drawn while training) and ``lock`` (held by the writer; it holds its pid)."""
 
-    root: Path
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.recipe, self.versions, self.metrics = (self.root / n for n in RUN_OUTPUTS[:3])
+        self.checkpoints, self.tensorboard, self.samples = (self.root / n for n in RUN_OUTPUTS[3:])
+        self.last_checkpoint = self.checkpoints / "last.pt"
+        self.lock = self.root / ".denoisekit.lock"
 
     @classmethod
     def of_checkpoint(cls, checkpoint: Path) -> RunPaths | None:
         """The run folder holding ``checkpoint`` in its checkpoints folder, or None."""
-        checkpoint = Path(checkpoint)
-        return cls(checkpoint.parent.parent) if checkpoint.parent.name == RUN_OUTPUTS[3] else None
-
-    @property
-    def recipe(self) -> Path:
-        """The resolved recipe, every default filled in."""
-        return self.root / RUN_OUTPUTS[0]
-
-    @property
-    def versions(self) -> Path:
-        """Versions of python, torch, denoisekit and the plugins."""
-        return self.root / RUN_OUTPUTS[1]
-
-    @property
-    def metrics(self) -> Path:
-        """The logged scalars, one JSON object a line."""
-        return self.root / RUN_OUTPUTS[2]
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / RUN_OUTPUTS[3]
-
-    @property
-    def last_checkpoint(self) -> Path:
-        """The newest checkpoint: the one ``--resume`` and a run folder's readers load."""
-        return self.checkpoints / "last.pt"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / RUN_OUTPUTS[4]
-
-    @property
-    def samples(self) -> Path:
-        """Sample grids drawn while training."""
-        return self.root / RUN_OUTPUTS[5]
-
-    @property
-    def lock(self) -> Path:
-        """The lock file of the process writing the run (it holds its pid)."""
-        return self.root / ".denoisekit.lock"
+        folder = Path(checkpoint).parent
+        return cls(folder.parent) if folder.name == RUN_OUTPUTS[3] else None
 
     def step_checkpoint(self, step: int) -> Path:
         """The checkpoint after ``step`` optimization steps."""
@@ -252,7 +195,7 @@ class RunPaths:
 
     def checkpoint_step(self, path: Path) -> int | None:
         """The step of a :meth:`step_checkpoint` file name; None for any other file."""
-        match = _STEP_FILE.match(Path(path).name)
+        match = re.match(r"^step-(\d+)\.pt$", Path(path).name)
         return int(match.group(1)) if match else None
 
     def relative(self, path: Path) -> str:
@@ -271,11 +214,7 @@ def save_safetensors(path: Path | str, tensors: Mapping[str, torch.Tensor]) -> P
 
 
 def load_safetensors(path: Path | str) -> dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` file onto the CPU.
-
-    Raises:
-        CheckpointError: a missing or unreadable file, one line naming it.
-    """
+    """A ``.safetensors`` file's tensors, on the CPU (unreadable: one CheckpointError line)."""
     from safetensors.torch import load_file
 
     try:
@@ -299,8 +238,6 @@ def weights_file(
 def split_weights_file(tensors: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(trained, sampling)`` weights of a :func:`weights_file`; the sampling weights are
     the trained ones where the file holds no ``ema.*`` keys."""
-    model = {k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
-    ema = {
-        k[len(SAMPLING_PREFIX) :]: v for k, v in tensors.items() if k.startswith(SAMPLING_PREFIX)
-    }
+    model, ema = ({k[len(p) :]: v for k, v in tensors.items() if k.startswith(p)}
+                  for p in (MODEL_PREFIX, SAMPLING_PREFIX))  # fmt: skip
     return model, ema or model
