@@ -32,6 +32,7 @@ from denoisekit.contracts import (
     FACTS,
     KIND_RECORDS,
     KINDS,
+    NULL_CLASS,
     PROBE_KINDS,
     Backbone,
     BackboneConfig,
@@ -121,7 +122,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "BUILD_CONTEXT", "FACTS", "KINDS", "KIND_RECORDS", "MAX_TIMESTEPS", "PLUGIN_API_VERSION",
+    "BUILD_CONTEXT", "FACTS", "KINDS", "KIND_RECORDS", "MAX_TIMESTEPS", "NULL_CLASS",
+    "PLUGIN_API_VERSION",
     "PREDICTION_TYPES", "PROBE_KINDS", "Backbone", "BackboneConfig", "CheckContext",
     "CheckpointError", "ComponentError", "ComponentSpec", "DataError", "DataLike",
     "DenoisekitDeprecationWarning", "DenoisekitError", "Denoiser", "DenoiserLike",
