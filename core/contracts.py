@@ -255,8 +255,9 @@ class LRSchedule(Protocol):
 class Hook(Protocol):
     """An object whose ``@denoisekit.hookimpl`` methods the run registers (see hookspecs)."""
 
-    #: True: only rank 0 of a distributed run registers it; None: the core decides by type.
-    rank_zero_only: bool | None = None
+    #: True: only rank 0 of a distributed run registers it (a hook writing files or the
+    #: console); False or unset: every rank does.
+    rank_zero_only: bool = False
 
 
 @attrs.frozen(kw_only=True)

@@ -113,15 +113,15 @@ def command(args: argparse.Namespace) -> int:
     from denoisekit.engine.build import load_trained
     from denoisekit.engine.editing import edit_images, fit_to_timesteps, load_inputs, load_mask
     from denoisekit.engine.figures import save_labelled_rows
+    from denoisekit.engine.run_folder import open_run
     from denoisekit.engine.sampling import save_npz
 
     options = _options(args)
     check_output_files([("--out", args.out), ("--grid", args.grid)], overwrite=args.overwrite)
     run = load_trained(
-        args.run,
+        open_run(args.run, trust_plugins=args.trust_plugins),
         overrides=sampler_overrides(args),
         device=args.device,
-        trust_plugins=args.trust_plugins,
     )
     sampler, options, notes = fit_to_timesteps(run, options)
     for note in notes:

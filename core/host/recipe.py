@@ -98,11 +98,16 @@ class Recipe:
     metrics: dict[str, ComponentChoice] = attrs.field(factory=dict)
     #: The file the recipe was read from (not part of equality).
     path: Path | None = attrs.field(default=None, eq=False)
+    #: The folder relative paths are read from, where it is not ``path``'s (a stored recipe:
+    #: the folder of the recipe that was trained). Not part of equality.
+    folder: Path | None = attrs.field(default=None, eq=False)
 
     @property
     def root(self) -> Path:
-        """The folder the recipe's relative paths (data folders) are read from: the recipe
-        file's, or the working directory for a recipe built in code."""
+        """The folder the recipe's relative paths (data folders) are read from: ``folder``,
+        else the recipe file's, else the working directory for a recipe built in code."""
+        if self.folder is not None:
+            return self.folder
         return self.path.parent.resolve() if self.path is not None else Path.cwd()
 
     def component(self, kind: str) -> ComponentChoice:
@@ -204,11 +209,13 @@ def recipe_from_data(
     source: Path | None = None,
     origins: Origins | None = None,
     check: bool = True,
+    folder: Path | None = None,
 ) -> Recipe:
     """Validate merged recipe data into a :class:`Recipe`.
 
     ``check``: also find what only the whole recipe shows (:func:`check_recipe`); off only
-    for a recipe that serves as a description of its data alone.
+    for a recipe that serves as a description of its data alone. ``folder``: where its
+    relative paths are read from, when not ``source``'s folder (:attr:`Recipe.folder`).
     """
     errors: list[tuple[str, str]] = []
     fields: dict[str, Any] = {}
@@ -273,7 +280,7 @@ def recipe_from_data(
 
     if errors:
         raise RecipeError(_format_errors(where, errors, origins))
-    recipe = Recipe(**fields, path=source)
+    recipe = Recipe(**fields, path=source, folder=folder)
     problems = check_recipe(recipe, registry) if check else []
     if problems:
         raise RecipeError(_format_errors(where, problems, origins))

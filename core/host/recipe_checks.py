@@ -10,6 +10,7 @@ from typing import Any
 from denoisekit.config import memory_limit, over_memory
 from denoisekit.contracts import KIND_RECORDS, BackboneConfig, CheckContext, optional
 from denoisekit.errors import DenoisekitError, RegistryError
+from denoisekit.files import RunPaths
 from denoisekit.host.convert import join_key
 from denoisekit.host.registry import Registry
 from denoisekit.host.suggest import exception_line
@@ -100,7 +101,7 @@ def _core_problems(recipe: Any, facts: Mapping[str, Mapping[str, Any]]) -> list[
 
 
 def _init_from_problems(recipe: Any) -> list[tuple[str, str]]:
-    """``train.init_from`` must name a run folder with ``checkpoints/last.pt``, a ``.pt``
+    """``train.init_from`` must name a run folder with a last checkpoint, a ``.pt``
     checkpoint or a ``.safetensors`` file. Not checked in a recipe read back from a
     checkpoint: a trained run's record, which will not start again."""
     name = recipe.train.init_from
@@ -108,9 +109,10 @@ def _init_from_problems(recipe: Any) -> list[tuple[str, str]]:
         return []
     path = recipe.root / name
     if path.is_dir():
-        if (path / "checkpoints" / "last.pt").is_file():
+        last = RunPaths(path).last_checkpoint
+        if last.is_file():
             return []
-        why = f"{path} holds no checkpoints/last.pt"
+        why = f"{path} holds no {RunPaths(path).relative(last)}"
     elif path.is_file():
         if path.suffix in (".pt", ".safetensors"):
             return []

@@ -84,6 +84,9 @@ class EvaluateHook:
         history: ``(step, results)`` of every evaluation of this process.
     """
 
+    #: Writes files or the console: rank 0 only under torchrun.
+    rank_zero_only = True
+
     def __init__(self, config: EvaluateConfig) -> None:
         self.config = config
         self.metrics: dict[str, Any] = {}

@@ -68,6 +68,9 @@ class PreviewHook:
         last_step: the step of the last preview drawn, or None.
     """
 
+    #: Writes files or the console: rank 0 only under torchrun.
+    rank_zero_only = True
+
     def __init__(self, config: PreviewConfig) -> None:
         self.config = config
         self.last_step: int | None = None
@@ -93,7 +96,7 @@ class PreviewHook:
     def preview(self, run: Run, step: int) -> Path:
         """Draw, save ``samples/step-N.png`` and call ``denoisekit_preview_images``."""
         images = self.draw(run)
-        path = Path(run.out_dir) / "samples" / preview_file_name(step)
+        path = run.paths.samples / preview_file_name(step)
         run.save_grid(path, images.float(), nrow=self.nrow(run), padding=2)
         run.pm.hook.denoisekit_preview_images(run=run, step=step, images=images)
         self.last_step = step

@@ -43,8 +43,6 @@ from denoisekit.hookspecs import Run
 
 log = logging.getLogger(__name__)
 
-FOLDER = "tensorboard"
-
 
 @attrs.frozen(kw_only=True)
 class TensorBoardConfig:
@@ -97,6 +95,9 @@ class TensorBoardHook:
         log_dir: ``<run>/tensorboard``.
     """
 
+    #: Writes files or the console: rank 0 only under torchrun.
+    rank_zero_only = True
+
     def __init__(self, config: TensorBoardConfig) -> None:
         self.config = config
         self.writer: Any = None
@@ -117,7 +118,7 @@ class TensorBoardHook:
 
     @hookimpl
     def denoisekit_configure(self, run: Run) -> None:
-        self.log_dir = Path(run.out_dir) / FOLDER
+        self.log_dir = run.paths.tensorboard
         self._num_timesteps = int(run.schedule.num_timesteps)
         bins = self.config.timestep_bins
         self._loss_sum = torch.zeros(bins, device=run.device)

@@ -64,7 +64,7 @@ def test_optional_attributes_default_from_the_protocol() -> None:
     assert optional(Bare(), Backbone, "num_classes") is None
     assert optional(Conditional(), Backbone, "time_input") == "log_snr"
     assert optional(Conditional(), Backbone, "num_classes") == 10
-    assert optional(Bare(), Hook, "rank_zero_only") is None
+    assert optional(Bare(), Hook, "rank_zero_only") is False
     assert optional(Bare(), Metric, "requires_model") is False
     assert optional(Bare(), Metric, "uses_samples") is True
     with pytest.raises(AttributeError):  # only declared attributes have a default

@@ -12,13 +12,12 @@ import pytest
 import torch
 
 from denoisekit.cli import main
-from denoisekit.engine import build, sampling
+from denoisekit.engine import build, run_folder, sampling
 from denoisekit.engine.build import build_run, load_trained
 from denoisekit.engine.image_files import to_uint8
 from denoisekit.engine.loop import train
-from denoisekit.engine.outputs import OutputError
 from denoisekit.engine.sampling import sample_images
-from denoisekit.errors import CheckpointError
+from denoisekit.errors import CheckpointError, OutputError
 from denoisekit.host.recipe import load_recipe
 
 RECIPE = """
@@ -238,12 +237,12 @@ def test_the_host_draws_x_T_per_image_and_leaves_a_given_one_alone(trained):
 
 def test_a_stored_recipe_from_before_a_rename_is_migrated():
     old = {"name": "r", "schedule": {"type": "cosine", "timesteps": 1000}, "seed": 0}
-    assert sampling.migrated(old)["schedule"] == {"type": "cosine", "num_timesteps": 1000}
+    assert run_folder.migrated(old)["schedule"] == {"type": "cosine", "num_timesteps": 1000}
     both = {"schedule": {"timesteps": 5, "num_timesteps": 7}}  # never overwrite the new key
-    assert sampling.migrated(both)["schedule"] == {"timesteps": 5, "num_timesteps": 7}
+    assert run_folder.migrated(both)["schedule"] == {"timesteps": 5, "num_timesteps": 7}
     metrics = {"metrics": {"nll": {"timesteps": 4}}, "sampler": {"timesteps": 3}}
     # renamed per kind: the nll metric's option, not a sampler's key of the same name
-    assert sampling.migrated(metrics) == {
+    assert run_folder.migrated(metrics) == {
         "metrics": {"nll": {"steps": 4}},
         "sampler": {"timesteps": 3},
     }
