@@ -31,6 +31,7 @@ from denoisekit.contracts import (
     KIND_RECORDS,
     KINDS,
     PROBE_KINDS,
+    Autoencoder,
     Backbone,
     BackboneConfig,
     CheckContext,
@@ -62,7 +63,8 @@ from denoisekit.errors import (
 from denoisekit.hookspecs import PROJECT
 
 if TYPE_CHECKING:
-    from denoisekit import diffusion
+    from denoisekit import autoencoder, diffusion
+    from denoisekit.autoencoder import DiagonalGaussian
     from denoisekit.denoiser import PREDICTION_TYPES, Denoiser
     from denoisekit.diffusion import DiscreteSchedule
     from denoisekit.host.build import build
@@ -78,6 +80,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "PREDICTION_TYPES": ("denoisekit.denoiser", "PREDICTION_TYPES"),
     "DiscreteSchedule": ("denoisekit.diffusion", "DiscreteSchedule"),
     "diffusion": ("denoisekit.diffusion", None),
+    "DiagonalGaussian": ("denoisekit.autoencoder", "DiagonalGaussian"),
+    "autoencoder": ("denoisekit.autoencoder", None),
     "build": ("denoisekit.host.build", "build"),  # the one reference from the API to the host
 }
 
@@ -98,11 +102,11 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "BUILD_CONTEXT", "FACTS", "KINDS", "KIND_RECORDS", "MAX_TIMESTEPS", "PREDICTION_TYPES",
-    "PROBE_KINDS", "Backbone", "BackboneConfig", "CheckContext", "CheckpointError",
+    "PROBE_KINDS", "Autoencoder", "Backbone", "BackboneConfig", "CheckContext", "CheckpointError",
     "ComponentError", "ComponentSpec", "DataError", "DataLike", "DenoisekitError", "Denoiser",
-    "DenoiserLike", "DiscreteSchedule", "Hook", "Kind", "LRSchedule", "Loss", "Metric",
-    "MetricContext", "NoiseSchedule", "Optimizer", "PluginLoadError", "Problem", "RecipeError",
-    "RegistryError", "SampleSet", "SamplerLike", "__version__", "build", "diffusion", "hookimpl",
-    "int_at_least", "int_between", "non_negative_finite", "open_unit_interval", "option",
-    "optional", "positive_finite", "positive_ints", "unit_interval",
+    "DenoiserLike", "DiagonalGaussian", "DiscreteSchedule", "Hook", "Kind", "LRSchedule", "Loss",
+    "Metric", "MetricContext", "NoiseSchedule", "Optimizer", "PluginLoadError", "Problem",
+    "RecipeError", "RegistryError", "SampleSet", "SamplerLike", "__version__", "autoencoder",
+    "build", "diffusion", "hookimpl", "int_at_least", "int_between", "non_negative_finite",
+    "open_unit_interval", "option", "optional", "positive_finite", "positive_ints", "unit_interval",
 ]  # fmt: skip

@@ -62,6 +62,10 @@ FACTS: dict[str, dict[str, str]] = {
         "num_classes": "number of classes of the labels (None: unlabelled, label -1)",
         "num_images": "images in the training split",
     },
+    "autoencoder": {
+        "latent_channels": "channels of the latent grid",
+        "downsample_factor": "image side / latent side",
+    },
     "schedule": {"num_timesteps": "T, the number of diffusion timesteps"},
     "optimizer": {"lr": "the base learning rate"},
 }
@@ -159,6 +163,25 @@ class BackboneConfig(Protocol):
     in_channels: int | None = None
     image_size: int | None = None
     num_classes: int | None = None  # class-conditional: labels 0 .. num_classes - 1
+
+
+class Autoencoder(Protocol):
+    """An ``nn.Module`` between images (B, C, H, W) in [-1, 1] and a latent grid: ``encode``
+    gives the posterior (:class:`denoisekit.autoencoder.DiagonalGaussian`) in ``x``'s dtype,
+    ``decode`` maps latents ``z`` back to images. ``shift`` and ``scale``: buffers of shape
+    ``(latent_channels,)`` in its state dict; the diffusion model sees ``(z - shift) * scale``
+    (:func:`denoisekit.autoencoder.calibrate` measures them)."""
+
+    shift: torch.Tensor
+    scale: torch.Tensor
+
+    def encode(self, x: torch.Tensor) -> Any: ...
+    def decode(self, z: torch.Tensor) -> torch.Tensor: ...
+
+    def latent_shape(self, image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """(C, h, w) of the latents of (C, H, W) images, without running the network;
+        ``ValueError`` for images it cannot take back (a side not divisible by its factor)."""
+        ...
 
 
 class Loss(Protocol):
@@ -304,7 +327,8 @@ class Kind:
     protocol: type  # the contract
     many: bool = False  # a recipe holds many, as ``[table.NAME]``; else one, as ``[table]``
     table: str = attrs.Factory(lambda self: self.name, takes_self=True)  # default: the name
-    default: str | None = None  # the type a recipe leaving the table out gets (None: required)
+    default: str | None = None  # the type a recipe leaving the table out gets (see optional)
+    optional: bool = False  # no default: a recipe may leave it out (none built); else required
     context: tuple[str, ...] = ()  # the keywords ``build`` gets besides the config
     methods: tuple[str, ...] = ()  # what the class ``build`` declares must have (static check)
     probed: bool = False  # components may declare a ``probe``
@@ -315,6 +339,8 @@ class Kind:
 #: file's folder and ``train`` a bool (the training split); ``params`` are parameters or groups.
 KIND_RECORDS: tuple[Kind, ...] = (
     Kind("data", DataLike, context=("root", "train"), methods=("__len__", "__getitem__")),
+    Kind("autoencoder", Autoencoder, optional=True,
+         methods=("encode", "decode", "latent_shape"), probed=True),
     Kind("schedule", NoiseSchedule, default="cosine", probed=True, runs=True),
     Kind("backbone", Backbone, default="unet", probed=True, runs=True),
     Kind("loss", Loss, default="mse", context=("schedule",), methods=("__call__",),

@@ -131,7 +131,8 @@ def test_config_that_is_not_an_attrs_class_names_the_plugin():
 def test_probe_must_name_options_of_the_config():
     with pytest.raises(ValueError, match=r"unknown options \['stpes'\]"):
         ComponentSpec(kind="sampler", name="s", config=Cfg, build=NoSample, probe={"stpes": 2})
-    with pytest.raises(ValueError, match="only schedule, backbone, loss, sampler, hook"):
+    probed = "only autoencoder, schedule, backbone, loss, sampler, hook"
+    with pytest.raises(ValueError, match=probed):
         ComponentSpec(kind="data", name="d", config=Cfg, build=NoSample, probe={})
 
 
