@@ -8,6 +8,8 @@ weights). Outputs are compared with diffusers' own forward passes.
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -195,3 +197,16 @@ def test_weights_that_do_not_fit_the_config_are_named(tmp_path):
     wrong = {**weights, "encoder.conv_in.bias": torch.zeros(9)}
     with pytest.raises(UnsupportedLayoutError, match=r"misshapen encoder\.conv_in\.bias"):
         DIFFUSERS.import_model(config, wrong)
+
+
+def test_the_latent_guide_example_runs(tmp_path, monkeypatch):
+    text = (Path(__file__).parents[2] / "docs" / "latent.md").read_text(encoding="utf-8")
+    [block] = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    _theirs(SMALL).save_pretrained(tmp_path / "my-vae")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    with single_thread():
+        exec(compile(block, "docs/latent.md", "exec"), namespace)
+    assert namespace["back"].shape == (4, 3, 32, 32)
+    assert namespace["z"].shape == (4, 4, 8, 8)
+    assert namespace["config_out"]["block_out_channels"] == [8, 16, 16]
