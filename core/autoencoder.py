@@ -99,7 +99,7 @@ def calibrate(
     """
     if posterior not in ("sample", "mode"):
         raise ValueError(f"posterior must be 'sample' or 'mode', got {posterior!r}")
-    device = autoencoder.shift.device
+    device, dtype = autoencoder.shift.device, autoencoder.shift.dtype
     total = squares = None
     count = 0
     training = getattr(autoencoder, "training", False)
@@ -107,7 +107,7 @@ def calibrate(
         autoencoder.eval()
     try:
         for batch in batches:
-            dist = autoencoder.encode(batch.to(device))
+            dist = autoencoder.encode(batch.to(device=device, dtype=dtype))
             mean = dist.mean.double().transpose(0, 1).flatten(1)  # (C, B*h*w)
             second = mean.square()
             if posterior == "sample":

@@ -14,6 +14,7 @@ import attrs
 if TYPE_CHECKING:
     import torch
 
+    from denoisekit.autoencoder import DiagonalGaussian
     from denoisekit.hookspecs import Run
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]*$")
@@ -175,7 +176,7 @@ class Autoencoder(Protocol):
     shift: torch.Tensor
     scale: torch.Tensor
 
-    def encode(self, x: torch.Tensor) -> Any: ...
+    def encode(self, x: torch.Tensor) -> DiagonalGaussian: ...
     def decode(self, z: torch.Tensor) -> torch.Tensor: ...
 
     def latent_shape(self, image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
