@@ -303,10 +303,14 @@ def test_regional_compile_compiles_each_residual_and_attention_block(kind):
     model = models.build_model(kind, TINY)
     blocks = models.repeated_blocks(model)
     names = {type(b).__name__ for b in blocks}
-    expected = {"ResBlock", "AttentionBlock"} if kind == "denoisekit" else {
-        "ResnetBlock2D",
-        "Attention",
-    }
+    expected = (
+        {"ResBlock", "AttentionBlock"}
+        if kind == "denoisekit"
+        else {
+            "ResnetBlock2D",
+            "Attention",
+        }
+    )
     assert names == expected
     # The layouts match block for block, so both sides compile as many regions.
     assert len(blocks) == len(models.repeated_blocks(models.build_model("denoisekit", TINY)))
@@ -318,3 +322,16 @@ def test_inductor_compiled_variants_match_fp32(variant):
     torch._dynamo.reset()
     result = models.check_variant("denoisekit", models.VARIANTS[variant], TINY)
     assert result["ok"], result
+
+
+def test_shard_benchmark_quick_run_reports_every_reader(tmp_path):
+    """``bench_shards.py --quick``: both readers, the fields the docs quote (no timing
+    is asserted)."""
+    import bench_shards
+
+    out = tmp_path / "rows.json"
+    assert bench_shards.main(["--quick", "--root", str(tmp_path / "data"), "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["reader"], r["ranks"]) for r in rows] == [("image-folder", 1), ("shards", 1)]
+    assert all(r["images_per_s"] > 0 and r["first_batch_s"] > 0 for r in rows)
+    assert len(list((tmp_path / "data" / "shards").glob("*.tar"))) == 1  # 96 images, 500 a shard

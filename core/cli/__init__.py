@@ -1,7 +1,7 @@
 """The ``denoisekit`` command line: the parser of every command, and :func:`main`.
 
 One module per command (:mod:`~denoisekit.cli.train`, ``sample``, ``edit``, ``compare``, ``eval``,
-``plugins``, ``recipe``; ``interop``: ``import-diffusers`` and ``export-diffusers``), each
+``plugins``, ``recipe``, ``data``; ``interop``: ``import-diffusers`` and ``export-diffusers``), each
 with ``register(subparsers)``, which adds its parser and sets its handler as ``func``;
 :mod:`~denoisekit.cli.common` holds what they share. User errors
 (:class:`denoisekit.errors.DenoisekitError`) print one line on stderr and exit with
@@ -17,13 +17,13 @@ import traceback
 from collections.abc import Sequence
 
 from denoisekit import __version__
-from denoisekit.cli import compare, edit, interop, plugins, recipe, sample, train
+from denoisekit.cli import compare, data, edit, interop, plugins, recipe, sample, train
 from denoisekit.cli import eval as evaluate  # the `eval` command's module, not the builtin
 from denoisekit.cli.common import EXIT_USAGE, CommandParser, Parser
 from denoisekit.errors import DenoisekitError
 
 #: The command modules, in the order ``denoisekit --help`` lists them.
-COMMANDS = (train, sample, edit, compare, evaluate, interop, plugins, recipe)
+COMMANDS = (train, sample, edit, compare, evaluate, interop, data, plugins, recipe)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,6 +49,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "denoisekit.plugins.optim.lr_warmup_cosine",
     "denoisekit.plugins.data.digits",
     "denoisekit.plugins.data.image_folder",
+    "denoisekit.plugins.data.shards",
     "denoisekit.plugins.data.torchvision_data",
     "denoisekit.plugins.hooks.ema",
     "denoisekit.plugins.hooks.amp",

@@ -119,7 +119,7 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
             ["trian", "r.toml"],
             "argument COMMAND: invalid choice: 'trian' (did you mean 'train'?) (choose from "
             "'train', 'sample', 'edit', 'compare', 'eval', 'import-diffusers', 'export-diffusers', "
-            "'plugins', 'recipe') (see denoisekit --help)",
+            "'data', 'plugins', 'recipe') (see denoisekit --help)",
         ),
         (
             ["recipe", "chek", "r.toml"],
