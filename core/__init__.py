@@ -3,8 +3,9 @@
 The public plugin API (see docs/writing-a-plugin.md): :data:`hookimpl`, :class:`ComponentSpec`,
 the kinds and their contracts, config helpers and validators, :class:`Denoiser`,
 :class:`DiscreteSchedule` and :mod:`diffusion`, the user-facing errors, and :func:`build`
-(``denoisekit.build("sampler", "ddim", steps=20)``). The names in ``_LAZY`` import torch or
-the host, so they are loaded on first access: ``import denoisekit`` stays light.
+(``denoisekit.build("sampler", "ddim", steps=20)``) and :func:`load_registry` (every
+registered component). The names in ``_LAZY`` import torch or the host, so they are loaded
+on first access: ``import denoisekit`` stays light.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from denoisekit.config import (
+    DOC_KEY,
     MAX_TIMESTEPS,
     int_at_least,
     int_between,
@@ -51,6 +53,7 @@ from denoisekit.contracts import (
     SampleSet,
     optional,
 )
+from denoisekit.deprecation import DenoisekitDeprecationWarning, MovedModules, module_getattr
 from denoisekit.errors import (
     CheckpointError,
     ComponentError,
@@ -68,8 +71,15 @@ if TYPE_CHECKING:
     from denoisekit.denoiser import PREDICTION_TYPES, Denoiser
     from denoisekit.diffusion import DiscreteSchedule
     from denoisekit.host.build import build
+    from denoisekit.host.registry import load_registry
 
-__version__ = "0.1.0"
+#: The package version (semantic versioning; pyproject.toml reads it from here). Before
+#: 1.0 a minor release may change the plugin API: CHANGELOG.md says what changed.
+__version__ = "0.2.0"
+#: The plugin API's version (major, minor): the major number grows when a plugin written
+#: for the previous one may break (a contract, hook or public name changed incompatibly),
+#: the minor when the API only gains. 1.0 was denoisekit 0.1; see docs/writing-a-plugin.md.
+PLUGIN_API_VERSION: tuple[int, int] = (2, 0)
 
 #: Marker for hook implementations: ``@denoisekit.hookimpl``.
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -82,8 +92,22 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "diffusion": ("denoisekit.diffusion", None),
     "DiagonalGaussian": ("denoisekit.autoencoder", "DiagonalGaussian"),
     "autoencoder": ("denoisekit.autoencoder", None),
-    "build": ("denoisekit.host.build", "build"),  # the one reference from the API to the host
+    "build": ("denoisekit.host.build", "build"),  # the API's references to the host
+    "load_registry": ("denoisekit.host.registry", "load_registry"),
 }
+
+
+#: Modules 0.2.0 moved: their old paths import until 0.3.0, with a warning.
+MOVED_MODULES: dict[str, str] = {
+    "denoisekit.components": "denoisekit.contracts",
+    "denoisekit.registry": "denoisekit.host.registry",
+    "denoisekit.plugin_manager": "denoisekit.host.plugin_manager",
+}
+MovedModules(MOVED_MODULES).install()
+# Names 0.2.0 removed from the package root, answered until 0.3.0 with a warning.
+_removed = module_getattr("denoisekit", {"option_doc": (
+    lambda field: field.metadata.get(DOC_KEY, ""), "use field.metadata[denoisekit.config.DOC_KEY]"
+)})  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
@@ -93,7 +117,7 @@ def __getattr__(name: str) -> Any:
         value = module if attribute is None else getattr(module, attribute)
         globals()[name] = value
         return value
-    raise AttributeError(f"module 'denoisekit' has no attribute {name!r}")
+    return _removed(name, stacklevel=4)
 
 
 def __dir__() -> list[str]:
@@ -101,12 +125,13 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "BUILD_CONTEXT", "FACTS", "KINDS", "KIND_RECORDS", "MAX_TIMESTEPS", "PREDICTION_TYPES",
-    "PROBE_KINDS", "Autoencoder", "Backbone", "BackboneConfig", "CheckContext", "CheckpointError",
-    "ComponentError", "ComponentSpec", "DataError", "DataLike", "DenoisekitError", "Denoiser",
-    "DenoiserLike", "DiagonalGaussian", "DiscreteSchedule", "Hook", "Kind", "LRSchedule", "Loss",
-    "Metric", "MetricContext", "NoiseSchedule", "Optimizer", "PluginLoadError", "Problem",
-    "RecipeError", "RegistryError", "SampleSet", "SamplerLike", "__version__", "autoencoder",
-    "build", "diffusion", "hookimpl", "int_at_least", "int_between", "non_negative_finite",
+    "BUILD_CONTEXT", "FACTS", "KINDS", "KIND_RECORDS", "MAX_TIMESTEPS", "PLUGIN_API_VERSION",
+    "PREDICTION_TYPES", "PROBE_KINDS", "Autoencoder", "Backbone", "BackboneConfig", "CheckContext",
+    "CheckpointError", "ComponentError", "ComponentSpec", "DataError", "DataLike",
+    "DenoisekitDeprecationWarning", "DenoisekitError", "Denoiser", "DenoiserLike",
+    "DiagonalGaussian", "DiscreteSchedule", "Hook", "Kind", "LRSchedule", "Loss", "Metric",
+    "MetricContext", "NoiseSchedule", "Optimizer", "PluginLoadError", "Problem", "RecipeError",
+    "RegistryError", "SampleSet", "SamplerLike", "__version__", "autoencoder", "build", "diffusion",
+    "hookimpl", "int_at_least", "int_between", "load_registry", "non_negative_finite",
     "open_unit_interval", "option", "optional", "positive_finite", "positive_ints", "unit_interval",
 ]  # fmt: skip

@@ -1,6 +1,8 @@
 """Component kinds (one :class:`Kind` record each), the registration record and the
 contracts components meet: :class:`typing.Protocol` classes (no need to inherit from them),
-whose optional attributes carry their default (read them with :func:`optional`)."""
+whose optional attributes carry their default (read them with :func:`optional`) and whose
+methods say how the host calls them: arguments before ``/`` positionally (under any names),
+after ``*`` by name (the registry checks it: :mod:`denoisekit.host.signatures`)."""
 
 from __future__ import annotations
 
@@ -153,7 +155,7 @@ class Backbone(Protocol):
     num_classes: int | None = None  # classes of the ``cond`` labels; None: unconditional
 
     def __call__(
-        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, /
     ) -> torch.Tensor: ...
 
 
@@ -176,10 +178,10 @@ class Autoencoder(Protocol):
     shift: torch.Tensor
     scale: torch.Tensor
 
-    def encode(self, x: torch.Tensor) -> DiagonalGaussian: ...
-    def decode(self, z: torch.Tensor) -> torch.Tensor: ...
+    def encode(self, x: torch.Tensor, /) -> DiagonalGaussian: ...
+    def decode(self, z: torch.Tensor, /) -> torch.Tensor: ...
 
-    def latent_shape(self, image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    def latent_shape(self, image_shape: tuple[int, int, int], /) -> tuple[int, int, int]:
         """(C, h, w) of the latents of (C, H, W) images, without running the network;
         ``ValueError`` for images it cannot take back (a side not divisible by its factor)."""
         ...
@@ -193,6 +195,7 @@ class Loss(Protocol):
     def __call__(
         self,
         model_output: torch.Tensor,
+        /,
         *,
         x0: torch.Tensor,
         noise: torch.Tensor,
@@ -208,7 +211,7 @@ class DenoiserLike(Protocol):
     def predict(
         self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(eps, x0)`` estimates at integer timesteps ``t`` (shape ``(B,)``)."""
+        """``(eps, x0)`` at timesteps ``t``, which samplers pass as a ``(B,)`` long tensor."""
         ...
 
 
@@ -217,7 +220,7 @@ class SamplerLike(Protocol):
     through a denoiser, ending at t = 0; shape, device and dtype follow ``x_T``, which it
     must not modify. ``generator`` (one, or one per image) draws any noise of its own."""
 
-    def num_evaluations(self, num_timesteps: int) -> int:
+    def num_evaluations(self, num_timesteps: int, /) -> int:
         """Network evaluations one call of :meth:`sample` makes for a schedule of this length."""
         ...
 
@@ -225,6 +228,7 @@ class SamplerLike(Protocol):
         self,
         denoiser: DenoiserLike,
         x_T: torch.Tensor,
+        /,
         *,
         generator: torch.Generator | list[torch.Generator] | None,
         cond: torch.Tensor | None = None,
@@ -241,16 +245,16 @@ class DataLike(Protocol):
 
     def __len__(self) -> int: ...
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]: ...
+    def __getitem__(self, index: int, /) -> tuple[torch.Tensor, int]: ...
 
 
 class Optimizer(Protocol):
     """A ``torch.optim.Optimizer`` or anything with its methods."""
 
     def step(self) -> Any: ...
-    def zero_grad(self, set_to_none: bool = True) -> None: ...
+    def zero_grad(self, *, set_to_none: bool = True) -> None: ...
     def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state_dict: dict[str, Any], /) -> None: ...
 
 
 class LRSchedule(Protocol):
@@ -258,7 +262,7 @@ class LRSchedule(Protocol):
 
     def step(self) -> None: ...
     def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state_dict: dict[str, Any], /) -> None: ...
 
 
 class Hook(Protocol):
@@ -314,7 +318,7 @@ class Metric(Protocol):
     requires_model: bool = False  # True: cannot score a sample file
     uses_samples: bool = True  # False: a property of the model alone (compare runs it once)
 
-    def __call__(self, context: MetricContext) -> dict[str, float]: ...
+    def __call__(self, context: MetricContext, /) -> dict[str, float]: ...
 
 
 # --------------------------------------------------------------------------- kinds

@@ -15,6 +15,7 @@ import torch
 
 from denoisekit import diffusion
 from denoisekit.contracts import Backbone, optional
+from denoisekit.deprecation import renamed_attributes
 from denoisekit.diffusion import DiscreteSchedule
 from denoisekit.errors import ComponentError
 
@@ -120,6 +121,8 @@ class Denoiser:
         """One evaluation of the backbone at integer timesteps ``t`` (``time`` is what the
         backbone reads); classifier-free guidance overrides it."""
         return self.model(x_t, time) if cond is None else self.model(x_t, time, cond)
+
+    __getattr__ = renamed_attributes("Denoiser", {"nfe": "num_evaluations"})  # until 0.3.0
 
     def __repr__(self) -> str:
         return (

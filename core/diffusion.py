@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from denoisekit.deprecation import module_getattr
 from denoisekit.schedule import DiscreteSchedule
 from denoisekit.schedule import ScheduleTables as ScheduleTables  # re-exported
 
@@ -201,3 +202,35 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     if x.device.type == "cpu" and device.type == "cuda":
         return x.pin_memory().to(device, non_blocking=True)
     return x.to(device)
+
+
+# --------------------------------------------------------------------------- removed in 0.2.0
+
+
+def _start_noise(
+    shape: Sequence[int],
+    generator: GeneratorArg,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    x_T: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """0.1's ``start_noise``: a copy of ``x_T``, or a per-image draw of ``shape``."""
+    if x_T is None:
+        return randn(shape, generator, device=device, dtype=dtype or torch.float32)
+    if tuple(x_T.shape) != tuple(int(s) for s in shape):
+        raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
+    return x_T.to(device=device, dtype=dtype or x_T.dtype, copy=True)
+
+
+def _batch_timesteps(timesteps: Sequence[int], batch: int, device: Any) -> torch.Tensor:
+    """0.1's ``batch_timesteps``: row ``i`` is ``timesteps[i]``, ``batch`` times."""
+    t = torch.as_tensor(timesteps, dtype=torch.long).to(device)
+    return t.view(-1, 1).expand(t.numel(), batch)
+
+
+__getattr__ = module_getattr(__name__, {
+    "start_noise": (_start_noise, "the host draws x_T and passes it to sample(denoiser, x_T, "
+                    "...); draw one with denoisekit.diffusion.randn(shape, generator)"),
+    "batch_timesteps": (_batch_timesteps, "use sampling_steps(schedule, timesteps, x_T).t"),
+})  # fmt: skip

@@ -17,7 +17,8 @@ The layers (docs/architecture.md draws them)::
     plugins  denoisekit.plugins.*, examples/    api (plugins: their own package too;
                                                 example tests: denoisekit.testing too)
 
-The one exception: ``core/__init__.py`` exposes ``denoisekit.build`` from the host, lazily.
+The one exception: ``core/__init__.py`` names the host, for ``denoisekit.build`` and
+``denoisekit.load_registry`` (lazily) and the deprecated module paths (``MOVED_MODULES``).
 """
 
 from __future__ import annotations

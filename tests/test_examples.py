@@ -5,6 +5,8 @@
   suite, written with ``denoisekit.testing``, passes against the installed copy.
 * ``examples/local-plugin`` is a recipe whose plugin module sits beside it
   (``plugins = [...]`` alone, entry points off).
+* Its dependency pin admits this denoisekit and excludes the next minor release, which may
+  change the plugin API (docs/writing-a-plugin.md, "Compatibility").
 * The Euler and Heun samplers converge to the probability-flow ODE's closed-form map on
   Gaussian data, at their orders (1 and 2).
 """
@@ -46,6 +48,8 @@ from tests.plugins.sampler_oracles import MU, SIGMA, GaussianOracle
 ROOT = Path(__file__).resolve().parents[1]
 KARRAS = ROOT / "examples" / "denoisekit-karras"
 LOCAL = ROOT / "examples" / "local-plugin"
+#: The example's release: 0.2.0, ported to denoisekit 0.2's sampler contract.
+EXAMPLE_VERSION = "0.2.0"
 
 
 def _forget(prefix: str) -> None:
@@ -110,13 +114,28 @@ def test_installed_package_declares_its_entry_point(on_path):
         ep for ep in importlib.metadata.entry_points(group="denoisekit") if ep.name == "karras"
     ]
     assert ep.value == "denoisekit_karras.plugin"
-    assert (ep.dist.name, ep.dist.version) == ("denoisekit-karras", "0.1.0")
+    assert (ep.dist.name, ep.dist.version) == ("denoisekit-karras", EXAMPLE_VERSION)
     registry = Registry.from_plugin_manager(get_plugin_manager())
     for kind, name in [("sampler", "euler"), ("sampler", "heun"), ("backbone", "tinyconv")]:
         entry = registry.get(kind, name)
         assert entry.plugin == "karras"
-        assert "denoisekit-karras 0.1.0" in entry.source
+        assert f"denoisekit-karras {EXAMPLE_VERSION}" in entry.source
     assert registry.get("hook", "loss-by-sigma").plugin == "karras"
+
+
+def test_the_example_pins_this_minor_release_of_denoisekit(on_path):
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    import denoisekit
+
+    requires = importlib.metadata.distribution("denoisekit-karras").requires or []
+    (pin,) = [Requirement(r) for r in requires if Requirement(r).name == "denoisekit"]
+    major, minor, _ = Version(denoisekit.__version__).release
+    assert pin.specifier.contains(denoisekit.__version__)
+    assert not pin.specifier.contains(f"{major}.{minor + 1}.0")  # the next minor release
+    assert not pin.specifier.contains(f"{major}.{minor - 1}.0") or minor == 0  # the last
+    assert importlib.metadata.version("denoisekit-karras") == EXAMPLE_VERSION
 
 
 def test_installed_package_trains_and_samples_through_entry_points(on_path, tmp_path, capsys):
@@ -141,7 +160,7 @@ def test_installed_package_trains_and_samples_through_entry_points(on_path, tmp_
         assert [r["step"] for r in rows] == [1, 2, 3]
         assert any(k.startswith("loss_sigma/") for k in rows[0])  # the hook logged
         versions = json.loads((out / "versions.json").read_text())
-        assert "denoisekit-karras 0.1.0" in versions["plugins"]["karras"]
+        assert f"denoisekit-karras {EXAMPLE_VERSION}" in versions["plugins"]["karras"]
         npz = tmp_path / "samples.npz"
         sample_args = ["sample", str(out), "-n", "5", "--out", str(npz), "--batch-size", "3"]
         assert main([*sample_args, "--sampler", "euler", "--set", "sampler.steps=4"]) == 0

@@ -16,7 +16,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from denoisekit import __version__
+from denoisekit import PLUGIN_API_VERSION, __version__
 from denoisekit.cli import compare, data, edit, interop, plugins, recipe, sample, train
 from denoisekit.cli import eval as evaluate  # the `eval` command's module, not the builtin
 from denoisekit.cli.common import EXIT_USAGE, CommandParser, Parser
@@ -24,13 +24,15 @@ from denoisekit.errors import DenoisekitError
 
 #: The command modules, in the order ``denoisekit --help`` lists them.
 COMMANDS = (train, sample, edit, compare, evaluate, interop, data, plugins, recipe)
+#: What ``denoisekit --version`` prints: the package's and the plugin API's versions.
+VERSION_TEXT = f"denoisekit {__version__} (plugin API {'.'.join(map(str, PLUGIN_API_VERSION))})"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = Parser(prog="denoisekit", description="Modular denoising diffusion models in PyTorch.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=VERSION_TEXT)
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=CommandParser
     )

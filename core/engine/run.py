@@ -26,6 +26,7 @@ from torch import nn
 
 from denoisekit.contracts import Backbone, optional
 from denoisekit.denoiser import Denoiser, eval_mode
+from denoisekit.deprecation import renamed_attributes
 from denoisekit.diffusion import randn
 from denoisekit.engine import checkpoint, distributed, evaluation, sampling
 from denoisekit.engine.batches import BatchStream
@@ -72,6 +73,10 @@ class TrainingState:
     step: int = 0
     grad_norm: torch.Tensor | None = None
     eval_reference: Any = None
+
+
+#: The run's parts 0.2.0 renamed: old attribute → new (answered until 0.3.0).
+RENAMED = {"dataset": "data", "loss_fn": "loss", "lr_scheduler": "lr_schedule"}
 
 
 @attrs.frozen(eq=False)
@@ -140,6 +145,8 @@ class Run:
     @property
     def num_classes(self) -> int | None:
         return optional(self.model, Backbone, "num_classes")
+
+    __getattr__ = renamed_attributes("run", RENAMED)  # 0.1's names, until 0.3.0
 
     # ------------------------------------------------------------------ training services
 

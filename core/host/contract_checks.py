@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from denoisekit.contracts import KIND, Backbone, BackboneConfig, ComponentSpec, optional
+from denoisekit.host.signatures import signature_problems
 
 # --------------------------------------------------------------------------- contract checks
 #
@@ -31,17 +32,18 @@ def contract_problems(spec: ComponentSpec) -> list[str]:
       of its kind (``Kind.context``);
     * the class ``build`` produces, when it says which (``build`` is a class, or declares
       a return type), has the methods of its kind (``Kind.methods``: a sampler's
-      ``sample`` and ``num_evaluations``, ...); a backbone's is an ``nn.Module``; a
-      hook's methods marked ``@denoisekit.hookimpl`` implement hooks that exist, with
-      arguments those hooks have.
+      ``sample`` and ``num_evaluations``, ...), with the signatures of its kind's contract
+      (:func:`~denoisekit.host.signatures.signature_problems`); a backbone's is an
+      ``nn.Module``; a hook's methods marked ``@denoisekit.hookimpl`` implement hooks that
+      exist, with arguments those hooks have.
 
     Probe checks, for components with a ``probe`` (built once per process, small): the
-    instance is exercised — a backbone's output must have the shape of a probe input
-    ``(2, in_channels, image_size, image_size)``; a sampler's methods exist; a schedule's
-    ``alphas_cumprod`` has ``num_timesteps`` entries; a loss has a known
-    ``prediction_type`` and returns one value per sample; a hook registers cleanly; an
-    autoencoder's latents have its ``latent_shape``, it decodes them to the input's shape,
-    and ``shift``/``scale`` are in its state dict.
+    instance's method signatures are checked, then it is exercised — a backbone's output
+    must have the shape of a probe input ``(2, in_channels, image_size, image_size)``; a
+    sampler's methods exist; a schedule's ``alphas_cumprod`` has ``num_timesteps`` entries;
+    a loss has a known ``prediction_type`` and returns one value per sample; a hook
+    registers cleanly; an autoencoder's latents have its ``latent_shape``, it decodes them
+    to the input's shape, and ``shift``/``scale`` are in its state dict.
     The full behavioural checks are the conformance suites of :mod:`denoisekit.testing`.
     """
     if not callable(spec.build):
@@ -101,7 +103,7 @@ def _class_problems(kind: str, cls: type) -> list[str]:
             return [f"{cls.__name__} is not a torch.nn.Module; a backbone must be one"]
     elif kind == "hook":
         return _hook_class_problems(cls)
-    return []
+    return signature_problems(kind, cls)
 
 
 def hook_problems(hook: Any) -> list[str]:
@@ -193,6 +195,9 @@ def _probe(spec: ComponentSpec) -> list[str]:
                 built = spec.build(config, **context)
             except Exception as exc:
                 return [f"building the probe failed: {type(exc).__name__}: {exc}"]
+            problems = signature_problems(spec.kind, built)
+            if problems:
+                return problems
             try:
                 return PROBES[spec.kind](built, config)
             except Exception as exc:

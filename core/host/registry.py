@@ -23,6 +23,7 @@ from denoisekit.errors import (
 )
 from denoisekit.host.contract_checks import contract_problems, hook_problems
 from denoisekit.host.plugin_manager import PluginManager, get_plugin_manager
+from denoisekit.host.signatures import signature_problems
 from denoisekit.host.suggest import did_you_mean, exception_line
 
 
@@ -128,8 +129,11 @@ class Registry:
 
         Raises:
             ComponentError: the factory raised (a :class:`DenoisekitError` passes through
-                as it is; anything else is quoted, and is the error's ``__cause__``), or it
-                built a hook whose ``@hookimpl`` methods name an unknown hook or argument.
+                as it is; anything else is quoted, and is the error's ``__cause__``), it
+                built a hook whose ``@hookimpl`` methods name an unknown hook or argument,
+                or a component whose methods do not match its kind's contract (checked
+                here, before anything is called, where the registry could not tell from
+                the spec which class ``build`` makes).
         """
         entry = self.get(kind, name)
         if config is None:
@@ -142,9 +146,13 @@ class Registry:
             raise ComponentError(
                 f"{entry.label} failed to build: {exception_line(exc)} (--debug shows where)"
             ) from exc
-        problems = hook_problems(built) if kind == "hook" else []
+        if kind == "hook":
+            problems = hook_problems(built)
+            if problems:
+                raise ComponentError(f"{entry.label}: {'; '.join(problems)}")
+        problems = signature_problems(kind, built)
         if problems:
-            raise ComponentError(f"{entry.label}: {'; '.join(problems)}")
+            raise ComponentError(f"{entry.label} breaks the {kind} contract: {problems[0]}")
         return built
 
 

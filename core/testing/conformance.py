@@ -10,6 +10,11 @@ they work under pytest and in a plugin author's own scripts alike::
     def test_my_sampler(spec):
         check_sampler(spec)
 
+Whatever the component raises, a check raises :class:`AssertionError` naming the component
+and the property it was checking (the component's exception is its ``__cause__``); the
+first property of every check of a built component is its contract's method signatures
+(:func:`denoisekit.host.signatures.signature_problems`, what the registry checks too).
+
 Every check builds the component from ``spec.build(config)`` (``config`` defaults to the
 config class's defaults, or for :func:`check_backbone` and the newer checks to the spec's
 small ``probe`` options: :func:`default_config`) and uses tiny deterministic inputs (a toy
@@ -21,6 +26,7 @@ kind; the ``denoisekit.testing`` pytest plugin runs them over a plugin's compone
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import math
 from collections.abc import Callable, Iterator
@@ -39,6 +45,8 @@ from denoisekit.contracts import (
 from denoisekit.denoiser import PREDICTION_TYPES, Denoiser
 from denoisekit.diffusion import DiscreteSchedule, randn
 from denoisekit.engine.steering import GuidedDenoiser
+from denoisekit.host.signatures import signature_problems
+from denoisekit.host.suggest import exception_line
 
 __all__ = [
     "CHECKS",
@@ -77,13 +85,41 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _single_threaded(check: F) -> F:
+#: The property the running check is at: what an exception the component raises is
+#: reported as (:func:`_conformance_check`).
+_PROPERTY: contextvars.ContextVar[str] = contextvars.ContextVar("property", default="")
+
+
+def _checking(prop: str) -> None:
+    """Say which property the running check checks from here on."""
+    _PROPERTY.set(prop)
+
+
+def _conformance_check(check: F) -> F:
+    """A check: single-threaded, and any exception but an AssertionError becomes one that
+    names the component and the property being checked (the exception its cause)."""
+
     @functools.wraps(check)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with single_thread():
-            return check(*args, **kwargs)
+    def wrapper(spec: ComponentSpec, *args: Any, **kwargs: Any) -> Any:
+        token = _PROPERTY.set("building it (spec.build)")
+        try:
+            with single_thread():
+                return check(spec, *args, **kwargs)
+        except AssertionError:
+            raise
+        except Exception as exc:
+            raise AssertionError(
+                f"{spec.kind} {spec.name!r}: {_PROPERTY.get()}: it raised {exception_line(exc)}"
+            ) from exc
+        finally:
+            _PROPERTY.reset(token)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _check_signatures(spec: ComponentSpec, built: Any) -> None:
+    problems = signature_problems(spec.kind, built)
+    assert not problems, f"{spec.kind} {spec.name!r}: its contract's signatures: {problems[0]}"
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -144,8 +180,10 @@ def _build(spec: ComponentSpec, config: Any, **context: Any) -> Any:
 # --------------------------------------------------------------------------- checks
 
 
+@_conformance_check
 def check_config_roundtrip(spec: ComponentSpec, config: Any = None) -> None:
     """The config survives cattrs unstructure → structure unchanged (what recipes rely on)."""
+    _checking("its config's cattrs round trip")
     config = spec.config() if config is None else config
     converter = cattrs.Converter(forbid_extra_keys=True)
     data = converter.unstructure(config)
@@ -156,12 +194,13 @@ def check_config_roundtrip(spec: ComponentSpec, config: Any = None) -> None:
     )
 
 
-@_single_threaded
+@_conformance_check
 def check_schedule(spec: ComponentSpec, config: Any = None) -> None:
     """A schedule builds a T-step, float64 CPU ``alpha_bar`` strictly decreasing in (0, 1)."""
     name = f"schedule {spec.name!r}"
     check_config_roundtrip(spec, config)
     sched = _build(spec, config)
+    _checking("alphas_cumprod: T float64 CPU values strictly decreasing in (0, 1)")
     T = sched.num_timesteps
     assert isinstance(T, int) and T > 0, f"{name}: num_timesteps must be a positive int: {T!r}"
     ab = sched.alphas_cumprod
@@ -175,7 +214,7 @@ def check_schedule(spec: ComponentSpec, config: Any = None) -> None:
     assert bool((ab[1:] < ab[:-1]).all()), f"{name}: alphas_cumprod is not strictly decreasing"
 
 
-@_single_threaded
+@_conformance_check
 def check_loss(spec: ComponentSpec, config: Any = None, *, seed: int = 0) -> None:
     """A loss returns a finite, differentiable ``(B,)`` loss, 0 exactly at its target.
 
@@ -186,6 +225,8 @@ def check_loss(spec: ComponentSpec, config: Any = None, *, seed: int = 0) -> Non
     check_config_roundtrip(spec, config)
     sched = toy_schedule(20)
     loss = _build(spec, config, schedule=sched)
+    _check_signatures(spec, loss)
+    _checking("prediction_type")
     pt = getattr(loss, "prediction_type", None)
     assert pt in PREDICTION_TYPES, (
         f"{name}: prediction_type must be one of {PREDICTION_TYPES}: {pt!r}"
@@ -198,6 +239,7 @@ def check_loss(spec: ComponentSpec, config: Any = None, *, seed: int = 0) -> Non
     ab = sched.alphas_cumprod[t].view(B, 1, 1, 1)
     target = {"eps": noise, "x0": x0, "v": ab.sqrt() * noise - (1 - ab).sqrt() * x0}[pt]
 
+    _checking("a (B,) loss, 0 exactly at the target")
     exact = loss(target.clone(), x0=x0, noise=noise, t=t)
     assert tuple(exact.shape) == (B,), (
         f"{name}: loss must have shape (B,) = ({B},), got {tuple(exact.shape)}"
@@ -205,6 +247,7 @@ def check_loss(spec: ComponentSpec, config: Any = None, *, seed: int = 0) -> Non
     assert float(exact.abs().max()) < 1e-12, (
         f"{name}: loss is not 0 when the output equals the {pt} target: {exact.tolist()}"
     )
+    _checking("a finite, positive, differentiable loss away from the target")
     out = (
         target + 0.1 * torch.randn(target.shape, generator=g, dtype=torch.float64)
     ).requires_grad_()
@@ -220,6 +263,7 @@ def check_loss(spec: ComponentSpec, config: Any = None, *, seed: int = 0) -> Non
         f"{name}: the loss must be differentiable w.r.t. the model output"
     )
     # Per-sample: sample 0's loss must not depend on the other samples.
+    _checking("one loss per sample, independent of the batch")
     alone = loss(out.detach()[:1], x0=x0[:1], noise=noise[:1], t=t[:1])
     torch.testing.assert_close(
         alone,
@@ -228,7 +272,7 @@ def check_loss(spec: ComponentSpec, config: Any = None, *, seed: int = 0) -> Non
     )
 
 
-@_single_threaded
+@_conformance_check
 def check_sampler(
     spec: ComponentSpec,
     config: Any = None,
@@ -251,6 +295,7 @@ def check_sampler(
     name = f"sampler {spec.name!r}"
     check_config_roundtrip(spec, config)
     sampler = _build(spec, config)
+    _check_signatures(spec, sampler)
     sched = toy_schedule(num_timesteps)
     B = shape[0]
     assert B >= 2, "check_sampler needs a batch of at least 2"
@@ -268,6 +313,7 @@ def check_sampler(
         return out, model, den
 
     # 1. shape, dtype, range; evaluations counted.
+    _checking("1. shape, dtype and range of the output; evaluations counted")
     expected = sampler.num_evaluations(num_timesteps)
     assert isinstance(expected, int) and expected > 0, (
         f"{name}: num_evaluations({num_timesteps}) must be a positive int: {expected!r}"
@@ -287,10 +333,12 @@ def check_sampler(
     )
 
     # 2. determinism under a fixed seed.
+    _checking("2. determinism under a fixed seed")
     again, _, _ = run()
     assert torch.equal(out, again), f"{name}: two runs with the same seed differ"
 
     # 3. per-image generators: image i independent of the batch size and position.
+    _checking("3. per-image generators: image i independent of the batch")
     def gens(seeds: list[int]) -> list[torch.Generator]:
         return [torch.Generator().manual_seed(s) for s in seeds]
 
@@ -308,6 +356,7 @@ def check_sampler(
     assert not torch.equal(other, batch), f"{name}: output does not depend on the generators"
 
     # 4. x_T: used, kept unmodified, dtype followed.
+    _checking("4. x_T used, left unmodified, its dtype followed")
     x_T = torch.randn(shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     x_T_copy = x_T.clone()
     out64, _, _ = run(x_T=x_T)
@@ -322,6 +371,7 @@ def check_sampler(
     assert not torch.equal(out64, out_other), f"{name}: the output ignores x_T"
 
     # 5. callback.
+    _checking("5. the callback, once per step")
     seen: list[dict[str, Any]] = []
     run(callback=seen.append)
     assert seen, f"{name}: callback was never called"
@@ -337,6 +387,7 @@ def check_sampler(
     )
 
     # 6. every prediction type, and conditioning reaches the backbone.
+    _checking("6. every prediction type; cond passed through")
     for pt in PREDICTION_TYPES:
         o, _, _ = run(pt)
         assert bool(torch.isfinite(o).all()) and float(o.abs().max()) <= 1.0, (
@@ -348,6 +399,7 @@ def check_sampler(
 
     # 7. classifier-free guidance through the denoiser: one forward (of 2B) per step, and
     #    scale 1 is exactly the conditional sampler.
+    _checking("7. classifier-free guidance through the denoiser")
     labels = torch.arange(B) % 3
     x_T = randn(shape, torch.Generator().manual_seed(7))
     conditional = sampler.sample(
@@ -392,7 +444,7 @@ def default_config(spec: ComponentSpec) -> Any:
         ) from e
 
 
-@_single_threaded
+@_conformance_check
 def check_backbone(spec: ComponentSpec, config: Any = None, *, batch: int = 3) -> None:
     """A backbone is an ``nn.Module`` mapping ``(x_t, t, cond)`` to a tensor of x_t's shape.
 
@@ -416,6 +468,8 @@ def check_backbone(spec: ComponentSpec, config: Any = None, *, batch: int = 3) -
         torch.manual_seed(0)
         model = spec.build(config)
     assert isinstance(model, torch.nn.Module), f"{name}: build returned {type(model)}"
+    _check_signatures(spec, model)
+    _checking("output shape, dtype and determinism")
     time_input = optional(model, Backbone, "time_input")
     assert time_input in ("timestep", "log_snr"), (
         f"{name}: time_input must be 'timestep' or 'log_snr': {time_input!r}"
@@ -444,6 +498,7 @@ def check_backbone(spec: ComponentSpec, config: Any = None, *, batch: int = 3) -
     assert torch.equal(forward(x, t), out), f"{name}: two evaluations in eval mode differ"
 
     # Gradients reach every parameter (an unused parameter breaks DDP and hides bugs).
+    _checking("gradients reaching every parameter")
     model.train()
     model.zero_grad(set_to_none=True)
     model(x, t).square().mean().backward()
@@ -456,6 +511,7 @@ def check_backbone(spec: ComponentSpec, config: Any = None, *, batch: int = 3) -
     model.zero_grad(set_to_none=True)
 
     # Perturbed parameters: the output must depend on x_t and t, image by image.
+    _checking("dependence on x_t and t, image by image; class conditioning")
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
@@ -479,7 +535,7 @@ def check_backbone(spec: ComponentSpec, config: Any = None, *, batch: int = 3) -
         assert not torch.allclose(with_cond, base), f"{name}: class labels are ignored"
 
 
-@_single_threaded
+@_conformance_check
 def check_optimizer(spec: ComponentSpec, config: Any = None) -> None:
     """An optimizer built on a tiny model's parameters steps them and round-trips its state."""
     name = f"optimizer {spec.name!r}"
@@ -496,6 +552,8 @@ def check_optimizer(spec: ComponentSpec, config: Any = None) -> None:
     model, opt = make()
     for attr in ("step", "zero_grad", "state_dict", "load_state_dict"):
         assert callable(getattr(opt, attr, None)), f"{name}: the optimizer has no {attr}()"
+    _check_signatures(spec, opt)
+    _checking("two steps moving the parameters")
     assert getattr(opt, "param_groups", None), f"{name}: the optimizer has no param_groups"
     before = [p.detach().clone() for p in model.parameters()]
     x = torch.linspace(-1, 1, 12).view(3, 4)
@@ -509,6 +567,7 @@ def check_optimizer(spec: ComponentSpec, config: Any = None) -> None:
     )
     assert all(bool(torch.isfinite(a).all()) for a in after), f"{name}: non-finite parameters"
     # State round trip: a fresh optimizer with the state takes the same next step.
+    _checking("its state_dict round trip")
     state = opt.state_dict()
     model2, opt2 = make()
     with torch.no_grad():
@@ -525,7 +584,7 @@ def check_optimizer(spec: ComponentSpec, config: Any = None) -> None:
         )
 
 
-@_single_threaded
+@_conformance_check
 def check_lr_schedule(spec: ComponentSpec, config: Any = None, *, total_steps: int = 20) -> None:
     """An lr schedule gives finite, non-negative rates for ``total_steps`` and resumes exactly.
 
@@ -543,6 +602,8 @@ def check_lr_schedule(spec: ComponentSpec, config: Any = None, *, total_steps: i
     opt, sched = make()
     for attr in ("step", "state_dict", "load_state_dict"):
         assert callable(getattr(sched, attr, None)), f"{name}: the lr schedule has no {attr}()"
+    _check_signatures(spec, sched)
+    _checking("finite, non-negative rates; exact resume from the state dicts")
     lrs = []
     half = total_steps // 2
     state = None
@@ -566,7 +627,7 @@ def check_lr_schedule(spec: ComponentSpec, config: Any = None, *, total_steps: i
     )
 
 
-@_single_threaded
+@_conformance_check
 def check_hook(spec: ComponentSpec, config: Any = None) -> None:
     """A hook component registers into a run's plugin manager and implements known hooks.
 
@@ -581,6 +642,7 @@ def check_hook(spec: ComponentSpec, config: Any = None) -> None:
     config = default_config(spec) if config is None else config
     check_config_roundtrip(spec, config)
     hook = spec.build(config)
+    _checking("registering into a run's plugin manager")
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     try:
@@ -591,7 +653,7 @@ def check_hook(spec: ComponentSpec, config: Any = None) -> None:
     assert pm.get_hookcallers(hook), f"{name}: implements no hook (use @denoisekit.hookimpl)"
 
 
-@_single_threaded
+@_conformance_check
 def check_autoencoder(spec: ComponentSpec, config: Any = None, *, batch: int = 3) -> None:
     """An autoencoder maps images to a :class:`~denoisekit.DiagonalGaussian` over latents of
     its ``latent_shape`` and latents back to images, with ``shift``/``scale`` in its state.
@@ -616,6 +678,8 @@ def check_autoencoder(spec: ComponentSpec, config: Any = None, *, batch: int = 3
         torch.manual_seed(0)
         model, fresh = spec.build(config), spec.build(config)
     assert isinstance(model, torch.nn.Module), f"{name}: build returned {type(model)}"
+    _check_signatures(spec, model)
+    _checking("latent_shape; encode and decode shapes and dtypes (float32, float64)")
     sizes = []
     for S in (8, 16, 32, 64):
         with contextlib.suppress(ValueError):
@@ -641,6 +705,7 @@ def check_autoencoder(spec: ComponentSpec, config: Any = None, *, batch: int = 3
             f"{name}: decode gave {tuple(out.shape)} {out.dtype} for {tuple(x.shape)} {dtype}"
         )
         assert tuple(dist.kl().shape) == (batch,), f"{name}: kl() is not one value per image"
+    _checking("determinism and batch independence")
     model.float()
     with torch.no_grad():
         mean = model.encode(x).mean
@@ -649,6 +714,7 @@ def check_autoencoder(spec: ComponentSpec, config: Any = None, *, batch: int = 3
             model.encode(x[1:2]).mean[0], mean[1], rtol=1e-4, atol=1e-5,
             msg=lambda m: f"{name}: image 1 depends on the other images of the batch: {m}",
         )  # fmt: skip
+    _checking("gradients reaching every parameter")
     model.train()
     dist = model.encode(x)
     loss = (model.decode(dist.sample(g)) - x).abs().mean() + dist.kl().mean()
@@ -659,6 +725,7 @@ def check_autoencoder(spec: ComponentSpec, config: Any = None, *, batch: int = 3
         n for n, p in model.named_parameters() if p.grad is not None and not p.grad.isfinite().all()
     ]
     assert not bad, f"{name}: non-finite gradients in {bad[:5]}"
+    _checking("shift and scale in the state dict")
     model.eval()
     with torch.no_grad():
         model.shift.copy_(torch.linspace(-0.5, 0.5, latent[0]))

@@ -80,6 +80,72 @@ def test_check_sampler_catches_a_sampler_that_edits_x_T():
         check_sampler(spec)
 
 
+# --------------------------------------------------------------------------- what a plugin raises
+
+
+def test_a_sampler_that_raises_fails_with_the_property_being_checked():
+    class Raising(ddim.DDIMSampler):
+        def sample(self, denoiser, x_T, **kwargs):
+            raise ValueError("only one element tensors can be converted to Python scalars")
+
+    spec = _spec("sampler", lambda cfg: Raising(ddim.DDIMConfig(steps=5)))
+    with pytest.raises(AssertionError) as info:
+        check_sampler(spec)
+    assert str(info.value) == (
+        "sampler 'broken': 1. shape, dtype and range of the output; evaluations counted: it "
+        "raised ValueError: only one element tensors can be converted to Python scalars"
+    )
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_a_sampler_failing_only_with_a_callback_is_named_at_that_property():
+    class NoCallback(ddim.DDIMSampler):
+        def sample(self, denoiser, x_T, *, generator, cond=None, callback=None):
+            if callback is not None:
+                raise NotImplementedError("callbacks")
+            return super().sample(denoiser, x_T, generator=generator, cond=cond)
+
+    spec = _spec("sampler", lambda cfg: NoCallback(ddim.DDIMConfig(steps=5)))
+    with pytest.raises(AssertionError, match=r"^sampler 'broken': 5\. the callback, once per "
+                       r"step: it raised NotImplementedError: callbacks$"):
+        check_sampler(spec)
+
+
+def test_the_previous_releases_sampler_fails_on_its_signature():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).with_name("sampler_v01.py")
+    module_spec = importlib.util.spec_from_file_location("sampler_v01_kit", path)
+    module = importlib.util.module_from_spec(module_spec)
+    with pytest.warns(DeprecationWarning):  # it imports start_noise and batch_timesteps
+        module_spec.loader.exec_module(module)
+    (spec,) = module.denoisekit_components()
+    with pytest.raises(AssertionError, match=(
+        r"^sampler 'ddim-v01': its contract's signatures: DDIMSampler\.sample\(denoiser, shape, "
+        r".*'x_T' is keyword-only here, but the host passes it second, positionally"
+    )):
+        check_sampler(spec)
+
+
+def test_a_build_or_a_loss_that_raises_is_named_too():
+    def failing_build(cfg):
+        raise OSError("weights not found")
+
+    with pytest.raises(AssertionError, match=r"^sampler 'broken': building it \(spec\.build\): "
+                       r"it raised OSError: weights not found$"):
+        check_sampler(_spec("sampler", failing_build))
+
+    class Crashing(mse.MSELoss):
+        def __call__(self, model_output, **kwargs):
+            raise RuntimeError("shape mismatch")
+
+    spec = _spec("loss", lambda cfg, schedule: Crashing(schedule, "eps"))
+    with pytest.raises(AssertionError, match=r"^loss 'broken': a \(B,\) loss, 0 exactly at the "
+                       r"target: it raised RuntimeError: shape mismatch$"):
+        check_loss(spec)
+
+
 class _LyingShape(KLAutoencoder):
     def latent_shape(self, image_shape):
         c, h, w = super().latent_shape(image_shape)

@@ -136,3 +136,19 @@ def test_the_probe_catches_an_autoencoder_whose_decode_loses_the_shape():
 
     with pytest.raises(RegistryError, match=r"decode\(encode\(x\).mode\(\)\) gave \(2, 1, 7, 8\)"):
         load_registry(plugins=[Plugin()], builtins=False, autoload=False)
+
+
+def test_the_registry_refuses_an_encode_that_takes_the_images_by_name_only():
+    class KeywordOnly(KLAutoencoder):
+        def encode(self, *, x):
+            return super().encode(x)
+
+    class Plugin:
+        @hookimpl
+        def denoisekit_components(self):
+            spec = ComponentSpec(kind="autoencoder", name="kw", config=KLConfig, build=KeywordOnly)
+            return [spec]
+
+    with pytest.raises(RegistryError, match=r"KeywordOnly\.encode\(\*, x\) does not match the "
+                       r"contract's encode\(x, /\).*new in 0\.2\.0: see docs/latent\.md"):
+        load_registry(plugins=[Plugin()], builtins=False, autoload=False)

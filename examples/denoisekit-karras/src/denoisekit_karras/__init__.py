@@ -10,4 +10,5 @@ It adds, through the ``denoisekit`` entry-point group (``karras = denoisekit_kar
   :mod:`denoisekit_karras.hooks`.
 """
 
-__version__ = "0.1.0"
+#: 0.2.0: ported to denoisekit 0.2's sampler contract (``sample(denoiser, x_T, ...)``).
+__version__ = "0.2.0"
