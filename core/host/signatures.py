@@ -28,16 +28,14 @@ from denoisekit.contracts import KIND
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _ORDINALS = ("first", "second", "third", "fourth", "fifth")
 
-#: Contract methods changed (or new) since 0.1.0, with the entry saying how; the others
-#: are as 0.1.0 had them.
+#: Contract methods changed since 0.1.0, with the CHANGELOG.md entry saying how; the
+#: others are as 0.1.0 had them.
 CHANGED: dict[tuple[str, str], str] = {
     ("sampler", "sample"): "the contract changed in 0.2.0: see CHANGELOG.md, 'The sampler "
     "contract', and docs/writing-a-plugin.md, 'Migrating from 0.1'",
-    **{
-        ("autoencoder", m): "a contract new in 0.2.0: see docs/latent.md"
-        for m in ("encode", "decode", "latent_shape")
-    },
 }
+#: Kinds new since 0.1.0, with where their contract is described.
+NEW_KINDS: dict[str, str] = {"autoencoder": "a kind new in 0.2.0: see docs/latent.md"}
 UNCHANGED = "the contract is unchanged since 0.1.0: see docs/writing-a-plugin.md"
 
 
@@ -63,9 +61,10 @@ def signature_problems(kind: str, component: Any) -> list[str]:
         expected = _without_first(inspect.signature(contract))
         reason = mismatch(expected, actual)
         if reason:
+            where = CHANGED.get((kind, method)) or NEW_KINDS.get(kind, UNCHANGED)
             problems.append(
                 f"{owner}.{method}{text(actual)} does not match the contract's "
-                f"{method}{text(expected)}: {reason} ({CHANGED.get((kind, method), UNCHANGED)})"
+                f"{method}{text(expected)}: {reason} ({where})"
             )
     return problems
 
