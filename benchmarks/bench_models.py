@@ -310,7 +310,7 @@ def make_train_step(
             scaler.update()
 
     if kind == "denoisekit":
-        from denoisekit.engine.forward import q_sample
+        from denoisekit.diffusion import q_sample
         from denoisekit.plugins.hooks.ema import EMAConfig
         from denoisekit.plugins.losses.mse import MSELossConfig
         from denoisekit.plugins.optim.adam import AdamWConfig

@@ -32,6 +32,7 @@ from denoisekit.contracts import (
     FACTS,
     KIND_RECORDS,
     KINDS,
+    NULL_CLASS,
     PROBE_KINDS,
     Autoencoder,
     Backbone,
@@ -66,7 +67,7 @@ from denoisekit.errors import (
 from denoisekit.hookspecs import PROJECT
 
 if TYPE_CHECKING:
-    from denoisekit import autoencoder, diffusion
+    from denoisekit import diffusion
     from denoisekit.autoencoder import DiagonalGaussian
     from denoisekit.denoiser import PREDICTION_TYPES, Denoiser
     from denoisekit.diffusion import DiscreteSchedule
@@ -91,7 +92,6 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "DiscreteSchedule": ("denoisekit.diffusion", "DiscreteSchedule"),
     "diffusion": ("denoisekit.diffusion", None),
     "DiagonalGaussian": ("denoisekit.autoencoder", "DiagonalGaussian"),
-    "autoencoder": ("denoisekit.autoencoder", None),
     "build": ("denoisekit.host.build", "build"),  # the API's references to the host
     "load_registry": ("denoisekit.host.registry", "load_registry"),
 }
@@ -125,13 +125,13 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "BUILD_CONTEXT", "FACTS", "KINDS", "KIND_RECORDS", "MAX_TIMESTEPS", "PLUGIN_API_VERSION",
-    "PREDICTION_TYPES", "PROBE_KINDS", "Autoencoder", "Backbone", "BackboneConfig", "CheckContext",
-    "CheckpointError", "ComponentError", "ComponentSpec", "DataError", "DataLike",
-    "DenoisekitDeprecationWarning", "DenoisekitError", "Denoiser", "DenoiserLike",
-    "DiagonalGaussian", "DiscreteSchedule", "Hook", "Kind", "LRSchedule", "Loss", "Metric",
-    "MetricContext", "NoiseSchedule", "Optimizer", "PluginLoadError", "Problem", "RecipeError",
-    "RegistryError", "SampleSet", "SamplerLike", "__version__", "autoencoder", "build", "diffusion",
+    "BUILD_CONTEXT", "FACTS", "KINDS", "KIND_RECORDS", "MAX_TIMESTEPS", "NULL_CLASS",
+    "PLUGIN_API_VERSION", "PREDICTION_TYPES", "PROBE_KINDS", "Autoencoder", "Backbone",
+    "BackboneConfig", "CheckContext", "CheckpointError", "ComponentError", "ComponentSpec",
+    "DataError", "DataLike", "DenoisekitDeprecationWarning", "DenoisekitError", "Denoiser",
+    "DenoiserLike", "DiagonalGaussian", "DiscreteSchedule", "Hook", "Kind", "LRSchedule", "Loss",
+    "Metric", "MetricContext", "NoiseSchedule", "Optimizer", "PluginLoadError", "Problem",
+    "RecipeError", "RegistryError", "SampleSet", "SamplerLike", "__version__", "build", "diffusion",
     "hookimpl", "int_at_least", "int_between", "load_registry", "non_negative_finite",
     "open_unit_interval", "option", "optional", "positive_finite", "positive_ints", "unit_interval",
 ]  # fmt: skip

@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]*$")
 
+#: The class label meaning "no class": what a class-conditional backbone reads as the null
+#: class (classifier-free guidance's unconditional branch, label dropout in training) and
+#: what data without labels gives.
+NULL_CLASS = -1
+
 
 def _check_kind(inst: ComponentSpec, attribute: attrs.Attribute, value: str) -> None:
     if value not in KINDS:
@@ -62,13 +67,10 @@ Problem = tuple[str, str]
 FACTS: dict[str, dict[str, str]] = {
     "data": {
         "image_shape": "(C, H, W) of the training images",
-        "num_classes": "number of classes of the labels (None: unlabelled, label -1)",
+        "num_classes": "number of classes of the labels (None: unlabelled, label NULL_CLASS)",
         "num_images": "images in the training split",
     },
-    "autoencoder": {
-        "latent_channels": "channels of the latent grid",
-        "downsample_factor": "image side / latent side",
-    },
+    "autoencoder": {"latent_channels": "latent channels", "downsample_factor": "H / h"},
     "schedule": {"num_timesteps": "T, the number of diffusion timesteps"},
     "optimizer": {"lr": "the base learning rate"},
 }
@@ -149,7 +151,9 @@ class NoiseSchedule(Protocol):
 class Backbone(Protocol):
     """An ``nn.Module`` mapping ``(x_t, t, cond=None)`` to a tensor of x_t's shape; ``t`` is a
     float ``(B,)`` tensor of timesteps in ``[0, T)`` (possibly fractional), or log-SNR values
-    where ``time_input`` is ``"log_snr"``."""
+    where ``time_input`` is ``"log_snr"``. A class-conditional backbone (``num_classes`` set)
+    takes integer labels ``(B,)`` in ``cond``, and must read :data:`NULL_CLASS` (and
+    ``cond=None``) as the null class: classifier-free guidance and label dropout send it."""
 
     time_input: str = "timestep"  # what ``t`` holds: "timestep" or "log_snr" (optional)
     num_classes: int | None = None  # classes of the ``cond`` labels; None: unconditional
@@ -169,22 +173,17 @@ class BackboneConfig(Protocol):
 
 
 class Autoencoder(Protocol):
-    """An ``nn.Module`` between images (B, C, H, W) in [-1, 1] and a latent grid: ``encode``
-    gives the posterior (:class:`denoisekit.autoencoder.DiagonalGaussian`) in ``x``'s dtype,
-    ``decode`` maps latents ``z`` back to images. ``shift`` and ``scale``: buffers of shape
-    ``(latent_channels,)`` in its state dict; the diffusion model sees ``(z - shift) * scale``
-    (:func:`denoisekit.autoencoder.calibrate` measures them)."""
+    """An ``nn.Module``: images (B, C, H, W) in [-1, 1] ``encode`` to a posterior over latents
+    (``DiagonalGaussian``, in x's dtype) that ``decode`` maps back; ``latent_shape`` without
+    running it (``ValueError``: images it cannot give back). ``shift``/``scale``: per-channel
+    buffers; the diffusion model sees ``(z - shift) * scale`` (docs/latent.md)."""
 
     shift: torch.Tensor
     scale: torch.Tensor
 
     def encode(self, x: torch.Tensor, /) -> DiagonalGaussian: ...
     def decode(self, z: torch.Tensor, /) -> torch.Tensor: ...
-
-    def latent_shape(self, image_shape: tuple[int, int, int], /) -> tuple[int, int, int]:
-        """(C, h, w) of the latents of (C, H, W) images, without running the network;
-        ``ValueError`` for images it cannot take back (a side not divisible by its factor)."""
-        ...
+    def latent_shape(self, image_shape: tuple[int, int, int], /) -> tuple[int, int, int]: ...
 
 
 class Loss(Protocol):
@@ -211,7 +210,10 @@ class DenoiserLike(Protocol):
     def predict(
         self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(eps, x0)`` at timesteps ``t``, which samplers pass as a ``(B,)`` long tensor."""
+        """Return ``(eps, x0)`` estimates at timesteps ``t``, a ``(B,)`` tensor on ``x_t``'s
+        device: ``torch.long`` for the schedule's steps, or floating (float64; float32 on
+        MPS) for fractional timesteps, where the schedule is interpolated in log-SNR. A
+        sampler passes the rows of ``diffusion.sampling_steps(...).t``, which have these dtypes."""
         ...
 
 
@@ -238,7 +240,7 @@ class SamplerLike(Protocol):
 
 class DataLike(Protocol):
     """A map-style dataset of ``(image, label)`` pairs, images C×H×W in [-1, 1]; ``label`` is
-    an int (``-1`` where the data has none, and ``num_classes`` is ``None``)."""
+    an int (:data:`NULL_CLASS` where the data has none, and ``num_classes`` is ``None``)."""
 
     num_classes: int | None
     image_shape: tuple[int, int, int]

@@ -80,21 +80,31 @@ class Denoiser:
         self.num_evaluations = 0
 
     def model_time(self, t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """What the backbone receives as time for integer timesteps ``t`` ``(B,)``, in ``dtype``
-        on ``t``'s device: the log-SNR at ``t`` for ``time_input == "log_snr"``, else ``t``."""
+        """What the backbone receives as time for timesteps ``t`` ``(B,)`` (integer or
+        fractional), in ``dtype`` on ``t``'s device: the log-SNR at ``t`` for
+        ``time_input == "log_snr"`` (interpolated between steps), else ``t`` as a float."""
         if self.time_input == "log_snr":
-            return self.schedule.tables(t.device, dtype).log_snr[t]
+            tables = self.schedule.tables(t.device, dtype)
+            if not t.dtype.is_floating_point:
+                return tables.log_snr[t]
+            return diffusion.coefficient_at(tables, "log_snr", t, 1)
         return t.to(dtype)
 
     def predict(
-        self, x_t: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor | None = None
+        self, x_t: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Evaluate the backbone once on noisy images ``x_t`` ``(B, ...)``: ``(eps, x0)`` at
-        integer timesteps ``t`` of the original schedule, ``(B,)`` (an int or a 0-dim tensor
-        is broadcast); ``cond`` is passed to the backbone (omitted when ``None``)."""
+        timesteps ``t`` of the original schedule, ``(B,)`` (a number or a 0-dim tensor is
+        broadcast); ``cond`` is passed to the backbone (omitted when ``None``).
+
+        ``t`` is integer (``torch.long``: the schedule's steps) or floating (fractional
+        timesteps in ``[0, T - 1]``, float64 or float32): there the schedule is interpolated
+        linearly in log-SNR between the neighbouring steps (k-diffusion's discrete-schedule
+        wrappers) and the backbone gets the fractional ``t`` (or its log-SNR). At integral
+        values a floating ``t`` gives exactly what the integer one gives."""
         t = torch.as_tensor(t, device=x_t.device)
-        if t.dtype.is_floating_point or t.dtype == torch.bool:
-            raise TypeError(f"timesteps must be an integer tensor, got {t.dtype}")
+        if t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"timesteps must be an integer or floating tensor, got {t.dtype}")
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
         # Timestep embeddings lose precision below float32; float64 stays float64.
@@ -118,8 +128,8 @@ class Denoiser:
     def network(
         self, x_t: torch.Tensor, t: torch.Tensor, time: torch.Tensor, cond: Any
     ) -> torch.Tensor:
-        """One evaluation of the backbone at integer timesteps ``t`` (``time`` is what the
-        backbone reads); classifier-free guidance overrides it."""
+        """One evaluation of the backbone at timesteps ``t`` (``time`` is what the backbone
+        reads); classifier-free guidance overrides it."""
         return self.model(x_t, time) if cond is None else self.model(x_t, time, cond)
 
     __getattr__ = renamed_attributes("Denoiser", {"nfe": "num_evaluations"})  # until 0.3.0

@@ -23,6 +23,7 @@ The one exception: ``core/__init__.py`` names the host, for ``denoisekit.build``
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from tests.import_rules import (
     CORE,
     MODULES,
     ROOT,
+    example_files,
     imports_of,
     layer,
     private_attribute_uses,
@@ -220,3 +222,35 @@ def test_architecture_doc_has_the_glossary():
     assert not missing, f"docs/architecture.md's glossary lacks: {missing}"
     repeated = sorted({row for row in rows if rows.count(row) > 1})
     assert not repeated, f"glossary terms listed twice: {repeated}"
+
+
+#: The diffusion math plugins and the engine share, each defined once, in the API (issue 20):
+#: name → the one module that defines it (a function, class or assignment of that name).
+DEFINED_ONCE = {
+    "q_sample": "core/diffusion.py",
+    "q_posterior": "core/diffusion.py",
+    "spaced_timesteps": "core/timesteps.py",
+    "SPACINGS": "core/timesteps.py",
+    "NULL_CLASS": "core/contracts.py",
+}
+
+
+def _definitions(path: Path) -> set[str]:
+    """Names a module defines at any depth: functions, classes, assigned names."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
+def test_the_shared_diffusion_math_is_defined_once():
+    files = [*MODULES.values(), *example_files(), *sorted((ROOT / "benchmarks").rglob("*.py"))]
+    found: dict[str, list[str]] = {name: [] for name in DEFINED_ONCE}
+    for path in files:
+        for name in _definitions(path) & set(DEFINED_ONCE):
+            found[name].append(path.relative_to(ROOT).as_posix())
+    assert found == {name: [where] for name, where in DEFINED_ONCE.items()}

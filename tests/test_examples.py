@@ -329,7 +329,5 @@ def test_steps_beyond_the_schedule_fail_when_the_recipe_is_loaded(karras, tmp_pa
     assert load_recipe(path, registry=registry).sampler.config.steps == 100  # = T: fine
     with pytest.raises(RecipeError) as info:
         load_recipe(path, ["sampler.steps=101"], registry=registry)
-    expected = (
-        "sampler.steps: 101 noise levels need 101 distinct timesteps, but the schedule has 100"
-    )
+    expected = "sampler.steps: 101 noise levels exceed the schedule's 100 timesteps"
     assert expected in str(info.value)

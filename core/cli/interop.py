@@ -28,7 +28,7 @@ def register(sub: Subparsers) -> None:
 
     parser = sub.add_parser(
         "export-diffusers",
-        help="a run's EMA weights as a diffusers UNet2DModel folder with a DDIMScheduler config",
+        help="a run's EMA weights as a diffusers pipeline folder (DDIMPipeline.from_pretrained)",
     )
     parser.add_argument("run", type=Path, metavar="RUN_OR_CHECKPOINT")
     parser.add_argument("--out", type=Path, required=True, help="the folder to write")
@@ -60,5 +60,6 @@ def export_command(args: argparse.Namespace) -> int:
     files = export_diffusers(
         args.run, args.out, overwrite=args.overwrite, trust_plugins=args.trust_plugins
     )
-    print(f"exported {args.run} to {args.out}: {', '.join(f.name for f in files)}")
+    names = ", ".join(f.relative_to(args.out).as_posix() for f in files)
+    print(f"exported {args.run} to {args.out}: {names}")
     return 0

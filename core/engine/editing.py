@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from denoisekit.denoiser import eval_mode
-from denoisekit.diffusion import randn
+from denoisekit.diffusion import q_sample, randn
 from denoisekit.engine.image_files import from_uint8
 from denoisekit.engine.repaint import repaint
 from denoisekit.engine.sampling import image_generators
@@ -174,12 +174,9 @@ def edit_batch(
     if t_start < 0:
         return images.clone()
     if t_start + 1 < denoiser.schedule.num_timesteps:
-        tables = denoiser.schedule.tables(x_T.device, x_T.dtype)
-        a, s = (
-            tables.sqrt_alpha_bar[t_start].item(),
-            tables.sqrt_one_minus_alpha_bar[t_start].item(),
-        )
-        x_start, denoiser = a * images + s * x_T, truncated(denoiser, t_start)
+        t = torch.full((images.shape[0],), t_start, dtype=torch.long, device=x_T.device)
+        x_start = q_sample(denoiser.schedule, images, t, x_T)
+        denoiser = truncated(denoiser, t_start)
     else:
         x_start = x_T
     if mask is not None and options.repaint is not None:

@@ -27,7 +27,7 @@ import attrs
 import numpy as np
 import torch
 
-from denoisekit.contracts import Metric, SampleSet, optional
+from denoisekit.contracts import NULL_CLASS, Metric, SampleSet, optional
 from denoisekit.engine.image_files import from_uint8, to_uint8
 from denoisekit.engine.reference import build_reference_data, reference_key
 from denoisekit.errors import DenoisekitError
@@ -257,7 +257,7 @@ class EvalContext:
 
         With ``n`` smaller than the dataset, a subset drawn with a generator seeded from
         ``seed`` (the same subset every time: datasets are often sorted by class).
-        Labels are None when the data has none (``num_classes`` None or labels -1).
+        Labels are None when the data has none (``num_classes`` None or labels ``NULL_CLASS``).
         """
         from torch.utils.data import DataLoader, Subset
 
@@ -281,7 +281,7 @@ class EvalContext:
                 images.append(x.float())
                 labels.append(torch.as_tensor(y))
             label_tensor: torch.Tensor | None = torch.cat(labels).long()
-            if not data.num_classes or bool((label_tensor < 0).all()):
+            if not data.num_classes or bool((label_tensor == NULL_CLASS).all()):
                 label_tensor = None
             self._reference_images[key] = (torch.cat(images), label_tensor)
         return self._reference_images[key]

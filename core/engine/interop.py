@@ -39,8 +39,21 @@ from denoisekit.host.registry import Registry, load_registry
 FORMAT = "diffusers"
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 SCHEDULER_FILE = "scheduler_config.json"
-#: What ``export-diffusers`` writes in its folder.
-EXPORT_OUTPUTS = ("config.json", WEIGHT_FILES[0], SCHEDULER_FILE)
+PIPELINE_FILE = "model_index.json"
+#: What ``export-diffusers`` writes in its folder: a diffusers pipeline folder
+#: (``DDIMPipeline.from_pretrained(DIR)``), the model in ``unet/``, the scheduler in
+#: ``scheduler/``.
+EXPORT_FILES = (
+    PIPELINE_FILE,
+    f"unet/{WEIGHT_FILES[0]}",
+    "unet/config.json",
+    f"scheduler/{SCHEDULER_FILE}",
+)
+#: What an export replaces (with ``--overwrite``): its own outputs and 0.1's flat layout,
+#: whose ``config.json`` beside the pipeline would be read in place of ``unet/``.
+EXPORT_OUTPUTS = (PIPELINE_FILE, "unet", "scheduler", "config.json", *WEIGHT_FILES, SCHEDULER_FILE)
+#: The pipeline ``model_index.json`` names for a scheduler class (else ``DDIMPipeline``).
+PIPELINES = {"DDIMScheduler": "DDIMPipeline", "DDPMScheduler": "DDPMPipeline"}
 
 
 # --------------------------------------------------------------------------- files
@@ -166,8 +179,10 @@ def import_diffusers(folder: Path, out: Path, *, overwrite: bool = False) -> Run
 def export_diffusers(
     path: Path, out: Path, *, overwrite: bool = False, trust_plugins: bool = False
 ) -> list[Path]:
-    """Write a run's sampling (EMA) weights as a diffusers ``UNet2DModel`` folder with a
-    ``DDIMScheduler`` config; returns the files written."""
+    """Write a run's sampling (EMA) weights as a diffusers pipeline folder: ``model_index.json``,
+    the model in ``unet/`` and a ``DDIMScheduler`` config in ``scheduler/``, so that
+    ``DDIMPipeline.from_pretrained(out)`` (or ``DDPMPipeline``) loads it; returns the files
+    written."""
     existing = check_output_folder(
         out, EXPORT_OUTPUTS, overwrite=overwrite, what="an exported model", fix=""
     )
@@ -187,8 +202,25 @@ def export_diffusers(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"--out {out}: cannot make this folder ({exc.strerror or exc})") from exc
-    files = [out / name for name in EXPORT_OUTPUTS]
-    _write_json(files[0], config)
+    files = [out / name for name in EXPORT_FILES]
+    for folder in {f.parent for f in files}:
+        folder.mkdir(exist_ok=True)
     save_safetensors(files[1], theirs)
-    _write_json(files[2], scheduler)
+    _write_json(files[2], config)
+    _write_json(files[3], scheduler)
+    _write_json(files[0], pipeline_index(config, scheduler))  # last: the folder is complete
     return files
+
+
+def pipeline_index(config: Mapping[str, Any], scheduler: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``model_index.json`` of a pipeline of the model ``config`` and ``scheduler``
+    config: the pipeline class and each component's ``[library, class]``."""
+    scheduler_class = scheduler.get("_class_name", "DDIMScheduler")
+    index: dict[str, Any] = {
+        "_class_name": PIPELINES.get(scheduler_class, "DDIMPipeline"),
+        "scheduler": ["diffusers", scheduler_class],
+        "unet": ["diffusers", config.get("_class_name", "UNet2DModel")],
+    }
+    if "_diffusers_version" in config:
+        index["_diffusers_version"] = config["_diffusers_version"]
+    return index

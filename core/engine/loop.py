@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 
+from denoisekit.contracts import NULL_CLASS
 from denoisekit.denoiser import check_output_shape
+from denoisekit.diffusion import q_sample
 from denoisekit.engine import distributed
 from denoisekit.engine.checkpoint import atomic_write, load_checkpoint
-from denoisekit.engine.forward import q_sample
 from denoisekit.engine.run import Run, versions
-from denoisekit.engine.steering import NULL_LABEL
 from denoisekit.engine.weights import init_from
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def _loop(run: Run, cfg: Any) -> None:
                 x_t = q_sample(run.schedule, x0, t, noise)
                 cond = labels if run.num_classes else None
                 if cond is not None and dropped is not None:
-                    cond = cond.masked_fill(dropped, NULL_LABEL)
+                    cond = cond.masked_fill(dropped, NULL_CLASS)
                 output = hook.denoisekit_train_forward(
                     run=run, x_t=x_t, t=run.denoiser.model_time(t), cond=cond
                 )

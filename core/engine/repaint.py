@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from denoisekit.diffusion import randn, spaced_timesteps
+from denoisekit.diffusion import DiscreteSchedule, q_posterior, q_sample, randn, spaced_timesteps
 
 
 def repaint_schedule(steps: int, jump_length: int, resample: int) -> list[int]:
@@ -62,32 +62,32 @@ def repaint(
         steps: respaced timesteps of the chain (``linspace`` spacing, from ``T - 1`` to 0).
         generator: per-image generators for every draw (as samplers get them).
     """
-    ab = denoiser.schedule.alphas_cumprod.tolist()
-    ts = spaced_timesteps(len(ab), steps, "linspace")[::-1]  # ascending: position -> t
+    schedule = DiscreteSchedule.of(denoiser.schedule)
+    ts = spaced_timesteps(schedule.alphas_cumprod, steps, "linspace")
+    # The respaced chain: its index is a position (ascending), its posterior and forward
+    # process are the chain's steps (Improved DDPM, section 4).
+    chain, t_of = schedule.respace(ts)
+    ab = chain.alphas_cumprod.tolist()
     mask = mask.to(x_T.dtype)
     batch, shape = x_T.shape[0], tuple(x_T.shape)
+    t_of, position = t_of.to(x_T.device), torch.arange(len(ts), device=x_T.device)
 
     def noise() -> torch.Tensor:
         return randn(shape, generator, device=x_T.device, dtype=x_T.dtype)
 
-    def alpha_bar(position: int) -> float:
-        return 1.0 if position < 0 else ab[ts[position]]
-
     path = repaint_schedule(len(ts), jump_length, resample)
     x = x_T
     for here, there in itertools.pairwise(path):
-        a_t, a_s = alpha_bar(here), alpha_bar(there)
-        if there > here:  # jump back: x_there ~ q(x_there | x_here)
-            x = math.sqrt(a_s / a_t) * x + math.sqrt(1.0 - a_s / a_t) * noise()
+        if there > here:  # jump back: x_there ~ q(x_there | x_here), one step of the chain
+            a = ab[there] / ab[here]
+            x = math.sqrt(a) * x + math.sqrt(1.0 - a) * noise()
             continue
-        t = torch.full((batch,), ts[here], device=x.device, dtype=torch.long)
-        _, x0 = denoiser.predict(x, t, cond)
+        _, x0 = denoiser.predict(x, t_of[here].expand(batch), cond)
         x0 = x0.clamp(-1.0, 1.0)
         if there < 0:
             return torch.lerp(known, x0, mask).clamp(-1.0, 1.0)
-        beta = 1.0 - a_t / a_s
-        mean = (math.sqrt(a_s) * beta * x0 + math.sqrt(a_t / a_s) * (1.0 - a_s) * x) / (1.0 - a_t)
-        unknown = mean + math.sqrt(beta * (1.0 - a_s) / (1.0 - a_t)) * noise()
-        known_s = math.sqrt(a_s) * known + math.sqrt(1.0 - a_s) * noise()
+        mean, variance, _ = q_posterior(chain, x0, x, position[here].expand(batch))
+        unknown = mean + variance.sqrt() * noise()
+        known_s = q_sample(chain, known, position[there].expand(batch), noise())
         x = torch.lerp(known_s, unknown, mask)
     return x.clamp(-1.0, 1.0)  # pragma: no cover (the path always ends at -1)

@@ -1,7 +1,7 @@
 """Steered generation through the denoiser, so that every sampler gets it without knowing.
 
 * :class:`GuidedDenoiser`: classifier-free guidance (Ho & Salimans 2022). One forward of
-  the doubled batch ``[x, x]`` with labels ``[cond, null]`` (label ``-1`` is the null class
+  the doubled batch ``[x, x]`` with labels ``[cond, null]`` (``NULL_CLASS`` is the null class
   of a class-conditional backbone), combined as ``u + w (c - u)`` on the network output;
   optional rescaling (Lin et al. 2023, eq. 15-16) and an interval of timesteps outside
   which the conditional output is used as it is (Kynkäänniemi et al. 2024).
@@ -23,11 +23,9 @@ from typing import Any
 
 import torch
 
+from denoisekit.contracts import NULL_CLASS
 from denoisekit.denoiser import Denoiser
-from denoisekit.diffusion import DiscreteSchedule
-
-#: The label a class-conditional backbone reads as "no class".
-NULL_LABEL = -1
+from denoisekit.diffusion import DiscreteSchedule, predict_eps_from_x0, q_sample
 
 
 class GuidedDenoiser(Denoiser):
@@ -58,7 +56,7 @@ class GuidedDenoiser(Denoiser):
             raise ValueError("guidance needs class labels (cond)")
         if self.scale == 1.0:
             return self.model(x_t, time, cond)
-        null = torch.full_like(cond, NULL_LABEL)
+        null = torch.full_like(cond, NULL_CLASS)
         if self.scale == 0.0:
             return self.model(x_t, time, null)
         both = self.model(torch.cat([x_t, x_t]), torch.cat([time, time]), torch.cat([cond, null]))
@@ -111,14 +109,11 @@ class InpaintingDenoiser:
         t = torch.as_tensor(t, device=x_t.device)
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
-        tables = self.schedule.tables(x_t.device, x_t.dtype)
-        shape = (-1, *[1] * (x_t.ndim - 1))
-        a, s = tables.sqrt_alpha_bar[t].view(shape), tables.sqrt_one_minus_alpha_bar[t].view(shape)
-        known_t = a * self.known + s * self.noise
+        known_t = q_sample(self.schedule, self.known, t, self.noise)
         x_t = torch.lerp(known_t, x_t, self.mask)
         _, x0 = self.inner.predict(x_t, t, cond)
         x0 = torch.lerp(self.known, x0, self.mask)
-        return (x_t - a * x0) / s, x0
+        return predict_eps_from_x0(self.schedule, x_t, t, x0), x0
 
 
 def truncated(denoiser: Denoiser, timestep: int) -> Denoiser:

@@ -185,7 +185,7 @@ class Decoder(nn.Module):
 class KLAutoencoder(nn.Module):
     """The ``kl`` autoencoder: ``encode`` → :class:`~denoisekit.DiagonalGaussian`,
     ``decode``, ``latent_shape``, and the ``shift``/``scale`` buffers (zeros and ones until
-    :func:`denoisekit.autoencoder.calibrate` measures them)."""
+    :func:`denoisekit.engine.latents.calibrate` measures them)."""
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -213,7 +213,7 @@ class KLAutoencoder(nn.Module):
         moments = self.encoder(x)
         if self.quant_conv is not None:
             moments = self.quant_conv(moments)
-        return DiagonalGaussian.from_moments(moments)
+        return DiagonalGaussian(*moments.chunk(2, dim=1))  # mean, then logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         if self.post_quant_conv is not None:

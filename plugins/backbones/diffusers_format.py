@@ -10,10 +10,12 @@ Import: ``config.json`` → the ``[backbone]`` table; the scheduler config (when
 ``clip_denoised`` (diffusers' ``timestep_spacing`` and ``clip_sample``). Without a
 scheduler config: DDPM's linear schedule, eps prediction (diffusers' defaults).
 
-Export: the ``DDIMScheduler`` config (which ``DDPMScheduler.from_pretrained`` reads too)
-has our ``ddim`` conventions: ``set_alpha_to_one = True`` (the last step goes to
-alpha_bar = 1), ``steps_offset = 0``, the recipe's ``ddim`` spacing and clipping (else
-``leading`` and clipping on), ``variance_type = "fixed_small"`` (our ``ddpm``).
+Export: a ``DDPMScheduler`` config (``variance_type = "fixed_small"``: our ``ddpm``), so
+that the core's pipeline folder is a ``DDPMPipeline``, as DDPM models are published, which
+``DDIMPipeline`` loads too (it converts the scheduler). It carries our ``ddim`` conventions,
+which ``DDIMScheduler`` reads: ``set_alpha_to_one = True`` (the last step goes to
+alpha_bar = 1), ``steps_offset = 0``, the recipe's ``ddim`` spacing when diffusers has it
+(``leading``, ``trailing``, ``linspace``; else ``leading``) and clipping (else on).
 """
 
 from __future__ import annotations
@@ -36,14 +38,14 @@ from denoisekit.plugins.backbones.diffusers_scheduler import (
 )
 
 #: diffusers' ``timestep_spacing`` values that are ``ddim`` spacings (the same definitions).
-SPACINGS = ("leading", "trailing", "linspace")
+DIFFUSERS_SPACINGS = ("leading", "trailing", "linspace")
 
 
 def _sampler_table(scheduler: dict[str, Any]) -> dict[str, Any]:
     """The ``ddim`` sampler table with the scheduler config's sampling conventions."""
     table: dict[str, Any] = {"type": "ddim"}
     spacing = scheduler.get("timestep_spacing", "leading")
-    if spacing in SPACINGS:
+    if spacing in DIFFUSERS_SPACINGS:
         table["spacing"] = spacing
     if scheduler.get("clip_sample_range", 1.0) == 1.0:
         table["clip_denoised"] = bool(scheduler.get("clip_sample", True))
@@ -90,16 +92,17 @@ class DiffusersFormat:
         options = {k: v for k, v in recipe["backbone"].items() if k != "type"}
         config = diffusers_config_from_unet_options(options)
         scheduler = scheduler_config_from_schedule(
-            recipe["schedule"], class_name="DDIMScheduler", prediction=prediction
+            recipe["schedule"], class_name="DDPMScheduler", prediction=prediction
         )
         sampler = recipe.get("sampler", {})
         ddim = sampler if sampler.get("type") == "ddim" else {}
+        spacing = ddim.get("spacing", "leading")
         scheduler.update(
             clip_sample=bool(ddim.get("clip_denoised", True)),
             clip_sample_range=1.0,
             set_alpha_to_one=True,
             steps_offset=0,
-            timestep_spacing=ddim.get("spacing", "leading"),
+            timestep_spacing=spacing if spacing in DIFFUSERS_SPACINGS else "leading",
             variance_type="fixed_small",
         )
         return config, scheduler, state_dict_to_diffusers(weights, options)

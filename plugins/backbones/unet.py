@@ -13,7 +13,8 @@ Options beyond DDPM:
   ``lambda = log(alpha_bar / (1 - alpha_bar))`` instead of the timestep (as in VDM, Kingma
   et al. 2021), so it can be queried at any noise level of any schedule.
 - ``num_classes``: class conditioning through an embedding table with one extra row, the
-  null class (label ``-1`` or ``cond=None``), for classifier-free guidance (Ho & Salimans 2022).
+  null class (label ``NULL_CLASS`` = -1 or ``cond=None``), for classifier-free guidance
+  (Ho & Salimans 2022).
 - ``num_heads`` / ``head_channels``: multi-head attention (improved-diffusion).
 - ``norm_eps``, ``freq_shift``, ``flip_sin_to_cos``, ``downsample_padding``,
   ``mid_attention``: the conventions of diffusers' ``UNet2DModel``, so that its layouts

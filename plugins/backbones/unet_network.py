@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from denoisekit import NULL_CLASS
 from denoisekit.plugins.backbones.unet_layers import (
     AttentionBlock,
     Downsample,
@@ -150,7 +151,7 @@ class UNet(nn.Module):
                 labels = torch.full((batch,), null, dtype=torch.long, device=emb.device)
             else:
                 labels = cond.reshape(-1).long()
-                labels = labels.masked_fill(labels < 0, null)
+                labels = labels.masked_fill(labels == NULL_CLASS, null)
             emb = emb + self.class_embed(labels)
         elif cond is not None:
             raise ValueError(
@@ -167,7 +168,7 @@ class UNet(nn.Module):
             x_t: noisy images.
             t: float timesteps (possibly fractional), or log-SNR values when
                 ``time_input == "log_snr"``.
-            cond: integer class labels (B,) for a class-conditional net; ``-1`` or ``None``
+            cond: integer class labels (B,) for a class-conditional net; ``NULL_CLASS`` or ``None``
                 selects the null class.
 
         Returns:

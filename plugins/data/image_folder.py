@@ -34,7 +34,7 @@ from typing import Any
 import attrs
 import torch
 
-from denoisekit import ComponentSpec, hookimpl
+from denoisekit import NULL_CLASS, ComponentSpec, hookimpl
 from denoisekit.config import int_at_least, option, unit_interval
 from denoisekit.errors import DataError
 from denoisekit.plugins.data._transforms import fit_square, pil_to_tensor, random_hflip
@@ -147,7 +147,7 @@ def discover(
         files = _find_images(folder, extensions, config.recursive)
         if not files:
             raise _no_images(folder, config)
-        return files, [-1] * len(files), ()
+        return files, [NULL_CLASS] * len(files), ()
 
     # labels = "subfolders": class i is the i-th immediate subfolder in sorted order.
     loose = _find_images(folder, extensions, recursive=False)

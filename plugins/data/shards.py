@@ -48,7 +48,7 @@ from typing import Any
 import attrs
 import torch
 
-from denoisekit import ComponentSpec, hookimpl
+from denoisekit import NULL_CLASS, ComponentSpec, hookimpl
 from denoisekit.config import int_at_least, option, unit_interval
 from denoisekit.errors import DataError
 from denoisekit.plugins.data._shard_files import (
@@ -114,7 +114,7 @@ class ShardDataset(torch.utils.data.Dataset):
     Attributes:
         paths: the shards, in order; sample ``i`` is counted through them.
         counts: the samples of each shard.
-        num_classes: ``config.num_classes`` (None: unlabelled, label -1).
+        num_classes: ``config.num_classes`` (None: unlabelled, label ``NULL_CLASS``).
         image_shape: ``(C, S, S)``.
         skipped: how many bad samples this process has skipped.
         skipped_members: where they were (shard and member, or the shard).
@@ -199,7 +199,7 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def _label(self, sample: dict[str, Any], key: str) -> int:
         if self.num_classes is None:
-            return -1
+            return NULL_CLASS
         if ".cls" not in sample:
             raise SampleError(key, "no .cls label; data.num_classes is set")
         text = sample[".cls"].read().decode("utf-8", "replace").strip()

@@ -29,7 +29,7 @@ from typing import Any
 import attrs
 import torch
 
-from denoisekit import ComponentSpec, hookimpl
+from denoisekit import NULL_CLASS, ComponentSpec, hookimpl
 from denoisekit.config import int_at_least, option, unit_interval
 from denoisekit.errors import DataError
 from denoisekit.plugins.data._transforms import fit_square, pil_to_tensor, random_hflip
@@ -229,7 +229,7 @@ class TorchvisionDataset(torch.utils.data.Dataset):
         if self._size is not None:
             img = fit_square(img, self._size, center_crop=self._center_crop)
         x = random_hflip(pil_to_tensor(img), self.hflip)
-        label = int(target) if self._labelled and target is not None else -1
+        label = int(target) if self._labelled and target is not None else NULL_CLASS
         return x, label
 
 

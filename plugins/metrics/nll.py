@@ -54,7 +54,7 @@ from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import int_at_least, option
 from denoisekit.contracts import MetricContext
 from denoisekit.denoiser import eval_mode
-from denoisekit.diffusion import VARIANCES
+from denoisekit.diffusion import VARIANCES, q_sample
 from denoisekit.images import quantize
 
 _LN2 = math.log(2.0)
@@ -218,9 +218,7 @@ def bound_terms_bpd(
     lv_q, lv_p = _log_variances(schedule, variance)
     kl_const = -1.0 + lv_p - lv_q + torch.exp(lv_q - lv_p)
     kl_scale = host.posterior_mean_coef1.pow(2) * torch.exp(-lv_p)
-    table = torch.stack(
-        [host.sqrt_alpha_bar, host.sqrt_one_minus_alpha_bar, kl_const, kl_scale]
-    ).to(device=device, dtype=acc)
+    table = torch.stack([kl_const, kl_scale]).to(device=device, dtype=acc)
     decoder_log_scale = 0.5 * float(lv_p[0])
     shape = (B, *([1] * (x0.ndim - 1)))
 
@@ -237,14 +235,14 @@ def bound_terms_bpd(
     terms = torch.empty(t_rows.shape[0], B, device=device, dtype=acc)
     for k in range(t_rows.shape[0]):
         t = t_rows[k]
-        coef = table[:, t]  # (4, B)
+        coef = table[:, t]  # (2, B)
         eps = torch.randn(x0.shape, generator=generator, device=device, dtype=dtype)
-        x_t = coef[0].view(shape).to(dtype) * x0 + coef[1].view(shape).to(dtype) * eps
-        _, x0_hat = denoiser.predict(x_t, t, cond)  # DDPM eq. 4, then the model
+        x_t = q_sample(schedule, x0, t, eps)  # DDPM eq. 4
+        _, x0_hat = denoiser.predict(x_t, t, cond)
         if clip_denoised:
             x0_hat = x0_hat.clamp(-1.0, 1.0)
         err2 = (x0 - x0_hat).to(acc).pow(2)
-        term = (0.5 * (coef[2].view(shape) + coef[3].view(shape) * err2)).mean(dim=dims)
+        term = (0.5 * (coef[0].view(shape) + coef[1].view(shape) * err2)).mean(dim=dims)
         if maybe_zero[k]:
             # L_0: the model mean mu~(x0_hat, x_1) is x0_hat itself (c1 = 1, c2 = 0 at t = 0).
             log_lik = discretized_gaussian_log_likelihood(x0, x0_hat, decoder_log_scale)

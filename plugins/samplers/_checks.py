@@ -1,4 +1,4 @@
-"""The recipe check the built-in samplers share: their ``steps`` against the schedule."""
+"""The checks the built-in samplers share: their ``steps`` against the schedule."""
 
 from __future__ import annotations
 
@@ -22,3 +22,12 @@ def steps_within_schedule(hint: str = "") -> Callable[[Any, CheckContext], Itera
             )
 
     return check
+
+
+def check_steps(steps: int, num_timesteps: int) -> None:
+    """``ValueError`` when a sampler's ``steps`` exceeds the schedule's ``num_timesteps``."""
+    if steps > num_timesteps:
+        raise ValueError(
+            f"'steps' ({steps}) exceeds the schedule's number of timesteps ({num_timesteps}); "
+            f"use steps <= {num_timesteps}"
+        )

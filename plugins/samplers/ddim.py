@@ -28,7 +28,7 @@ import torch
 from denoisekit import ComponentSpec, DenoiserLike, hookimpl
 from denoisekit.config import int_at_least, option, unit_interval
 from denoisekit.diffusion import SPACINGS, randn, sampling_steps, spaced_timesteps
-from denoisekit.plugins.samplers._checks import steps_within_schedule
+from denoisekit.plugins.samplers._checks import check_steps, steps_within_schedule
 
 
 @attrs.frozen(kw_only=True)
@@ -47,7 +47,8 @@ class DDIMConfig:
     )
     spacing: str = option(
         "leading",
-        "which timesteps to visit, as diffusers defines them: leading, trailing, linspace",
+        "which timesteps to visit: leading, trailing, linspace (as diffusers defines "
+        "them), logsnr, karras (the nearest steps to those noise levels)",
         validator=attrs.validators.in_(SPACINGS),
     )
     clip_denoised: bool = option(
@@ -61,17 +62,24 @@ class DDIMSampler:
     def __init__(self, config: DDIMConfig) -> None:
         self.config = config
 
-    def timesteps(self, num_timesteps: int) -> list[int]:
-        """The original-schedule timesteps visited, noisiest first.
+    def timesteps(self, alphas_cumprod: Any) -> list[int]:
+        """The original-schedule timesteps visited on the schedule ``alphas_cumprod`` (its
+        ``(T,)`` alpha_bar table), noisiest first.
+
+        Raises:
+            ValueError: when ``steps`` exceeds the schedule's number of timesteps.
+        """
+        c = self.config
+        return spaced_timesteps(alphas_cumprod, c.steps, c.spacing)
+
+    def num_evaluations(self, num_timesteps: int) -> int:
+        """One network evaluation per step.
 
         Raises:
             ValueError: when ``steps`` exceeds ``num_timesteps``.
         """
-        return spaced_timesteps(num_timesteps, self.config.steps, self.config.spacing)
-
-    def num_evaluations(self, num_timesteps: int) -> int:
-        """One network evaluation per step."""
-        return len(self.timesteps(num_timesteps))
+        check_steps(self.config.steps, num_timesteps)
+        return self.config.steps
 
     @torch.no_grad()
     def sample(
@@ -100,9 +108,8 @@ class DDIMSampler:
         Raises:
             ValueError: when ``steps`` exceeds the schedule's number of timesteps.
         """
-        steps = sampling_steps(
-            denoiser.schedule, self.timesteps(denoiser.schedule.num_timesteps), x_T
-        )
+        schedule = denoiser.schedule
+        steps = sampling_steps(schedule, self.timesteps(schedule.alphas_cumprod), x_T)
         eta = self.config.eta
         # Step tables (python floats: kernel scalars, no per-step device tensors or syncs).
         sqrt_ab, sqrt_1m_ab, c_x0, c_eps, sigma = [], [], [], [], []

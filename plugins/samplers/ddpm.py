@@ -29,7 +29,7 @@ from denoisekit.diffusion import (
     sampling_steps,
     spaced_timesteps,
 )
-from denoisekit.plugins.samplers._checks import steps_within_schedule
+from denoisekit.plugins.samplers._checks import check_steps, steps_within_schedule
 
 
 @attrs.frozen(kw_only=True)
@@ -43,7 +43,8 @@ class DDPMConfig:
     )
     spacing: str = option(
         "linspace",
-        "which timesteps a shortened chain keeps: linspace (Improved DDPM), leading, trailing",
+        "which timesteps a shortened chain keeps: linspace (Improved DDPM), leading, "
+        "trailing, logsnr, karras (the nearest steps to those noise levels)",
         validator=attrs.validators.in_(SPACINGS),
     )
     variance: str = option(
@@ -62,18 +63,26 @@ class DDPMSampler:
     def __init__(self, config: DDPMConfig) -> None:
         self.config = config
 
-    def timesteps(self, num_timesteps: int) -> list[int]:
-        """The original-schedule timesteps visited, noisiest first.
+    def timesteps(self, alphas_cumprod: Any) -> list[int]:
+        """The original-schedule timesteps visited on the schedule ``alphas_cumprod`` (its
+        ``(T,)`` alpha_bar table), noisiest first.
+
+        Raises:
+            ValueError: when ``steps`` exceeds the schedule's number of timesteps.
+        """
+        T = alphas_cumprod if isinstance(alphas_cumprod, int) else len(alphas_cumprod)
+        steps = T if self.config.steps is None else self.config.steps
+        return spaced_timesteps(alphas_cumprod, steps, self.config.spacing)
+
+    def num_evaluations(self, num_timesteps: int) -> int:
+        """One network evaluation per step.
 
         Raises:
             ValueError: when ``steps`` exceeds ``num_timesteps``.
         """
         steps = num_timesteps if self.config.steps is None else self.config.steps
-        return spaced_timesteps(num_timesteps, steps, self.config.spacing)
-
-    def num_evaluations(self, num_timesteps: int) -> int:
-        """One network evaluation per step."""
-        return len(self.timesteps(num_timesteps))
+        check_steps(steps, num_timesteps)
+        return steps
 
     @torch.no_grad()
     def sample(
@@ -100,7 +109,7 @@ class DDPMSampler:
             Samples of ``x_T``'s shape, dtype and device, clamped to [-1, 1].
         """
         schedule = denoiser.schedule
-        steps = sampling_steps(schedule, self.timesteps(schedule.num_timesteps), x_T)
+        steps = sampling_steps(schedule, self.timesteps(schedule.alphas_cumprod), x_T)
         # Step tables, built once per call. `respace` keeps alpha_bar at the visited
         # timesteps; its index i (ascending) is step K - 1 - i (noisiest first).
         respaced, _ = DiscreteSchedule.of(schedule).respace(steps.timesteps)

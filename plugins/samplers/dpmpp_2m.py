@@ -22,15 +22,12 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-import numpy as np
 import torch
 
 from denoisekit import ComponentSpec, DenoiserLike, hookimpl
 from denoisekit.config import int_at_least, option
-from denoisekit.diffusion import sampling_steps
-from denoisekit.plugins.samplers._checks import steps_within_schedule
-
-SPACINGS: tuple[str, ...] = ("logsnr", "linspace")
+from denoisekit.diffusion import SPACINGS, sampling_steps, spaced_timesteps
+from denoisekit.plugins.samplers._checks import check_steps, steps_within_schedule
 
 
 @attrs.frozen(kw_only=True)
@@ -42,12 +39,13 @@ class DPMSolverConfig:
     )
     spacing: str = option(
         "logsnr",
-        "timesteps uniform in log-SNR (logsnr) or in time (linspace, T - 1 to 0)",
+        "timesteps: logsnr (uniform in log-SNR), linspace (T - 1 to 0), leading, trailing, "
+        "karras (the nearest steps to those noise levels)",
         validator=attrs.validators.in_(SPACINGS),
     )
     lambda_min: float = option(
         -5.1,
-        "lowest lambda = log(alpha / sigma) the logsnr grid starts from (diffusers' "
+        "lowest lambda = log(alpha / sigma) the logsnr spacing starts from (diffusers' "
         "lambda_min_clipped: keeps steps off the cosine schedule's clipped end)",
         validator=attrs.validators.instance_of((int, float)),
     )
@@ -61,36 +59,29 @@ class DPMSolverConfig:
     )
 
 
-def logsnr_timesteps(alpha_bar: np.ndarray, steps: int, lambda_min: float) -> list[int]:
-    """``steps`` distinct timesteps, noisiest first, from ``T - 1`` to ``0``, the inner ones
-    uniform in ``lambda`` between ``max(lambda_{T-1}, lambda_min)`` and ``lambda_0``."""
-    lam = 0.5 * np.log(alpha_bar / (1.0 - alpha_bar))  # decreasing in t
-    T = len(alpha_bar)
-    grid = np.linspace(max(lam[-1], lambda_min), lam[0], steps)
-    nearest = np.abs(lam[None, :] - grid[:, None]).argmin(axis=1)
-    out = [T - 1]
-    for i, t in enumerate(nearest[1:], start=1):  # strictly decreasing, room left for the rest
-        out.append(int(min(max(t, steps - 1 - i), out[-1] - 1)))
-    return out
-
-
 class DPMSolverSampler:
     """DPM-Solver++(2M); see the module docstring."""
 
     def __init__(self, config: DPMSolverConfig) -> None:
         self.config = config
 
-    def timesteps(self, alpha_bar: np.ndarray) -> list[int]:
-        """The timesteps where the network is evaluated, noisiest first."""
-        T, n = len(alpha_bar), self.config.steps
-        if n > T:
-            raise ValueError(f"'steps' ({n}) exceeds the schedule's {T} timesteps")
-        if self.config.spacing == "linspace":
-            return sorted({int(t) for t in np.linspace(0, T - 1, n).round()}, reverse=True)
-        return logsnr_timesteps(alpha_bar, n, self.config.lambda_min)
+    def timesteps(self, alphas_cumprod: Any) -> list[int]:
+        """The timesteps where the network is evaluated on the schedule ``alphas_cumprod``
+        (its ``(T,)`` alpha_bar table), noisiest first.
+
+        Raises:
+            ValueError: when ``steps`` exceeds the schedule's number of timesteps.
+        """
+        c = self.config
+        return spaced_timesteps(alphas_cumprod, c.steps, c.spacing, lambda_min=c.lambda_min)
 
     def num_evaluations(self, num_timesteps: int) -> int:
-        """One network evaluation per step."""
+        """One network evaluation per step.
+
+        Raises:
+            ValueError: when ``steps`` exceeds ``num_timesteps``.
+        """
+        check_steps(self.config.steps, num_timesteps)
         return self.config.steps
 
     @torch.no_grad()
@@ -104,8 +95,8 @@ class DPMSolverSampler:
         callback: Callable[[dict[str, Any]], None] | None = None,
     ) -> torch.Tensor:
         """Solve from ``x_T`` (at timestep ``T - 1``) to the data; deterministic."""
-        ab = denoiser.schedule.alphas_cumprod.numpy()
-        steps = sampling_steps(denoiser.schedule, self.timesteps(ab), x_T)
+        schedule = denoiser.schedule
+        steps = sampling_steps(schedule, self.timesteps(schedule.alphas_cumprod), x_T)
         alpha = [math.sqrt(a) for a in steps.alpha_bar]
         sigma = [math.sqrt(1.0 - a) for a in steps.alpha_bar]
         lam = [math.log(a / s) for a, s in zip(alpha, sigma, strict=True)]

@@ -1,5 +1,6 @@
-"""``denoisekit.autoencoder``: the posterior's KL and samples against closed forms, the
-latent normalisation, and calibration to zero-mean unit-variance latents per channel."""
+"""``denoisekit.autoencoder`` (the posterior's KL and samples against closed forms) and
+``denoisekit.engine.latents`` (the latent normalisation, and calibration to zero-mean
+unit-variance latents per channel)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,8 @@ import pytest
 import torch
 
 import denoisekit
-from denoisekit.autoencoder import (
-    LOGVAR_RANGE,
-    DiagonalGaussian,
-    calibrate,
-    denormalize_latents,
-    normalize_latents,
-)
+from denoisekit.autoencoder import DiagonalGaussian
+from denoisekit.engine.latents import calibrate, denormalize_latents, normalize_latents
 
 
 def _dist(shape=(3, 2, 4, 4), seed=0, dtype=torch.float64) -> DiagonalGaussian:
@@ -27,14 +23,13 @@ def _dist(shape=(3, 2, 4, 4), seed=0, dtype=torch.float64) -> DiagonalGaussian:
 
 def test_the_public_api_names_it():
     assert denoisekit.DiagonalGaussian is DiagonalGaussian
-    assert denoisekit.autoencoder.calibrate is calibrate
     assert "encode" in dir(denoisekit.Autoencoder)
 
 
 def test_kl_is_the_closed_form_and_torch_distributions():
     dist = _dist()
     # Independent derivation: torch.distributions' Normal-Normal KL, summed per image.
-    q = torch.distributions.Normal(dist.mean, dist.std)
+    q = torch.distributions.Normal(dist.mean, torch.exp(0.5 * dist.logvar))
     p = torch.distributions.Normal(torch.zeros_like(dist.mean), torch.ones_like(dist.mean))
     expected = torch.distributions.kl_divergence(q, p).flatten(1).sum(1)
     torch.testing.assert_close(dist.kl(), expected)
@@ -46,11 +41,10 @@ def test_kl_is_the_closed_form_and_torch_distributions():
     assert DiagonalGaussian(m, torch.zeros_like(m)).kl().item() == pytest.approx(4.5)
 
 
-def test_from_moments_splits_mean_then_logvar_and_clamps():
-    moments = torch.cat([torch.ones(1, 2, 3, 3), torch.full((1, 2, 3, 3), 50.0)], dim=1)
-    dist = DiagonalGaussian.from_moments(moments)
-    assert torch.equal(dist.mean, torch.ones(1, 2, 3, 3))
-    assert torch.equal(dist.logvar, torch.full((1, 2, 3, 3), LOGVAR_RANGE[1]))
+def test_logvar_is_clamped_as_ldm_and_diffusers_clamp_it():
+    logvar = torch.tensor([-50.0, 0.5, 50.0]).view(1, 3, 1, 1)
+    dist = DiagonalGaussian(torch.ones(1, 3, 1, 1), logvar)
+    assert dist.logvar.flatten().tolist() == [-30.0, 0.5, 20.0]
     assert dist.mode() is dist.mean
     with pytest.raises(ValueError, match="differ"):
         DiagonalGaussian(torch.zeros(1, 2), torch.zeros(1, 3))

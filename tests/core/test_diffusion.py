@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import pickle
 
@@ -11,7 +12,6 @@ import torch
 
 from denoisekit import diffusion as D
 from denoisekit.diffusion import DiscreteSchedule
-from denoisekit.engine import forward
 
 # --------------------------------------------------------------------------- helpers
 
@@ -20,6 +20,11 @@ def cosine_alpha_bar(T: int, s: float = 0.008) -> np.ndarray:
     """alpha_bar(t) = f(t) / f(0) at t = 1..T (no clipping: fine away from t = T)."""
     f = lambda u: math.cos((u / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
     return np.array([f(t) / f(0) for t in range(1, T + 1)])
+
+
+def linear_ab(T: int) -> torch.Tensor:
+    """alpha_bar of DDPM's linear betas (1e-4 .. 0.02) over T steps."""
+    return DiscreteSchedule.from_betas(torch.linspace(1e-4, 0.02, T)).alphas_cumprod
 
 
 @pytest.fixture
@@ -158,7 +163,7 @@ def test_respace_rejects_bad_timesteps(sched, use):
     ],
 )
 def test_spacings_match_published_table(spacing, expected):
-    assert D.spaced_timesteps(1000, 10, spacing) == expected
+    assert D.spaced_timesteps(linear_ab(1000), 10, spacing) == expected
 
 
 @pytest.mark.parametrize(
@@ -170,26 +175,106 @@ def test_spacings_match_published_table(spacing, expected):
     ],
 )
 def test_spacings_non_divisible(spacing, expected):
-    assert D.spaced_timesteps(1000, 3, spacing) == expected
+    assert D.spaced_timesteps(linear_ab(1000), 3, spacing) == expected
 
 
 @pytest.mark.parametrize("spacing", D.SPACINGS)
 @pytest.mark.parametrize("T", [1, 7, 100])
 def test_spacings_full_chain_and_bounds(spacing, T):
-    assert D.spaced_timesteps(T, T, spacing) == list(range(T - 1, -1, -1))
+    assert D.spaced_timesteps(linear_ab(T), T, spacing) == list(range(T - 1, -1, -1))
     for n in range(1, T + 1):
-        ts = D.spaced_timesteps(T, n, spacing)
+        ts = D.spaced_timesteps(linear_ab(T), n, spacing)
         assert len(ts) == n and ts == sorted(set(ts), reverse=True)
         assert ts[-1] >= 0 and ts[0] <= T - 1
 
 
 def test_spacing_errors():
     with pytest.raises(ValueError, match="exceeds"):
-        D.spaced_timesteps(10, 11)
+        D.spaced_timesteps(linear_ab(10), 11)
     with pytest.raises(ValueError, match="> 0"):
-        D.spaced_timesteps(10, 0)
+        D.spaced_timesteps(linear_ab(10), 0)
     with pytest.raises(ValueError, match="unknown spacing"):
-        D.spaced_timesteps(10, 5, "uniform")
+        D.spaced_timesteps(linear_ab(10), 5, "uniform")
+
+
+def test_spaced_timesteps_from_num_timesteps_is_deprecated_but_works():
+    with pytest.warns(DeprecationWarning, match="alphas_cumprod"):
+        assert D.spaced_timesteps(1000, 10, "leading") == list(range(900, -1, -100))
+    with pytest.raises(ValueError, match="needs the schedule"), pytest.warns(DeprecationWarning):
+        D.spaced_timesteps(1000, 10, "karras")
+
+
+def _karras_levels(ab: np.ndarray, n: int, rho: float) -> np.ndarray:
+    """EDM eq. 5 between the schedule's sigma_max (t = T - 1) and sigma_min (t = 0)."""
+    sigma = np.sqrt((1 - ab) / ab)
+    ramp = np.arange(n) / (n - 1)
+    hi, lo = sigma[-1] ** (1 / rho), sigma[0] ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def _alpha_bar_at(ab: np.ndarray, t: float) -> float:
+    """alpha_bar at fractional t: the log-SNR linear between the neighbouring steps."""
+    ls = np.log(ab / (1 - ab))
+    lo = min(int(t), len(ab) - 1)
+    lam = ls[lo] + (t - lo) * (ls[min(lo + 1, len(ab) - 1)] - ls[lo])
+    return 1 / (1 + math.exp(-lam))
+
+
+@pytest.mark.parametrize("n, rho", [(2, 7.0), (10, 7.0), (18, 3.0)])
+def test_karras_spacing_places_eq_5_levels_at_fractional_timesteps(n, rho):
+    ab = linear_ab(1000).numpy()
+    ts = D.spaced_timesteps(ab, n, "karras", continuous=True, rho=rho)
+    assert ts[0] == 999 and ts[-1] == 0 and all(a > b for a, b in itertools.pairwise(ts))
+    got = [math.sqrt((1 - a) / a) for a in (_alpha_bar_at(ab, t) for t in ts)]
+    np.testing.assert_allclose(got, _karras_levels(ab, n, rho), rtol=1e-9)
+    # Snapped: the nearest step in log-SNR of each level (no collisions at these sizes).
+    log_sigma = 0.5 * np.log((1 - ab) / ab)
+    nearest = [int(np.abs(log_sigma - math.log(s)).argmin()) for s in _karras_levels(ab, n, rho)]
+    assert D.spaced_timesteps(ab, n, "karras", rho=rho) == nearest
+
+
+def test_logsnr_spacing_is_uniform_in_log_snr_from_lambda_min():
+    ab = linear_ab(1000).numpy()
+    ts = D.spaced_timesteps(ab, 8, "logsnr", continuous=True, lambda_min=-4.0)
+    lam = [0.5 * math.log(a / (1 - a)) for a in (_alpha_bar_at(ab, t) for t in ts)]
+    assert ts[0] == 999  # where x_T is; the grid itself starts at lambda_min
+    np.testing.assert_allclose(lam[1:], np.linspace(-4.0, lam[-1], 8)[1:], rtol=1e-9)
+    assert lam[-1] == pytest.approx(0.5 * math.log(ab[0] / (1 - ab[0])), rel=1e-12)
+
+
+@pytest.mark.parametrize("spacing", ["logsnr", "karras"])
+def test_level_spacings_snap_to_distinct_steps_when_crowded(spacing):
+    ab = linear_ab(30)
+    for n in (2, 10, 29, 30):
+        ts = D.spaced_timesteps(ab, n, spacing)
+        assert len(ts) == n and ts == sorted(set(ts), reverse=True)
+        assert ts[0] == 29 and ts[-1] >= 0 and all(isinstance(t, int) for t in ts)
+
+
+def test_sampling_steps_at_fractional_timesteps():
+    sched = D.DiscreteSchedule.from_betas(torch.linspace(1e-4, 0.02, 100))
+    ab = sched.alphas_cumprod.numpy()
+    steps = D.sampling_steps(sched, [99, 50.5, 10.25, 0], torch.zeros(3, 2))
+    assert steps.timesteps == [99, 50.5, 10.25, 0]
+    assert steps.t.dtype == torch.float64 and steps.t.shape == (4, 3)
+    expected = [_alpha_bar_at(ab, t) for t in (99, 50.5, 10.25, 0)]
+    np.testing.assert_allclose(steps.alpha_bar, expected, rtol=1e-12)
+    assert steps.alpha_bar[0] == ab[99] and steps.alpha_bar[-1] == ab[0]  # exact at steps
+    assert D.sampling_steps(sched, [99.0, 0.0], torch.zeros(1)).t.dtype == torch.long
+
+
+def test_q_sample_at_fractional_timesteps():
+    sched = D.DiscreteSchedule.from_betas(torch.linspace(1e-4, 0.02, 100))
+    ab = sched.alphas_cumprod.numpy()
+    x0, eps = torch.tensor([0.5, -0.25], dtype=torch.float64), torch.tensor([1.0, 2.0])
+    t = torch.tensor([3.5, 70.0], dtype=torch.float64)
+    a = torch.tensor([_alpha_bar_at(ab, 3.5), ab[70]], dtype=torch.float64)
+    expected = a.sqrt() * x0 + (1 - a).sqrt() * eps.double()
+    torch.testing.assert_close(D.q_sample(sched, x0, t, eps.double()), expected, rtol=1e-12, atol=0)
+    integer = D.q_sample(sched, x0, torch.tensor([3, 70]), eps.double())
+    assert D.q_sample(sched, x0, t, eps.double())[1] == integer[1]  # bit-equal at a step
+    with pytest.raises(TypeError, match="integer"):
+        D.q_posterior(sched, x0, x0, t)
 
 
 # --------------------------------------------------------------------------- forward process
@@ -208,9 +293,7 @@ def test_q_sample_is_the_closed_form(sched, shape):
     t, x0, eps = _batch(50, shape)
     ab = torch.from_numpy(cosine_alpha_bar(51)[:50]).view(-1, *[1] * len(shape))
     expected = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-    torch.testing.assert_close(
-        forward.q_sample(sched, x0, t, eps), expected, rtol=1e-14, atol=1e-14
-    )
+    torch.testing.assert_close(D.q_sample(sched, x0, t, eps), expected, rtol=1e-14, atol=1e-14)
 
 
 def test_q_sample_moments_empirically(sched):
@@ -221,7 +304,7 @@ def test_q_sample_moments_empirically(sched):
     t = torch.tensor([0, 10, 25, 49])
     x0 = torch.tensor([0.7, -0.3, 0.5, 1.0], dtype=torch.float64)
     noise = torch.randn(N, 4, generator=g, dtype=torch.float64)
-    x_t = forward.q_sample(sched, x0.expand(N, 4).T, t, noise.T)  # (4, N): batch = timesteps
+    x_t = D.q_sample(sched, x0.expand(N, 4).T, t, noise.T)  # (4, N): batch = timesteps
     ab = torch.from_numpy(cosine_alpha_bar(51)[:50])[t]
     mean, var = x_t.mean(1), x_t.var(1)
     assert torch.all((mean - ab.sqrt() * x0).abs() < 5 * ((1 - ab) / N).sqrt())
@@ -253,7 +336,7 @@ def test_round_trip_at_extreme_noise():
     t = torch.tensor([0, 500, 998, 999])
     x0 = torch.tensor([0.3, -0.2, 0.9, -1.0], dtype=torch.float64)
     eps = torch.tensor([1.0, -0.5, 2.0, 0.1], dtype=torch.float64)
-    x_t = forward.q_sample(s, x0, t, eps)
+    x_t = D.q_sample(s, x0, t, eps)
     v = D.v_from_eps_x0(s, t, eps, x0)
     torch.testing.assert_close(D.x0_from_v(s, x_t, t, v), x0, rtol=0, atol=1e-12)
     torch.testing.assert_close(D.eps_from_v(s, x_t, t, v), eps, rtol=0, atol=1e-12)
@@ -284,9 +367,7 @@ def test_q_posterior_is_gaussian_conditioning(sched):
     mean = np.sqrt(prev)[:, None] * x0 + (cov / var22)[:, None] * (x_t - np.sqrt(ab)[:, None] * x0)
     var = var11 - cov**2 / var22
 
-    m, v, logv = forward.q_posterior(
-        sched, torch.from_numpy(x0), torch.from_numpy(x_t), torch.arange(T)
-    )
+    m, v, logv = D.q_posterior(sched, torch.from_numpy(x0), torch.from_numpy(x_t), torch.arange(T))
     assert m.shape == (T, 3) and v.shape == (T, 1) and logv.shape == (T, 1)
     np.testing.assert_allclose(m.numpy(), mean, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(v.numpy()[:, 0], var, rtol=1e-10, atol=1e-15)
@@ -299,7 +380,7 @@ def test_q_posterior_is_gaussian_conditioning(sched):
 def test_q_posterior_float32_image_shapes(sched):
     x0 = torch.zeros(4, 3, 8, 8)
     x_t = torch.ones(4, 3, 8, 8)
-    m, v, _ = forward.q_posterior(sched, x0, x_t, torch.tensor([0, 1, 2, 49]))
+    m, v, _ = D.q_posterior(sched, x0, x_t, torch.tensor([0, 1, 2, 49]))
     assert m.shape == (4, 3, 8, 8) and v.shape == (4, 1, 1, 1) and m.dtype == torch.float32
 
 
@@ -336,7 +417,7 @@ def test_tables_and_randn_on_cuda(sched):
     assert tab.alpha_bar.is_cuda and sched.tables("cuda:0", torch.float32) is tab
     x = D.randn((2, 3), torch.Generator().manual_seed(0), device="cuda", dtype=torch.float32)
     assert x.is_cuda
-    x_t = forward.q_sample(sched, x, torch.tensor([0, 5], device="cuda"), x)
+    x_t = D.q_sample(sched, x, torch.tensor([0, 5], device="cuda"), x)
     assert x_t.is_cuda
 
 

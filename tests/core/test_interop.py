@@ -160,8 +160,11 @@ def test_exported_model_samples_what_denoisekit_samples(spacing, trained, tmp_pa
     argv = ["export-diffusers", str(trained), "--out", str(out)]
     assert main([*argv]) == 0
     steps = 5
-    unet = diffusers.UNet2DModel.from_pretrained(out, local_files_only=True).eval()
-    scheduler = diffusers.DDIMScheduler.from_pretrained(out, local_files_only=True)
+    unet = diffusers.UNet2DModel.from_pretrained(out, subfolder="unet", local_files_only=True)
+    unet.eval()
+    scheduler = diffusers.DDIMScheduler.from_pretrained(
+        out, subfolder="scheduler", local_files_only=True
+    )
     scheduler.register_to_config(timestep_spacing=spacing)
     scheduler = diffusers.DDIMScheduler.from_config(scheduler.config)
     x_T = torch.stack([torch.randn(1, 8, 8, generator=g) for g in image_generators(0, 0, 4)])
@@ -183,15 +186,97 @@ def test_exported_model_samples_what_denoisekit_samples(spacing, trained, tmp_pa
     assert (np.load(npz)["arr_0"].astype(float) - quantized.numpy()).max() <= 1
 
 
+def _cli_sample(run, tmp_path, sets: list[str]) -> np.ndarray:
+    """``denoisekit sample RUN -n 4`` (seed 0) with ``--set``s: the uint8 images."""
+    npz = tmp_path / "s.npz"
+    sample = ["sample", str(run), "-n", "4", "--out", str(npz), "--device", "cpu"]
+    assert main([*sample, *(a for s in sets for a in ("--set", s))]) == 0
+    return np.load(npz)["arr_0"].astype(float)
+
+
+def _to_uint8_levels(images_01: torch.Tensor) -> np.ndarray:
+    """A pipeline's ``output_type="pt"`` images in [0, 1] as denoisekit's 8-bit levels."""
+    return (images_01.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).numpy()
+
+
+def test_exported_folder_is_a_ddim_pipeline_sampling_what_denoisekit_samples(trained, tmp_path):
+    """``DDIMPipeline.from_pretrained(DIR)``, nothing assembled by hand; the pipeline drawn
+    from the generators ``denoisekit sample`` seeds image by image gives its images."""
+    out = tmp_path / "exported"
+    assert main(["export-diffusers", str(trained), "--out", str(out)]) == 0
+    pipe = diffusers.DDIMPipeline.from_pretrained(out, local_files_only=True)
+    assert isinstance(pipe.scheduler, diffusers.DDIMScheduler)  # converted by the pipeline
+    steps = 5
+    with torch.no_grad():
+        theirs = pipe(
+            batch_size=4,
+            generator=image_generators(0, 0, 4),  # the per-image seeds of `sample`
+            num_inference_steps=steps,
+            eta=0.0,
+            use_clipped_model_output=True,
+            output_type="pt",
+        ).images
+    sets = [f"sampler.steps={steps}", "sampler.eta=0.0"]
+    ours, _ = sample_images(load_trained(trained, device="cpu", overrides=sets), 4, seed=0)
+    err = (ours - (theirs * 2 - 1)).abs().max().item()
+    print(f"DDIMPipeline: max |denoisekit - diffusers| = {err:.2e}")
+    # The tolerance interop measures for leading spacing (test above): 1e-5.
+    assert ours.abs().max() > 0.1 and err < 1e-5
+    assert np.abs(_cli_sample(trained, tmp_path, sets) - _to_uint8_levels(theirs)).max() <= 1
+
+
+def test_exported_folder_is_a_ddpm_pipeline_sampling_what_denoisekit_samples(trained, tmp_path):
+    """``DDPMPipeline.from_pretrained(DIR)`` (what ``model_index.json`` names): ancestral
+    sampling that draws, from the same per-image generators, what our ``ddpm`` sampler
+    draws, its noise at every step included."""
+    out = tmp_path / "exported"
+    assert main(["export-diffusers", str(trained), "--out", str(out)]) == 0
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "DDPMPipeline"
+    assert index["unet"] == ["diffusers", "UNet2DModel"]
+    assert index["scheduler"] == ["diffusers", "DDPMScheduler"]
+    pipe = diffusers.DDPMPipeline.from_pretrained(out, local_files_only=True)
+    assert isinstance(pipe.scheduler, diffusers.DDPMScheduler)
+    assert isinstance(pipe, diffusers.DiffusionPipeline.from_pretrained(out).__class__)
+    steps = 5
+    with torch.no_grad():
+        theirs = pipe(
+            batch_size=4,
+            generator=image_generators(0, 0, 4),
+            num_inference_steps=steps,
+            output_type="pt",
+        ).images
+    sets = ["sampler.type=ddpm", f"sampler.steps={steps}", "sampler.spacing=leading"]
+    ours, _ = sample_images(load_trained(trained, device="cpu", overrides=sets), 4, seed=0)
+    err = (ours - (theirs * 2 - 1)).abs().max().item()
+    print(f"DDPMPipeline: max |denoisekit - diffusers| = {err:.2e}")
+    assert ours.abs().max() > 0.1 and err < 1e-5
+    assert np.abs(_cli_sample(trained, tmp_path, sets) - _to_uint8_levels(theirs)).max() <= 1
+
+
+def test_export_replaces_an_older_flat_export_only_with_overwrite(trained, tmp_path, capsys):
+    out = tmp_path / "x"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # 0.1's layout: the model beside the scheduler
+    assert main(["export-diffusers", str(trained), "--out", str(out)]) == 2
+    assert "config.json" in one_line_error(capsys)
+    assert main(["export-diffusers", str(trained), "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "config.json").exists() and (out / "unet" / "config.json").is_file()
+    # ... and what it wrote imports back (the pipeline folder's unet/ and scheduler/).
+    assert main(["import-diffusers", str(out), "--out", str(tmp_path / "back")]) == 0
+
+
 def test_exported_scheduler_config_has_our_ddim_conventions(trained, tmp_path):
     assert main(["export-diffusers", str(trained), "--out", str(tmp_path / "x")]) == 0
-    config = json.loads((tmp_path / "x" / "scheduler_config.json").read_text())
-    assert config["_class_name"] == "DDIMScheduler"
+    config = json.loads((tmp_path / "x" / "scheduler" / "scheduler_config.json").read_text())
+    assert config["_class_name"] == "DDPMScheduler"
     assert config["beta_schedule"] == "squaredcos_cap_v2" and config["num_train_timesteps"] == 100
     assert config["set_alpha_to_one"] is True and config["steps_offset"] == 0
     assert config["clip_sample"] is True and config["timestep_spacing"] == "leading"
     assert config["prediction_type"] == "epsilon"
-    ddpm = diffusers.DDPMScheduler.from_pretrained(tmp_path / "x", local_files_only=True)
+    ddpm = diffusers.DDPMScheduler.from_pretrained(
+        tmp_path / "x", subfolder="scheduler", local_files_only=True
+    )
     assert ddpm.config.variance_type == "fixed_small"
 
 

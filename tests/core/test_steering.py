@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 
+from denoisekit import NULL_CLASS
 from denoisekit.denoiser import Denoiser
 from denoisekit.engine.steering import GuidedDenoiser, InpaintingDenoiser, truncated
 from denoisekit.plugins.samplers.ddim import DDIMConfig, DDIMSampler
@@ -27,8 +28,9 @@ class ToyConditional(torch.nn.Module):
 
     def forward(self, x, t, cond=None):
         self.batches.append(x.shape[0])
-        labels = torch.full((x.shape[0],), -1) if cond is None else cond
-        shift = self.embed(labels.masked_fill(labels < 0, self.num_classes)).view(-1, 1, 1, 1)
+        labels = torch.full((x.shape[0],), NULL_CLASS) if cond is None else cond
+        labels = labels.masked_fill(labels == NULL_CLASS, self.num_classes)
+        shift = self.embed(labels).view(-1, 1, 1, 1)
         return torch.tanh(x + shift) * (0.5 + 0.001 * t.view(-1, 1, 1, 1))
 
 

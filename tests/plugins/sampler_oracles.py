@@ -33,13 +33,22 @@ class GaussianOracle(torch.nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        assert not t.dtype.is_floating_point or bool((t == t.round()).all())
-        ab = self.ab.to(x_t.dtype)[t.long()].view(-1, *[1] * (x_t.ndim - 1))
+        ab = self.alpha_bar(t).to(x_t.dtype).view(-1, *[1] * (x_t.ndim - 1))
         mu, var = self.mu, self.sigma**2
         x0 = mu + ab.sqrt() * var / (ab * var + 1 - ab) * (x_t - ab.sqrt() * mu)
         eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
         v = ab.sqrt() * eps - (1 - ab).sqrt() * x0
         return {"eps": eps, "x0": x0, "v": v}[self.prediction]
+
+    def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        """alpha_bar at timesteps ``t`` (float64): the table at steps; between steps, the
+        log-SNR ``log(ab / (1 - ab))`` linear between the neighbouring steps."""
+        t = t.to(torch.float64)
+        lo = t.floor().long().clamp(0, len(self.ab) - 1)
+        hi = (lo + 1).clamp(max=len(self.ab) - 1)
+        log_snr = (self.ab / (1 - self.ab)).log()
+        lam = log_snr[lo] + (t - lo) * (log_snr[hi] - log_snr[lo])
+        return torch.where(t == lo, self.ab[lo], 1 / (1 + torch.exp(-lam)))
 
 
 def linear_oracle_coefficients(ab: float, mu: float, sigma: float) -> tuple[float, float]:
@@ -79,3 +88,9 @@ def draw(sampler, denoiser, shape, generator, *, dtype=torch.float32, **kwargs):
     which then draws the sampler's own noise."""
     x_T = randn(shape, generator, dtype=dtype)
     return sampler.sample(denoiser, x_T, generator=generator, **kwargs)
+
+
+def linear_ab(T: int) -> torch.Tensor:
+    """alpha_bar of DDPM's linear betas (1e-4 .. 0.02) over ``T`` steps: a schedule table
+    for a sampler's ``timesteps(alphas_cumprod)``."""
+    return DiscreteSchedule.from_betas(torch.linspace(1e-4, 0.02, T)).alphas_cumprod

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from denoisekit import DenoisekitDeprecationWarning
 from denoisekit.denoiser import Denoiser
 from denoisekit.plugins.samplers import ddim, ddpm
 from denoisekit.plugins.schedules import linear
@@ -18,6 +19,7 @@ from tests.plugins.sampler_oracles import (
     WigglyEps,
     cos_sched,
     draw,
+    linear_ab,
     linear_oracle_coefficients,
     mean_std_tolerances,
     oracle_denoiser,
@@ -58,8 +60,15 @@ def test_config_rejects_bad_values(kwargs, field):
 )
 def test_timesteps_per_spacing(spacing, expected):
     smp = sampler(steps=10, spacing=spacing)
-    assert smp.timesteps(1000) == expected
+    assert smp.timesteps(linear_ab(1000)) == expected
     assert smp.num_evaluations(1000) == 10
+
+
+@pytest.mark.parametrize("make", [ddim.DDIMConfig, ddpm.DDPMConfig])
+def test_timesteps_of_num_timesteps_still_work_with_a_deprecation_warning(make):
+    smp = (ddim.DDIMSampler if make is ddim.DDIMConfig else ddpm.DDPMSampler)(make(steps=10))
+    with pytest.warns(DenoisekitDeprecationWarning, match="alphas_cumprod"):
+        assert smp.timesteps(1000) == smp.timesteps(linear_ab(1000))
 
 
 def test_more_steps_than_timesteps_rejected():
@@ -104,7 +113,7 @@ def test_eta0_converges_to_probability_flow_map(spacing, prediction):
     errors = []
     for steps in (10, 100, 1000):
         smp = sampler(steps=steps, spacing=spacing, clip_denoised=False)
-        a = ab[smp.timesteps(1000)[0]]
+        a = ab[smp.timesteps(linear_ab(1000))[0]]
         exact = MU + SIGMA * (x_T - math.sqrt(a) * MU) / math.sqrt(a * SIGMA**2 + 1 - a)
         out = smp.sample(den, x_T, generator=None)
         errors.append((out - exact).abs().max().item())
@@ -140,7 +149,9 @@ N = int(np.prod(SHAPE))
 def test_stochastic_respaced_chain_matches_exact_output_law(eta, spacing):
     sched = cos_sched(1000)
     smp = sampler(steps=25, eta=eta, spacing=spacing, clip_denoised=False)
-    mean, std = _ddim_output_law(sched.alphas_cumprod.numpy(), smp.timesteps(1000), MU, SIGMA, eta)
+    mean, std = _ddim_output_law(
+        sched.alphas_cumprod.numpy(), smp.timesteps(linear_ab(1000)), MU, SIGMA, eta
+    )
     den, _ = oracle_denoiser(sched, MU, SIGMA, "v")
     x = draw(smp, den, SHAPE, torch.Generator().manual_seed(5), dtype=torch.float64)
     tol_mean, tol_std = mean_std_tolerances(std, N)
@@ -249,6 +260,6 @@ def test_callback_reports_each_step():
     seen = []
     draw(smp, den, (2, 3), torch.Generator().manual_seed(1), callback=seen.append)
     assert [info["i"] for info in seen] == list(range(12))
-    assert [info["t"] for info in seen] == smp.timesteps(100)
+    assert [info["t"] for info in seen] == smp.timesteps(linear_ab(100))
     assert model.calls == 12 == den.num_evaluations
     assert all(info["x0"].shape == (2, 3) for info in seen)

@@ -18,6 +18,7 @@ from tests.plugins.sampler_oracles import (
     WigglyEps,
     cos_sched,
     draw,
+    linear_ab,
     linear_oracle_coefficients,
     mean_std_tolerances,
     oracle_denoiser,
@@ -54,11 +55,22 @@ def test_config_rejects_bad_values(kwargs, field):
 
 def test_num_evaluations_and_timesteps():
     assert sampler().num_evaluations(1000) == 1000
-    assert sampler().timesteps(5) == [4, 3, 2, 1, 0]
+    assert sampler().timesteps(linear_ab(5)) == [4, 3, 2, 1, 0]
     assert sampler(steps=10).num_evaluations(1000) == 10
     # Improved DDPM section 4: evenly strided over [0, T - 1], rounded.
-    assert sampler(steps=10).timesteps(1000) == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
-    assert sampler(steps=10, spacing="trailing").timesteps(1000)[0] == 999
+    assert sampler(steps=10).timesteps(linear_ab(1000)) == [
+        999,
+        888,
+        777,
+        666,
+        555,
+        444,
+        333,
+        222,
+        111,
+        0,
+    ]
+    assert sampler(steps=10, spacing="trailing").timesteps(linear_ab(1000))[0] == 999
     with pytest.raises(ValueError, match="exceeds"):
         sampler(steps=11).num_evaluations(10)
 
@@ -168,7 +180,9 @@ def test_respaced_chain_matches_exact_output_law(variance, prediction):
     # also tells them (and a wrong respacing) apart.
     sched = cos_sched(1000)
     smp = sampler(steps=25, variance=variance, clip_denoised=False)
-    mean, std = _output_law(sched.alphas_cumprod.numpy(), smp.timesteps(1000), MU, SIGMA, variance)
+    mean, std = _output_law(
+        sched.alphas_cumprod.numpy(), smp.timesteps(linear_ab(1000)), MU, SIGMA, variance
+    )
     den, _ = oracle_denoiser(sched, MU, SIGMA, prediction)
     x = draw(smp, den, SHAPE, torch.Generator().manual_seed(2), dtype=torch.float64)
     tol_mean, tol_std = mean_std_tolerances(std, N)
@@ -200,7 +214,7 @@ def test_callback_and_given_x_T():
     seen = []
     out = draw(smp, den, (2, 3), torch.Generator().manual_seed(4), callback=seen.append)
     assert [info["i"] for info in seen] == list(range(8))
-    assert [info["t"] for info in seen] == smp.timesteps(50)
+    assert [info["t"] for info in seen] == smp.timesteps(linear_ab(50))
     # Passing x_T = the first draw and the generator after it reproduces the run exactly.
     g = torch.Generator().manual_seed(4)
     x_T = torch.randn((2, 3), generator=g)

@@ -7,16 +7,17 @@ the conformance suite of each kind and a tiny training run on every component be
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from typing import Any, ClassVar
 
 import pytest
 import torch
-from denoisekit import Denoiser
+from denoisekit import Denoiser, DiscreteSchedule, diffusion
 from denoisekit.testing import ComponentConformance, ToyBackbone, toy_schedule, train_tiny
 
-from denoisekit_karras.sampler import EulerConfig, HeunConfig, HeunSampler, karras_timesteps
+from denoisekit_karras.sampler import EulerConfig, EulerSampler, HeunConfig, HeunSampler, sigmas_of
 
 PLUGIN = "denoisekit_karras.plugin"
 
@@ -36,32 +37,32 @@ class TestKarras(ComponentConformance):
     }
 
 
-@pytest.mark.parametrize("steps", [1, 2, 5, 18, 99, 100])
-def test_karras_timesteps_are_distinct_and_span_the_schedule(steps):
-    ab = toy_schedule(100).alphas_cumprod.tolist()
-    ts = karras_timesteps(ab, steps)
-    assert len(ts) == steps == len(set(ts))
-    assert ts == sorted(ts, reverse=True)
+@pytest.mark.parametrize("steps", [1, 2, 5, 18, 99, 100, 100])
+def test_karras_timesteps_are_decreasing_and_span_the_schedule(steps):
+    ab = toy_schedule(100).alphas_cumprod
+    ts = EulerSampler(EulerConfig(steps=steps)).timesteps(ab)
+    assert len(ts) == steps and all(a > b for a, b in itertools.pairwise(ts))
     assert ts[0] == 99
     assert steps == 1 or ts[-1] == 0
 
 
-def test_karras_levels_follow_eq_5_where_timesteps_are_dense():
-    """On a 1000-step schedule the chosen sigmas are within a step of EDM eq. 5's levels."""
-    from denoisekit import DiscreteSchedule
-
-    from denoisekit_karras.sampler import sigmas_of
-
-    ab = DiscreteSchedule.from_betas(torch.linspace(1e-4, 0.02, 1000)).alphas_cumprod.tolist()
-    sigma = sigmas_of(ab)
-    n, rho = 10, 7.0
-    ts = karras_timesteps(ab, n, rho)
-    for i, t in enumerate(ts):
-        level = (
+@pytest.mark.parametrize("n", [5, 10, 18])
+def test_karras_levels_are_eq_5_exactly_no_snapping(n):
+    """The noise levels visited are EDM eq. 5's, at fractional timesteps: the sigma the
+    sampler steps with, from the denoiser's log-SNR interpolation, is the level itself."""
+    sched = DiscreteSchedule.from_betas(torch.linspace(1e-4, 0.02, 1000))
+    sigma = sigmas_of(sched.alphas_cumprod.tolist())
+    rho = 7.0
+    ts = HeunSampler(HeunConfig(steps=n, rho=rho)).timesteps(sched.alphas_cumprod)
+    steps = diffusion.sampling_steps(sched, ts, torch.zeros(1))
+    got = sigmas_of(steps.alpha_bar)
+    for i, level in enumerate(got):
+        expected = (
             sigma[-1] ** (1 / rho) + i / (n - 1) * (sigma[0] ** (1 / rho) - sigma[-1] ** (1 / rho))
         ) ** rho
-        lo, hi = sigma[max(t - 1, 0)], sigma[min(t + 1, 999)]
-        assert lo <= level <= hi or math.isclose(level, sigma[t], rel_tol=1e-9)
+        assert math.isclose(level, expected, rel_tol=1e-9)
+    assert any(not float(t).is_integer() for t in ts)  # fractional, not snapped
+    assert steps.t.dtype == torch.float64
 
 
 def test_heun_makes_two_evaluations_per_step_but_the_last():

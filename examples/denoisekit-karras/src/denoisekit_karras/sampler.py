@@ -5,8 +5,8 @@ Algorithm 1: Heun's 2nd-order method, with an Euler step to sigma = 0 at the end
 models trained on a discrete variance-preserving schedule. They see the model only through
 :meth:`denoisekit.Denoiser.predict`, so they work with any backbone and prediction type.
 
-*Notation*: ``alpha_bar_t`` is the schedule's cumulative product at integer timestep
-``t``; ``sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t)`` is its noise level in the
+*Notation*: ``alpha_bar_t`` is the schedule's cumulative product at timestep ``t``;
+``sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t)`` is its noise level in the
 variance-exploding form, where the state is ``x = x_t / sqrt(alpha_bar_t)`` so that
 ``x = x0 + sigma eps`` (EDM section 2 with ``s(t) = 1 / sqrt(1 + sigma²)``). The
 probability-flow ODE (EDM eq. 1 with ``sigma(t) = t``) is
@@ -16,11 +16,12 @@ probability-flow ODE (EDM eq. 1 with ``sigma(t) = t``) is
 with ``D`` the x0 estimate; ``eps^`` is exactly the denoiser's noise estimate at the VP
 state ``x_t = sqrt(alpha_bar_t) x``. The sampler steps through the noise levels
 ``sigma_{t_0} > ... > sigma_{t_{N-1}} > sigma_N = 0`` of chosen timesteps: with
-``spacing = "karras"`` the levels of EDM eq. 5,
+``spacing = "karras"`` exactly the levels of EDM eq. 5,
 ``sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``,
-each moved to the timestep nearest in log-sigma (the model only knows those; see
-:func:`karras_timesteps`); or the ``linspace`` / ``leading`` / ``trailing`` timesteps
-of :func:`denoisekit.diffusion.spaced_timesteps`.
+at fractional timesteps (``logsnr``: levels uniform in log-SNR), where the denoiser
+interpolates the schedule in log-SNR (no snapping to integer steps); or the ``linspace`` /
+``leading`` / ``trailing`` integer timesteps. All from
+:func:`denoisekit.diffusion.spaced_timesteps`.
 The start ``x_T ~ N(0, I)`` is the VP prior, i.e. ``x = x_T / sqrt(alpha_bar_{t_0})``.
 """
 
@@ -43,9 +44,6 @@ from denoisekit import (
     positive_finite,
 )
 
-#: How the timesteps are chosen: EDM's rho-spacing of sigmas, or the DDIM-style spacings.
-SPACINGS: tuple[str, ...] = ("karras", *diffusion.SPACINGS)
-
 
 @attrs.frozen(kw_only=True)
 class EulerConfig:
@@ -56,8 +54,8 @@ class EulerConfig:
     )
     spacing: str = option(
         "karras",
-        "timesteps: karras (EDM eq. 5 rho-spacing of sigmas), linspace, leading, trailing",
-        validator=attrs.validators.in_(SPACINGS),
+        "timesteps: karras (EDM eq. 5 rho-spacing of sigmas), logsnr, linspace, leading, trailing",
+        validator=attrs.validators.in_(diffusion.SPACINGS),
     )
     rho: float = option(7.0, "exponent of the karras spacing (EDM: 7)", validator=positive_finite)
     clip_denoised: bool = option(
@@ -78,8 +76,8 @@ class HeunConfig:
     )
     spacing: str = option(
         "karras",
-        "timesteps: karras (EDM eq. 5 rho-spacing of sigmas), linspace, leading, trailing",
-        validator=attrs.validators.in_(SPACINGS),
+        "timesteps: karras (EDM eq. 5 rho-spacing of sigmas), logsnr, linspace, leading, trailing",
+        validator=attrs.validators.in_(diffusion.SPACINGS),
     )
     rho: float = option(7.0, "exponent of the karras spacing (EDM: 7)", validator=positive_finite)
     clip_denoised: bool = option(
@@ -92,31 +90,6 @@ class HeunConfig:
 def sigmas_of(alphas_cumprod: Sequence[float]) -> list[float]:
     """``sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t)`` for every timestep, as floats."""
     return [math.sqrt((1.0 - ab) / ab) for ab in alphas_cumprod]
-
-
-def karras_timesteps(alphas_cumprod: Sequence[float], steps: int, rho: float = 7.0) -> list[int]:
-    """``steps`` distinct timesteps for EDM eq. 5's noise levels, noisiest first.
-
-    ``sigma_max`` and ``sigma_min`` are the schedule's largest and smallest noise levels
-    (timesteps ``T - 1`` and ``0``). Each level goes to the timestep nearest in log-sigma;
-    where several land on one timestep (many steps, dense low-noise levels) they are nudged
-    apart to neighbouring timesteps, so that exactly ``steps`` distinct timesteps remain.
-
-    Raises:
-        ValueError: for ``steps`` outside ``[1, T]``.
-    """
-    T = len(alphas_cumprod)
-    _check_steps(steps, T)
-    log_sigma = torch.tensor(sigmas_of(alphas_cumprod), dtype=torch.float64).log()
-    s_max, s_min = log_sigma[-1].exp().item(), log_sigma[0].exp().item()
-    ramp = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
-    levels = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
-    ts = (levels.log()[:, None] - log_sigma[None, :]).abs().argmin(dim=1).tolist()
-    # 1. From the least noisy end: each timestep at least one above the next.
-    for i in range(steps - 2, -1, -1):
-        ts[i] = max(ts[i], ts[i + 1] + 1)
-    # 2. From the noisiest end: leave room below T for the ones before (keeps 1. true).
-    return [min(t, T - 1 - i) for i, t in enumerate(ts)]
 
 
 def _check_steps(steps: int, num_timesteps: int) -> None:
@@ -138,16 +111,17 @@ class KarrasSampler:
     def __init__(self, config: EulerConfig | HeunConfig) -> None:
         self.config = config
 
-    def timesteps(self, alphas_cumprod: Sequence[float]) -> list[int]:
-        """The ``steps`` distinct timesteps visited on a schedule, noisiest first.
+    def timesteps(self, alphas_cumprod: Any) -> list[int] | list[float]:
+        """The ``steps`` timesteps visited on the schedule ``alphas_cumprod`` (its alpha_bar
+        table), noisiest first: fractional for ``karras`` and ``logsnr``.
 
         Raises:
             ValueError: when ``steps`` exceeds the schedule's number of timesteps.
         """
         c = self.config
-        if c.spacing == "karras":
-            return karras_timesteps(alphas_cumprod, c.steps, c.rho)
-        return diffusion.spaced_timesteps(len(alphas_cumprod), c.steps, c.spacing)
+        return diffusion.spaced_timesteps(
+            alphas_cumprod, c.steps, c.spacing, continuous=True, rho=c.rho
+        )
 
     def num_evaluations(self, num_timesteps: int) -> int:
         """Network evaluations per call: ``steps`` (Euler) or ``2 steps - 1`` (Heun).
@@ -172,7 +146,8 @@ class KarrasSampler:
         """Integrate the probability-flow ODE from sigma_max to 0, starting at ``x_T``.
 
         Args:
-            denoiser: gives ``(eps, x0)`` at integer timesteps (:class:`denoisekit.Denoiser`).
+            denoiser: gives ``(eps, x0)`` at any timestep, fractional ones included
+                (:class:`denoisekit.Denoiser`).
             x_T: the starting noise in the VP form (``N(0, I)``, ``(B, ...)``; not modified).
             generator: unused: the ODE is deterministic.
             cond: conditioning passed to the denoiser.
@@ -183,10 +158,9 @@ class KarrasSampler:
             Samples of ``x_T``'s shape, dtype and device, clamped to [-1, 1].
         """
         schedule = denoiser.schedule
-        steps = diffusion.sampling_steps(
-            schedule, self.timesteps(schedule.alphas_cumprod.tolist()), x_T
-        )
-        # Step tables: python floats (kernel scalars: no per-step device tensors or syncs).
+        steps = diffusion.sampling_steps(schedule, self.timesteps(schedule.alphas_cumprod), x_T)
+        # Step tables: python floats (kernel scalars: no per-step device tensors or syncs);
+        # alpha_bar at a fractional timestep is the denoiser's (log-SNR interpolation).
         sigmas = [*sigmas_of(steps.alpha_bar), 0.0]
         scale = [math.sqrt(ab) for ab in steps.alpha_bar]  # x_t = sqrt(alpha_bar_t) x
         x = x_T / scale[0]  # the VE state
@@ -235,8 +209,8 @@ def check_steps(config: EulerConfig | HeunConfig, context: CheckContext) -> Iter
     if T is not None and config.steps > T:
         yield (
             "steps",
-            f"{config.steps} noise levels need {config.steps} distinct timesteps, but the "
-            f"schedule has {T}; set {context.table}.steps to at most {T}",
+            f"{config.steps} noise levels exceed the schedule's {T} timesteps; set "
+            f"{context.table}.steps to at most {T}",
         )
 
 
