@@ -78,6 +78,19 @@ def test_inpainting_the_top_half_keeps_the_bottom_half(runs, inputs, tmp_path):
     result = edited(out)[0]
     assert np.array_equal(result[:, 4:], images[:, 4:])
     assert not np.array_equal(result[:, :4], images[:, :4])
+    args = ["edit", str(run), "--input", str(path), "--mask", str(tmp_path / "top.png")]
+    for method in (["replacement"], ["ddnm"], ["pigdm"], ["mmps", "--cg-iterations", "2"]):
+        assert main([*args, "--inpaint", *method, "--out", str(out), "--overwrite"]) == 0
+        other = edited(out)[0]
+        assert np.array_equal(other[:, 4:], images[:, 4:]), method
+        assert not np.array_equal(other[:, :4], images[:, :4]), method
+    # --repaint alone is RePaint: replacement on its schedule; with --inpaint ddnm, DDNM's
+    repaint = []
+    for method in ([], ["--inpaint", "replacement"], ["--inpaint", "ddnm"]):
+        extra = [*method, "--repaint", "10", "2", "2", "--overwrite"]
+        assert main([*args, *extra, "--out", str(out)]) == 0
+        repaint.append(edited(out)[0])
+    assert np.array_equal(repaint[0], repaint[1]) and not np.array_equal(repaint[0], repaint[2])
 
 
 @pytest.mark.parametrize(
@@ -87,13 +100,17 @@ def test_inpainting_the_top_half_keeps_the_bottom_half(runs, inputs, tmp_path):
         (["--mask", "WRONG"], "does not fit 3 inputs of 8×8"),
         (["--strength", "0.5", "--class", "3"], "this model is unconditional"),
         ([], "give --mask (inpainting) and/or --strength (img2img)"),
+        (["--mask", "KEEP", "--inpaint", "magic"], "--inpaint magic: unknown method"),
+        (["--mask", "KEEP", "--cg-iterations", "0"], "--cg-iterations 0: must be >= 1"),
     ],
 )
 def test_bad_edits_end_in_one_line(runs, inputs, tmp_path, capsys, extra, message):
     _, run, _ = runs
     path, _ = inputs
     np.save(tmp_path / "wrong.npy", np.zeros((5, 5)))
-    extra = [str(tmp_path / "wrong.npy") if e == "WRONG" else e for e in extra]
+    np.save(tmp_path / "keep.npy", np.zeros((8, 8)))
+    files = {"WRONG": str(tmp_path / "wrong.npy"), "KEEP": str(tmp_path / "keep.npy")}
+    extra = [files.get(e, e) for e in extra]
     code = main(["edit", str(run), "--input", str(path), *extra, "--out", str(tmp_path / "o.npz")])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

@@ -53,7 +53,21 @@ def register(sub: Subparsers) -> None:
         nargs=3,
         type=int,
         metavar=("STEPS", "JUMP", "RESAMPLE"),
-        help="inpaint with RePaint's resampling (e.g. 250 10 10) instead of the sampler",
+        help="inpaint on RePaint's time-travel schedule (e.g. 100 10 5) instead of the "
+        "sampler: RePaint (with --inpaint replacement, the default here), DDNM's time travel "
+        "with --inpaint ddnm",
+    )
+    parser.add_argument(
+        "--inpaint",
+        metavar="METHOD",
+        help="how the kept pixels steer the rest: replacement, ddnm, pigdm or mmps (default: "
+        "the best measured, see docs/steering.md)",
+    )
+    parser.add_argument(
+        "--cg-iterations",
+        type=int,
+        metavar="N",
+        help="conjugate-gradient steps of --inpaint mmps (one backward pass each; default 2)",
     )
     add_sampling_args(parser)
     add_class_arg(parser)
@@ -81,7 +95,13 @@ def _options(args: argparse.Namespace) -> Any:
         raise DenoisekitError("--batch-size must be positive")
     strength = 1.0 if args.strength is None else args.strength
     # EditOptions checks the strength and --repaint (one line each) before anything loads.
-    return EditOptions(strength=strength, repaint=tuple(args.repaint) if args.repaint else None)
+    return EditOptions(
+        strength=strength,
+        repaint=tuple(args.repaint) if args.repaint else None,
+        # --repaint alone is RePaint (replacement on its schedule), as before MMPS was the default
+        **({"method": args.inpaint or "replacement"} if args.inpaint or args.repaint else {}),
+        **({"iterations": args.cg_iterations} if args.cg_iterations is not None else {}),
+    )
 
 
 def command(args: argparse.Namespace) -> int:

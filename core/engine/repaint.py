@@ -6,6 +6,11 @@ noising the input to ``s``; every ``jump_length`` steps the chain is sent back u
 ``jump_length`` steps (``x_t ~ q(x_t | x_s)``), ``resample - 1`` times, so that the
 generated part harmonizes with the known part. ``resample = 1`` is the plain replacement
 method with DDPM steps.
+
+Given a denoiser that corrects the ``x0`` estimate itself (``ddnm``, ``pigdm``, ``mmps`` of
+:mod:`denoisekit.engine.inpainting`; ``replace_known=False``), the same loop is DDNM's time
+travel (Wang et al. 2023, section 3.3): every pixel takes the posterior step and the known
+pixels of ``x`` are not reset.
 """
 
 from __future__ import annotations
@@ -55,12 +60,15 @@ def repaint(
     resample: int = 10,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     cond: torch.Tensor | None = None,
+    replace_known: bool = True,
 ) -> torch.Tensor:
     """Inpaint ``known`` where ``mask == 1`` (``0`` = keep), starting from ``x_T``.
 
     Args:
         steps: respaced timesteps of the chain (``linspace`` spacing, from ``T - 1`` to 0).
         generator: per-image generators for every draw (as samplers get them).
+        replace_known: reset the known pixels of ``x`` to the noised input at each step
+            (RePaint); False for a denoiser that corrects its ``x0`` (DDNM's time travel).
     """
     schedule = DiscreteSchedule.of(denoiser.schedule)
     ts = spaced_timesteps(schedule.alphas_cumprod, steps, "linspace")
@@ -88,6 +96,9 @@ def repaint(
             return torch.lerp(known, x0, mask).clamp(-1.0, 1.0)
         mean, variance, _ = q_posterior(chain, x0, x, position[here].expand(batch))
         unknown = mean + variance.sqrt() * noise()
+        if not replace_known:
+            x = unknown
+            continue
         known_s = q_sample(chain, known, position[there].expand(batch), noise())
         x = torch.lerp(known_s, unknown, mask)
     return x.clamp(-1.0, 1.0)  # pragma: no cover (the path always ends at -1)

@@ -63,6 +63,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "denoisekit.plugins.metrics.nll",
     "denoisekit.plugins.metrics.fd",
     "denoisekit.plugins.metrics.digits_quality",
+    "denoisekit.plugins.metrics.class_quality",
     "denoisekit.plugins.metrics.sample_time",
 )
 

@@ -44,6 +44,7 @@ from denoisekit.contracts import (
 )
 from denoisekit.denoiser import PREDICTION_TYPES, Denoiser
 from denoisekit.diffusion import DiscreteSchedule, randn
+from denoisekit.engine.inpainting import inpainting_denoiser
 from denoisekit.engine.steering import GuidedDenoiser
 from denoisekit.host.signatures import signature_problems
 from denoisekit.host.suggest import exception_line
@@ -290,7 +291,10 @@ def check_sampler(
     not depend on the batch size; the network evaluations made equal
     ``num_evaluations(T)``; ``x_T`` is used and not modified; the callback gets ``i``,
     ``t``, ``x_t`` and ``x0``; every prediction type works; conditioning is passed through;
-    with classifier-free guidance (the denoiser's) one forward per step, scale 1 exact.
+    with classifier-free guidance (the denoiser's) one forward per step, scale 1 exact;
+    with inpainting through the denoiser (DDNM's projection, MMPS's posterior estimate)
+    one forward per step, every ``x0`` estimate keeps the known pixels, and a mask with
+    nothing known gives the plain samples.
     """
     name = f"sampler {spec.name!r}"
     check_config_roundtrip(spec, config)
@@ -422,6 +426,44 @@ def check_sampler(
             f"{name}: guidance scale {scale} must {'' if scale == 1 else 'not '}give the "
             "conditional samples"
         )
+
+    # 8. inpainting through the denoiser: the sampler uses the corrected x0 it is given.
+    _checking("8. inpainting through the denoiser (DDNM, MMPS)")
+    known = torch.rand(shape, generator=torch.Generator().manual_seed(8)) * 1.6 - 0.8
+    x_T = randn(shape, torch.Generator().manual_seed(7))
+    plain = sampler.sample(
+        Denoiser(ToyBackbone(shape[1]), sched), x_T, generator=torch.Generator().manual_seed(0)
+    )
+    odd_columns = (torch.arange(shape[-1]) % 2).to(torch.float32)
+    for method in ("ddnm", "mmps"):
+        for mask in (odd_columns.expand(1, 1, *shape[2:]), torch.ones(1, 1, *shape[2:])):
+            model, seen = ToyBackbone(shape[1]), []
+            den = inpainting_denoiser(method, Denoiser(model, sched), known, mask, x_T)
+            o = sampler.sample(
+                den, x_T, generator=torch.Generator().manual_seed(0), callback=seen.append
+            )
+            assert model.calls == expected, (
+                f"{name}: inpainting ({method}) made {model.calls} forwards, expected {expected}"
+            )
+            assert bool(torch.isfinite(o).all()) and float(o.abs().max()) <= 1.0, (
+                f"{name}: bad output when inpainting ({method})"
+            )
+            keep = (mask == 0).expand(shape)
+            assert all(torch.equal(info["x0"][keep], known[keep]) for info in seen), (
+                f"{name}: the x0 estimates it reports must be the denoiser's, which keep the "
+                f"known pixels ({method})"
+            )
+            if not bool(keep.any()):
+                torch.testing.assert_close(
+                    o,
+                    plain,
+                    rtol=0,
+                    atol=1e-6,
+                    msg=lambda m, method=method: (
+                        f"{name}: inpainting ({method}) with nothing known must give the "
+                        f"plain samples: {m}"
+                    ),
+                )
 
 
 def spec_id(spec: ComponentSpec) -> str:
