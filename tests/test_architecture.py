@@ -57,8 +57,10 @@ MAX_LINES = 400
 #: the engine kept (the forward process, timestep spacings, atomic/safetensors I/O, the
 #: run-folder-free weights format) instead of each plugin keeping a copy. 1,900 when the
 #: forward process and the spacings had moved; 2,110 with denoisekit.files (issue 19: atomic
-#: writes, safetensors, the weights-file format, the run folder's layout; about 240 lines).
-API_MAX_LINES = 2110
+#: writes, safetensors, the weights-file format, the run folder's layout; about 240 lines);
+#: 2,250 with the memory bounds and finite-number validator (issue 19) and the autoencoder
+#: contract (issue 22: the Protocol, DiagonalGaussian). Raise it only with the reason here.
+API_MAX_LINES = 2250
 #: The conformance kit is a list of independent checks (one function per numbered
 #: property, each shown failing in tests/core/test_conformance_checks_fail.py): its length is
 #: the number of properties, not tangled logic, so the issue lets it pass the limit.

@@ -206,6 +206,7 @@ GUIDES = [
     "architecture.md",
     "errors-and-safety.md",
     "interop.md",
+    "latent.md",
     "quality.md",
 ]
 

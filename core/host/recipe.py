@@ -39,6 +39,7 @@ __all__ = [
     "DEVICE_TYPES",
     "INT64_RANGE",
     "MULTI_KINDS",
+    "OPTIONAL_KINDS",
     "SINGLE_KINDS",
     "TOP_KEYS",
     "ComponentChoice",
@@ -62,6 +63,8 @@ SINGLE_KINDS: tuple[str, ...] = tuple(k.name for k in KIND_RECORDS if not k.many
 MULTI_KINDS: dict[str, str] = {k.table: k.name for k in KIND_RECORDS if k.many}
 #: The type used when a recipe leaves a component table out (``data`` is required).
 DEFAULT_TYPES: dict[str, str] = {k.name: k.default for k in KIND_RECORDS if k.default}
+#: Tables a recipe may leave out, and then has no such component (``recipe.autoencoder``).
+OPTIONAL_KINDS: tuple[str, ...] = tuple(k.name for k in KIND_RECORDS if k.optional)
 
 
 @attrs.frozen(kw_only=True)
@@ -86,6 +89,7 @@ class Recipe:
     seed: int = 0
     plugins: tuple[str, ...] = ()
     data: ComponentChoice
+    autoencoder: ComponentChoice | None = None
     schedule: ComponentChoice
     backbone: ComponentChoice
     loss: ComponentChoice
@@ -110,8 +114,8 @@ class Recipe:
             return self.folder
         return self.path.parent.resolve() if self.path is not None else Path.cwd()
 
-    def component(self, kind: str) -> ComponentChoice:
-        """The choice of a single-component kind."""
+    def component(self, kind: str) -> ComponentChoice | None:
+        """The choice of a single-component kind (``None``: an optional kind left out)."""
         return getattr(self, kind)
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,7 +127,8 @@ class Recipe:
             "plugins": list(self.plugins),
         }
         for kind in SINGLE_KINDS:
-            out[kind] = _choice_to_dict(getattr(self, kind))
+            if getattr(self, kind) is not None:
+                out[kind] = _choice_to_dict(getattr(self, kind))
         for table in CORE_TABLES:
             out[table] = _drop_none(converter.unstructure(getattr(self, table)))
         for table in MULTI_KINDS:
@@ -154,6 +159,7 @@ def _check_fields() -> None:
     types = {f.name: f.type for f in attrs.fields(Recipe)}  # annotations, as strings
     for kind in KIND_RECORDS:
         wanted = "dict[str, ComponentChoice]" if kind.many else "ComponentChoice"
+        wanted += " | None" if kind.optional else ""
         if types.get(kind.table) != wanted:
             raise TypeError(f"Recipe needs a field {kind.table}: {wanted} (the {kind.name} kind)")
 
@@ -242,6 +248,8 @@ def recipe_from_data(
     for kind in SINGLE_KINDS:
         table = data.get(kind)
         if table is None:
+            if kind in OPTIONAL_KINDS:
+                continue
             if kind not in DEFAULT_TYPES:
                 errors.append((kind, f'missing table [{kind}] (add one with a type = "...")'))
                 continue
