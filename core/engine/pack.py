@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,9 @@ from typing import Any
 import attrs
 import torch
 
+from denoisekit.engine.replace import FolderWriter
 from denoisekit.errors import DataError, DenoisekitError, RecipeError
+from denoisekit.files import write_bytes
 
 __all__ = ["INDEX_NAME", "PackResult", "check_output", "data_recipe", "pack_dataset"]
 
@@ -141,39 +142,41 @@ def pack_dataset(
     shape = tuple(dataset.image_shape)
     if shape[0] not in (1, 3):
         raise DataError(f"the data gives {shape[0]}-channel images; shards hold 1 or 3 (PNG)")
-    for path in old:
-        path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
     classes = tuple(getattr(dataset, "classes", ()) or ())
     n = len(dataset)
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers)
-    pattern = str(out / f"{prefix}-%06d.tar")
-    with webdataset.ShardWriter(pattern, maxcount=per_shard, verbose=0) as writer:
-        for i, (image, label) in enumerate(loader):
-            sample: dict[str, Any] = {"__key__": f"{i:08d}", "png": to_png(image)}
-            label = int(label)
-            if label >= 0:
-                sample["cls"] = label
-                if label < len(classes):
-                    sample["txt"] = str(classes[label])
-            writer.write(sample)
-            if progress is not None:
-                progress(i + 1, n)
-    counts = [min(per_shard, n - start) for start in range(0, n, per_shard)]
-    shards = tuple(Path(pattern % k) for k in range(len(counts)))
+    # Replace last (engine/replace.py): the new shards and index are written beside ``out``
+    # and swapped in once complete; an earlier pack stays whole until then.
+    names = [path.name for path in old]
+    with FolderWriter(out, names, overwrite=True, what="shards", check=False) as writer:
+        staging = writer.staged()
+        pattern = f"{prefix}-%06d.tar"
+        with webdataset.ShardWriter(str(staging / pattern), maxcount=per_shard, verbose=0) as tar:
+            for i, (image, label) in enumerate(loader):
+                sample: dict[str, Any] = {"__key__": f"{i:08d}", "png": to_png(image)}
+                label = int(label)
+                if label >= 0:
+                    sample["cls"] = label
+                    if label < len(classes):
+                        sample["txt"] = str(classes[label])
+                tar.write(sample)
+                if progress is not None:
+                    progress(i + 1, n)
+        counts = [min(per_shard, n - start) for start in range(0, n, per_shard)]
+        names = [pattern % k for k in range(len(counts))]
+        spec = {
+            "__kind__": "wids-shard-index-v1",
+            "wids_version": 1,
+            "name": prefix,
+            "shardlist": [
+                {"url": name, "nsamples": c, "filesize": (staging / name).stat().st_size}
+                for name, c in zip(names, counts, strict=True)
+            ],
+        }
+        write_bytes(staging / INDEX_NAME, (json.dumps(spec, indent=1) + "\n").encode("utf-8"))
+        writer.commit()
+    shards = tuple(out / name for name in names)
     index = out / INDEX_NAME
-    spec = {
-        "__kind__": "wids-shard-index-v1",
-        "wids_version": 1,
-        "name": prefix,
-        "shardlist": [
-            {"url": p.name, "nsamples": c, "filesize": p.stat().st_size}
-            for p, c in zip(shards, counts, strict=True)
-        ],
-    }
-    temporary = index.with_name(index.name + ".tmp")
-    temporary.write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
-    os.replace(temporary, index)
     return PackResult(
         index=index,
         shards=shards,

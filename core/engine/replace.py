@@ -1,7 +1,7 @@
 """One writer at a time, and replace last: how commands write run and output folders.
 
 :class:`FolderWriter` is the one way a command writes a folder (``train``,
-``import-diffusers``, ``export-diffusers``, ``compare``):
+``import-diffusers``, ``export-diffusers``, ``compare``, ``data pack``):
 
 1. **Lock.** The folder is made if need be and its lock file
    (:attr:`denoisekit.files.RunPaths.lock`) is locked with ``flock`` and holds the

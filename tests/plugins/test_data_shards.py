@@ -269,6 +269,38 @@ def test_pack_refuses_to_overwrite_without_the_flag(tmp_path, capsys) -> None:
     assert not (tmp_path / "new").exists()
 
 
+class FailingData(torch.utils.data.Dataset):
+    """Grey 8×8 images that fail at sample ``fail`` (a data plugin raising mid-pack)."""
+
+    image_shape = (1, 8, 8)
+
+    def __init__(self, n: int, fail: int) -> None:
+        self.n, self.fail = n, fail
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if i == self.fail:
+            raise DataError(f"sample {i}: unreadable")
+        return torch.zeros(1, 8, 8), 0
+
+
+def test_a_failed_pack_with_overwrite_keeps_the_earlier_pack(tmp_path) -> None:
+    from denoisekit.engine.pack import pack_dataset
+
+    out = pack(tmp_path, 12, 5)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(DataError, match="sample 7"):
+        pack_dataset(FailingData(12, fail=7), out, per_shard=2, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old pack whole
+    assert [p.name for p in tmp_path.iterdir() if "denoisekit" in p.name] == []  # no staging
+    result = pack_dataset(FailingData(3, fail=-1), out, per_shard=2, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "shardindex.json", "train-000000.tar", "train-000001.tar"]  # fmt: skip
+    assert result.counts == (2, 1) and all(p.is_file() for p in result.shards)
+
+
 # --------------------------------------------------------------------------- bad shards
 
 
