@@ -105,12 +105,13 @@ def _inpainting_problems(cfg: Any, c: int) -> list[tuple[str, str]]:
     """An inpainting model takes ``[x_t, masked image, mask]`` and predicts ``C`` channels."""
     problems = []
     for key, value in (("in_channels", 2 * c + 1), ("out_channels", c)):
-        if getattr(cfg, key, None) != value:
+        got = getattr(cfg, key, None)
+        if got != value:
             problems.append(
                 (
                     f"backbone.{key}",
-                    f"{getattr(cfg, key, None)}, but [inpainting] on {c}-channel images needs "
-                    f"in_channels = {2 * c + 1} (noisy image, masked image, mask) and "
+                    f"{'unset' if got is None else got}, but [inpainting] on {c}-channel images "
+                    f"needs in_channels = {2 * c + 1} (noisy image, masked image, mask) and "
                     f"out_channels = {c}: set backbone.{key} = {value}",
                 )
             )
