@@ -18,11 +18,14 @@ import pluggy
 from denoisekit.config import (
     DOC_KEY,
     MAX_TIMESTEPS,
+    finite_number,
     int_at_least,
     int_between,
+    memory_limit,
     non_negative_finite,
     open_unit_interval,
     option,
+    over_memory,
     positive_finite,
     positive_ints,
     unit_interval,
@@ -34,6 +37,7 @@ from denoisekit.contracts import (
     KINDS,
     NULL_CLASS,
     PROBE_KINDS,
+    Autoencoder,
     Backbone,
     BackboneConfig,
     CheckContext,
@@ -67,6 +71,7 @@ from denoisekit.hookspecs import PROJECT
 
 if TYPE_CHECKING:
     from denoisekit import diffusion
+    from denoisekit.autoencoder import DiagonalGaussian
     from denoisekit.denoiser import PREDICTION_TYPES, Denoiser
     from denoisekit.diffusion import DiscreteSchedule
     from denoisekit.host.build import build
@@ -89,6 +94,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "PREDICTION_TYPES": ("denoisekit.denoiser", "PREDICTION_TYPES"),
     "DiscreteSchedule": ("denoisekit.diffusion", "DiscreteSchedule"),
     "diffusion": ("denoisekit.diffusion", None),
+    "DiagonalGaussian": ("denoisekit.autoencoder", "DiagonalGaussian"),
     "build": ("denoisekit.host.build", "build"),  # the API's references to the host
     "load_registry": ("denoisekit.host.registry", "load_registry"),
 }
@@ -123,13 +129,13 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "BUILD_CONTEXT", "FACTS", "KINDS", "KIND_RECORDS", "MAX_TIMESTEPS", "NULL_CLASS",
-    "PLUGIN_API_VERSION",
-    "PREDICTION_TYPES", "PROBE_KINDS", "Backbone", "BackboneConfig", "CheckContext",
-    "CheckpointError", "ComponentError", "ComponentSpec", "DataError", "DataLike",
-    "DenoisekitDeprecationWarning", "DenoisekitError", "Denoiser", "DenoiserLike",
-    "DiscreteSchedule", "Hook", "Kind", "LRSchedule", "Loss", "Metric", "MetricContext",
-    "NoiseSchedule", "Optimizer", "PluginLoadError", "Problem", "RecipeError", "RegistryError",
-    "SampleSet", "SamplerLike", "__version__", "build", "diffusion", "hookimpl", "int_at_least",
-    "int_between", "load_registry", "non_negative_finite", "open_unit_interval", "option",
-    "optional", "positive_finite", "positive_ints", "unit_interval",
+    "PLUGIN_API_VERSION", "PREDICTION_TYPES", "PROBE_KINDS", "Autoencoder", "Backbone",
+    "BackboneConfig", "CheckContext", "CheckpointError", "ComponentError", "ComponentSpec",
+    "DataError", "DataLike", "DenoisekitDeprecationWarning", "DenoisekitError", "Denoiser",
+    "DenoiserLike", "DiagonalGaussian", "DiscreteSchedule", "Hook", "Kind", "LRSchedule", "Loss",
+    "Metric", "MetricContext", "NoiseSchedule", "Optimizer", "PluginLoadError", "Problem",
+    "RecipeError", "RegistryError", "SampleSet", "SamplerLike", "__version__", "build", "diffusion",
+    "finite_number", "hookimpl", "int_at_least", "int_between", "load_registry", "memory_limit",
+    "non_negative_finite", "open_unit_interval", "option", "optional", "over_memory",
+    "positive_finite", "positive_ints", "unit_interval",
 ]  # fmt: skip

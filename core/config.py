@@ -16,10 +16,14 @@ your own must ``raise`` (never ``assert``) a message naming the field, as these 
 from __future__ import annotations
 
 import math
+import os
+import re
 from collections.abc import Callable
 from typing import Any
 
 import attrs
+
+from denoisekit.errors import DenoisekitError
 
 DOC_KEY = "denoisekit.doc"
 
@@ -27,6 +31,8 @@ DOC_KEY = "denoisekit.doc"
 #: NLL take one network evaluation per timestep, and the tables are built on the host:
 #: beyond this a recipe is almost surely a typo (DDPM uses 1000, Improved DDPM 4000).
 MAX_TIMESTEPS = 100_000
+
+MEMORY_LIMIT_ENV = "DENOISEKIT_MEMORY_LIMIT_GB"
 
 #: An attrs validator: ``check(instance, attribute, value)`` raises ``ValueError``.
 Validator = Callable[[Any, attrs.Attribute, Any], None]
@@ -109,8 +115,45 @@ def non_negative_finite(inst: Any, attribute: attrs.Attribute, value: float) -> 
         raise ValueError(f"'{attribute.name}' must be a finite number >= 0: {value!r}")
 
 
+def finite_number(*, allow: tuple[float, ...] = ()) -> Validator:
+    """Validator: a finite number (not a bool), or an infinity in ``allow`` (never NaN)."""
+
+    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if not (_is_number(value) and (math.isfinite(value) or value in allow)):
+            extra = "".join(f" or {v}" for v in allow)
+            raise ValueError(f"'{attribute.name}' must be a finite number{extra}: {value!r}")
+
+    return check
+
+
 def positive_ints(inst: Any, attribute: attrs.Attribute, value: tuple[int, ...]) -> None:
     """Validator: every element is an int > 0."""
     for i, v in enumerate(value):
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
             raise ValueError(f"'{attribute.name}[{i}]' must be a positive integer: {v!r}")
+
+
+def memory_limit() -> int | None:
+    """Bytes a run may need at most: ``$DENOISEKIT_MEMORY_LIMIT_GB`` GiB where set, else the
+    machine's physical memory (``None`` where the system does not say)."""
+    text, conf = os.environ.get(MEMORY_LIMIT_ENV), getattr(os, "sysconf", None)
+    if text is None:
+        return conf("SC_PAGE_SIZE") * conf("SC_PHYS_PAGES") if conf else None
+    gib = float(text) if re.fullmatch(r"\d+(\.\d*)?(e-?\d+)?", text.strip()) else 0.0
+    if not 0 < gib < math.inf:
+        raise DenoisekitError(f"{MEMORY_LIMIT_ENV}={text!r}: give a number of GiB > 0")
+    return int(gib * 2**30)
+
+
+def over_memory(nbytes: float, what: str) -> str | None:
+    """``None`` if ``nbytes`` fit :func:`memory_limit`, else "``what`` needs at least ..."."""
+
+    def size(n: float) -> str:
+        i = min(6, int(math.log(n, 1024))) if n >= 1024 else 0
+        return f"{n / 1024**i:.3g} {('B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB')[i]}"
+
+    limit, env = memory_limit(), MEMORY_LIMIT_ENV in os.environ
+    if limit is None or nbytes <= limit:
+        return None
+    has = f"that {MEMORY_LIMIT_ENV} allows" if env else "this machine has"
+    return f"{what} needs at least {size(nbytes)}, more than the {size(limit)} {has}"

@@ -16,6 +16,7 @@ import attrs
 if TYPE_CHECKING:
     import torch
 
+    from denoisekit.autoencoder import DiagonalGaussian
     from denoisekit.hookspecs import Run
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]*$")
@@ -69,7 +70,9 @@ FACTS: dict[str, dict[str, str]] = {
         "num_classes": "number of classes of the labels (None: unlabelled, label NULL_CLASS)",
         "num_images": "images in the training split",
     },
+    "autoencoder": {"latent_channels": "latent channels", "downsample_factor": "H / h"},
     "schedule": {"num_timesteps": "T, the number of diffusion timesteps"},
+    "backbone": {"num_parameters": "parameters", "activation_bytes": "bytes per training image"},
     "optimizer": {"lr": "the base learning rate"},
 }
 
@@ -170,6 +173,20 @@ class BackboneConfig(Protocol):
     num_classes: int | None = None  # class-conditional: labels 0 .. num_classes - 1
 
 
+class Autoencoder(Protocol):
+    """An ``nn.Module``: images (B, C, H, W) in [-1, 1] ``encode`` to a posterior over latents
+    (``DiagonalGaussian``, in x's dtype) that ``decode`` maps back; ``latent_shape`` without
+    running it (``ValueError``: images it cannot give back). ``shift``/``scale``: per-channel
+    buffers; the diffusion model sees ``(z - shift) * scale`` (docs/latent.md)."""
+
+    shift: torch.Tensor
+    scale: torch.Tensor
+
+    def encode(self, x: torch.Tensor, /) -> DiagonalGaussian: ...
+    def decode(self, z: torch.Tensor, /) -> torch.Tensor: ...
+    def latent_shape(self, image_shape: tuple[int, int, int], /) -> tuple[int, int, int]: ...
+
+
 class Loss(Protocol):
     """Maps the model output and the batch to an unreduced per-sample loss of shape (B,)."""
 
@@ -254,8 +271,9 @@ class LRSchedule(Protocol):
 class Hook(Protocol):
     """An object whose ``@denoisekit.hookimpl`` methods the run registers (see hookspecs)."""
 
-    #: True: only rank 0 of a distributed run registers it; None: the core decides by type.
-    rank_zero_only: bool | None = None
+    #: True: only rank 0 of a distributed run registers it (a hook writing files or the
+    #: console); False or unset: every rank does.
+    rank_zero_only: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -318,7 +336,8 @@ class Kind:
     protocol: type  # the contract
     many: bool = False  # a recipe holds many, as ``[table.NAME]``; else one, as ``[table]``
     table: str = attrs.Factory(lambda self: self.name, takes_self=True)  # default: the name
-    default: str | None = None  # the type a recipe leaving the table out gets (None: required)
+    default: str | None = None  # the type a recipe leaving the table out gets (see optional)
+    optional: bool = False  # no default: a recipe may leave it out (none built); else required
     context: tuple[str, ...] = ()  # the keywords ``build`` gets besides the config
     methods: tuple[str, ...] = ()  # what the class ``build`` declares must have (static check)
     probed: bool = False  # components may declare a ``probe``
@@ -329,6 +348,8 @@ class Kind:
 #: file's folder and ``train`` a bool (the training split); ``params`` are parameters or groups.
 KIND_RECORDS: tuple[Kind, ...] = (
     Kind("data", DataLike, context=("root", "train"), methods=("__len__", "__getitem__")),
+    Kind("autoencoder", Autoencoder, optional=True,
+         methods=("encode", "decode", "latent_shape"), probed=True),
     Kind("schedule", NoiseSchedule, default="cosine", probed=True, runs=True),
     Kind("backbone", Backbone, default="unet", probed=True, runs=True),
     Kind("loss", Loss, default="mse", context=("schedule",), methods=("__call__",),

@@ -38,3 +38,8 @@ class CheckpointError(DenoisekitError):
 
 class NonFiniteLossError(DenoisekitError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+class OutputError(DenoisekitError):
+    """An output that cannot be written (no space, a folder in the way), that would replace
+    the user's files without ``--overwrite``, or a run folder another process is writing."""

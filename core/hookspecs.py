@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import torch
 
     from denoisekit.contracts import ComponentSpec, Loss, NoiseSchedule
+    from denoisekit.files import RunPaths
 
 #: The project name that ties markers and managers together.
 PROJECT = "denoisekit"
@@ -37,6 +38,7 @@ class Run(Protocol):
     pm: pluggy.PluginManager  # the run manager: ``run.pm.hook.NAME(run=run, ...)``
     device: torch.device
     out_dir: Path  # the run folder
+    paths: RunPaths  # every path of the run folder (denoisekit.files.RunPaths)
     data: Any
     model: torch.nn.Module  # the raw backbone; checkpoints hold its weights
     schedule: NoiseSchedule

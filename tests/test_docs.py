@@ -206,12 +206,15 @@ GUIDES = [
     "architecture.md",
     "errors-and-safety.md",
     "interop.md",
+    "latent.md",
+    "quality.md",
 ]
 
 
 def _shell_commands(text: str) -> list[list[str]]:
     commands = []
     for block in re.findall(r"```(?:bash|sh|console)\n(.*?)```", text, flags=re.S):
+        block = block.replace("\\\n", " ")  # continuation lines: one command
         for line in block.splitlines():
             line = line.split(" #", 1)[0].strip()
             if line.startswith("denoisekit "):

@@ -1,6 +1,8 @@
 """Mutated recipes: ``recipe check`` says what ``train`` says, in one line, never a traceback.
 
-Hypothesis mutates small valid recipes (the tiny digits run, alone and with hooks) —
+Hypothesis mutates small valid recipes (the tiny digits run, alone, with hooks, and
+class-conditional with ``[guidance]``, ``train.label_dropout`` and the ``dpmpp-2m``
+sampler's options) —
 deleting, renaming and retyping keys, setting options the recipe leaves out (every option
 of the registered components is a target), out-of-range values, tables where scalars
 belong and scalars where tables belong — and feeds each mutant to ``denoisekit recipe
@@ -34,7 +36,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from denoisekit.cli import main
-from denoisekit.host.recipe import DEFAULT_TYPES, MULTI_KINDS, SINGLE_KINDS, TrainConfig, deep_merge
+from denoisekit.host.core_tables import CORE_TABLES
+from denoisekit.host.recipe import DEFAULT_TYPES, MULTI_KINDS, SINGLE_KINDS, deep_merge
 from denoisekit.host.registry import load_registry
 from denoisekit.testing import TINY_RECIPE, single_thread
 
@@ -48,7 +51,20 @@ HOOKS = {
     },
     "lr_schedule": {"type": "warmup-cosine", "warmup_steps": 1, "min_lr": 1e-5},
 }
-BASES = [copy.deepcopy(TINY_RECIPE), deep_merge(copy.deepcopy(TINY_RECIPE), HOOKS)]
+#: Classifier-free guidance with the DPM-Solver++(2M) sampler: a class-conditional backbone
+#: trained with label dropout, a preview at the end (so the guided sampler runs in train).
+GUIDED = {
+    "backbone": {"num_classes": 10},
+    "train": {"label_dropout": 0.1},
+    "guidance": {"scale": 1.5, "rescale": 0.5, "interval": [0.1, 0.9]},
+    "sampler": {"type": "dpmpp-2m", "steps": 4, "lambda_min": -5.1, "spacing": "logsnr"},
+    "hooks": {"preview": {"every": 1000, "num_images": 2, "seed": 3}},
+}
+BASES = [
+    copy.deepcopy(TINY_RECIPE),
+    deep_merge(copy.deepcopy(TINY_RECIPE), HOOKS),
+    deep_merge(copy.deepcopy(TINY_RECIPE), GUIDED),
+]
 
 #: Strings a mutant may hold: component names (of every kind, so types switch to siblings
 #: and to other kinds' names), option values, and nonsense.
@@ -84,7 +100,8 @@ def _options() -> dict[tuple[str, str], dict[str, Any]]:
         (e.kind, e.name): {f.name: _default(f) for f in attrs.fields(e.spec.config)}
         for e in registry.entries()
     }
-    out["train", ""] = {f.name: _default(f) for f in attrs.fields(TrainConfig)}
+    for table, config in CORE_TABLES.items():  # [train], [guidance]
+        out[table, ""] = {f.name: _default(f) for f in attrs.fields(config)}
     out["", ""] = {"name": "x", "description": "", "seed": 0, "plugins": []}
     return out
 
@@ -103,8 +120,8 @@ def options_of(table: tuple[str, ...], node: dict) -> dict[str, Any]:
     """The options the table ``node`` at ``table`` may hold, with their defaults."""
     if not table:
         return OPTIONS["", ""]
-    if table == ("train",):
-        return OPTIONS["train", ""]
+    if len(table) == 1 and table[0] in CORE_TABLES:
+        return OPTIONS[table[0], ""]
     if len(table) == 2 and table[0] in MULTI_KINDS:
         return OPTIONS.get((MULTI_KINDS[table[0]], str(node.get("type", table[1]))), {})
     if len(table) == 1 and table[0] in SINGLE_KINDS:
@@ -224,3 +241,62 @@ def test_the_bases_are_valid_and_train(base, capsys):
         with single_thread():
             assert run(["recipe", "check", str(recipe)], capsys) == (0, [])
             assert run(["train", str(recipe), "--out", f"{folder}/run"], capsys) == (0, [])
+
+
+# --------------------------------------------------------------------------- non-finite floats
+
+#: Float options where an infinity means something: (table, option) → the values allowed.
+NON_FINITE_ALLOWED = {("sampler", "lambda_min"): [-math.inf]}  # no clipping (diffusers' default)
+#: Options a component needs besides the one under test (none has a default).
+REQUIRED = {("data", "image-folder"): {"path": "images"}}
+
+
+def _float_options() -> list[tuple[str, str, str, Any]]:
+    """(table, component type or "", option, default) of every float option: every
+    registered component's and the core tables'."""
+    registry = load_registry(autoload=False)
+    out = []
+    for entry in registry.entries():
+        table = next((t for t, kind in MULTI_KINDS.items() if kind == entry.kind), entry.kind)
+        for f in attrs.fields(entry.spec.config):
+            if "float" in str(f.type):
+                out.append((table, entry.name, f.name, _default(f)))
+    for table, config in CORE_TABLES.items():
+        out += [
+            (table, "", f.name, _default(f)) for f in attrs.fields(config) if "float" in str(f.type)
+        ]
+    return out
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize(
+    ("table", "name", "option", "default"),
+    _float_options(),
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_a_non_finite_float_option_is_refused_in_one_line(
+    table, name, option, default, value, capsys
+):
+    """nan and ±inf in any float option (of a pair, the first element) is refused naming the
+    key, unless :data:`NON_FINITE_ALLOWED` says the value means something there."""
+    data = copy.deepcopy(BASES[2])
+    node = {**REQUIRED.get((table, name), {}), option: value}
+    if isinstance(default, list):
+        node[option] = [value, *default[1:]]
+    if table in MULTI_KINDS:
+        data.setdefault(table, {})[name] = node
+        key = f"{table}.{name}.{option}"
+    else:
+        base = data.get(table, {})
+        same = not name or base.get("type", DEFAULT_TYPES.get(table)) == name
+        data[table] = {**(base if same else {}), **({"type": name} if name else {}), **node}
+        key = f"{table}.{option}"
+    with tempfile.TemporaryDirectory() as folder:
+        recipe = Path(folder) / "nonfinite.toml"
+        recipe.write_text(tomli_w.dumps(data), encoding="utf-8")
+        status, err = run(["recipe", "check", str(recipe)], capsys)
+    if value in NON_FINITE_ALLOWED.get((table, option), []):
+        assert status == 0, err
+        return
+    assert status == 2 and len(err) == 1, f"{key} = {value}: {err}"
+    assert f": {key}: " in err[0], err

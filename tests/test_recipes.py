@@ -11,6 +11,7 @@ from PIL import Image
 from denoisekit.engine.build import build_run
 from denoisekit.engine.loop import train
 from denoisekit.host.recipe import load_recipe
+from tests.plugins.test_data_idx import fake as fake_idx
 from tests.plugins.test_data_torchvision import fake_cifar10
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.toml"))
@@ -86,3 +87,26 @@ def test_folder_recipe_runs_on_generated_images(tmp_path):
     run = train(build_run(recipe, out_dir=tmp_path / "run"))
     assert run.step == 2
     assert run.image_shape == (3, 64, 64)
+
+
+@pytest.mark.parametrize("name", ["fashion", "fashion-guided"])
+def test_fashion_recipes_run_on_generated_idx_files(tmp_path, name):
+    """The whole recipe, its end-of-training class-quality evaluation included, on a few
+    generated images in the Debian package's layout (gzipped idx files in one folder)."""
+    fake_idx(tmp_path / "fashion", gz=True, n_train=8, n_test=6)
+    recipe = load_recipe(
+        Path(__file__).parents[1] / "recipes" / f"{name}.toml",
+        [
+            *FEW_STEPS,
+            f"data.root='{tmp_path / 'fashion'}'",
+            "hooks.evaluate.num_samples=4",
+            "hooks.evaluate.batch_size=4",
+            "metrics.class-quality.steps=3",
+            "lr_schedule.warmup_steps=1",
+        ],
+    )
+    assert recipe.backbone.config.image_size == 28
+    run = train(build_run(recipe, out_dir=tmp_path / "run"))
+    assert run.step == 2
+    records = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert '"eval/class_fd"' in records and '"eval/memorised"' in records

@@ -184,7 +184,7 @@ def test_overwrite_replaces_the_run_and_keeps_other_files(tmp_path, capsys):
     with testing.single_thread():
         status = main(["train", str(recipe), "--out", str(out), "--overwrite", "--set", "seed=1"])
     assert status == 0
-    assert "removed the previous run's recipe.toml, versions.json" in capsys.readouterr().out
+    assert "replaced the previous run's recipe.toml, versions.json" in capsys.readouterr().out
     assert (out / "notes.txt").read_text() == "mine"
     assert "seed = 1" in (out / "recipe.toml").read_text()
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

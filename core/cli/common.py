@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from pathlib import Path
 from typing import Any, NoReturn
@@ -40,6 +41,18 @@ class CommandParser(Parser):
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return namespace, extras
+
+
+def finite_float(text: str) -> float:
+    """An argparse ``type``: a finite number (``nan`` and ``inf`` parse as floats but mean
+    nothing for a scale or a strength)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number: {text!r}")
+    return value
 
 
 #: The ``add_subparsers`` result each command module registers its parser into.
@@ -80,6 +93,26 @@ def check_counts(args: argparse.Namespace) -> None:
         raise DenoisekitError("-n and --batch-size must be positive")
 
 
+def check_image_memory(n: int, batch_size: int, image_shape: tuple[int, ...]) -> None:
+    """``-n`` images are held (float32) until written and scored, a batch is in flight with
+    at least two more copies (``x_t`` and ``x0``): refuse counts beyond the memory limit
+    before any image is drawn."""
+    from denoisekit.config import over_memory
+
+    pixels = math.prod(image_shape)
+    held = over_memory(
+        4 * pixels * n, f"-n {n}: holding {n} images of {'×'.join(map(str, image_shape))} (float32)"
+    )
+    if held is not None:
+        raise DenoisekitError(f"{held}; draw fewer images")
+    batch = min(n, batch_size)
+    problem = over_memory(
+        4 * pixels * (n + 2 * batch), f"--batch-size {batch_size}: sampling {batch} images at once"
+    )
+    if problem is not None:
+        raise DenoisekitError(f"{problem}; use a smaller --batch-size")
+
+
 def sampler_overrides(args: argparse.Namespace) -> list[str]:
     """``--set`` overrides, preceded by ``--sampler NAME`` as ``sampler.type=NAME`` and
     ``--guidance W`` as ``guidance.scale=W``."""
@@ -96,7 +129,7 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", help="another registered sampler (its defaults, then --set)")
     parser.add_argument(
         "--guidance",
-        type=float,
+        type=finite_float,
         metavar="W",
         help="classifier-free guidance scale (--set guidance.scale=W): 0 unconditional, "
         "1 conditional, above 1 guided",

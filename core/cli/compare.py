@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from denoisekit.cli.common import Subparsers, add_set_arg, add_trust_arg
-from denoisekit.engine.outputs import COMPARE_OUTPUTS, check_output_folder, clear_outputs
+from denoisekit.engine.outputs import COMPARE_OUTPUTS, check_output_folder
 from denoisekit.errors import DenoisekitError
 
 
@@ -48,21 +48,18 @@ def register(sub: Subparsers) -> None:
 def command(args: argparse.Namespace) -> int:
     if bool(args.recipes) == (args.run is not None):
         raise DenoisekitError("compare takes recipe files or --run RUN_OR_CHECKPOINT (one of)")
-    if not args.dry_run:
+    if not args.dry_run:  # before the recipes load (again under the writer's lock below)
         check_output_folder(
             args.out, COMPARE_OUTPUTS, overwrite=args.overwrite, what="a comparison", fix=""
         )
     # The engine's compare module imports torch (a second or more): imported here, not at
     # the top, so `denoisekit --help` and a rejected argument stay fast.
     from denoisekit.engine.compare import plan, run_compare, training_groups
+    from denoisekit.engine.replace import FolderWriter
+    from denoisekit.engine.run_folder import open_run
 
-    variants = plan(
-        args.recipes,
-        args.vary,
-        args.overrides,
-        from_run=args.run,
-        trust_plugins=args.trust_plugins,
-    )
+    stored = open_run(args.run, trust_plugins=args.trust_plugins) if args.run else None
+    variants = plan(args.recipes, args.vary, args.overrides, from_run=stored)
     groups = training_groups(variants)
     if args.dry_run:
         trainings = 0 if args.run is not None else len(groups)
@@ -72,20 +69,22 @@ def command(args: argparse.Namespace) -> int:
             for variant in members:
                 print(f"    {variant.name}")
         return 0
-    if args.overwrite:
-        removed = clear_outputs(args.out, COMPARE_OUTPUTS)
-        if removed:
-            print(f"--overwrite: removed the previous {', '.join(removed)} from {args.out}")
-    run_compare(
-        variants,
-        out_dir=args.out,
-        num_samples=args.num,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        metrics=args.metric,
-        from_run=args.run,
-        trust_plugins=args.trust_plugins,
-    )
+    # Built beside --out and swapped in when complete: an earlier comparison stays until then.
+    with FolderWriter(
+        args.out, COMPARE_OUTPUTS, overwrite=args.overwrite, what="a comparison"
+    ) as writer:
+        run_compare(
+            variants,
+            out_dir=writer.staged(),
+            num_samples=args.num,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            metrics=args.metric,
+            from_run=stored,
+        )
+        writer.commit()
+    if writer.existing:
+        print(f"--overwrite: replaced the previous {', '.join(writer.existing)} in {args.out}")
     print(
         f"wrote {args.out / 'compare.md'}, compare.csv, compare.png; "
         f"open with: tensorboard --logdir {args.out}"

@@ -13,6 +13,7 @@ from denoisekit.cli.common import (
     add_set_arg,
     add_trust_arg,
     class_labels_for,
+    finite_float,
     sampler_overrides,
 )
 from denoisekit.engine.outputs import check_output_files
@@ -44,7 +45,7 @@ def register(sub: Subparsers) -> None:
     )
     parser.add_argument(
         "--strength",
-        type=float,
+        type=finite_float,
         help="img2img: noise the input this far (0 = return it, 1 = plain sampling); "
         "default 1 with --mask",
     )
@@ -111,18 +112,21 @@ def command(args: argparse.Namespace) -> int:
     import torch
 
     from denoisekit.engine.build import load_trained
-    from denoisekit.engine.editing import edit_images, load_inputs, load_mask
+    from denoisekit.engine.editing import edit_images, fit_to_timesteps, load_inputs, load_mask
     from denoisekit.engine.figures import save_labelled_rows
+    from denoisekit.engine.run_folder import open_run
     from denoisekit.engine.sampling import save_npz
 
     options = _options(args)
     check_output_files([("--out", args.out), ("--grid", args.grid)], overwrite=args.overwrite)
     run = load_trained(
-        args.run,
+        open_run(args.run, trust_plugins=args.trust_plugins),
         overrides=sampler_overrides(args),
         device=args.device,
-        trust_plugins=args.trust_plugins,
     )
+    sampler, options, notes = fit_to_timesteps(run, options)
+    for note in notes:
+        print(f"note: {note}")
     images = load_inputs(args.input, run.image_shape)
     mask = load_mask(args.mask, images.shape[0], run.image_shape) if args.mask else None
     classes = class_labels_for(args.classes, run.num_classes, images.shape[0])
@@ -135,6 +139,7 @@ def command(args: argparse.Namespace) -> int:
         labels=labels,
         seed=args.seed,
         batch_size=args.batch_size,
+        sampler=sampler,
     )
     save_npz(args.out, results, labels)
     print(f"wrote {results.shape[0]} edited images to {args.out} (step {run.step})")

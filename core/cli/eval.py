@@ -11,6 +11,7 @@ from denoisekit.cli.common import (
     add_set_arg,
     add_trust_arg,
     check_counts,
+    check_image_memory,
     sampler_overrides,
 )
 from denoisekit.contracts import Metric, optional
@@ -46,7 +47,7 @@ def register(sub: Subparsers) -> None:
         help="with --samples: the reference data, as a recipe, run folder, checkpoint or "
         "data type name (digits)",
     )
-    parser.add_argument("--no-log", action="store_true", help="do not append to metrics.jsonl")
+    parser.add_argument("--no-log", action="store_true", help="do not append to metrics")
     add_trust_arg(parser)
     parser.set_defaults(func=command)
 
@@ -79,9 +80,13 @@ def _score_samples(args: argparse.Namespace) -> int:
         raise DenoisekitError(
             "--samples needs --reference: a recipe, run folder, checkpoint or data type name"
         )
-    recipe, registry = reference_recipe(
-        args.reference, args.overrides, trust_plugins=args.trust_plugins
-    )
+    from denoisekit.engine.run_folder import open_run
+
+    reference = args.reference
+    path = Path(reference)
+    if path.exists() and not (path.is_file() and path.suffix == ".toml"):  # a stored run
+        reference = open_run(reference, trust_plugins=args.trust_plugins)
+    recipe, registry = reference_recipe(reference, args.overrides)
     sample_set = load_samples_npz(args.samples)
     if args.metrics:
         metrics = build_metrics(recipe, registry, args.metrics)
@@ -117,13 +122,14 @@ def _evaluate_run(args: argparse.Namespace) -> int:
         evaluate,
         format_results,
     )
+    from denoisekit.engine.run_folder import open_run
 
     run = load_trained(
-        args.run,
+        open_run(args.run, trust_plugins=args.trust_plugins),
         overrides=sampler_overrides(args),
         device=args.device,
-        trust_plugins=args.trust_plugins,
     )
+    check_image_memory(args.num, args.batch_size, run.image_shape)
     names = args.metrics or list(run.recipe.metrics)
     if not names:
         known = ", ".join(run.registry.names("metric"))
@@ -144,6 +150,6 @@ def _evaluate_run(args: argparse.Namespace) -> int:
         results = evaluate(context, metrics)
     sys.stdout.write(format_results(results))
     if not args.no_log:
-        path = append_results(run.out_dir / "metrics.jsonl", run.step, results)
+        path = append_results(run.paths.metrics, run.step, results)
         print(f"appended to {path}")
     return 0

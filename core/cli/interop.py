@@ -56,10 +56,10 @@ def import_command(args: argparse.Namespace) -> int:
 def export_command(args: argparse.Namespace) -> int:
     # torch-importing engine module: lazy for the reason given in `import_command`.
     from denoisekit.engine.interop import export_diffusers
+    from denoisekit.engine.run_folder import open_run
 
-    files = export_diffusers(
-        args.run, args.out, overwrite=args.overwrite, trust_plugins=args.trust_plugins
-    )
+    stored = open_run(args.run, trust_plugins=args.trust_plugins)
+    files = export_diffusers(stored, args.out, overwrite=args.overwrite)
     names = ", ".join(f.relative_to(args.out).as_posix() for f in files)
     print(f"exported {args.run} to {args.out}: {names}")
     return 0

@@ -14,7 +14,13 @@ import re
 import attrs
 
 from denoisekit.cli.plugins import default_text, option_doc, type_text
-from denoisekit.host.recipe import CORE_TABLES, DEFAULT_TYPES, MULTI_KINDS, SINGLE_KINDS
+from denoisekit.host.recipe import (
+    CORE_TABLES,
+    DEFAULT_TYPES,
+    MULTI_KINDS,
+    OPTIONAL_KINDS,
+    SINGLE_KINDS,
+)
 from denoisekit.host.registry import Registry, load_registry
 
 REGENERATE = "python -m denoisekit.cli.docs"
@@ -155,6 +161,8 @@ def _kind_intro(kind: str, table: str, default: str | None) -> str:
             f"Any number of `{table}` tables, one per {kind}; `NAME` is the component's name "
             f'(or any name, with `type = "..."` in the table). Left out: no {plural}.'
         )
+    if kind in OPTIONAL_KINDS:
+        return f'Optional: left out, the recipe has no {kind}; else choose one with `type = "..."`.'
     if default is None:
         return f'Required: choose the {kind} with `type = "..."`.'
     return f'Optional: left out, it is `type = "{default}"` with its defaults.'

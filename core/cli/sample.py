@@ -14,6 +14,7 @@ from denoisekit.cli.common import (
     add_set_arg,
     add_trust_arg,
     check_counts,
+    check_image_memory,
     class_labels_for,
     sampler_overrides,
 )
@@ -61,6 +62,7 @@ def _sample(args: argparse.Namespace, dist: Any) -> int:
 
     from denoisekit.engine import distributed
     from denoisekit.engine.build import load_trained
+    from denoisekit.engine.run_folder import open_run
     from denoisekit.engine.sampling import (
         sample_images,
         save_grid,
@@ -69,12 +71,12 @@ def _sample(args: argparse.Namespace, dist: Any) -> int:
     )
 
     run = load_trained(
-        args.run,
+        open_run(args.run, trust_plugins=args.trust_plugins),
         overrides=sampler_overrides(args),
         device=args.device,
         dist=dist,
-        trust_plugins=args.trust_plugins,
     )
+    check_image_memory(args.num, args.batch_size, run.image_shape)
     classes = class_labels_for(args.classes, run.num_classes, args.num)
     labels = torch.tensor(classes) if classes is not None else None
     frames: list[Any] = []

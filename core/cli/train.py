@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from denoisekit.cli.common import Subparsers, add_recipe_args
-from denoisekit.engine.outputs import RUN_OUTPUTS, check_output_folder, clear_outputs
+from denoisekit.engine.outputs import check_output_folder
 from denoisekit.errors import CheckpointError, DenoisekitError
+from denoisekit.files import RUN_OUTPUTS
 from denoisekit.host.recipe import Recipe, load_recipe
 
 
@@ -23,14 +24,14 @@ def register(sub: Subparsers) -> None:
         nargs="?",
         const="last",
         metavar="CHECKPOINT",
-        help="resume from a checkpoint (default: the run folder's checkpoints/last.pt)",
+        help="resume from a checkpoint (default: the run folder's last checkpoint)",
     )
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace the run already in the folder: its recipe.toml, versions.json, "
-        "metrics.jsonl, checkpoints/, tensorboard/ and samples/ are removed first (other "
-        "files stay); without it training into a folder holding a run is refused",
+        help="replace the run already in the folder (its recipe, versions, metrics, "
+        "checkpoints, TensorBoard logs and samples; other files stay), once the new run is "
+        "built; without it training into a folder holding a run is refused",
     )
     parser.set_defaults(func=command)
 
@@ -39,55 +40,85 @@ def command(args: argparse.Namespace) -> int:
     # The engine modules import torch (a second or more): imported here, not at the top, so
     # `denoisekit --help` and a rejected recipe stay fast.
     from denoisekit.engine import distributed
+    from denoisekit.engine.replace import FolderWriter
 
     recipe = load_recipe(args.recipe, args.overrides)
     if args.resume is not None and args.overwrite:
         raise DenoisekitError(
             "--resume continues the run in the folder, --overwrite replaces it: pass one"
         )
-    if args.resume is None:  # every rank checks before any rank writes
-        check_output_folder(
-            _run_folder(args, recipe),
+    out_dir = _run_folder(args, recipe)
+    if args.resume is None:
+        _check_init_from(recipe, out_dir)
+    # Under torchrun every rank runs this (DDP); outside it the session does nothing.
+    with distributed.session(recipe.train.device) as dist:
+        if not dist.is_main:  # rank 0 alone writes the folder, and holds its lock
+            if args.resume is None:  # (rank 0's writer checks it under the lock)
+                check_output_folder(
+                    out_dir, RUN_OUTPUTS, overwrite=args.overwrite, what="a run", fix=FIX
+                )
+            return _train(args, recipe, dist, None)
+        with FolderWriter(
+            out_dir,
             RUN_OUTPUTS,
             overwrite=args.overwrite,
             what="a run",
-            fix="continue it with --resume, ",
-        )
-    # Under torchrun every rank runs this (DDP); outside it the session does nothing.
-    with distributed.session(recipe.train.device) as dist:
-        return _train(args, recipe, dist)
+            fix=FIX,
+            check=args.resume is None,
+        ) as writer:
+            return _train(args, recipe, dist, writer)
+
+
+#: How else to go on, when the folder already holds a run.
+FIX = "continue it with --resume, "
 
 
 def _run_folder(args: argparse.Namespace, recipe: Recipe) -> Path:
     return args.out if args.out is not None else Path("runs") / recipe.name
 
 
-def _train(args: argparse.Namespace, recipe: Recipe, dist: Any) -> int:
+def _check_init_from(recipe: Recipe, out_dir: Path) -> None:
+    """``train.init_from`` must not name the run folder this command writes (or a file in
+    it): ``--overwrite`` would replace the run it starts from."""
+    name = recipe.train.init_from
+    if name is None:
+        return
+    source, target = (recipe.root / name).resolve(), out_dir.resolve()
+    if source == target or target in source.parents:
+        where = f"{recipe.path}: " if recipe.path is not None else ""
+        raise DenoisekitError(
+            f"{where}train.init_from = {name!r} is in the run folder {out_dir} this command "
+            "writes; train into another folder (--out DIR), or copy the run to start from"
+        )
+
+
+def _train(args: argparse.Namespace, recipe: Recipe, dist: Any, writer: Any) -> int:
     # torch-importing engine modules: lazy for the reason given in `command`.
     from denoisekit.engine import distributed
     from denoisekit.engine.build import build_run
     from denoisekit.engine.loop import TrainingInterrupted, resume_from, train
+    from denoisekit.files import RunPaths
 
     out_dir = _run_folder(args, recipe)
     checkpoint = None
     if args.resume is not None:
         checkpoint = (
-            out_dir / "checkpoints" / "last.pt" if args.resume == "last" else Path(args.resume)
+            RunPaths(out_dir).last_checkpoint if args.resume == "last" else Path(args.resume)
         )
         if not checkpoint.is_file():
             raise CheckpointError(
                 f"{checkpoint}: checkpoint not found (enable [hooks.checkpoint] in the recipe, "
                 "or pass --resume PATH)"
             )
-    if args.overwrite and dist.is_main:
-        removed = clear_outputs(out_dir, RUN_OUTPUTS)
-        if removed:
-            print(f"--overwrite: removed the previous run's {', '.join(removed)} from {out_dir}")
     run = build_run(recipe, out_dir=out_dir, dist=dist)
     if checkpoint is not None:
         resume_from(run, checkpoint)
+    # --overwrite: the old run goes aside once the new one is built and initialised.
+    set_aside = writer.set_aside if writer is not None and checkpoint is None else None
+    succeeded = False
     try:
-        train(run)
+        train(run, before_files=set_aside)
+        succeeded = True
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, TrainingInterrupted) else 2
         if dist.enabled:
@@ -107,6 +138,11 @@ def _train(args: argparse.Namespace, recipe: Recipe, dist: Any) -> int:
             file=sys.stderr,
         )
         return 128 + signum
+    finally:
+        if writer is not None:
+            writer.finish(succeeded)
     if dist.is_main:
+        if writer is not None and writer.existing:
+            print(f"--overwrite: replaced the previous run's {', '.join(writer.existing)}")
         print(f"trained {run.step} steps; run folder: {out_dir}")
     return 0

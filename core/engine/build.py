@@ -1,11 +1,10 @@
 """Building a :class:`~denoisekit.engine.run.Run`: from a recipe (:func:`build_run`) or from
 a checkpoint's own recipe (:func:`load_trained`), and the core's default hook
-implementations every run manager holds (:class:`CoreDefaults`, :class:`MetricsFile`).
+implementations every run manager holds (:class:`CoreDefaults`).
 """
 
 from __future__ import annotations
 
-import json
 import types
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -18,16 +17,16 @@ from torch import nn
 from denoisekit import hookimpl, hookspecs
 from denoisekit.contracts import BackboneConfig, Hook, optional
 from denoisekit.denoiser import Denoiser
-from denoisekit.engine import distributed, sampling
+from denoisekit.engine import distributed
 from denoisekit.engine.batches import BatchStream
-from denoisekit.engine.checkpoint import load_checkpoint
 from denoisekit.engine.components import load_components
 from denoisekit.engine.distributed import DistContext
-from denoisekit.engine.outputs import OutputError
 from denoisekit.engine.run import Run, TrainingState
+from denoisekit.engine.run_folder import MetricsFile, StoredRun, open_run
 from denoisekit.errors import ComponentError, DataError
+from denoisekit.files import RunPaths
 from denoisekit.host.plugin_manager import hook_problem
-from denoisekit.host.recipe import Origins, Recipe, apply_overrides, recipe_from_data
+from denoisekit.host.recipe import Recipe
 from denoisekit.host.registry import Registry
 
 
@@ -87,21 +86,6 @@ class CoreDefaults:
         return run.model
 
 
-class MetricsFile:
-    """Appends every logged scalar dict to ``metrics.jsonl`` in the run folder."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    @hookimpl(trylast=True)
-    def denoisekit_log_scalars(self, step: int, scalars: dict[str, float]) -> None:
-        try:
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": step, **scalars}) + "\n")
-        except OSError as exc:  # a full disk: one line, the checkpoints stay
-            raise OutputError(f"{self.path}: cannot append ({exc.strerror or exc})") from exc
-
-
 # --------------------------------------------------------------------------- building
 
 
@@ -122,8 +106,8 @@ def build_run(
     ``dist`` (default: :func:`denoisekit.engine.distributed.current`, the initialized process
     group if any) places the run on this rank: ``cuda:LOCAL_RANK``, this rank's slice of
     the data, DistributedDataParallel around the training model (with data), and the
-    file-writing hooks (:data:`~denoisekit.engine.distributed.RANK_ZERO_HOOKS`, or any hook with
-    ``rank_zero_only = True``) and ``metrics.jsonl`` on rank 0 only.
+    file-writing hooks (those declaring ``rank_zero_only = True``) and the metrics file on
+    rank 0 only.
 
     The training model is ``denoisekit_train_model``'s answer (after ``denoisekit_configure``;
     the compile hook answers), wrapped in DistributedDataParallel under torchrun.
@@ -171,12 +155,12 @@ def build_run(
     pm.add_hookspecs(hookspecs)
     pm.register(CoreDefaults(), name="core:defaults")
     if dist.is_main:
-        pm.register(MetricsFile(out_dir / "metrics.jsonl"), name="core:metrics-file")
+        pm.register(MetricsFile(RunPaths(out_dir).metrics), name="core:metrics-file")
     hooks: dict[str, Any] = {}
     to_register: list[tuple[Any, str, str]] = []  # (hook, name, how errors name it)
     for name, choice in recipe.hooks.items():
         hook = registry.build("hook", choice.type, choice.config)
-        if not dist.is_main and _rank_zero_only(choice.type, hook):
+        if not dist.is_main and optional(hook, Hook, "rank_zero_only"):
             continue
         label = f"{registry.get('hook', choice.type).label} ([hooks.{name}])"
         to_register.append((hook, f"hook:{name}", label))
@@ -237,13 +221,6 @@ def _backbone_label(recipe: Recipe, registry: Registry, model: nn.Module) -> str
     )
 
 
-def _rank_zero_only(type_name: str, hook: Any) -> bool:
-    flag = optional(hook, Hook, "rank_zero_only")
-    if flag is not None:
-        return bool(flag)
-    return type_name in distributed.RANK_ZERO_HOOKS
-
-
 def _check_backbone_fits_data(recipe: Recipe, model: nn.Module, data: Any) -> None:
     """The backbone's channels and size must match the data's images."""
     c, h, w = data.image_shape
@@ -264,42 +241,30 @@ def _check_backbone_fits_data(recipe: Recipe, model: nn.Module, data: Any) -> No
 
 
 def load_trained(
-    path: Path | str,
+    run: StoredRun | Path | str,
     *,
     overrides: Sequence[str] = (),
     device: str | None = None,
-    registry: Registry | None = None,
     with_data: bool = False,
     dist: distributed.DistContext | None = None,
-    trust_plugins: bool = False,
 ) -> Run:
-    """Build a run from a checkpoint's own recipe and load its weights (EMA included).
+    """Build a run from a stored run's own recipe and load its weights (EMA included).
 
     Args:
-        path: a run folder or a checkpoint file.
+        run: a run opened with :func:`~denoisekit.engine.run_folder.open_run` (its plugins
+            as the user trusted them), or a run folder or checkpoint (opened without trust).
         overrides: ``--set`` overrides of the stored recipe (e.g. ``sampler.steps=20``);
             only sampling options make sense here: the weights are fixed.
         device: run on this device instead of the recipe's ``train.device``.
-        registry: the registry to build from (default: built-ins, entry points and the
-            recipe's plugins).
         with_data: also build the training data (evaluation against it).
         dist: this rank under torchrun (default: the initialized process group, if any):
             the run goes to its ``cuda:LOCAL_RANK``.
-        trust_plugins: import the stored recipe's plugins from the run folder or the
-            working directory (see :func:`~denoisekit.engine.sampling.stored_registry`).
     """
-    checkpoint = sampling.find_checkpoint(path)
-    state = load_checkpoint(checkpoint)
-    origins = Origins()
-    data = apply_overrides(sampling.stored_recipe(checkpoint, state), overrides, origins)
-    if device is not None:
-        data.setdefault("train", {})["device"] = device
-        origins.record({"device": device}, "--device", prefix="train")
-    if registry is None:
-        registry = sampling.stored_registry(checkpoint, data, trust_plugins=trust_plugins)
-    recipe = recipe_from_data(data, registry, source=checkpoint, origins=origins)
-    run_dir = sampling.run_folder(checkpoint)
-    out_dir = run_dir if run_dir is not None else checkpoint.parent
-    run = build_run(recipe, out_dir=out_dir, registry=registry, with_data=with_data, dist=dist)
-    run.load_state_dict(state, source=str(checkpoint), weights_only=True)
-    return run
+    stored = run if isinstance(run, StoredRun) else open_run(run)
+    recipe = stored.recipe(overrides, device=device)
+    state = stored.load_state()
+    built = build_run(
+        recipe, out_dir=stored.folder, registry=stored.registry, with_data=with_data, dist=dist
+    )
+    built.load_state_dict(state, source=str(stored.checkpoint), weights_only=True)
+    return built

@@ -28,6 +28,7 @@ import torch
 
 from denoisekit.contracts import Metric, optional
 from denoisekit.engine.figures import labelled_rows, save_labelled_rows
+from denoisekit.engine.run_folder import StoredRun
 from denoisekit.errors import DenoisekitError
 from denoisekit.host.recipe import Recipe, load_recipe, parse_override
 
@@ -93,20 +94,18 @@ def plan(
     vary: Sequence[str],
     overrides: Sequence[str] = (),
     *,
-    from_run: Path | None = None,
-    trust_plugins: bool = False,
+    from_run: StoredRun | None = None,
 ) -> list[Variant]:
     """Every variant, in order: recipe files, then the ``--vary`` product.
 
-    With ``from_run`` (a run folder or checkpoint) the variants start from that run's
-    stored recipe and may vary only sampling options (``[sampler]``, ``[metrics]``): they
-    all reuse its trained weights. Its plugins are imported as
-    :func:`denoisekit.engine.sampling.stored_registry` says (``trust_plugins``).
+    With ``from_run`` (a run opened with :func:`~denoisekit.engine.run_folder.open_run`)
+    the variants start from that run's stored recipe and may vary only sampling options
+    (``[sampler]``, ``[metrics]``): they all reuse its trained weights.
     """
     axes = [parse_vary(v) for v in vary]
     combos = list(itertools.product(*[[(k, v) for v in values] for k, values in axes]))
     sources: list[Path | None] = [None] if from_run is not None else list(recipes)
-    recipe_of_run = _recipe_of_run(Path(from_run), trust_plugins) if from_run is not None else None
+    recipe_of_run = from_run.recipe if from_run is not None else None
     variants: list[Variant] = []
     for path in sources:
         for combo in combos:
@@ -137,29 +136,10 @@ def plan(
         _train_key(recipe_of_run(()))
     }:
         raise DenoisekitError(
-            f"{from_run}: variants of a trained run may vary only [sampler] and [metrics] "
+            f"{from_run.folder}: variants of a trained run may vary only [sampler] and [metrics] "
             "options; vary training options with a recipe file instead"
         )
     return variants
-
-
-def _recipe_of_run(path: Path, trust_plugins: bool) -> Callable[[Sequence[str]], Recipe]:
-    """The recipe stored in a run's checkpoint, read once; call with overrides."""
-    import copy
-
-    from denoisekit.engine.sampling import find_checkpoint, stored_recipe, stored_registry
-    from denoisekit.host.recipe import Origins, apply_overrides, recipe_from_data
-
-    checkpoint = find_checkpoint(path)
-    stored = stored_recipe(checkpoint)
-    registry = stored_registry(checkpoint, stored, trust_plugins=trust_plugins)
-
-    def with_overrides(overrides: Sequence[str]) -> Recipe:
-        origins = Origins()
-        data = apply_overrides(copy.deepcopy(stored), overrides, origins)
-        return recipe_from_data(data, registry, source=checkpoint, origins=origins)
-
-    return with_overrides
 
 
 def training_groups(variants: Sequence[Variant]) -> dict[str, list[Variant]]:
@@ -211,11 +191,10 @@ def run_compare(
     row_images: int = 8,
     metrics: Sequence[str] = (),
     log: Callable[[str], None] = print,
-    from_run: Path | None = None,
-    trust_plugins: bool = False,
+    from_run: StoredRun | None = None,
 ) -> list[dict[str, Any]]:
-    """Train each group once (or load ``from_run``, its plugins as ``trust_plugins`` says),
-    sample and score every variant."""
+    """Train each group once (or load the opened run ``from_run``), sample and score every
+    variant."""
     from torch.utils.tensorboard import SummaryWriter
 
     from denoisekit.engine import loop
@@ -231,13 +210,13 @@ def run_compare(
     for group, members in training_groups(variants).items():
         recipe = members[0].recipe
         if from_run is not None:
-            log(f"sampling {len(members)} variant(s) from the trained run {from_run}")
-            run = load_trained(from_run, trust_plugins=trust_plugins)
+            log(f"sampling {len(members)} variant(s) from the trained run {from_run.folder}")
+            run = load_trained(from_run)
         else:
             log(f"training {group} ({recipe.train.steps} steps) for {len(members)} variant(s)")
             run = build_run(recipe, out_dir=out_dir / "train" / group)
             loop.train(run)
-        train_loss = _last_loss(run.out_dir / "metrics.jsonl")
+        train_loss = _last_loss(run.paths.metrics)
         model_cache: dict[str, dict[str, float]] = {}
         for variant in members:
             sampler_choice = variant.recipe.sampler

@@ -46,12 +46,6 @@ from denoisekit.errors import DataError, DenoisekitError, RecipeError
 
 log = logging.getLogger(__name__)
 
-#: Built-in hook components that write files or the console: on rank 0 only. Any hook
-#: may say so itself with a ``rank_zero_only`` attribute (True or False), which wins.
-RANK_ZERO_HOOKS: frozenset[str] = frozenset(
-    {"checkpoint", "evaluate", "preview", "progress", "tensorboard"}
-)
-
 
 @attrs.frozen
 class DistContext:

@@ -11,10 +11,11 @@
   :mod:`denoisekit.engine.repaint`). All take ``strength`` too; the known pixels of the
   result are the input's, exactly.
 
-Inputs are image files, folders of them, or an ``.npz`` (``arr_0`` uint8 N×H×W×C, as
-``denoisekit sample`` writes); masks are image files (grey levels: white = regenerate,
-thresholded at half) or ``.npy``/``.npz`` arrays of 0/1 (``H×W``, ``N×H×W`` or
-``N×1×H×W``).
+Inputs are image files or folders of them (converted to the model's channels and resized
+to its size), or an ``.npz`` (``arr_0`` uint8 N×H×W×C, as ``denoisekit sample`` writes;
+used as it is, so its size and channels must be the model's); masks are image files
+(grey levels: white = regenerate, thresholded at half) or ``.npy``/``.npz`` arrays of 0/1
+(``H×W``, ``N×H×W`` or ``N×1×H×W``).
 """
 
 from __future__ import annotations
@@ -93,6 +94,58 @@ def start_timestep(strength: float, num_timesteps: int) -> int:
     return math.ceil(strength * num_timesteps) - 1
 
 
+def fit_to_timesteps(run: Any, options: EditOptions) -> tuple[Any, EditOptions, list[str]]:
+    """The sampler and options an edit runs with, and a note for each change: a strength
+    below 1 leaves the schedule's first ``ceil(s T)`` timesteps, and a sampler (its int
+    ``steps`` option) or RePaint asking for more steps than that samples over the timesteps
+    left, one step each. A sampler that cannot take so few steps is one line naming the
+    smallest ``--strength`` it can."""
+    T = run.schedule.num_timesteps
+    left = start_timestep(options.strength, T) + 1
+    sampler, notes = run.sampler, []
+    where = f"--strength {options.strength:g} leaves {left} of the schedule's {T} timesteps"
+    if left <= 0:
+        return sampler, options, notes
+    if options.repaint is not None:
+        steps, jump, resample = options.repaint
+        if steps > left:
+            options = attrs.evolve(options, repaint=(left, jump, resample))
+            notes.append(
+                f"{where if left < T else f'the schedule has {T} timesteps'}: "
+                f"RePaint takes {_steps(left)} instead of {steps}"
+            )
+        return sampler, options, notes
+    choice = run.recipe.sampler
+    steps = getattr(choice.config, "steps", None)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps <= left:
+        return sampler, options, notes
+    fewest = _fewest_steps(choice.config, left, steps)
+    if fewest > left:
+        raise DataError(
+            f"{where}, fewer than the {fewest} steps sampler {choice.type} takes at least; "
+            f"use --strength {fewest / T:g} or more, or another --sampler"
+        )
+    config = attrs.evolve(choice.config, steps=left)
+    sampler = run.registry.build("sampler", choice.type, config)
+    notes.append(f"{where}: sampler {choice.type} takes {_steps(left)} instead of {steps}")
+    return sampler, options, notes
+
+
+def _steps(n: int) -> str:
+    return f"{n} step" if n == 1 else f"{n} steps"
+
+
+def _fewest_steps(config: Any, left: int, steps: int) -> int:
+    """The fewest ``steps`` from ``left`` up that ``config``'s validators accept."""
+    for n in range(left, steps):
+        try:
+            attrs.evolve(config, steps=n)
+        except (ValueError, TypeError):
+            continue
+        return n
+    return steps
+
+
 def _files(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -131,29 +184,44 @@ def _read_array(path: Path, key: str = "arr_0") -> np.ndarray:
         raise DataError(f"{path}: not a readable .npy/.npz file ({exc})") from exc
 
 
+def _check_array_shape(path: Path, array: np.ndarray, image_shape: tuple[int, ...]) -> None:
+    """An ``.npz``/``.npy`` input is used as it is (image files are converted and resized):
+    its channels and size must be the model's."""
+    channels, size, _ = image_shape
+    height, width = array.shape[1:3]
+    has = array.shape[3] if array.ndim == 4 else 1
+    if has != channels:
+        fix = "convert them to grey levels" if channels == 1 else f"give {channels} channels"
+        raise DataError(
+            f"{path}: arr_0 holds {has}-channel images but the model makes {channels}-channel "
+            f"ones; {fix} (image files given instead are converted)"
+        )
+    if (height, width) != (size, size):
+        raise DataError(
+            f"{path}: arr_0 holds {height}×{width} images but the model makes {size}×{size} "
+            f"ones; resize them to {size}×{size} (image files given instead are resized)"
+        )
+
+
 def load_inputs(paths: list[Path], image_shape: tuple[int, int, int]) -> torch.Tensor:
-    """The input images ``(N, C, H, W)`` in [-1, 1], resized to the model's size."""
+    """The input images ``(N, C, H, W)`` in [-1, 1]: image files converted to the model's
+    channels and resized to its size; ``.npz``/``.npy`` arrays as they are (checked)."""
     channels, size, _ = image_shape
     arrays = []
     for path in paths:
         if path.suffix in (".npz", ".npy"):
             array = _read_array(path)
-            if array.dtype != np.uint8 or array.ndim not in (3, 4):
+            if array.dtype != np.uint8 or array.ndim not in (3, 4) or 0 in array.shape:
                 raise DataError(
                     f"{path}: arr_0 must be uint8 N×H×W×C images, got {array.dtype} {array.shape}"
                 )
+            _check_array_shape(path, array, image_shape)
             arrays.append(from_uint8(array))
             continue
         for file in _files(path):
             picture = _read_picture(file, "L" if channels == 1 else "RGB", size)
             arrays.append(from_uint8(picture[None]))
-    images = torch.cat(arrays)
-    if tuple(images.shape[1:]) != tuple(image_shape):
-        raise DataError(
-            f"the inputs are {'×'.join(map(str, images.shape[1:]))} images but the model makes "
-            f"{'×'.join(map(str, image_shape))}; resize them to {image_shape[1]}×{image_shape[2]}"
-        )
-    return images
+    return torch.cat(arrays)
 
 
 def load_mask(path: Path, count: int, image_shape: tuple[int, int, int]) -> torch.Tensor:
@@ -246,9 +314,11 @@ def edit_images(
     labels: torch.Tensor | None = None,
     seed: int = 0,
     batch_size: int = 64,
+    sampler: Any = None,
 ) -> torch.Tensor:
-    """Edit every input with the run's sampling weights and sampler, in batches; image
-    ``i``'s noise comes from its own generator seeded by ``(seed, i)`` (as sampling)."""
+    """Edit every input with the run's sampling weights and ``sampler`` (default the run's;
+    :func:`fit_to_timesteps` gives one for a low strength), in batches; image ``i``'s noise
+    comes from its own generator seeded by ``(seed, i)`` (as sampling)."""
     out = []
     denoiser = run.sampling_denoiser()
     with eval_mode(denoiser.model):
@@ -263,7 +333,7 @@ def edit_images(
             cond = labels[start : start + count].to(run.device) if labels is not None else None
             result = edit_batch(
                 denoiser,
-                run.sampler,
+                sampler or run.sampler,
                 batch,
                 x_T,
                 mask=part,

@@ -15,7 +15,6 @@ same flat form the ``evaluate`` training hook logs.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -366,18 +365,16 @@ def eval_scalars(results: Mapping[str, float]) -> dict[str, float]:
 
 
 def append_results(path: Path | str, step: int, results: Mapping[str, float]) -> Path:
-    """Append ``{"step": step, "eval/<key>": value, ...}`` to a ``metrics.jsonl`` file.
+    """Append ``{"step": step, "eval/<key>": value, ...}`` to a run's metrics file.
 
     Non-finite values are written as null (JSON has no NaN).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from denoisekit.engine.run_folder import append_metrics
+
     record: dict[str, Any] = {"step": int(step)}
     for key, value in eval_scalars(results).items():
         record[key] = value if math.isfinite(value) else None
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-    return path
+    return append_metrics(Path(path), record)
 
 
 def format_results(results: Mapping[str, float]) -> str:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from denoisekit.engine.checkpoint import atomic_write
 from denoisekit.engine.image_files import to_uint8
+from denoisekit.files import atomic_write
 
 #: Small images are scaled up (nearest neighbour, by a whole factor) to at least this side.
 MIN_CELL = 48

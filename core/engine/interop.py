@@ -21,18 +21,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from denoisekit.engine.build import build_run, load_trained
-from denoisekit.engine.checkpoint import atomic_write, strip_compile_prefix
+from denoisekit.engine.checkpoint import strip_compile_prefix
 from denoisekit.engine.loop import write_run_files
-from denoisekit.engine.outputs import (
-    RUN_OUTPUTS,
-    OutputError,
-    check_output_folder,
-    clear_outputs,
-)
+from denoisekit.engine.replace import FolderWriter
 from denoisekit.engine.run import Run
-from denoisekit.engine.weights import load_weights, read_weights, save_safetensors
+from denoisekit.engine.run_folder import StoredRun
+from denoisekit.engine.weights import load_weights, read_weights
 from denoisekit.errors import ComponentError, DenoisekitError
+from denoisekit.files import RUN_OUTPUTS, RunPaths, atomic_write, save_safetensors
 from denoisekit.host.recipe import recipe_from_data
 from denoisekit.host.registry import Registry, load_registry
 
@@ -143,73 +142,69 @@ def placeholder_data(in_channels: int, image_size: int) -> dict[str, Any]:
 
 
 def import_diffusers(folder: Path, out: Path, *, overwrite: bool = False) -> Run:
-    """Write a diffusers model folder as a run folder (``recipe.toml``, ``versions.json``,
-    ``checkpoints/last.pt`` at step 0, the model's weights also as the EMA weights)."""
-    existing = check_output_folder(out, RUN_OUTPUTS, overwrite=overwrite, what="a run", fix="")
-    config_path, weights_path, scheduler_path = diffusers_files(folder)
-    config = _read_json(config_path)
-    scheduler = _read_json(scheduler_path) if scheduler_path is not None else None
-    registry = load_registry()
-    converter = _converter(registry, None, config.get("_class_name", "UNet2DModel"))
-    weights = read_weights(weights_path)
-    try:
-        tables, state = _call(converter, "import_model", config, scheduler, weights)
-    except DenoisekitError as exc:
-        raise DenoisekitError(f"{folder}: {exc}") from exc
-    backbone = tables["backbone"]
-    data = {
-        "name": out.name,
-        "description": f"imported from the diffusers model {folder}",
-        "data": placeholder_data(backbone.get("in_channels", 3), backbone.get("image_size", 32)),
-        **tables,
-        "hooks": {"ema": {}},
-    }
-    recipe = recipe_from_data(data, registry, source=out / "recipe.toml")
-    clear_outputs(out, existing)
-    run = build_run(recipe, out_dir=out, registry=registry, with_data=False)
-    load_weights(run, state, sampling=state, source=str(weights_path))
-    write_run_files(run)
-    run.save_checkpoint(out / "checkpoints" / "last.pt")
-    return run
+    """Write a diffusers model folder as a run folder (its recipe, versions and a last
+    checkpoint at step 0, the model's weights also as the EMA weights). Everything is read,
+    converted and loaded into the run before the old content of ``out`` is replaced."""
+    with FolderWriter(out, RUN_OUTPUTS, overwrite=overwrite, what="a run") as writer:
+        config_path, weights_path, scheduler_path = diffusers_files(folder)
+        config = _read_json(config_path)
+        scheduler = _read_json(scheduler_path) if scheduler_path is not None else None
+        registry = load_registry()
+        converter = _converter(registry, None, config.get("_class_name", "UNet2DModel"))
+        weights = read_weights(weights_path)
+        try:
+            tables, state = _call(converter, "import_model", config, scheduler, weights)
+        except DenoisekitError as exc:
+            raise DenoisekitError(f"{folder}: {exc}") from exc
+        backbone = tables["backbone"]
+        size = (backbone.get("in_channels", 3), backbone.get("image_size", 32))
+        data = {
+            "name": out.name,
+            "description": f"imported from the diffusers model {folder}",
+            "data": placeholder_data(*size),
+            **tables,
+            "hooks": {"ema": {}},
+        }
+        staging = RunPaths(writer.staged())
+        recipe = recipe_from_data(data, registry, source=staging.recipe)
+        run = build_run(recipe, out_dir=staging.root, registry=registry, with_data=False)
+        load_weights(run, state, sampling=state, source=str(weights_path))
+        write_run_files(run)
+        run.save_checkpoint(staging.last_checkpoint)
+        writer.commit()
+    return attrs.evolve(run, out_dir=out)
 
 
 # --------------------------------------------------------------------------- export
 
 
-def export_diffusers(
-    path: Path, out: Path, *, overwrite: bool = False, trust_plugins: bool = False
-) -> list[Path]:
+def export_diffusers(path: StoredRun | Path, out: Path, *, overwrite: bool = False) -> list[Path]:
     """Write a run's sampling (EMA) weights as a diffusers pipeline folder: ``model_index.json``,
     the model in ``unet/`` and a ``DDIMScheduler`` config in ``scheduler/``, so that
     ``DDIMPipeline.from_pretrained(out)`` (or ``DDPMPipeline``) loads it; returns the files
-    written."""
-    existing = check_output_folder(
-        out, EXPORT_OUTPUTS, overwrite=overwrite, what="an exported model", fix=""
-    )
-    run = load_trained(path, device="cpu", trust_plugins=trust_plugins)
-    converter = _converter(run.registry, run.recipe.backbone.type, None)
-    model = run.pm.hook.denoisekit_sampling_model(run=run)
-    weights = strip_compile_prefix(model.state_dict())
-    config, scheduler, theirs = _call(
-        converter,
-        "export_model",
-        run.recipe.to_dict(),
-        weights,
-        prediction=run.loss.prediction_type,
-    )
-    clear_outputs(out, existing)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"--out {out}: cannot make this folder ({exc.strerror or exc})") from exc
-    files = [out / name for name in EXPORT_FILES]
-    for folder in {f.parent for f in files}:
-        folder.mkdir(exist_ok=True)
-    save_safetensors(files[1], theirs)
-    _write_json(files[2], config)
-    _write_json(files[3], scheduler)
-    _write_json(files[0], pipeline_index(config, scheduler))  # last: the folder is complete
-    return files
+    written. ``out``'s old content is replaced only once the new files are complete."""
+    with FolderWriter(out, EXPORT_OUTPUTS, overwrite=overwrite, what="an exported model") as writer:
+        run = load_trained(path, device="cpu")
+        converter = _converter(run.registry, run.recipe.backbone.type, None)
+        model = run.pm.hook.denoisekit_sampling_model(run=run)
+        weights = strip_compile_prefix(model.state_dict())
+        config, scheduler, theirs = _call(
+            converter,
+            "export_model",
+            run.recipe.to_dict(),
+            weights,
+            prediction=run.loss.prediction_type,
+        )
+        staging = writer.staged()
+        files = [staging / name for name in EXPORT_FILES]
+        for folder in {f.parent for f in files}:
+            folder.mkdir(exist_ok=True)
+        save_safetensors(files[1], theirs)
+        _write_json(files[2], config)
+        _write_json(files[3], scheduler)
+        _write_json(files[0], pipeline_index(config, scheduler))
+        writer.commit()
+    return [out / name for name in EXPORT_FILES]
 
 
 def pipeline_index(config: Mapping[str, Any], scheduler: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,11 @@ from denoisekit.contracts import NULL_CLASS
 from denoisekit.denoiser import check_output_shape
 from denoisekit.diffusion import q_sample
 from denoisekit.engine import distributed
-from denoisekit.engine.checkpoint import atomic_write, load_checkpoint
+from denoisekit.engine.checkpoint import load_checkpoint
 from denoisekit.engine.masks import conditioning, draw_masks
 from denoisekit.engine.run import Run, versions
 from denoisekit.engine.weights import init_from
+from denoisekit.files import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +72,17 @@ def resume_from(run: Run, checkpoint: Path | str) -> None:
 
 def write_run_files(run: Run) -> None:
     """The resolved recipe and the versions, in the run folder (atomic writes)."""
-    texts = {
-        "recipe.toml": run.recipe.to_toml(),
-        "versions.json": json.dumps(versions(run.registry), indent=2) + "\n",
-    }
-    for name, text in texts.items():
-        with atomic_write(run.out_dir / name) as handle:
-            handle.write(text.encode("utf-8"))
+    paths = run.paths
+    write_bytes(paths.recipe, run.recipe.to_toml().encode("utf-8"))
+    write_bytes(paths.versions, (json.dumps(versions(run.registry), indent=2) + "\n").encode())
 
 
-def train(run: Run) -> Run:
+def train(run: Run, *, before_files: Callable[[], None] | None = None) -> Run:
     """Train until ``recipe.train.steps`` optimization steps have been taken.
 
-    Calls ``denoisekit_train_start`` once, then per step the forward, backward and
+    ``before_files`` is called once the run is built and initialised (``train.init_from``
+    loaded), before it writes its first file (``--overwrite`` moves the old run aside
+    there). Calls ``denoisekit_train_start`` once, then per step the forward, backward and
     optimizer hooks and ``denoisekit_train_step_end``; ``denoisekit_train_end`` at the
     end, or ``denoisekit_train_error`` (then re-raises) on an exception or interrupt.
     """
@@ -93,6 +92,8 @@ def train(run: Run) -> Run:
         raise ValueError("this run was built with_data=False: it can sample, not train")
     if run.step == 0 and cfg.init_from is not None:  # a fresh run, not a resumed one
         init_from(run, run.recipe.root / cfg.init_from)
+    if before_files is not None:
+        before_files()
     if run.is_main:
         write_run_files(run)
     run.model.train()

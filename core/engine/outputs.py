@@ -6,32 +6,17 @@ without ``--overwrite``.
   or exist (unless ``overwrite``).
 * :func:`check_output_folder`: a folder a command fills (``train --out``: a run,
   ``compare --out``) must not already hold such outputs (unless ``overwrite``);
-  :func:`clear_outputs` then removes exactly those, leaving any other file in the folder.
+  :class:`denoisekit.engine.replace.FolderWriter` then replaces exactly those, once the
+  new ones are complete, leaving any other file in the folder.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from denoisekit.errors import DenoisekitError
+from denoisekit.errors import OutputError
 
-
-class OutputError(DenoisekitError):
-    """An output that cannot be written (no space, a folder in the way) or that would
-    replace the user's files without ``--overwrite``."""
-
-
-#: What ``denoisekit train`` writes in a run folder; any of them means the folder holds a run.
-RUN_OUTPUTS: tuple[str, ...] = (
-    "recipe.toml",
-    "versions.json",
-    "metrics.jsonl",
-    "checkpoints",
-    "tensorboard",
-    "samples",
-)
 #: What ``denoisekit compare`` writes in its folder.
 COMPARE_OUTPUTS: tuple[str, ...] = ("compare.md", "compare.csv", "compare.png", "variants", "train")
 
@@ -90,21 +75,6 @@ def check_output_folder(
             "or pick a new folder with --out DIR"
         )
     return found
-
-
-def clear_outputs(folder: Path, names: Iterable[str]) -> list[str]:
-    """Remove ``names`` (files or folders) from ``folder``; return those that existed."""
-    removed = []
-    for name in names:
-        path = folder / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-        else:
-            continue
-        removed.append(name)
-    return removed
 
 
 def _check_parents(flag: str, path: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from denoisekit.engine.run_folder import StoredRun, open_run
 from denoisekit.errors import DenoisekitError, RecipeError
 
 __all__ = ["build_reference_data", "reference_key", "reference_recipe"]
@@ -35,12 +36,12 @@ def reference_key(recipe: Any) -> str:
 
 
 def reference_recipe(
-    spec: str | Path, overrides: Sequence[str] = (), *, trust_plugins: bool = False
+    spec: str | Path | StoredRun, overrides: Sequence[str] = ()
 ) -> tuple[Any, Any]:
-    """A recipe (and its registry) naming reference data, from a recipe file, a run folder
-    or checkpoint, or a data type name (``digits``); ``overrides`` apply as ``--set``.
-    A run's stored recipe imports its plugins as
-    :func:`denoisekit.engine.sampling.stored_registry` says (``trust_plugins``).
+    """A recipe (and its registry) naming reference data, from a recipe file, a run
+    (opened with :func:`~denoisekit.engine.run_folder.open_run`; a path to one is opened
+    without trusting its plugins), or a data type name (``digits``); ``overrides`` apply
+    as ``--set``.
 
     Returns:
         ``(recipe, registry)``.
@@ -49,34 +50,28 @@ def reference_recipe(
     from denoisekit.host.recipe import Origins, apply_overrides, load_recipe, recipe_from_data
     from denoisekit.host.registry import load_registry
 
-    path = Path(spec)
-    if path.is_file() and path.suffix == ".toml":
+    path = Path(spec.folder if isinstance(spec, StoredRun) else spec)
+    if not isinstance(spec, StoredRun) and path.is_file() and path.suffix == ".toml":
         recipe = load_recipe(path, overrides)
         return recipe, load_components(recipe)
+    if isinstance(spec, StoredRun) or path.exists():
+        stored = spec if isinstance(spec, StoredRun) else open_run(path)
+        try:
+            return stored.recipe(overrides, check=False), stored.registry  # its data alone
+        except RecipeError as exc:
+            raise RecipeError(f"--reference {path}: {exc}") from exc
+    text = str(spec)
+    if not text or "/" in text or text.endswith((".toml", ".pt", ".npz")):
+        raise DenoisekitError(
+            f"--reference {text!r}: no such recipe, run folder or checkpoint (or give a "
+            "data type name, e.g. --reference digits)"
+        )
     origins = Origins()
-    if path.exists():
-        from denoisekit.engine.sampling import find_checkpoint, stored_recipe, stored_registry
-
-        checkpoint = find_checkpoint(path)
-        data = stored_recipe(checkpoint)
-        source: Path | None = checkpoint
-    else:
-        text = str(spec)
-        if not text or "/" in text or text.endswith((".toml", ".pt", ".npz")):
-            raise DenoisekitError(
-                f"--reference {text!r}: no such recipe, run folder or checkpoint (or give a "
-                "data type name, e.g. --reference digits)"
-            )
-        data = {"name": "reference", "data": {"type": text}}
-        source = None
-    data = apply_overrides(data, overrides, origins)
-    if source is not None:
-        registry = stored_registry(source, data, trust_plugins=trust_plugins)
-    else:
-        registry = load_registry(plugins=data.get("plugins", []))
+    data = apply_overrides({"name": "reference", "data": {"type": text}}, overrides, origins)
+    registry = load_registry(plugins=data.get("plugins", []))
     try:
         # Only its data is used: no cross-table checks (a data type name has no backbone).
-        recipe = recipe_from_data(data, registry, source=source, origins=origins, check=False)
+        recipe = recipe_from_data(data, registry, origins=origins, check=False)
     except RecipeError as exc:
         raise RecipeError(f"--reference {spec}: {exc}") from exc
     return recipe, registry

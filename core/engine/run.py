@@ -24,6 +24,7 @@ import pluggy
 import torch
 from torch import nn
 
+from denoisekit import files
 from denoisekit.contracts import Backbone, optional
 from denoisekit.denoiser import Denoiser, eval_mode
 from denoisekit.deprecation import renamed_attributes
@@ -32,8 +33,11 @@ from denoisekit.engine import checkpoint, distributed, evaluation, sampling
 from denoisekit.engine.batches import BatchStream
 from denoisekit.engine.distributed import SINGLE, DistContext
 from denoisekit.engine.inpainting import ConditionedModel
+from denoisekit.engine.run_folder import RECIPE_FOLDER_KEY, recipe_folder_record
 from denoisekit.engine.steering import GuidedDenoiser
+from denoisekit.engine.weights_fit import load_fitting
 from denoisekit.errors import CheckpointError
+from denoisekit.files import RunPaths
 from denoisekit.host.recipe import Recipe
 from denoisekit.host.registry import Registry
 
@@ -105,6 +109,11 @@ class Run:
     hooks: Mapping[str, Any]
     state: TrainingState
     dist: DistContext = SINGLE
+
+    @property
+    def paths(self) -> RunPaths:
+        """Every path of the run folder."""
+        return RunPaths(self.out_dir)
 
     @property
     def step(self) -> int:
@@ -255,7 +264,7 @@ class Run:
 
     def remove_stale_temporaries(self, folder: Path | str) -> list[Path]:
         """Remove the temporary files that killed writers on this host left in ``folder``."""
-        return checkpoint.remove_stale_temporaries(folder)
+        return files.remove_stale_temporaries(folder)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly (see the module docstring)."""
@@ -271,6 +280,7 @@ class Run:
             **self.draw_state(),
             "hooks": hook_state,
             "recipe": self.recipe.to_toml(),
+            RECIPE_FOLDER_KEY: recipe_folder_record(self.recipe.root, self.out_dir),
             "versions": versions(self.registry),
         }
 
@@ -283,7 +293,8 @@ class Run:
         sample or evaluate.
         """
         try:
-            self.model.load_state_dict(checkpoint.strip_compile_prefix(state["model"]))
+            weights = checkpoint.strip_compile_prefix(state["model"])
+            load_fitting(self.model, weights, source=source)
             self.state.step = int(state["step"])
             if not weights_only:
                 self.optimizer.load_state_dict(state["optimizer"])

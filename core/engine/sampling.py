@@ -1,7 +1,5 @@
 """Sampling a trained run: per-image seeds, batches, and the files the field exchanges.
 
-* :func:`find_checkpoint`, :func:`stored_recipe`, :func:`stored_registry` read a run
-  folder or a checkpoint (:func:`denoisekit.engine.build.load_trained` builds its run).
 * :func:`sample_images` draws N images in batches (the host draws each batch's ``x_T``
   and calls the sampler, in :meth:`Run.sample`); image ``i`` comes from its own
   generator seeded by ``(seed, i)``, so it is the same whatever the batch size, and
@@ -9,19 +7,10 @@
   gathers them).
 * :func:`save_npz` writes key ``arr_0``, uint8, N×H×W×C (and ``arr_1`` labels): the format
   that public FID evaluators read.
-
-Trust: opening a run folder or checkpoint must not run its code. The weights load with
-``weights_only=True``, and the stored recipe's ``plugins`` are imported only as installed
-(found on ``sys.path`` as it is, outside the run's folder) unless the caller passes
-``trust_plugins=True`` (``--trust-plugins``): see :func:`stored_registry`.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
-import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,120 +19,8 @@ import numpy as np
 import torch
 
 from denoisekit.engine import distributed
-from denoisekit.engine.checkpoint import atomic_write, load_checkpoint
 from denoisekit.engine.image_files import to_uint8
-from denoisekit.errors import CheckpointError, PluginLoadError
-from denoisekit.host.convert import PATH_KINDS, RENAMED_KEYS
-from denoisekit.host.registry import Registry, load_registry
-
-
-def find_checkpoint(path: Path | str) -> Path:
-    """A checkpoint file, or a run folder's ``checkpoints/last.pt``."""
-    path = Path(path)
-    if path.is_dir():
-        last = path / "checkpoints" / "last.pt"
-        if not last.is_file():
-            raise CheckpointError(
-                f"{path}: no checkpoints/last.pt in this run folder (was [hooks.checkpoint] on?)"
-            )
-        return last
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such run folder or checkpoint")
-    return path
-
-
-def stored_recipe(checkpoint: Path, state: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The recipe a checkpoint stores, as TOML data (``state``: the loaded checkpoint, if it
-    is at hand; else only the file's metadata is read)."""
-    import tomllib
-
-    if state is None:
-        state = load_checkpoint(checkpoint, mmap=True)
-    try:
-        data = tomllib.loads(state["recipe"])
-    except (KeyError, tomllib.TOMLDecodeError) as exc:
-        raise CheckpointError(f"{checkpoint}: holds no readable recipe ({exc})") from exc
-    return migrated(data)
-
-
-def migrated(data: dict[str, Any]) -> dict[str, Any]:
-    """A stored recipe written before an option was renamed, with today's key names (a
-    run folder stays usable; a recipe file the user edits is told to rename instead)."""
-    for name, value in data.items():
-        kind = PATH_KINDS.get(name)
-        if kind is None or not isinstance(value, dict):
-            continue
-        tables = [value] if kind == name else [t for t in value.values() if isinstance(t, dict)]
-        for table in tables:
-            for old, new in RENAMED_KEYS.get(kind, {}).items():
-                if old in table and new not in table:
-                    table[new] = table.pop(old)
-    return data
-
-
-def stored_registry(
-    checkpoint: Path, data: dict[str, Any], *, trust_plugins: bool = False
-) -> Registry:
-    """The registry for a stored recipe (a run folder's or a checkpoint's).
-
-    Its ``plugins`` are imported only as installed: found on ``sys.path`` as it is (or
-    through their entry point), not inside the run's folder, so a run folder someone
-    shared cannot run code when it is opened. ``trust_plugins`` looks them up in the run
-    folder (or the checkpoint's folder), then the working directory, first.
-
-    Raises:
-        PluginLoadError: a plugin that is not installed, or would come from the run
-            folder, without ``trust_plugins``; one line naming it and ``--trust-plugins``.
-    """
-    folder = (run_folder(checkpoint) or checkpoint.parent).resolve()
-    names = data.get("plugins", [])
-    search: list[Path] = []
-    if trust_plugins:
-        search = [folder, Path.cwd()]
-    elif isinstance(names, list):
-        for name in names:
-            if isinstance(name, str):
-                _check_installed(name, folder, checkpoint)
-    return load_registry(plugins=names, search_paths=search)
-
-
-def _check_installed(name: str, folder: Path, checkpoint: Path) -> None:
-    """Raise unless plugin module ``name`` imports from outside ``folder`` as things are."""
-    from denoisekit.host.plugin_manager import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP
-
-    if not os.environ.get(DISABLE_AUTOLOAD_ENV) and name in {
-        ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-    }:
-        return  # loaded through its entry point: installed
-    top = name.partition(".")[0]  # finding a submodule would import its package
-    module = sys.modules.get(top)
-    if module is not None:
-        found, places = True, [getattr(module, "__file__", None), *getattr(module, "__path__", ())]
-    else:
-        try:
-            spec = importlib.util.find_spec(top)
-        except (ImportError, ValueError):
-            spec = None
-        found = spec is not None
-        places = [spec.origin, *(spec.submodule_search_locations or ())] if spec else []
-    files = [Path(p).resolve() for p in places if p and os.path.exists(p)]
-    if any(f == folder or folder in f.parents for f in files):
-        raise PluginLoadError(
-            f"{checkpoint}: the stored recipe's plugin {name!r} would be imported from the "
-            f"run folder {folder}; pass --trust-plugins to run that code (only if you trust "
-            "the folder), or install the plugin"
-        )
-    if not found:
-        raise PluginLoadError(
-            f"{checkpoint}: the stored recipe's plugin {name!r} is not installed; install it, "
-            f"or pass --trust-plugins to import {top}.py from the run folder {folder} or the "
-            "working directory (only if you trust them)"
-        )
-
-
-def run_folder(checkpoint: Path) -> Path | None:
-    """The run folder of ``RUN/checkpoints/FILE.pt``; None for a checkpoint elsewhere."""
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+from denoisekit.files import atomic_write
 
 
 def image_generators(
@@ -184,8 +61,8 @@ def sample_images(
 
     With ``dist`` of several ranks (every rank must call this, with the same arguments),
     rank ``r`` draws images ``[N r / W, N (r + 1) / W)`` in batches of ``batch_size`` and
-    rank 0 gathers them all: the same images as one process draws (bit for bit on the
-    CPU; on GPUs as far as the kernels do not depend on the batch size). Other ranks
+    rank 0 gathers them all: the same images as one process draws (to float rounding: bit
+    for bit where the kernels do not depend on the batch size or the thread split). Other ranks
     get an empty ``(0, C, H, W)`` tensor. ``progress`` counts this rank's images.
     """
     if n <= 0:

@@ -13,21 +13,21 @@ from typing import Any
 
 import torch
 
-from denoisekit.engine.checkpoint import atomic_write, load_checkpoint, strip_compile_prefix
+from denoisekit.engine.checkpoint import load_checkpoint, strip_compile_prefix
 from denoisekit.engine.run import Run
-from denoisekit.engine.sampling import find_checkpoint
+from denoisekit.engine.run_folder import find_checkpoint
+from denoisekit.engine.weights_fit import load_fitting
 from denoisekit.errors import CheckpointError
+from denoisekit.files import load_safetensors, split_weights_file
 
 log = logging.getLogger(__name__)
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A weights file: ``.safetensors``, or a ``.bin``/``.pt`` read with ``weights_only``."""
+    if path.suffix == ".safetensors":
+        return load_safetensors(path)
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -35,16 +35,6 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: holds no state dict of tensors")
     return state
-
-
-def save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> Path:
-    """Write tensors as ``.safetensors`` atomically (contiguous CPU copies)."""
-    from safetensors.torch import save
-
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-    with atomic_write(path) as handle:
-        handle.write(data)
-    return path
 
 
 def load_weights(
@@ -56,13 +46,7 @@ def load_weights(
     if sampling is not None and target is not run.model:
         pairs.append((target, sampling))
     for module, weights in pairs:
-        try:
-            module.load_state_dict(strip_compile_prefix(weights))
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise CheckpointError(
-                f"{source}: the weights do not fit this recipe's backbone ({first[:200]})"
-            ) from exc
+        load_fitting(module, strip_compile_prefix(weights), source=source)
 
 
 def init_from(run: Run, path: Path) -> None:
@@ -71,10 +55,8 @@ def init_from(run: Run, path: Path) -> None:
     the optimizer, schedule, data order and step stay fresh. A ``.safetensors`` file of the
     checkpoint hook gives ``model.*`` and ``ema.*`` (the sampling weights; else ``model.*``)."""
     if path.suffix == ".safetensors":  # the checkpoint hook's: model.* and ema.* weights
-        tensors = read_weights(path)
-        model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
-        load_weights(run, model, sampling=ema or model, source=str(path))
+        model, sampling = split_weights_file(read_weights(path))
+        load_weights(run, model, sampling=sampling, source=str(path))
         return
     checkpoint = find_checkpoint(path)
     state = load_checkpoint(checkpoint, map_location=run.device)

@@ -42,7 +42,8 @@ def contract_problems(spec: ComponentSpec) -> list[str]:
     must have the shape of a probe input ``(2, in_channels, image_size, image_size)``; a
     sampler's methods exist; a schedule's ``alphas_cumprod`` has ``num_timesteps`` entries;
     a loss has a known ``prediction_type`` and returns one value per sample; a hook
-    registers cleanly.
+    registers cleanly; an autoencoder's latents have its ``latent_shape``, it decodes them
+    to the input's shape, and ``shift``/``scale`` are in its state dict.
     The full behavioural checks are the conformance suites of :mod:`denoisekit.testing`.
     """
     if not callable(spec.build):
@@ -269,6 +270,43 @@ def _probe_backbone(model: Any, config: Any) -> list[str]:
         ]
     if not bool(torch.isfinite(out).all()):
         return [f"on a probe input of shape {shape} the backbone returned non-finite values"]
+    return []
+
+
+def _probe_autoencoder(model: Any, config: Any) -> list[str]:
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        return [f"the built {type(model).__name__} is not a torch.nn.Module"]
+    C = getattr(config, "in_channels", None)
+    if not isinstance(C, int) or C <= 0:
+        return ["an autoencoder's config needs an in_channels option (a positive int) to be probed"]
+    for size in (8, 16, 32, 64):  # the first square size it takes
+        try:
+            latent = tuple(model.latent_shape((C, size, size)))
+            break
+        except ValueError:
+            continue
+    else:
+        return [f"latent_shape refuses {C}×S×S images for every probe size S in 8, 16, 32, 64"]
+    x = torch.randn(2, C, size, size, generator=torch.Generator().manual_seed(0))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            z = model.encode(x).mode()
+            out = model.decode(z)
+    finally:
+        model.train(was_training)
+    where = f"on probe images of shape {tuple(x.shape)}"
+    if tuple(z.shape) != (2, *latent):
+        return [f"{where} encode gave latents {tuple(z.shape)}; latent_shape says {latent}"]
+    if out.shape != x.shape:
+        return [f"{where} decode(encode(x).mode()) gave {tuple(out.shape)}"]
+    state = model.state_dict()
+    for name in ("shift", "scale"):
+        if name not in state or tuple(state[name].shape) != latent[:1]:
+            return [f"{name} must be a buffer of shape ({latent[0]},) in its state dict"]
     return []
 
 

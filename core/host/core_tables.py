@@ -10,6 +10,7 @@ import attrs
 
 from denoisekit.config import (
     int_at_least,
+    non_negative_finite,
     option,
     positive_finite,
     unit_interval,
@@ -97,9 +98,7 @@ class GuidanceConfig:
     scale: float = option(
         1.0,
         "guidance scale w: 1 = conditional (no guidance), 0 = unconditional, > 1 guided",
-        validator=attrs.validators.and_(
-            attrs.validators.instance_of((int, float)), attrs.validators.ge(0)
-        ),
+        validator=non_negative_finite,
     )
     rescale: float = option(
         0.0,

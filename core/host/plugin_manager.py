@@ -42,6 +42,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "denoisekit.plugins.samplers.ddim",
     "denoisekit.plugins.samplers.dpmpp_2m",
     "denoisekit.plugins.backbones.unet",
+    "denoisekit.plugins.autoencoders.kl",
     "denoisekit.plugins.optim.adam",
     "denoisekit.plugins.optim.sgd",
     "denoisekit.plugins.optim.lr_constant",
@@ -62,6 +63,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "denoisekit.plugins.metrics.nll",
     "denoisekit.plugins.metrics.fd",
     "denoisekit.plugins.metrics.digits_quality",
+    "denoisekit.plugins.metrics.class_quality",
     "denoisekit.plugins.metrics.sample_time",
 )
 

@@ -45,6 +45,7 @@ __all__ = [
     "DEVICE_TYPES",
     "INT64_RANGE",
     "MULTI_KINDS",
+    "OPTIONAL_KINDS",
     "SINGLE_KINDS",
     "TOP_KEYS",
     "ComponentChoice",
@@ -69,6 +70,8 @@ SINGLE_KINDS: tuple[str, ...] = tuple(k.name for k in KIND_RECORDS if not k.many
 MULTI_KINDS: dict[str, str] = {k.table: k.name for k in KIND_RECORDS if k.many}
 #: The type used when a recipe leaves a component table out (``data`` is required).
 DEFAULT_TYPES: dict[str, str] = {k.name: k.default for k in KIND_RECORDS if k.default}
+#: Tables a recipe may leave out, and then has no such component (``recipe.autoencoder``).
+OPTIONAL_KINDS: tuple[str, ...] = tuple(k.name for k in KIND_RECORDS if k.optional)
 
 
 @attrs.frozen(kw_only=True)
@@ -93,6 +96,7 @@ class Recipe:
     seed: int = 0
     plugins: tuple[str, ...] = ()
     data: ComponentChoice
+    autoencoder: ComponentChoice | None = None
     schedule: ComponentChoice
     backbone: ComponentChoice
     loss: ComponentChoice
@@ -106,15 +110,20 @@ class Recipe:
     metrics: dict[str, ComponentChoice] = attrs.field(factory=dict)
     #: The file the recipe was read from (not part of equality).
     path: Path | None = attrs.field(default=None, eq=False)
+    #: The folder relative paths are read from, where it is not ``path``'s (a stored recipe:
+    #: the folder of the recipe that was trained). Not part of equality.
+    folder: Path | None = attrs.field(default=None, eq=False)
 
     @property
     def root(self) -> Path:
-        """The folder the recipe's relative paths (data folders) are read from: the recipe
-        file's, or the working directory for a recipe built in code."""
+        """The folder the recipe's relative paths (data folders) are read from: ``folder``,
+        else the recipe file's, else the working directory for a recipe built in code."""
+        if self.folder is not None:
+            return self.folder
         return self.path.parent.resolve() if self.path is not None else Path.cwd()
 
-    def component(self, kind: str) -> ComponentChoice:
-        """The choice of a single-component kind."""
+    def component(self, kind: str) -> ComponentChoice | None:
+        """The choice of a single-component kind (``None``: an optional kind left out)."""
         return getattr(self, kind)
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,7 +135,8 @@ class Recipe:
             "plugins": list(self.plugins),
         }
         for kind in SINGLE_KINDS:
-            out[kind] = _choice_to_dict(getattr(self, kind))
+            if getattr(self, kind) is not None:
+                out[kind] = _choice_to_dict(getattr(self, kind))
         for table in CORE_TABLES:
             out[table] = _drop_none(converter.unstructure(getattr(self, table)))
         for table in MULTI_KINDS:
@@ -157,6 +167,7 @@ def _check_fields() -> None:
     types = {f.name: f.type for f in attrs.fields(Recipe)}  # annotations, as strings
     for kind in KIND_RECORDS:
         wanted = "dict[str, ComponentChoice]" if kind.many else "ComponentChoice"
+        wanted += " | None" if kind.optional else ""
         if types.get(kind.table) != wanted:
             raise TypeError(f"Recipe needs a field {kind.table}: {wanted} (the {kind.name} kind)")
 
@@ -212,11 +223,13 @@ def recipe_from_data(
     source: Path | None = None,
     origins: Origins | None = None,
     check: bool = True,
+    folder: Path | None = None,
 ) -> Recipe:
     """Validate merged recipe data into a :class:`Recipe`.
 
     ``check``: also find what only the whole recipe shows (:func:`check_recipe`); off only
-    for a recipe that serves as a description of its data alone.
+    for a recipe that serves as a description of its data alone. ``folder``: where its
+    relative paths are read from, when not ``source``'s folder (:attr:`Recipe.folder`).
     """
     errors: list[tuple[str, str]] = []
     fields: dict[str, Any] = {}
@@ -243,6 +256,8 @@ def recipe_from_data(
     for kind in SINGLE_KINDS:
         table = data.get(kind)
         if table is None:
+            if kind in OPTIONAL_KINDS:
+                continue
             if kind not in DEFAULT_TYPES:
                 errors.append((kind, f'missing table [{kind}] (add one with a type = "...")'))
                 continue
@@ -281,7 +296,7 @@ def recipe_from_data(
 
     if errors:
         raise RecipeError(_format_errors(where, errors, origins))
-    recipe = Recipe(**fields, path=source)
+    recipe = Recipe(**fields, path=source, folder=folder)
     problems = check_recipe(recipe, registry) if check else []
     if problems:
         raise RecipeError(_format_errors(where, problems, origins))

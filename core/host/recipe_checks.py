@@ -7,8 +7,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from denoisekit.config import memory_limit, over_memory
 from denoisekit.contracts import KIND_RECORDS, BackboneConfig, CheckContext, optional
 from denoisekit.errors import DenoisekitError, RegistryError
+from denoisekit.files import RunPaths
 from denoisekit.host.convert import join_key
 from denoisekit.host.registry import Registry
 from denoisekit.host.suggest import exception_line
@@ -26,7 +28,7 @@ def check_recipe(recipe: Any, registry: Registry) -> list[tuple[str, str]]:
         RegistryError: a component's ``facts`` or ``check`` itself failed (a plugin bug;
             the message names the plugin).
     """
-    singles = [k.name for k in KIND_RECORDS if not k.many]
+    singles = [k.name for k in KIND_RECORDS if not k.many and recipe.component(k.name)]
     choices = [(kind, kind, recipe.component(kind)) for kind in singles]
     for k in KIND_RECORDS:
         if k.many:
@@ -76,6 +78,13 @@ def _core_problems(recipe: Any, facts: Mapping[str, Mapping[str, Any]]) -> list[
         )
         problems.append(("train.batch_size", message))
     problems += _init_from_problems(recipe)
+    problems += _memory_problems(recipe, facts.get("backbone", {}))
+    if recipe.autoencoder is not None:  # issue 22: the contract and components come first
+        message = (
+            "runs do not use an autoencoder yet (latent diffusion is in progress: "
+            "docs/latent.md); remove the [autoencoder] table to train in pixel space"
+        )
+        problems.append(("autoencoder", message))
     problems += _guidance_problems(recipe)
     shape = data.get("image_shape")
     if shape is None:
@@ -119,7 +128,7 @@ def _inpainting_problems(cfg: Any, c: int) -> list[tuple[str, str]]:
 
 
 def _init_from_problems(recipe: Any) -> list[tuple[str, str]]:
-    """``train.init_from`` must name a run folder with ``checkpoints/last.pt``, a ``.pt``
+    """``train.init_from`` must name a run folder with a last checkpoint, a ``.pt``
     checkpoint or a ``.safetensors`` file. Not checked in a recipe read back from a
     checkpoint: a trained run's record, which will not start again."""
     name = recipe.train.init_from
@@ -127,9 +136,10 @@ def _init_from_problems(recipe: Any) -> list[tuple[str, str]]:
         return []
     path = recipe.root / name
     if path.is_dir():
-        if (path / "checkpoints" / "last.pt").is_file():
+        last = RunPaths(path).last_checkpoint
+        if last.is_file():
             return []
-        why = f"{path} holds no checkpoints/last.pt"
+        why = f"{path} holds no {RunPaths(path).relative(last)}"
     elif path.is_file():
         if path.suffix in (".pt", ".safetensors"):
             return []
@@ -137,6 +147,33 @@ def _init_from_problems(recipe: Any) -> list[tuple[str, str]]:
     else:
         why = f"{path}: no such run folder or checkpoint"
     return [("train.init_from", f"{why} (relative paths are read from the recipe's folder)")]
+
+
+def _memory_problems(recipe: Any, backbone: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A training micro-batch must fit in memory: the float32 weights and gradients, and the
+    activations each image keeps for the backward (the backbone's facts, lower bounds; its
+    own check refuses weights that alone do not fit). Not checked in a recipe read back from
+    a checkpoint (its run is not trained again; sampling keeps no activations)."""
+    parameters, per_image = backbone.get("num_parameters"), backbone.get("activation_bytes")
+    stored = recipe.path is not None and recipe.path.suffix == ".pt"
+    if stored or parameters is None or per_image is None or over_memory(4 * parameters, ""):
+        return []
+    micro = recipe.train.batch_size // recipe.train.grad_accum
+    what = f"training a micro-batch of {micro} images (float32 activations and weights)"
+    problem = over_memory(8 * parameters + micro * per_image, what)
+    if problem is None:
+        return []
+    fit = (memory_limit() or 0) - 8 * parameters
+    if fit >= per_image:
+        return [
+            (
+                "train.batch_size",
+                f"{problem}; {fit // per_image} images fit: lower train.batch_size, or raise "
+                "train.grad_accum (micro-batches of batch_size / grad_accum)",
+            )
+        ]
+    one = over_memory(8 * parameters + per_image, "training on one image (float32)")
+    return [("backbone.image_size", f"{one}; lower backbone.image_size or the widths")]
 
 
 def _guidance_problems(recipe: Any) -> list[tuple[str, str]]:

@@ -34,6 +34,8 @@ CHANGED: dict[tuple[str, str], str] = {
     ("sampler", "sample"): "the contract changed in 0.2.0: see CHANGELOG.md, 'The sampler "
     "contract', and docs/writing-a-plugin.md, 'Migrating from 0.1'",
 }
+#: Kinds new since 0.1.0, with where their contract is described.
+NEW_KINDS: dict[str, str] = {"autoencoder": "a kind new in 0.2.0: see docs/latent.md"}
 UNCHANGED = "the contract is unchanged since 0.1.0: see docs/writing-a-plugin.md"
 
 
@@ -59,9 +61,10 @@ def signature_problems(kind: str, component: Any) -> list[str]:
         expected = _without_first(inspect.signature(contract))
         reason = mismatch(expected, actual)
         if reason:
+            where = CHANGED.get((kind, method)) or NEW_KINDS.get(kind, UNCHANGED)
             problems.append(
                 f"{owner}.{method}{text(actual)} does not match the contract's "
-                f"{method}{text(expected)}: {reason} ({CHANGED.get((kind, method), UNCHANGED)})"
+                f"{method}{text(expected)}: {reason} ({where})"
             )
     return problems
 

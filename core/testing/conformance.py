@@ -52,6 +52,7 @@ from denoisekit.host.suggest import exception_line
 __all__ = [
     "CHECKS",
     "ToyBackbone",
+    "check_autoencoder",
     "check_backbone",
     "check_component",
     "check_config_roundtrip",
@@ -694,9 +695,104 @@ def check_hook(spec: ComponentSpec, config: Any = None) -> None:
     assert pm.get_hookcallers(hook), f"{name}: implements no hook (use @denoisekit.hookimpl)"
 
 
-#: The behavioural check of each kind that has one (``Kind.runs``): ``check_<kind>``; data
-#: and metric components get the config round trip only.
-CHECKS: dict[str, Any] = {k.name: globals()[f"check_{k.name}"] for k in KIND_RECORDS if k.runs}
+@_conformance_check
+def check_autoencoder(spec: ComponentSpec, config: Any = None, *, batch: int = 3) -> None:
+    """An autoencoder maps images to a :class:`~denoisekit.DiagonalGaussian` over latents of
+    its ``latent_shape`` and latents back to images, with ``shift``/``scale`` in its state.
+
+    On ``(batch, in_channels, S, S)`` images (``S``: the first of 8, 16, 32, 64 that
+    ``latent_shape`` takes; the config needs ``in_channels``) asserts: the posterior's mean
+    and log-variance have ``latent_shape`` and the input's dtype, in float32 and float64,
+    and are finite; ``decode`` gives the input's shape and dtype; evaluation is
+    deterministic and image ``i`` does not depend on the rest of the batch; the KL is one
+    value per image; every parameter gets a finite gradient from a reconstruction + KL
+    loss; ``shift``/``scale`` are ``(latent_channels,)`` state-dict entries that a fresh
+    instance loads back (with the same outputs).
+    """
+    from denoisekit.autoencoder import DiagonalGaussian
+
+    name = f"autoencoder {spec.name!r}"
+    config = default_config(spec) if config is None else config
+    check_config_roundtrip(spec, config)
+    C = getattr(config, "in_channels", None)
+    assert isinstance(C, int), f"{name}: the config needs an int option in_channels"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model, fresh = spec.build(config), spec.build(config)
+    assert isinstance(model, torch.nn.Module), f"{name}: build returned {type(model)}"
+    _check_signatures(spec, model)
+    _checking("latent_shape; encode and decode shapes and dtypes (float32, float64)")
+    sizes = []
+    for S in (8, 16, 32, 64):
+        with contextlib.suppress(ValueError):
+            sizes.append((S, tuple(model.latent_shape((C, S, S)))))
+    assert sizes, f"{name}: latent_shape refuses {C}×S×S images for S in 8, 16, 32, 64"
+    S, latent = sizes[0]
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, C, S, S, generator=g) * 2 - 1
+    model.eval()
+    for dtype in (torch.float32, torch.float64):
+        model.to(dtype)
+        with torch.no_grad():
+            dist = model.encode(x.to(dtype))
+            assert isinstance(dist, DiagonalGaussian), f"{name}: encode gave {type(dist)}"
+            out = model.decode(dist.mode())
+        for what, t in (("mean", dist.mean), ("logvar", dist.logvar)):
+            assert tuple(t.shape) == (batch, *latent), (
+                f"{name}: posterior {what} {tuple(t.shape)}; latent_shape says {latent}"
+            )
+            assert t.dtype == dtype, f"{name}: posterior {what} is {t.dtype} for {dtype} images"
+            assert bool(torch.isfinite(t).all()), f"{name}: posterior {what} is not finite"
+        assert out.shape == x.shape and out.dtype == dtype, (
+            f"{name}: decode gave {tuple(out.shape)} {out.dtype} for {tuple(x.shape)} {dtype}"
+        )
+        assert tuple(dist.kl().shape) == (batch,), f"{name}: kl() is not one value per image"
+    _checking("determinism and batch independence")
+    model.float()
+    with torch.no_grad():
+        mean = model.encode(x).mean
+        assert torch.equal(model.encode(x).mean, mean), f"{name}: two encodings differ"
+        torch.testing.assert_close(
+            model.encode(x[1:2]).mean[0], mean[1], rtol=1e-4, atol=1e-5,
+            msg=lambda m: f"{name}: image 1 depends on the other images of the batch: {m}",
+        )  # fmt: skip
+    _checking("gradients reaching every parameter")
+    model.train()
+    dist = model.encode(x)
+    loss = (model.decode(dist.sample(g)) - x).abs().mean() + dist.kl().mean()
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, f"{name}: parameters get no gradient: {no_grad[:5]}"
+    bad = [
+        n for n, p in model.named_parameters() if p.grad is not None and not p.grad.isfinite().all()
+    ]
+    assert not bad, f"{name}: non-finite gradients in {bad[:5]}"
+    _checking("shift and scale in the state dict")
+    model.eval()
+    with torch.no_grad():
+        model.shift.copy_(torch.linspace(-0.5, 0.5, latent[0]))
+        model.scale.copy_(torch.linspace(0.5, 2.0, latent[0]))
+    state = model.state_dict()
+    for buffer in ("shift", "scale"):
+        assert buffer in state and tuple(state[buffer].shape) == latent[:1], (
+            f"{name}: {buffer} must be a ({latent[0]},) buffer in the state dict"
+        )
+    fresh.load_state_dict(state)
+    fresh.eval()
+    assert torch.equal(fresh.shift, model.shift) and torch.equal(fresh.scale, model.scale), (
+        f"{name}: shift/scale do not load back"
+    )
+    with torch.no_grad():
+        assert torch.equal(fresh.encode(x).mean, model.encode(x).mean), (
+            f"{name}: a reloaded state dict encodes differently"
+        )
+
+
+#: The behavioural check of each kind that has one: ``check_<kind>`` (every ``Kind.runs``
+#: kind, and the autoencoder); data and metric components get the config round trip only.
+CHECKS: dict[str, Any] = {
+    k.name: globals()[f"check_{k.name}"] for k in KIND_RECORDS if f"check_{k.name}" in globals()
+}
 
 
 def check_component(spec: ComponentSpec, config: Any = None) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from denoisekit.errors import DenoisekitError
-from denoisekit.plugins.backbones.unet_config import UNetConfig
+from denoisekit.plugins.backbones.unet_config import UNetConfig, weights_over_memory
 
 
 class UnsupportedLayoutError(DenoisekitError, ValueError):
@@ -75,6 +75,12 @@ _DOWN = {"DownBlock2D": False, "AttnDownBlock2D": True}
 _UP = {"UpBlock2D": False, "AttnUpBlock2D": True}
 _EMBEDDING = {"default": "additive", "scale_shift": "scale_shift"}
 _PADDING = {1: "symmetric", 0: "bottom_right"}
+#: The config.json fields of the unet's sizing options (``channel_mults[i]``: the widths).
+_SIZE_FIELDS = {
+    "channels": "block_out_channels[0]",
+    "num_res_blocks": "layers_per_block",
+    "image_size": "sample_size",
+}
 
 
 def _unsupported(field: str, value: Any, why: str = "") -> UnsupportedLayoutError:
@@ -193,11 +199,17 @@ def unet_options_from_diffusers(config: dict[str, Any]) -> dict[str, Any]:
     if n_classes is not None:
         options["num_classes"] = n_classes - 1
     try:
-        UNetConfig(**options)
+        too_big = weights_over_memory(UNetConfig(**options))
     except (TypeError, ValueError) as exc:
         raise UnsupportedLayoutError(
             f"the diffusers config maps to invalid unet options: {exc}"
         ) from exc
+    if too_big is not None:  # before any tensor: name the config.json field to blame
+        key, problem = too_big
+        i = int(key[len("channel_mults[") : -1]) if key.startswith("channel_mults[") else 0
+        field = _SIZE_FIELDS.get(key, f"block_out_channels[{i}]")
+        value = {"num_res_blocks": c["layers_per_block"], "image_size": size}.get(key, widths[i])
+        raise UnsupportedLayoutError(f"{field} = {value}: {problem}; lower it")
     return options
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.plugins.backbones.diffusers_format import DIFFUSERS
-from denoisekit.plugins.backbones.unet_config import UNetConfig, check_unet
+from denoisekit.plugins.backbones.unet_config import UNetConfig, check_unet, unet_facts
 from denoisekit.plugins.backbones.unet_network import LOG_SNR_CLAMP, UNet
 
 __all__ = ["LOG_SNR_CLAMP", "UNet", "UNetConfig", "check_unet"]
@@ -41,6 +41,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             config=UNetConfig,
             build=UNet,
             check=check_unet,
+            facts=unet_facts,
             formats={"diffusers": DIFFUSERS},  # docs/interop.md
             summary="DDPM attention U-Net (scale-shift / log-SNR / class-conditional options)",
             # A tiny instance whose output shape the registry checks on a probe input.

@@ -10,7 +10,14 @@ from typing import Any
 import attrs
 
 from denoisekit import CheckContext, Problem
-from denoisekit.config import int_at_least, int_between, option, positive_finite, positive_ints
+from denoisekit.config import (
+    int_at_least,
+    int_between,
+    option,
+    over_memory,
+    positive_finite,
+    positive_ints,
+)
 
 # --------------------------------------------------------------------------- validators
 
@@ -110,11 +117,6 @@ def _check_groups(inst: UNetConfig, attribute: attrs.Attribute, value: int) -> N
             )
 
 
-def _check_log_snr_scale(inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"'log_snr_scale' must be > 0: {value!r}")
-
-
 # --------------------------------------------------------------------------- config
 
 
@@ -170,7 +172,7 @@ class UNetConfig:
     log_snr_scale: float = option(
         25.0,
         "log-SNR is multiplied by this before the sinusoidal embedding (time_input = log_snr)",
-        validator=_check_log_snr_scale,
+        validator=positive_finite,
     )
     num_classes: int | None = option(
         None,
@@ -207,8 +209,119 @@ class UNetConfig:
     )
 
 
+# --------------------------------------------------------------------------- size
+
+
+def unet_size(config: UNetConfig, **sizes: Any) -> tuple[int, int]:
+    """``(parameters, activations)`` of the network, from the config alone (no tensor is
+    made, so absurd widths cost nothing): the exact parameter count, and a lower bound on the
+    floats one image's training forward keeps for the backward (each block's input and
+    intermediate maps; not the attention matrices, which a fused kernel may never form).
+    ``sizes`` replace the config's ``channels``, ``channel_mults``, ``num_res_blocks`` or
+    ``image_size``."""
+    ch = sizes.get("channels", config.channels)
+    mults = sizes.get("channel_mults", config.channel_mults)
+    blocks = sizes.get("num_res_blocks", config.num_res_blocks)
+    emb, film = 4 * ch, 2 if config.embedding == "scale_shift" else 1
+    acts = 0
+
+    def conv(c_in: int, c_out: int, k: int) -> int:
+        return c_in * c_out * k * k + c_out
+
+    def res(c_in: int, c_out: int, r: int) -> int:
+        nonlocal acts
+        acts += 3 * (c_in + c_out) * r * r
+        skip = conv(c_in, c_out, 1) if c_in != c_out else 0
+        norms = 2 * c_in + 2 * c_out
+        return (
+            norms + conv(c_in, c_out, 3) + conv(emb, film * c_out, 1) + conv(c_out, c_out, 3) + skip
+        )
+
+    def attn(c: int, r: int) -> int:
+        nonlocal acts
+        acts += 6 * c * r * r
+        return 2 * c + conv(c, 3 * c, 1) + conv(c, c, 1)
+
+    def block(c_in: int, c_out: int, r: int, times: int = 1) -> int:
+        nonlocal acts
+        before = acts
+        n = res(c_in, c_out, r) + (attn(c_out, r) if r in config.attention_resolutions else 0)
+        acts += (acts - before) * (times - 1)
+        return n * times
+
+    # The blocks of a level after its first are alike: counted with a multiplicity, so an
+    # absurd num_res_blocks costs no time either.
+    resample = config.resample_with_conv
+    n = conv(ch, emb, 1) + conv(emb, emb, 1)  # the time MLP (Linear = 1×1 conv)
+    n += (config.num_classes + 1) * emb if config.num_classes is not None else 0
+    n += conv(config.in_channels, ch, 3)
+    widths = [ch * m for m in mults]
+    c, r = ch, sizes.get("image_size", config.image_size)
+    for level, width in enumerate(widths):
+        n += block(c, width, r) + block(width, width, r, blocks - 1)
+        c = width
+        if level != len(widths) - 1:
+            n, acts, r = n + (conv(c, c, 3) if resample else 0), acts + c * r * r, r // 2
+    n += res(c, c, r) + (attn(c, r) if config.mid_attention else 0) + res(c, c, r)
+    # Decoder level l: its first block takes the level below's output and a skip of width
+    # c_l, then blocks - 1 take 2 c_l, and the last one the skip of the level above (or of
+    # conv_in at level 0).
+    for level in reversed(range(len(widths))):
+        width, above = widths[level], widths[level - 1] if level else ch
+        n += block(c + width, width, r) + block(2 * width, width, r, blocks - 1)
+        n += block(width + above, width, r)
+        c = width
+        if level != 0:
+            r *= 2
+            n, acts = n + (conv(c, c, 3) if resample else 0), acts + 2 * c * r * r
+    n += 2 * c + conv(c, config.out_channels or config.in_channels, 3)
+    return n, acts
+
+
+#: Options that size the network, with a value far up the range published models use
+#: (ADM's ImageNet-512 U-Net: width 256, multipliers up to 4, 3 blocks per level).
+SIZING = {"channels": 512, "channel_mults": 8, "num_res_blocks": 4, "image_size": 1024}
+
+
+def unet_facts(config: UNetConfig) -> dict[str, int]:
+    """``num_parameters`` and ``activation_bytes`` (per image, float32; a lower bound)."""
+    parameters, activations = unet_size(config)
+    return {"num_parameters": parameters, "activation_bytes": 4 * activations}
+
+
+def largest_size_key(config: UNetConfig, which: int) -> str:
+    """The sizing option (``channel_mults[i]``: one level's) whose value, brought down to the
+    top of the published range (:data:`SIZING`), shrinks ``unet_size(config)[which]`` most."""
+
+    def shrunk(key: str) -> int:
+        if key.startswith("channel_mults["):
+            i = int(key[len("channel_mults[") : -1])
+            mults = list(config.channel_mults)
+            mults[i] = min(mults[i], SIZING["channel_mults"])
+            return unet_size(config, channel_mults=tuple(mults))[which]
+        value = min(getattr(config, key), SIZING[key])
+        return unet_size(config, **{key: value})[which]
+
+    keys = ["channels", "num_res_blocks", "image_size"]
+    keys += [f"channel_mults[{i}]" for i in range(len(config.channel_mults))]
+    return min(keys, key=shrunk)
+
+
+def weights_over_memory(config: UNetConfig) -> tuple[str, str] | None:
+    """``(option, message)`` when the float32 weights alone exceed the memory limit, naming
+    the sizing option most to blame (:func:`largest_size_key`); else ``None``."""
+    parameters, _ = unet_size(config)
+    problem = over_memory(4 * parameters, f"storing {parameters:.3g} parameters (float32)")
+    return None if problem is None else (largest_size_key(config, 0), problem)
+
+
 def check_unet(config: UNetConfig, context: CheckContext) -> Iterator[Problem]:
-    """In a run: one output per input value, and an embedding row for every data label."""
+    """In a run: one output per input value, and an embedding row for every data label; the
+    weights fit in memory (the core checks a training batch with :func:`unet_facts`)."""
+    found = weights_over_memory(config)
+    if found is not None:
+        key, problem = found
+        yield (key.split("[")[0], f"{problem}; lower {context.table}.{key}")
     inpainting = context.recipe.inpainting.enabled  # the core checks its channels
     if config.out_channels not in (None, config.in_channels) and not inpainting:
         yield (

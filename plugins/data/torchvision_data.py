@@ -3,7 +3,10 @@
 Wraps MNIST, FashionMNIST, KMNIST, CIFAR10, CIFAR100, SVHN, STL10, CelebA and Flowers102.
 Reads the files torchvision's classes expect under ``root`` (relative to the recipe's folder
 unless absolute); nothing is downloaded unless ``download = true``. Missing or corrupt files
-end in one :class:`~denoisekit.errors.DataError` line naming the expected place.
+end in one :class:`~denoisekit.errors.DataError` line naming the expected place. MNIST,
+FashionMNIST and KMNIST are read from their idx files directly, gzipped or not, in
+torchvision's ``<root>/<Name>/raw/`` or in ``root`` itself (Debian's
+``dataset-fashion-mnist`` folder): see :mod:`denoisekit.plugins.data.idx_files`.
 
 ``train = True`` selects each dataset's training split, otherwise its test split; ``split``
 overrides with any split name the dataset has (e.g. ``"extra"`` for SVHN,
@@ -33,6 +36,7 @@ from denoisekit import NULL_CLASS, ComponentSpec, hookimpl
 from denoisekit.config import int_at_least, option, unit_interval
 from denoisekit.errors import DataError
 from denoisekit.plugins.data._transforms import fit_square, pil_to_tensor, random_hflip
+from denoisekit.plugins.data.idx_files import IdxDataset, load_split
 
 
 @attrs.frozen(kw_only=True)
@@ -125,6 +129,10 @@ DATASETS: dict[str, _DatasetInfo] = {
         files="flowers-102/",
     ),
 }
+
+#: Read from their idx files (gzipped or not, torchvision's folder or a flat one): see
+#: :mod:`denoisekit.plugins.data.idx_files`.
+IDX_DATASETS = ("MNIST", "FashionMNIST", "KMNIST")
 
 _BY_LOWER = {name.lower(): name for name in DATASETS}
 
@@ -261,6 +269,9 @@ def build_torchvision_data(
         kwargs["train"] = split == "train"
     cls = getattr(torchvision.datasets, config.name)
     expected = folder / info.files.replace("<split>", split)
+    idx = config.name in IDX_DATASETS
+    if idx and not config.download:
+        return _idx_dataset(config, folder, split, train=train)
     try:
         base = cls(str(folder), download=config.download, **kwargs)
     except (RuntimeError, OSError) as exc:
@@ -276,7 +287,22 @@ def build_torchvision_data(
             f"torchvision: {config.name} files not found or corrupt at {expected}{detail}; "
             f"set data.download = true to download them, or data.root to the folder holding them"
         ) from exc
+    if idx:  # downloaded into torchvision's layout: read as any idx files
+        return _idx_dataset(config, folder, split, train=train)
     return TorchvisionDataset(base, config, train=train)
+
+
+def _idx_dataset(
+    config: TorchvisionDataConfig, folder: Path, split: str, *, train: bool
+) -> IdxDataset:
+    images, labels = load_split(config.name, folder, split)
+    return IdxDataset(
+        images,
+        labels,
+        size=config.image_size,
+        channels=config.channels or 1,
+        hflip=config.hflip if train else 0.0,
+    )
 
 
 @hookimpl

@@ -1,20 +1,22 @@
 """Periodic, atomic, resumable checkpoints (``[hooks.checkpoint]``).
 
-Files, in ``<run>/checkpoints/``:
+Files, in the run's checkpoints folder (``run.paths``):
 
-* ``step-00001000.pt``: :meth:`Run.state_dict` after that many optimization steps, written
-  every ``every`` steps and at the end of training with ``run.save_checkpoint`` (temporary
-  file, fsync, rename: a crash mid-write never leaves a truncated file). The newest ``keep``
-  of them are kept.
-* ``last.pt``: the newest step file, as a hard link (no second copy of the bytes) swapped in
-  atomically, or a copy where the file system has no hard links.
-  ``denoisekit train --resume runs/NAME/checkpoints/last.pt`` continues exactly.
-* ``step-00001000.safetensors`` with ``safetensors = true``: the weights alone, to share
+* the step file of step N (``run.paths.step_checkpoint(N)``, ``step-00001000.pt``):
+  :meth:`Run.state_dict` after that many optimization steps, written every ``every``
+  steps and at the end of training with ``run.save_checkpoint`` (temporary file, fsync,
+  rename: a crash mid-write never leaves a truncated file). The newest ``keep`` of them
+  are kept.
+* the last checkpoint (``run.paths.last_checkpoint``): the newest step file, as a hard
+  link (no second copy of the bytes) swapped in atomically, or a copy where the file
+  system has no hard links. ``denoisekit train --resume`` continues from it exactly.
+* the step file with the suffix ``.safetensors`` with ``safetensors = true``: the weights
+  alone, to share, in the weights-file format of :func:`denoisekit.files.weights_file`
   (``model.*`` the trained ones, ``ema.*`` the sampling ones when the EMA hook is on); any
   library reads them without unpickling, and ``train.init_from`` starts a run from them.
 
 A process killed mid-write (``kill -9``) leaves only a temporary file, which the next run's
-start removes (``run.remove_stale_temporaries``); ``last.pt`` and the step files are those
+start removes (``run.remove_stale_temporaries``); the last checkpoint and the step files are those
 of the last completed write. A full disk is a one-line error naming
 the file.
 
@@ -35,7 +37,7 @@ may arrive anywhere in a step, so the hook records where the loop is:
   may lag that step by one update (a warning says so).
 
 A :class:`denoisekit.errors.NonFiniteLossError` (from ``[hooks.nan-guard]``) writes nothing:
-the last good checkpoint stays ``last.pt``. Without the guard, a step whose loss is not
+the last good checkpoint stays the last checkpoint. Without the guard, a step whose loss is not
 finite is not checkpointed either (one host sync per checkpoint, not per step).
 
 Recipe example::
@@ -48,8 +50,6 @@ Recipe example::
 from __future__ import annotations
 
 import logging
-import os
-import re
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -60,17 +60,10 @@ import torch
 from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import int_at_least, option
 from denoisekit.errors import NonFiniteLossError
+from denoisekit.files import RunPaths, save_safetensors, weights_file
 from denoisekit.hookspecs import Run
 
 log = logging.getLogger(__name__)
-
-STEP_FILE_RE = re.compile(r"^step-(\d+)\.pt$")
-LAST_NAME = "last.pt"
-
-
-def step_file_name(step: int) -> str:
-    """The file name of the checkpoint after ``step`` optimization steps."""
-    return f"step-{step:08d}.pt"
 
 
 @attrs.frozen(kw_only=True)
@@ -103,15 +96,18 @@ class CheckpointHook:
     """The run hook.
 
     Attributes:
-        folder: ``<run>/checkpoints``.
+        paths: the run folder's paths (``run.paths``), once configured.
         last_checkpoint: the newest good step file (written by this run or found at the
             start), or None; ``denoisekit_last_checkpoint`` answers it (the NaN guard).
         last_checkpoint_step: its step.
     """
 
+    #: Writes files or the console: rank 0 only under torchrun.
+    rank_zero_only = True
+
     def __init__(self, config: CheckpointConfig) -> None:
         self.config = config
-        self.folder: Path | None = None
+        self.paths: RunPaths | None = None
         self.last_checkpoint: Path | None = None
         self.last_checkpoint_step: int | None = None
         self._history: list[tuple[int, Path]] = []  # step files eligible for pruning
@@ -124,18 +120,18 @@ class CheckpointHook:
 
     @hookimpl
     def denoisekit_configure(self, run: Run) -> None:
-        self.folder = Path(run.out_dir) / "checkpoints"
+        self.paths = run.paths
 
     @hookimpl
     def denoisekit_train_start(self, run: Run) -> None:
         self._history = []
         later = []
-        if self.folder is not None and self.folder.is_dir():
-            run.remove_stale_temporaries(self.folder)
-            for path in self.folder.iterdir():
-                match = STEP_FILE_RE.match(path.name)
-                if match:
-                    step = int(match.group(1))
+        folder = self.paths.checkpoints if self.paths is not None else None
+        if folder is not None and folder.is_dir():
+            run.remove_stale_temporaries(folder)
+            for path in folder.iterdir():
+                step = self.paths.checkpoint_step(path)
+                if step is not None:
                     (self._history if step <= run.step else later).append((step, path))
         self._history.sort()
         if later:
@@ -143,7 +139,7 @@ class CheckpointHook:
                 "checkpoint: %d step file(s) beyond step %d in %s are left alone",
                 len(later),
                 run.step,
-                self.folder,
+                folder,
             )
         if self._history:
             self.last_checkpoint_step, self.last_checkpoint = self._history[-1]
@@ -221,7 +217,7 @@ class CheckpointHook:
     def save(
         self, run: Run, *, state: dict[str, Any] | None = None, loss: torch.Tensor | None = None
     ) -> Path | None:
-        """Write the step file of ``run.step`` (and ``last.pt``), then prune old ones.
+        """Write the step file of ``run.step`` (and the last checkpoint), then prune old ones.
 
         Returns the path, or None when ``loss`` is given and not finite.
         """
@@ -232,12 +228,12 @@ class CheckpointHook:
                 self._describe_last(),
             )
             return None
-        if self.folder is None:
+        if self.paths is None:
             raise RuntimeError("checkpoint hook used before denoisekit_configure")
-        path = self.folder / step_file_name(run.step)
-        run.save_checkpoint(path, state, last=self.folder / LAST_NAME)
+        path = self.paths.step_checkpoint(run.step)
+        run.save_checkpoint(path, state, last=self.paths.last_checkpoint)
         if self.config.safetensors:
-            save_safetensors(run, path.with_suffix(".safetensors"))
+            save_weights(run, path.with_suffix(".safetensors"))
         self._history = [(s, p) for s, p in self._history if s != run.step]
         self._history.append((run.step, path))
         self._prune()
@@ -270,23 +266,12 @@ def _loss_ok(run: Run, loss: torch.Tensor) -> bool:
     return bool(torch.isfinite(loss).all()) or run.optimizer_step_skipped()
 
 
-def save_safetensors(run: Run, path: Path) -> Path:
+def save_weights(run: Run, path: Path) -> Path:
     """The trained (``model.*``) and sampling (``ema.*``, where a hook such as EMA gives other
     weights) weights as safetensors: a file any library loads without unpickling."""
-    from safetensors.torch import save
-
-    tensors = {f"model.{k}": v for k, v in run.model.state_dict().items()}
     sampling = run.pm.hook.denoisekit_sampling_model(run=run)
-    if sampling is not run.model:
-        tensors.update((f"ema.{k}", v) for k, v in sampling.state_dict().items())
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    other = sampling.state_dict() if sampling is not run.model else None
+    return save_safetensors(path, weights_file(run.model.state_dict(), other))
 
 
 @hookimpl

@@ -25,13 +25,14 @@ Recipe example::
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from typing import Any
 
 import attrs
 
 from denoisekit import CheckContext, ComponentSpec, Problem, hookimpl
-from denoisekit.config import int_at_least, option
+from denoisekit.config import int_at_least, option, over_memory
 from denoisekit.errors import RecipeError
 from denoisekit.hookspecs import Run
 
@@ -83,6 +84,9 @@ class EvaluateHook:
         history: ``(step, results)`` of every evaluation of this process.
     """
 
+    #: Writes files or the console: rank 0 only under torchrun.
+    rank_zero_only = True
+
     def __init__(self, config: EvaluateConfig) -> None:
         self.config = config
         self.metrics: dict[str, Any] = {}
@@ -124,7 +128,8 @@ class EvaluateHook:
 
 
 def check_evaluate(config: EvaluateConfig, context: CheckContext) -> Iterator[Problem]:
-    """The metrics to run must be tables of the recipe, and there must be some."""
+    """The metrics to run must be tables of the recipe, and there must be some; the samples
+    (held in float32 until scored) and a batch in flight fit in memory."""
     tables = context.recipe.metrics
     if not (config.metrics or tables):
         yield "", "the recipe has no [metrics.NAME] tables to run; add one, e.g. [metrics.fd]"
@@ -135,6 +140,15 @@ def check_evaluate(config: EvaluateConfig, context: CheckContext) -> Iterator[Pr
             "metrics",
             f"no [metrics.{unknown[0]}] table in the recipe (its metrics: {known})",
         )
+    shape = context.fact("data", "image_shape")
+    if shape is not None:
+        n, batch = config.num_samples, min(config.batch_size, config.num_samples)
+        for key, count in (("num_samples", n), ("batch_size", n + 2 * batch)):
+            what = f"holding {count} float32 images of {'×'.join(map(str, shape))}"
+            problem = over_memory(4 * math.prod(shape) * count, what)
+            if problem is not None:
+                yield key, f"{problem}; lower it"
+                return
 
 
 @hookimpl

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 import torch
 
-from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import int_at_least, option
+from denoisekit import CheckContext, ComponentSpec, Problem, hookimpl
+from denoisekit.config import int_at_least, option, over_memory
 from denoisekit.hookspecs import Run
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ class PreviewHook:
         last_step: the step of the last preview drawn, or None.
     """
 
+    #: Writes files or the console: rank 0 only under torchrun.
+    rank_zero_only = True
+
     def __init__(self, config: PreviewConfig) -> None:
         self.config = config
         self.last_step: int | None = None
@@ -92,7 +96,7 @@ class PreviewHook:
     def preview(self, run: Run, step: int) -> Path:
         """Draw, save ``samples/step-N.png`` and call ``denoisekit_preview_images``."""
         images = self.draw(run)
-        path = Path(run.out_dir) / "samples" / preview_file_name(step)
+        path = run.paths.samples / preview_file_name(step)
         run.save_grid(path, images.float(), nrow=self.nrow(run), padding=2)
         run.pm.hook.denoisekit_preview_images(run=run, step=step, images=images)
         self.last_step = step
@@ -110,6 +114,19 @@ class PreviewHook:
             self.preview(run, run.step)
 
 
+def check_preview(config: PreviewConfig, context: CheckContext) -> Iterator[Problem]:
+    """The ``num_images`` drawn at once fit in memory: at least ``x_t``, ``eps`` and ``x0``
+    (float32) of each image."""
+    shape = context.fact("data", "image_shape")
+    if shape is None:
+        return
+    size = "×".join(map(str, shape))
+    what = f"sampling {config.num_images} images of {size} at once"
+    problem = over_memory(12 * math.prod(shape) * config.num_images, what)
+    if problem is not None:
+        yield "num_images", f"{problem}; lower {context.table}.num_images"
+
+
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     """Register ``preview``."""
@@ -119,6 +136,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="preview",
             config=PreviewConfig,
             build=PreviewHook,
+            check=check_preview,
             summary="sample grids from fixed noise every N steps, saved as PNG.",
         )
     ]

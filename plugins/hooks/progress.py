@@ -59,6 +59,9 @@ class ProgressHook:
         stream: where to write (default: ``sys.stdout`` at train start).
     """
 
+    #: Writes files or the console: rank 0 only under torchrun.
+    rank_zero_only = True
+
     def __init__(self, config: ProgressConfig, stream: TextIO | None = None) -> None:
         self.config = config
         self._stream = stream

@@ -30,19 +30,18 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
 
-from denoisekit import ComponentSpec, hookimpl
+from denoisekit import CheckContext, ComponentSpec, Problem, hookimpl
 from denoisekit.config import int_at_least, option
 from denoisekit.hookspecs import Run
 
 log = logging.getLogger(__name__)
-
-FOLDER = "tensorboard"
 
 
 @attrs.frozen(kw_only=True)
@@ -96,6 +95,9 @@ class TensorBoardHook:
         log_dir: ``<run>/tensorboard``.
     """
 
+    #: Writes files or the console: rank 0 only under torchrun.
+    rank_zero_only = True
+
     def __init__(self, config: TensorBoardConfig) -> None:
         self.config = config
         self.writer: Any = None
@@ -116,7 +118,7 @@ class TensorBoardHook:
 
     @hookimpl
     def denoisekit_configure(self, run: Run) -> None:
-        self.log_dir = Path(run.out_dir) / FOLDER
+        self.log_dir = run.paths.tensorboard
         self._num_timesteps = int(run.schedule.num_timesteps)
         bins = self.config.timestep_bins
         self._loss_sum = torch.zeros(bins, device=run.device)
@@ -218,6 +220,17 @@ class TensorBoardHook:
             self.writer = None
 
 
+def check_tensorboard(config: TensorBoardConfig, context: CheckContext) -> Iterator[Problem]:
+    """Each timestep bin holds at least one timestep."""
+    T = context.fact("schedule", "num_timesteps")
+    if T is not None and config.timestep_bins > T:
+        yield (
+            "timestep_bins",
+            f"{config.timestep_bins} bins for the schedule's {T} timesteps; set "
+            f"{context.table}.timestep_bins to at most {T}",
+        )
+
+
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     """Register ``tensorboard``."""
@@ -227,6 +240,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="tensorboard",
             config=TensorBoardConfig,
             build=TensorBoardHook,
+            check=check_tensorboard,
             summary="TensorBoard scalars, per-timestep loss, preview images, recipe, HParams.",
         )
     ]

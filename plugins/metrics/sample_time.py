@@ -19,10 +19,13 @@ Recipe example::
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+
 import attrs
 
-from denoisekit import ComponentSpec, hookimpl
-from denoisekit.config import int_at_least, option
+from denoisekit import CheckContext, ComponentSpec, Problem, hookimpl
+from denoisekit.config import int_at_least, option, over_memory
 from denoisekit.contracts import MetricContext
 from denoisekit.errors import DenoisekitError
 
@@ -71,6 +74,17 @@ class SampleTimeMetric:
         }
 
 
+def check_sample_time(config: SampleTimeConfig, context: CheckContext) -> Iterator[Problem]:
+    """The ``num_images`` drawn (held in float32 until timed) fit in memory."""
+    shape = context.fact("data", "image_shape")
+    if config.num_images is None or shape is None:
+        return
+    what = f"holding {config.num_images} float32 images of {'×'.join(map(str, shape))}"
+    problem = over_memory(4 * math.prod(shape) * config.num_images, what)
+    if problem is not None:
+        yield "num_images", f"{problem}; lower {context.table}.num_images"
+
+
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     """Register ``sample-time``."""
@@ -80,6 +94,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="sample-time",
             config=SampleTimeConfig,
             build=SampleTimeMetric,
+            check=check_sample_time,
             summary="seconds and network evaluations per sampled image.",
         )
     ]

@@ -25,7 +25,7 @@ import attrs
 import torch
 
 from denoisekit import ComponentSpec, DenoiserLike, hookimpl
-from denoisekit.config import int_at_least, option
+from denoisekit.config import finite_number, int_at_least, option
 from denoisekit.diffusion import SPACINGS, sampling_steps, spaced_timesteps
 from denoisekit.plugins.samplers._checks import check_steps, steps_within_schedule
 
@@ -46,8 +46,8 @@ class DPMSolverConfig:
     lambda_min: float = option(
         -5.1,
         "lowest lambda = log(alpha / sigma) the logsnr spacing starts from (diffusers' "
-        "lambda_min_clipped: keeps steps off the cosine schedule's clipped end)",
-        validator=attrs.validators.instance_of((int, float)),
+        "lambda_min_clipped: keeps steps off the cosine schedule's clipped end; -inf: none)",
+        validator=finite_number(allow=(-math.inf,)),
     )
     lower_order_final: bool = option(
         True,

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from denoisekit.engine.checkpoint import atomic_write, remove_stale_temporaries, temporary_prefix
-from denoisekit.engine.outputs import OutputError
+from denoisekit.errors import OutputError
+from denoisekit.files import atomic_write, remove_stale_temporaries, temporary_prefix
 
 
 def test_atomic_write_replaces_the_file_with_open_s_permissions(tmp_path):

@@ -19,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from denoisekit.cli import main
 from denoisekit.engine import compare, loop
 from denoisekit.engine.compare import parse_vary, plan, run_compare, split_values, training_groups
+from denoisekit.errors import DataError
 
 RECIPE = """
 name = "cmp"
@@ -275,13 +276,40 @@ def test_compare_into_an_earlier_comparison_is_refused_before_any_work(
     assert (out / "compare.md").read_text() == "earlier"
 
 
-def test_compare_overwrite_clears_the_earlier_comparison_only(recipe_path, tmp_path, monkeypatch):
+def test_compare_overwrite_replaces_the_earlier_comparison_only_when_complete(
+    recipe_path, tmp_path, monkeypatch
+):
     out = tmp_path / "cmp"
     (out / "variants" / "old").mkdir(parents=True)
     (out / "compare.md").write_text("earlier")
     (out / "notes.txt").write_text("mine")
     seen = []
-    monkeypatch.setattr(compare, "run_compare", lambda *a, **k: seen.extend(os.listdir(out)))
+
+    def build(variants, *, out_dir, **kwargs):  # the new comparison, built beside the old
+        seen.extend(sorted(os.listdir(out)))
+        (out_dir / "compare.md").write_text("new")
+
+    monkeypatch.setattr(compare, "run_compare", build)
     argv = ["compare", str(recipe_path), "--vary", "sampler.steps=2,3", "--out", str(out)]
     assert main([*argv, "--overwrite"]) == 0
-    assert seen == ["notes.txt"]
+    assert seen == [".denoisekit.lock", "compare.md", "notes.txt", "variants"]
+    assert sorted(os.listdir(out)) == ["compare.md", "notes.txt"]
+    assert (out / "compare.md").read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["cmp"]  # no staging folder left beside it
+
+
+def test_a_failed_compare_keeps_the_earlier_comparison(recipe_path, tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    (out / "variants" / "old").mkdir(parents=True)
+    (out / "compare.md").write_text("earlier")
+
+    def fail(variants, *, out_dir, **kwargs):
+        (out_dir / "compare.md").write_text("half")
+        raise DataError("the data went away")
+
+    monkeypatch.setattr(compare, "run_compare", fail)
+    argv = ["compare", str(recipe_path), "--vary", "sampler.steps=2,3", "--out", str(out)]
+    assert main([*argv, "--overwrite"]) == 2
+    assert sorted(os.listdir(out)) == ["compare.md", "variants"]
+    assert (out / "compare.md").read_text() == "earlier"
+    assert sorted(os.listdir(tmp_path)) == ["cmp"]

@@ -10,9 +10,12 @@ import pytest
 import torch
 
 from denoisekit import ComponentSpec
+from denoisekit.autoencoder import DiagonalGaussian
+from denoisekit.plugins.autoencoders.kl import KLAutoencoder, KLConfig
 from denoisekit.plugins.losses import mse
 from denoisekit.plugins.samplers import ddim
 from denoisekit.testing.conformance import (
+    check_autoencoder,
     check_config_roundtrip,
     check_loss,
     check_sampler,
@@ -141,3 +144,48 @@ def test_a_build_or_a_loss_that_raises_is_named_too():
     with pytest.raises(AssertionError, match=r"^loss 'broken': a \(B,\) loss, 0 exactly at the "
                        r"target: it raised RuntimeError: shape mismatch$"):
         check_loss(spec)
+
+
+class _LyingShape(KLAutoencoder):
+    def latent_shape(self, image_shape):
+        c, h, w = super().latent_shape(image_shape)
+        return (c, h * 2, w * 2)
+
+
+class _BatchNormalised(KLAutoencoder):
+    def encode(self, x):
+        dist = super().encode(x)
+        return DiagonalGaussian(dist.mean - dist.mean.mean(dim=0), dist.logvar)
+
+
+class _UnsavedShift(KLAutoencoder):
+    def __init__(self, config):
+        super().__init__(config)
+        del self.shift
+        self.shift = torch.zeros(self.latent_channels)  # an attribute, not a buffer
+
+
+class _UnusedLayer(KLAutoencoder):
+    def __init__(self, config):
+        super().__init__(config)
+        self.spare = torch.nn.Linear(2, 2)
+
+
+@pytest.mark.parametrize(
+    ("cls", "message"),
+    [
+        (_LyingShape, "latent_shape says"),
+        (_BatchNormalised, "depends on the other images of the batch"),
+        (_UnsavedShift, r"shift must be a \(2,\) buffer in the state dict"),
+        (_UnusedLayer, "parameters get no gradient"),
+    ],
+    ids=lambda v: v.__name__ if isinstance(v, type) else "",
+)
+def test_check_autoencoder_catches_a_broken_autoencoder(cls, message):
+    options = {"in_channels": 1, "block_channels": (8, 16), "num_res_blocks": 1,
+               "latent_channels": 2, "groups": 4}  # fmt: skip
+    spec = ComponentSpec(
+        kind="autoencoder", name="broken", config=KLConfig, build=cls, probe=options
+    )
+    with pytest.raises(AssertionError, match=message):
+        check_autoencoder(spec)

@@ -131,7 +131,8 @@ def test_config_that_is_not_an_attrs_class_names_the_plugin():
 def test_probe_must_name_options_of_the_config():
     with pytest.raises(ValueError, match=r"unknown options \['stpes'\]"):
         ComponentSpec(kind="sampler", name="s", config=Cfg, build=NoSample, probe={"stpes": 2})
-    with pytest.raises(ValueError, match="only schedule, backbone, loss, sampler, hook"):
+    probed = "only autoencoder, schedule, backbone, loss, sampler, hook"
+    with pytest.raises(ValueError, match=probed):
         ComponentSpec(kind="data", name="d", config=Cfg, build=NoSample, probe={})
 
 
@@ -461,6 +462,25 @@ class TestBuiltinConformance(ComponentConformance):
                 "attention_resolutions": (4,),
                 "groups": 4,
             }
-        ]
+        ],
+        "autoencoder:kl": [  # factors 2, 1 (one level, no attention or 1×1 convs) and 4
+            None,
+            {
+                "in_channels": 3,
+                "block_channels": (8,),
+                "groups": 4,
+                "latent_channels": 1,
+                "mid_attention": False,
+                "quant_conv": False,
+                "post_quant_conv": False,
+            },
+            {
+                "in_channels": 2,
+                "block_channels": (8, 16, 16),
+                "num_res_blocks": 2,
+                "latent_channels": 4,
+                "groups": 8,
+            },
+        ],
     }
     run_kinds: ClassVar[tuple[str, ...]] = ()

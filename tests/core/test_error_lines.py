@@ -322,8 +322,8 @@ def test_unknown_device_name(tmp_path, capsys):
 
 def test_unknown_component_kind_lists_the_kinds(capsys):
     assert error_line(["plugins", "nosuchkind"], capsys) == (
-        "denoisekit: error: unknown component kind 'nosuchkind'; the kinds are data, schedule, "
-        "backbone, loss, optimizer, lr_schedule, sampler, hook, metric"
+        "denoisekit: error: unknown component kind 'nosuchkind'; the kinds are data, "
+        "autoencoder, schedule, backbone, loss, optimizer, lr_schedule, sampler, hook, metric"
     )
 
 

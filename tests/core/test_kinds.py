@@ -18,7 +18,14 @@ from denoisekit.engine.evaluation import EvalContext
 from denoisekit.errors import RecipeError, RegistryError
 from denoisekit.host import contract_checks
 from denoisekit.host.plugin_manager import get_plugin_manager
-from denoisekit.host.recipe import DEFAULT_TYPES, MULTI_KINDS, SINGLE_KINDS, TOP_KEYS, Recipe
+from denoisekit.host.recipe import (
+    DEFAULT_TYPES,
+    MULTI_KINDS,
+    OPTIONAL_KINDS,
+    SINGLE_KINDS,
+    TOP_KEYS,
+    Recipe,
+)
 from denoisekit.host.registry import Registry
 from denoisekit.testing import write_recipe
 from denoisekit.testing.conformance import CHECKS
@@ -28,15 +35,18 @@ from denoisekit.testing.suite import RUN_KINDS
 def test_every_table_agrees_with_the_kind_records() -> None:
     names = tuple(k.name for k in KIND_RECORDS)
     assert denoisekit.KINDS == names == tuple(KIND)
-    assert names == ("data", "schedule", "backbone", "loss", "optimizer", "lr_schedule",
-                     "sampler", "hook", "metric")  # fmt: skip
+    assert names == ("data", "autoencoder", "schedule", "backbone", "loss", "optimizer",
+                     "lr_schedule", "sampler", "hook", "metric")  # fmt: skip
     assert tuple(k.name for k in KIND_RECORDS if k.probed) == denoisekit.PROBE_KINDS
     assert {k.name: k.context for k in KIND_RECORDS} == denoisekit.BUILD_CONTEXT
     assert tuple(k.name for k in KIND_RECORDS if not k.many) == SINGLE_KINDS
     assert MULTI_KINDS == {"hooks": "hook", "metrics": "metric"}
     assert {k.name: k.default for k in KIND_RECORDS if k.default is not None} == DEFAULT_TYPES
     assert "data" not in DEFAULT_TYPES  # a recipe must say which data
-    assert set(RUN_KINDS) == set(CHECKS) == {k.name for k in KIND_RECORDS if k.runs}
+    assert OPTIONAL_KINDS == ("autoencoder",)  # left out: pixel space, no autoencoder
+    assert not any(k.optional and (k.default or k.many) for k in KIND_RECORDS)
+    assert set(RUN_KINDS) == {k.name for k in KIND_RECORDS if k.runs}
+    assert set(CHECKS) == {*RUN_KINDS, "autoencoder"}  # runs do not take autoencoders yet
     assert set(contract_checks.PROBES) == set(denoisekit.PROBE_KINDS)
     assert {*SINGLE_KINDS, *MULTI_KINDS} <= set(TOP_KEYS)
     fields = attrs.fields_dict(Recipe)
@@ -64,7 +74,7 @@ def test_optional_attributes_default_from_the_protocol() -> None:
     assert optional(Bare(), Backbone, "num_classes") is None
     assert optional(Conditional(), Backbone, "time_input") == "log_snr"
     assert optional(Conditional(), Backbone, "num_classes") == 10
-    assert optional(Bare(), Hook, "rank_zero_only") is None
+    assert optional(Bare(), Hook, "rank_zero_only") is False
     assert optional(Bare(), Metric, "requires_model") is False
     assert optional(Bare(), Metric, "uses_samples") is True
     with pytest.raises(AttributeError):  # only declared attributes have a default

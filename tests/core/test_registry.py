@@ -74,7 +74,8 @@ def test_unknown_name_lists_known_and_suggests():
 def test_unknown_kind():
     with pytest.raises(RegistryError, match="did you mean 'sampler'"):
         _registry(toy_plugin).names("samplers")
-    with pytest.raises(RegistryError, match="'nosuch'; the kinds are data, schedule, backbone"):
+    kinds = "'nosuch'; the kinds are data, autoencoder, schedule, backbone"
+    with pytest.raises(RegistryError, match=kinds):
         _registry(toy_plugin).names("nosuch")
 
 

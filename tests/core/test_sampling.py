@@ -12,13 +12,12 @@ import pytest
 import torch
 
 from denoisekit.cli import main
-from denoisekit.engine import build, sampling
+from denoisekit.engine import build, run_folder, sampling
 from denoisekit.engine.build import build_run, load_trained
 from denoisekit.engine.image_files import to_uint8
 from denoisekit.engine.loop import train
-from denoisekit.engine.outputs import OutputError
 from denoisekit.engine.sampling import sample_images
-from denoisekit.errors import CheckpointError
+from denoisekit.errors import CheckpointError, OutputError
 from denoisekit.host.recipe import load_recipe
 
 RECIPE = """
@@ -98,7 +97,10 @@ def test_image_i_does_not_depend_on_batch_size(trained):
     a, _ = sample_images(run, 6, seed=3, batch_size=6)
     b, _ = sample_images(run, 6, seed=3, batch_size=4)
     c, _ = sample_images(run, 6, seed=4, batch_size=6)
-    assert torch.equal(a, b)
+    # Bit for bit where the kernels split work the same way; with several threads, oneDNN's
+    # CPU kernels may split a batch of 4 and of 6 differently (3e-8 measured on an AMX CPU
+    # with 2 threads, 0 with one), so the claim is equality to float32 rounding.
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     assert not torch.equal(a, c)
 
 
@@ -235,12 +237,12 @@ def test_the_host_draws_x_T_per_image_and_leaves_a_given_one_alone(trained):
 
 def test_a_stored_recipe_from_before_a_rename_is_migrated():
     old = {"name": "r", "schedule": {"type": "cosine", "timesteps": 1000}, "seed": 0}
-    assert sampling.migrated(old)["schedule"] == {"type": "cosine", "num_timesteps": 1000}
+    assert run_folder.migrated(old)["schedule"] == {"type": "cosine", "num_timesteps": 1000}
     both = {"schedule": {"timesteps": 5, "num_timesteps": 7}}  # never overwrite the new key
-    assert sampling.migrated(both)["schedule"] == {"timesteps": 5, "num_timesteps": 7}
+    assert run_folder.migrated(both)["schedule"] == {"timesteps": 5, "num_timesteps": 7}
     metrics = {"metrics": {"nll": {"timesteps": 4}}, "sampler": {"timesteps": 3}}
     # renamed per kind: the nll metric's option, not a sampler's key of the same name
-    assert sampling.migrated(metrics) == {
+    assert run_folder.migrated(metrics) == {
         "metrics": {"nll": {"steps": 4}},
         "sampler": {"timesteps": 3},
     }

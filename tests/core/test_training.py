@@ -12,9 +12,8 @@ from denoisekit import DenoisekitDeprecationWarning, hookimpl
 from denoisekit.engine.batches import BatchStream
 from denoisekit.engine.build import MetricsFile, build_run
 from denoisekit.engine.loop import train
-from denoisekit.engine.outputs import OutputError
 from denoisekit.engine.run import rng_state, set_rng_state
-from denoisekit.errors import DataError
+from denoisekit.errors import DataError, OutputError
 from denoisekit.host.recipe import load_recipe
 
 TINY = """

@@ -14,6 +14,7 @@ from denoisekit import hookimpl
 from denoisekit.engine.checkpoint import load_checkpoint
 from denoisekit.engine.loop import TrainingInterrupted, resume_from, train
 from denoisekit.engine.run import Run
+from denoisekit.files import RunPaths
 from denoisekit.host.plugin_manager import get_plugin_manager
 from denoisekit.plugins.hooks.checkpoint import CheckpointConfig, CheckpointHook
 from tests.plugins.hook_runs import Poison, single_thread, tiny_recipe, tiny_run
@@ -30,6 +31,7 @@ def _single_thread():
 def _fake_run(out_dir: Path, step: int = 0) -> SimpleNamespace:
     run = SimpleNamespace(
         out_dir=out_dir,
+        paths=RunPaths(out_dir),
         step=step,
         hooks={},
         state=SimpleNamespace(generator=torch.Generator()),

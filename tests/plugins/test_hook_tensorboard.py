@@ -10,6 +10,7 @@ import torch
 
 from denoisekit.engine.loop import train
 from denoisekit.errors import NonFiniteLossError
+from denoisekit.files import RunPaths
 from denoisekit.plugins.hooks.tensorboard import (
     TensorBoardConfig,
     TensorBoardHook,
@@ -36,7 +37,10 @@ def _accumulator(log_dir):
 
 def test_loss_per_timestep_range_means(tmp_path) -> None:
     run = SimpleNamespace(
-        out_dir=tmp_path, schedule=SimpleNamespace(num_timesteps=100), device=torch.device("cpu")
+        out_dir=tmp_path,
+        paths=RunPaths(tmp_path),
+        schedule=SimpleNamespace(num_timesteps=100),
+        device=torch.device("cpu"),
     )
     hook = TensorBoardHook(TensorBoardConfig())
     hook.denoisekit_configure(run=run)
@@ -66,7 +70,10 @@ def test_loss_per_timestep_range_means(tmp_path) -> None:
 
 def test_uneven_bins_cover_every_timestep_once(tmp_path) -> None:
     run = SimpleNamespace(
-        out_dir=tmp_path, schedule=SimpleNamespace(num_timesteps=10), device=torch.device("cpu")
+        out_dir=tmp_path,
+        paths=RunPaths(tmp_path),
+        schedule=SimpleNamespace(num_timesteps=10),
+        device=torch.device("cpu"),
     )
     hook = TensorBoardHook(TensorBoardConfig(timestep_bins=4))
     hook.denoisekit_configure(run=run)
