@@ -17,8 +17,9 @@ Beside them, two anchors: the real test digits themselves, and the nearest-neigh
 
 Masks: top (4 of 8 rows), left (4 of 8 columns), centre (the middle 4×4), boxes (three
 random boxes of 2 to 4 pixels a side per image), pixels (each pixel with probability 1/2),
-all seeded. Methods: ``NAME-STEPS`` with DDIM (eta 1) on STEPS steps for ``repl``
-(replacement), ``ddnm``, ``pigdm`` and ``mmpsK`` (K conjugate-gradient steps), or
+all seeded (:mod:`denoisekit.engine.masks`). Methods: ``NAME-STEPS`` with DDIM (eta 1) on
+STEPS steps for ``repl`` (replacement), ``ddnm``, ``pigdm``, ``mmpsK`` (K conjugate-gradient
+steps) and ``model`` (a run trained with ``[inpainting]``: its own conditioning), or
 ``repaint-S-J-R`` / ``ddnmtt-S-J-R`` (RePaint / DDNM with time travel, ``--repaint S J R``).
 """
 
@@ -39,45 +40,17 @@ from denoisekit.engine.build import load_trained
 from denoisekit.engine.editing import EditOptions, edit_images
 from denoisekit.engine.evaluation import default_cache_dir
 from denoisekit.engine.figures import save_labelled_rows
+from denoisekit.engine.masks import MASK_KINDS, make_mask
 from denoisekit.engine.repaint import num_evaluations as repaint_evaluations
 from denoisekit.images import quantize
 from denoisekit.plugins.metrics._digits_classifier import NUM_CLASSES, classify, load_or_train
 from denoisekit.plugins.metrics.fd import feature_statistics, frechet_distance
 
-MASKS = ("top", "left", "centre", "boxes", "pixels")
 #: At most 100 and at most 500 network passes per image.
 METHODS = (
     "repl-100,ddnm-100,pigdm-50,mmps1-33,mmps2-25,repaint-20-5-5",
     "repl-500,ddnm-500,pigdm-250,mmps1-166,mmps2-125,repaint-100-10-5,ddnmtt-100-10-5",
 )
-
-
-def make_mask(kind: str, count: int, size: int, seed: int = 0) -> torch.Tensor:
-    """``(count or 1, 1, size, size)``: 1 = regenerate."""
-    half = size // 2
-    mask = torch.zeros(count, 1, size, size)
-    g = torch.Generator().manual_seed(seed)
-    if kind == "top":
-        mask[..., :half, :] = 1
-    elif kind == "left":
-        mask[..., :half] = 1
-    elif kind == "centre":
-        q = size // 4
-        mask[..., q : size - q, q : size - q] = 1
-    elif kind == "pixels":
-        mask = (torch.rand(count, 1, size, size, generator=g) < 0.5).float()
-    elif kind == "boxes":
-        for i in range(count):
-            for _ in range(3):
-                h, w = torch.randint(2, half + 1, (2,), generator=g).tolist()
-                y, x = (
-                    torch.randint(0, size - h + 1, (1,), generator=g).item(),
-                    torch.randint(0, size - w + 1, (1,), generator=g).item(),
-                )
-                mask[i, 0, y : y + h, x : x + w] = 1
-    else:
-        raise SystemExit(f"unknown mask {kind!r}; one of {', '.join(MASKS)}")
-    return mask
 
 
 def parse_method(spec: str) -> tuple[EditOptions, list[str], int, int]:
@@ -87,7 +60,7 @@ def parse_method(spec: str) -> tuple[EditOptions, list[str], int, int]:
         method = "replacement" if m[1] == "repaint" else "ddnm"
         options = EditOptions(method=method, repaint=(steps, jump, resample))
         return options, [], repaint_evaluations(steps, jump, resample), 0
-    m = re.fullmatch(r"(repl|ddnm|pigdm|mmps(\d+))-(\d+)", spec)
+    m = re.fullmatch(r"(repl|ddnm|pigdm|model|mmps(\d+))-(\d+)", spec)
     if not m:
         raise SystemExit(f"bad method {spec!r}; see the module docstring")
     steps = int(m[3])
@@ -95,7 +68,7 @@ def parse_method(spec: str) -> tuple[EditOptions, list[str], int, int]:
     if m[1].startswith("mmps"):
         k = int(m[2])
         return EditOptions(method="mmps", iterations=k), overrides, steps, steps * (k + 1)
-    method = {"repl": "replacement", "ddnm": "ddnm", "pigdm": "pigdm"}[m[1]]
+    method = {"repl": "replacement", "ddnm": "ddnm", "pigdm": "pigdm", "model": "model"}[m[1]]
     return EditOptions(method=method), overrides, steps, steps if method == "pigdm" else 0
 
 
@@ -134,7 +107,7 @@ def score(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path)
-    parser.add_argument("--masks", default=",".join(MASKS))
+    parser.add_argument("--masks", default=",".join(MASK_KINDS))
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("-n", type=int, default=360, help="test digits used (first n)")
     parser.add_argument("--batch-size", type=int, default=360)

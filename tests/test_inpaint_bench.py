@@ -17,17 +17,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import inpaint
 
 
-def test_masks_cover_what_they_say():
-    top, left, centre = (inpaint.make_mask(k, 1, 8) for k in ("top", "left", "centre"))
-    assert top[0, 0, :4].eq(1).all() and top[0, 0, 4:].eq(0).all()
-    assert left[0, 0, :, :4].eq(1).all() and left[0, 0, :, 4:].eq(0).all()
-    assert centre.sum() == 16 and centre[0, 0, 2:6, 2:6].eq(1).all()
-    pixels = inpaint.make_mask("pixels", 200, 8)
-    assert abs(float(pixels.mean()) - 0.5) < 0.02
-    boxes = inpaint.make_mask("boxes", 50, 8)
-    assert bool((boxes.flatten(1).sum(1) >= 4).all()) and float(boxes.mean()) < 0.5
-
-
 def test_nearest_paste_takes_the_nearest_training_image():
     train = torch.stack([torch.full((1, 2, 2), v) for v in (-1.0, 0.0, 1.0)])
     test = torch.tensor([[[[0.9, 0.1], [0.0, 0.0]]]])

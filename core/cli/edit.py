@@ -61,8 +61,9 @@ def register(sub: Subparsers) -> None:
     parser.add_argument(
         "--inpaint",
         metavar="METHOD",
-        help="how the kept pixels steer the rest: replacement, ddnm, pigdm or mmps (default: "
-        "the best measured, see docs/steering.md)",
+        help="how the kept pixels steer the rest: replacement, ddnm, pigdm, mmps, or model "
+        "(a run trained with [inpainting]; its default) (default: the best measured, see "
+        "docs/steering.md)",
     )
     parser.add_argument(
         "--cg-iterations",

@@ -225,9 +225,10 @@ def _check_backbone_fits_data(recipe: Recipe, model: nn.Module, data: Any) -> No
     """The backbone's channels and size must match the data's images."""
     c, h, w = data.image_shape
     cfg = recipe.backbone.config
-    expected_c = optional(cfg, BackboneConfig, "in_channels") or c
+    channels = 2 * c + 1 if recipe.inpainting.enabled else c  # [x_t, masked image, mask]
+    expected_c = optional(cfg, BackboneConfig, "in_channels") or channels
     expected_size = optional(cfg, BackboneConfig, "image_size") or h
-    if expected_c != c or expected_size != h or h != w:
+    if expected_c != channels or expected_size != h or h != w:
         where = f"{recipe.path}: " if recipe.path is not None else ""
         raise DataError(
             f"{where}the data gives {c}×{h}×{w} images but the backbone expects "

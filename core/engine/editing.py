@@ -31,14 +31,20 @@ import torch
 from denoisekit.denoiser import eval_mode
 from denoisekit.diffusion import q_sample, randn
 from denoisekit.engine.image_files import from_uint8
-from denoisekit.engine.inpainting import METHODS, inpainting_denoiser
+from denoisekit.engine.inpainting import (
+    METHODS,
+    TRAINED,
+    ConditionedModel,
+    inpainting_denoiser,
+)
 from denoisekit.engine.repaint import repaint
 from denoisekit.engine.sampling import image_generators
 from denoisekit.engine.steering import truncated
 from denoisekit.errors import DataError
 
 #: The inpainting method of ``denoisekit edit`` and its conjugate-gradient steps, chosen by
-#: measurement at <= 100 and <= 500 network passes (docs/steering.md).
+#: measurement at <= 100 and <= 500 network passes (docs/steering.md); a run trained with
+#: ``[inpainting]`` uses its own conditioning (``model``) instead.
 DEFAULT_METHOD = "mmps"
 DEFAULT_ITERATIONS = 2
 
@@ -53,22 +59,25 @@ class EditOptions:
         strength: img2img strength in [0, 1] (1 = start from pure noise).
         repaint: ``(steps, jump_length, resample)`` of RePaint's time-travel schedule, or
             None for the run's sampler.
-        method: how the known pixels steer the rest (:data:`METHODS`); with ``repaint``,
-            ``replacement`` is RePaint and ``ddnm`` is DDNM's time travel.
+        method: how the known pixels steer the rest (:data:`METHODS` or ``TRAINED``,
+            ``"model"``); with ``repaint``,
+            ``replacement`` is RePaint and ``ddnm`` is DDNM's time travel. None: ``model``
+            on a run trained with ``[inpainting]``, else :data:`DEFAULT_METHOD`.
         iterations: conjugate-gradient steps of ``mmps``.
     """
 
     strength: float = 1.0
     repaint: tuple[int, int, int] | None = None
-    method: str = DEFAULT_METHOD
+    method: str | None = None
     iterations: int = DEFAULT_ITERATIONS
 
     def __attrs_post_init__(self) -> None:
         check_strength(self.strength)
         if self.repaint is not None and min(self.repaint) < 1:
             raise DataError(f"--repaint {' '.join(map(str, self.repaint))}: all three must be >= 1")
-        if self.method not in METHODS:
-            raise DataError(f"--inpaint {self.method}: unknown method; one of {', '.join(METHODS)}")
+        if self.method is not None and self.method not in (*METHODS, TRAINED):
+            choices = ", ".join((*METHODS, TRAINED))
+            raise DataError(f"--inpaint {self.method}: unknown method; one of {choices}")
         if self.iterations < 1:
             raise DataError(f"--cg-iterations {self.iterations}: must be >= 1")
 
@@ -265,6 +274,9 @@ def edit_batch(
         x_start = x_T
     if mask is None:
         return sampler.sample(denoiser, x_start, generator=generator, cond=cond)
+    if options.method is None:  # an [inpainting] run's own conditioning, else the default
+        trained = isinstance(denoiser.model, ConditionedModel)
+        options = attrs.evolve(options, method=TRAINED if trained else DEFAULT_METHOD)
     if options.repaint is not None:
         steps, jump, resample = options.repaint
         replacing = options.method == "replacement"

@@ -33,15 +33,67 @@ corrected estimate. ``known`` is the input, ``mask`` is 1 where pixels are regen
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
+from torch import nn
 
 from denoisekit.diffusion import coefficient_at
+from denoisekit.engine.masks import conditioning
 from denoisekit.engine.steering import InpaintingDenoiser
+from denoisekit.errors import DataError
 
-#: The inpainting methods of ``denoisekit edit --inpaint``.
+#: The zero-shot inpainting methods of ``denoisekit edit --inpaint``, for any model.
 METHODS: tuple[str, ...] = ("replacement", "ddnm", "pigdm", "mmps")
+#: ``--inpaint model``: the conditioning of a model trained with ``[inpainting]``
+#: (:class:`ConditionedModel`).
+TRAINED = "model"
+
+
+class ConditionedModel(nn.Module):
+    """A backbone trained with ``[inpainting]`` as a plain one: ``forward(x_t, time, cond)``
+    calls it on ``[x_t, known * (1 - mask), mask]``. Without ``known`` the mask is
+    all-unknown (plain sampling). A batch that is a multiple of ``known``'s (guidance's
+    doubled batch) repeats the conditioning."""
+
+    def __init__(
+        self, model: nn.Module, known: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.time_input = getattr(model, "time_input", "timestep")
+        self.num_classes = getattr(model, "num_classes", None)
+        self.extra = None if known is None or mask is None else conditioning(known, mask)
+        self.blank: torch.Tensor | None = None
+
+    def forward(self, x_t: torch.Tensor, time: torch.Tensor, *cond: Any) -> torch.Tensor:
+        extra = self.extra
+        if extra is None:  # all-unknown, made once per batch shape
+            blank = self.blank
+            if blank is None or blank.shape[0] != x_t.shape[0] or blank.device != x_t.device:
+                ones = torch.ones_like(x_t[:, :1])
+                blank = self.blank = conditioning(torch.zeros_like(x_t), ones)
+            extra = blank
+        elif extra.shape[0] != x_t.shape[0]:
+            if x_t.shape[0] % extra.shape[0]:
+                raise ValueError(f"a batch of {x_t.shape[0]} for {extra.shape[0]} known images")
+            extra = extra.repeat(x_t.shape[0] // extra.shape[0], 1, 1, 1)
+        return self.model(torch.cat([x_t, extra.to(x_t.dtype)], dim=1), time, *cond)
+
+
+def conditioned(denoiser: Any, known: torch.Tensor, mask: torch.Tensor) -> Any:
+    """``denoiser`` (over a :class:`ConditionedModel`) conditioned on ``known`` and
+    ``mask`` instead; the known pixels are re-imposed by the edit."""
+    model = getattr(denoiser, "model", None)
+    if not isinstance(model, ConditionedModel):
+        raise DataError(
+            "--inpaint model needs a run trained with an [inpainting] table; on this run use "
+            "replacement, ddnm, pigdm or mmps"
+        )
+    clone = copy.copy(denoiser)
+    clone.model = ConditionedModel(model.model, known, mask)
+    return clone
 
 
 def _coefficients(denoiser: Any, x_t: torch.Tensor, t: torch.Tensor) -> tuple[Any, Any]:
@@ -163,6 +215,8 @@ def inpainting_denoiser(
     iterations: int = 2,
 ) -> InpaintingDenoiser:
     """The denoiser of ``method`` (one of :data:`METHODS`) over ``denoiser``."""
+    if method == TRAINED:
+        return conditioned(denoiser, known, mask)
     if method == "replacement":
         return InpaintingDenoiser(denoiser, known, mask, noise)
     if method == "ddnm":
@@ -170,4 +224,4 @@ def inpainting_denoiser(
     if method in ("pigdm", "mmps"):
         count = 0 if method == "pigdm" else iterations
         return PosteriorDenoiser(denoiser, known, mask, noise, iterations=count)
-    raise ValueError(f"unknown inpainting method {method!r}; one of {', '.join(METHODS)}")
+    raise ValueError(f"unknown inpainting method {method!r}; one of {', '.join(METHODS)}, model")

@@ -31,6 +31,7 @@ from denoisekit.denoiser import check_output_shape
 from denoisekit.diffusion import q_sample
 from denoisekit.engine import distributed
 from denoisekit.engine.checkpoint import load_checkpoint
+from denoisekit.engine.masks import conditioning, draw_masks
 from denoisekit.engine.run import Run, versions
 from denoisekit.engine.weights import init_from
 from denoisekit.files import write_bytes
@@ -125,6 +126,7 @@ def _loop(run: Run, cfg: Any) -> None:
     loss_sum = torch.zeros((), device=run.device)
     steps_since_log = 0
     shape_checked = False  # the backbone's output shape, on the first micro-batch only
+    inpainting = run.recipe.inpainting
     tick = time.perf_counter()
     while state.step < cfg.steps:
         run.optimizer.zero_grad(set_to_none=True)
@@ -143,17 +145,25 @@ def _loop(run: Run, cfg: Any) -> None:
             if cfg.label_dropout > 0 and run.num_classes:
                 u = torch.rand((n,), device=run.device, generator=state.generator)
                 dropped = u < cfg.label_dropout
+            mask = None  # [inpainting]: 1 where the model regenerates, 0 where it sees x0
+            if inpainting.enabled:
+                size = x0.shape[-1]
+                mask = draw_masks(
+                    inpainting.masks, n, size, state.generator, inpainting.p_all_unknown
+                ).to(x0.dtype)
             if world_size > 1:
                 mine = distributed.rank_slice(n, run.dist)
                 t, noise = t[mine], noise[mine]
                 dropped = dropped[mine] if dropped is not None else None
+                mask = mask[mine] if mask is not None else None
             with _no_sync_unless(run, micro == cfg.grad_accum - 1):
                 x_t = q_sample(run.schedule, x0, t, noise)
                 cond = labels if run.num_classes else None
                 if cond is not None and dropped is not None:
                     cond = cond.masked_fill(dropped, NULL_CLASS)
+                x_in = x_t if mask is None else torch.cat([x_t, conditioning(x0, mask)], dim=1)
                 output = hook.denoisekit_train_forward(
-                    run=run, x_t=x_t, t=run.denoiser.model_time(t), cond=cond
+                    run=run, x_t=x_in, t=run.denoiser.model_time(t), cond=cond
                 )
                 if not shape_checked:  # before the loss can broadcast it, or fail on it
                     check_output_shape(output, x_t, run.denoiser.name)

@@ -32,6 +32,7 @@ from denoisekit.diffusion import randn
 from denoisekit.engine import checkpoint, distributed, evaluation, sampling
 from denoisekit.engine.batches import BatchStream
 from denoisekit.engine.distributed import SINGLE, DistContext
+from denoisekit.engine.inpainting import ConditionedModel
 from denoisekit.engine.run_folder import RECIPE_FOLDER_KEY, recipe_folder_record
 from denoisekit.engine.steering import GuidedDenoiser
 from denoisekit.engine.weights_fit import load_fitting
@@ -149,7 +150,8 @@ class Run:
         if self.data is not None:
             return tuple(self.data.image_shape)  # type: ignore[return-value]
         cfg = self.recipe.backbone.config
-        return (cfg.in_channels, cfg.image_size, cfg.image_size)
+        channels = cfg.out_channels if self.recipe.inpainting.enabled else cfg.in_channels
+        return (channels, cfg.image_size, cfg.image_size)
 
     @property
     def num_classes(self) -> int | None:
@@ -178,6 +180,8 @@ class Run:
         """The denoiser over the sampling weights (EMA where the hook is on), with the
         recipe's classifier-free guidance."""
         model = self.pm.hook.denoisekit_sampling_model(run=self)
+        if self.recipe.inpainting.enabled:  # all-unknown until an edit conditions it
+            model = ConditionedModel(model)
         guidance = self.recipe.guidance
         if guidance.scale != 1 and self.num_classes:
             return GuidedDenoiser(

@@ -1,5 +1,6 @@
 """The recipe's core tables (not components): ``[train]``, the training loop's options,
-and ``[guidance]``, classifier-free guidance at sampling."""
+``[guidance]``, classifier-free guidance at sampling, and ``[inpainting]``, training a
+model conditioned on a masked image."""
 
 from __future__ import annotations
 
@@ -111,5 +112,48 @@ class GuidanceConfig:
     )
 
 
+#: The mask shapes of ``[inpainting] masks`` (drawn by :mod:`denoisekit.engine.masks`).
+MASK_KINDS: tuple[str, ...] = ("top", "left", "centre", "boxes", "pixels")
+
+
+def _mask_kinds(inst: Any, attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
+    unknown = [kind for kind in value if kind not in MASK_KINDS]
+    if unknown or len(set(value)) != len(value):
+        raise ValueError(
+            f"'masks' must name distinct mask shapes of {', '.join(MASK_KINDS)}: {list(value)}"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class InpaintingConfig:
+    """The ``[inpainting]`` table: train an inpainting model (Palette, Saharia et al. 2022;
+    Stable Diffusion's inpainting models). Each training image gets a mask drawn from the
+    run's generator (1 = regenerate) and the backbone sees ``[x_t, masked image, mask]``:
+    its ``in_channels`` must be ``2 C + 1`` and its ``out_channels`` ``C`` for ``C``-channel
+    images. ``denoisekit edit --mask`` then uses the model directly, and ``sample`` gives
+    it an all-unknown mask."""
+
+    masks: tuple[str, ...] = option(
+        (),
+        f"mask shapes drawn uniformly per image, of {', '.join(MASK_KINDS)} (empty: off)",
+        converter=tuple,
+        validator=_mask_kinds,
+    )
+    p_all_unknown: float = option(
+        0.1,
+        "probability that an image's mask regenerates every pixel (plain sampling)",
+        validator=unit_interval,
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the run trains an inpainting model."""
+        return bool(self.masks)
+
+
 #: The core tables, by recipe table name.
-CORE_TABLES: dict[str, type] = {"train": TrainConfig, "guidance": GuidanceConfig}
+CORE_TABLES: dict[str, type] = {
+    "train": TrainConfig,
+    "guidance": GuidanceConfig,
+    "inpainting": InpaintingConfig,
+}

@@ -21,7 +21,13 @@ import tomli_w
 from denoisekit.contracts import KIND_RECORDS
 from denoisekit.errors import DenoisekitError, RecipeError, RegistryError
 from denoisekit.host.convert import INT64_RANGE, converter, flatten_errors, structure_config
-from denoisekit.host.core_tables import CORE_TABLES, DEVICE_TYPES, GuidanceConfig, TrainConfig
+from denoisekit.host.core_tables import (
+    CORE_TABLES,
+    DEVICE_TYPES,
+    GuidanceConfig,
+    InpaintingConfig,
+    TrainConfig,
+)
 from denoisekit.host.recipe_checks import check_recipe
 from denoisekit.host.recipe_files import (
     Origins,
@@ -44,6 +50,7 @@ __all__ = [
     "TOP_KEYS",
     "ComponentChoice",
     "GuidanceConfig",
+    "InpaintingConfig",
     "Origins",
     "Recipe",
     "TrainConfig",
@@ -98,6 +105,7 @@ class Recipe:
     sampler: ComponentChoice
     train: TrainConfig = attrs.field(factory=TrainConfig)
     guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
+    inpainting: InpaintingConfig = attrs.field(factory=InpaintingConfig)
     hooks: dict[str, ComponentChoice] = attrs.field(factory=dict)
     metrics: dict[str, ComponentChoice] = attrs.field(factory=dict)
     #: The file the recipe was read from (not part of equality).

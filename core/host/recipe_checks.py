@@ -94,8 +94,12 @@ def _core_problems(recipe: Any, facts: Mapping[str, Mapping[str, Any]]) -> list[
         message = f"the data gives {c}×{h}×{w} images; backbones take square ones: resize them"
         return [*problems, ("data", message)]
     cfg = recipe.backbone.config
+    keys: tuple[tuple[str, int], ...] = (("in_channels", c), ("image_size", h))
+    if recipe.inpainting.enabled:
+        problems += _inpainting_problems(cfg, c)
+        keys = keys[1:]
     wanted = {k: optional(cfg, BackboneConfig, k) for k in ("in_channels", "image_size")}
-    for key, value in (("in_channels", c), ("image_size", h)):
+    for key, value in keys:
         if wanted[key] is not None and wanted[key] != value:
             expects = f"{wanted['in_channels'] or c}×{wanted['image_size'] or h}"
             message = (
@@ -103,6 +107,23 @@ def _core_problems(recipe: Any, facts: Mapping[str, Mapping[str, Any]]) -> list[
                 f"{wanted['image_size'] or h}; set backbone.{key} = {value} (or change the data)"
             )
             problems.append((f"backbone.{key}", message))
+    return problems
+
+
+def _inpainting_problems(cfg: Any, c: int) -> list[tuple[str, str]]:
+    """An inpainting model takes ``[x_t, masked image, mask]`` and predicts ``C`` channels."""
+    problems = []
+    for key, value in (("in_channels", 2 * c + 1), ("out_channels", c)):
+        got = getattr(cfg, key, None)
+        if got != value:
+            problems.append(
+                (
+                    f"backbone.{key}",
+                    f"{'unset' if got is None else got}, but [inpainting] on {c}-channel images "
+                    f"needs in_channels = {2 * c + 1} (noisy image, masked image, mask) and "
+                    f"out_channels = {c}: set backbone.{key} = {value}",
+                )
+            )
     return problems
 
 

@@ -322,7 +322,8 @@ def check_unet(config: UNetConfig, context: CheckContext) -> Iterator[Problem]:
     if found is not None:
         key, problem = found
         yield (key.split("[")[0], f"{problem}; lower {context.table}.{key}")
-    if config.out_channels not in (None, config.in_channels):
+    inpainting = context.recipe.inpainting.enabled  # the core checks its channels
+    if config.out_channels not in (None, config.in_channels) and not inpainting:
         yield (
             "out_channels",
             f"{config.out_channels} output channels for {config.in_channels} input channels: "
