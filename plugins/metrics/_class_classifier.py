@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,8 +26,11 @@ import attrs
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
+
+from denoisekit.files import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -214,18 +215,9 @@ def _load(path: Path, num_classes: int) -> Classifier | None:
 
 
 def _save(path: Path, model: Classifier) -> None:
-    """Write the weights (and test accuracy) to a temporary file beside ``path``, then
-    rename it into place (a reader never sees a torn file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    """Write the weights (and test accuracy) atomically (a reader never sees a torn file)."""
     meta = {"version": str(VERSION), "test_accuracy": repr(model.test_accuracy)}
-    try:
-        save_file(model.state_dict(), temp, metadata=meta)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_bytes(path, safetensors_bytes(model.state_dict(), metadata=meta))
 
 
 def dataset_tensors(data: Any, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
