@@ -149,9 +149,6 @@ def test_the_registry_refuses_an_encode_that_takes_the_images_by_name_only():
             spec = ComponentSpec(kind="autoencoder", name="kw", config=KLConfig, build=KeywordOnly)
             return [spec]
 
-    with pytest.raises(
-        RegistryError,
-        match=r"KeywordOnly\.encode\(\*, x\) does not match the "
-        r"contract's encode\(x, /\).*new in 0\.2\.0: see docs/latent\.md",
-    ):
+    with pytest.raises(RegistryError, match=r"KeywordOnly\.encode\(\*, x\) does not match the "
+                       r"contract's encode\(x, /\).*new in 0\.2\.0: see docs/latent\.md"):
         load_registry(plugins=[Plugin()], builtins=False, autoload=False)
