@@ -227,3 +227,30 @@ def test_recipe_check_opens_nothing_remote(packed, server, capsys) -> None:
     recipe = write_recipe(packed, table, "remote-check")
     assert main(["recipe", "check", str(recipe)]) == 0
     assert sum(server.gets.values()) == 0
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_resume_a_one_process_run_on_url_shards(packed, server, tmp_path):
+    """The whole path: 2 ranks × 2 workers under torchrun, ``order = "shards"``, the shards
+    at a URL through one cache, resuming a one-process run's checkpoint."""
+    from tests.test_distributed import _assert_close, _state, torchrun
+
+    index = f"{server.url}/shards/shardindex.json"
+    table = SHARDS_TABLE.replace('"shards/shardindex.json"', f'"{index}"') + (
+        f'\nhflip = 0.0\norder = "shards"\nspans = 2\nwindow = 2\ncache_dir = "{tmp_path / "c"}"'
+    )
+    recipe = write_recipe(packed, table, "dist-remote")
+    extra = ["--set", "train.num_workers=2", "--set", "hooks.checkpoint.every=2"]
+    single = tmp_path / "single"
+    assert main(["train", str(recipe), "--out", str(single), *extra]) == 0
+    two = tmp_path / "two"
+    result = torchrun("train", str(recipe), "--out", str(two), *extra, "--resume",
+                      str(single / "checkpoints" / "step-00000002.pt"), cwd=packed)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    one, resumed = (
+        _state(single / "checkpoints" / "last.pt"),
+        _state(two / "checkpoints" / "last.pt"),
+    )
+    assert one["step"] == resumed["step"] == 4 and one["data"] == resumed["data"]
+    _assert_close(one["model"], resumed["model"])
+    assert max(n for path, n in server.gets.items() if path.endswith(".tar")) == 1
