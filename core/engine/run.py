@@ -181,7 +181,7 @@ class Run:
         recipe's classifier-free guidance."""
         model = self.pm.hook.denoisekit_sampling_model(run=self)
         if self.recipe.inpainting.enabled:  # all-unknown until an edit conditions it
-            model = ConditionedModel(model)
+            model = ConditionedModel(model, scale=self.recipe.inpainting.guidance)
         guidance = self.recipe.guidance
         if guidance.scale != 1 and self.num_classes:
             return GuidedDenoiser(
