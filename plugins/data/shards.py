@@ -21,10 +21,11 @@ The engine's data order then applies: a seeded order per epoch, each rank taking
 of every global batch and each DataLoader worker whole batches, the position ``(epoch,
 batch)`` in every checkpoint (exact resume, on any number of ranks). ``order = "random"``
 is the engine's permutation of all samples; ``order = "shards"`` (:meth:`epoch_order`) a
-permutation of the shards cut into ``spans`` (ranks take whole spans) and shuffled within
-windows of ``window`` shards, so each rank reads its own share of the shards (see
-``_shard_order``). Each worker keeps up to ``open_shards`` shards open (least recently used
-closed first).
+permutation of the shards cut into ``spans`` (ranks take whole spans), each span into
+``worker_spans`` sub-spans (consecutive batches draw from different ones, so a rank's workers
+take different sub-spans), shuffled within windows of ``window`` shards: each rank and each
+worker reads its own share of the shards (see ``_shard_order``). Each worker keeps up to
+``open_shards`` shards open (least recently used closed first).
 
 Images go through Pillow: converted to ``mode``, resized to ``image_size`` (antialiased
 bicubic; center crop or stretch), flipped left-right with probability ``hflip`` when
@@ -51,6 +52,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +141,13 @@ class ShardsConfig:
         'order = "shards": samples are shuffled within windows of this many shards',
         validator=int_at_least(1),
     )
+    worker_spans: int = option(
+        4,
+        'order = "shards": sub-spans of each span, batch b drawing from sub-span b mod '
+        "worker_spans; a rank's DataLoader workers read disjoint ones when their number "
+        "divides it",
+        validator=int_at_least(1),
+    )
 
 
 def image_shape(config: ShardsConfig) -> tuple[int, int, int]:
@@ -176,9 +185,9 @@ class ShardDataset(torch.utils.data.Dataset):
         self.image_shape: tuple[int, int, int] = image_shape(config)
         self.hflip = config.hflip if train else 0.0
         self.skipped_members: list[str] = []
-        self._bad_shards: set[int] = set()
-        self._bad: set[int] = set()
+        self._bad_shards, self._bad = set[int](), set[int]()
         self._open: Any = None  # this process's LRU of open shards, made on first use
+        self._orders = 0  # epoch orders drawn in this process (or its parent, in a worker)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -198,8 +207,14 @@ class ShardDataset(torch.utils.data.Dataset):
         ``"random"``: None (the engine's random permutation)."""
         if self.config.order == "random":
             return None
+        self._orders += 1
         return shard_order(
-            self.counts, generator, batch_size, spans=self.config.spans, window=self.config.window
+            self.counts,
+            generator,
+            batch_size,
+            spans=self.config.spans,
+            window=self.config.window,
+            worker_spans=self.config.worker_spans,
         )
 
     def locate(self, index: int) -> tuple[int, int]:
@@ -212,6 +227,7 @@ class ShardDataset(torch.utils.data.Dataset):
             from wids.wids_lru import LRUCache
 
             self._open = LRUCache(self.config.open_shards, release_handler=_close)
+            self._check_workers()
         shard = self._open[k]
         if shard is None:
             shard = open_location(
@@ -219,6 +235,19 @@ class ShardDataset(torch.utils.data.Dataset):
             )
             self._open[k] = shard
         return shard
+
+    def _check_workers(self) -> None:
+        """Warn (worker 0 of rank 0, first epoch) when the workers do not divide worker_spans."""
+        info = torch.utils.data.get_worker_info()
+        if self.config.order != "shards" or info is None or self._orders != 1 or info.id:
+            return
+        if os.environ.get("RANK", "0") == "0" and self.config.worker_spans % info.num_workers:
+            logger.warning(
+                "shards: %d DataLoader workers do not divide data.worker_spans = %d: each "
+                "worker reads more than its share of its rank's shards (still every sample "
+                "once); set data.worker_spans to a multiple of the workers",
+                *(info.num_workers, self.config.worker_spans),
+            )
 
     def members(self, index: int) -> dict[str, Any]:
         """The raw members of sample ``index`` (``{".png": BytesIO, ..., "__key__": key}``)."""
@@ -321,9 +350,18 @@ def build_shards(
         indexed = False
     if sum(counts) == 0:
         raise DataError(f"shards: the shards of data.shards = {config.shards!r} hold no samples")
-    # At once a worker reads from every shard (random order), or from up to two windows of
-    # each of its spans (all spans on one rank).
-    needed = len(paths) if config.order == "random" else 2 * config.window * config.spans
+    # A worker reads from every shard (random order), or in turn from up to two windows of
+    # each of its sub-spans (with one worker, all sub-spans of its rank's spans).
+    ranks = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    spans = -(-config.spans // ranks) * config.worker_spans
+    needed = len(paths) if config.order == "random" else 2 * config.window * spans
+    if config.order == "shards" and config.spans % ranks and os.environ.get("RANK", "0") == "0":
+        logger.warning(
+            "shards: %d ranks do not divide data.spans = %d: ranks share spans and read more "
+            "than their share of the shards (still every sample once); set data.spans to a "
+            "multiple of the ranks",
+            *(ranks, config.spans),
+        )
     if min(needed, len(paths)) > config.open_shards:
         logger.warning(
             "shards: %d shards, but each DataLoader worker keeps data.open_shards = %d open: "

@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from denoisekit.engine.batches import BatchStream
-from denoisekit.plugins.data._shard_order import shard_order, shards_read, span_lengths
+from denoisekit.plugins.data._shard_order import (
+    part_lengths,
+    shard_order,
+    shards_read,
+    span_lengths,
+)
 from denoisekit.plugins.data.image_folder import build_image_folder
 from denoisekit.plugins.data.shards import build_shards
 from tests.plugins.test_data_shards import folder_config, number, pack, shard_config
@@ -39,22 +44,105 @@ def shard_of_image(data) -> dict[int, int]:
     return {number(data[i][0][None])[0]: data.locate(i)[0] for i in range(len(data))}
 
 
+@pytest.mark.parametrize("groups", [1, 3, 4])
 @pytest.mark.parametrize(
     ("counts", "batch_size", "spans", "window"),
     [([3] * 31 + [2], 8, 8, 4), ([5, 0, 7, 1, 9], 4, 3, 2), ([10], 6, 8, 1), ([2, 2], 5, 2, 9)],
 )
-def test_the_order_is_a_seeded_permutation(counts, batch_size, spans, window) -> None:
+def test_the_order_is_a_seeded_permutation(counts, batch_size, spans, window, groups) -> None:
     n = sum(counts)
     orders = [
         shard_order(
-            counts, torch.Generator().manual_seed(s), batch_size, spans=spans, window=window
+            counts,
+            torch.Generator().manual_seed(s),
+            batch_size,
+            spans=spans,
+            window=window,
+            worker_spans=groups,
         )
         for s in (0, 0, 1)
     ]
     assert sorted(orders[0]) == list(range(n))
     assert orders[0] == orders[1]
-    assert orders[0] != orders[2] or n < 3
-    assert sum(span_lengths(n, batch_size, min(spans, batch_size, n))) == n
+    # (one shard, one full batch over 6 spans in 3+ sub-spans: no two samples share a window)
+    assert orders[0] != orders[2] or n < 3 or (counts == [10] and groups > 1)
+    spans = min(spans, batch_size, n)
+    assert sum(span_lengths(n, batch_size, spans)) == n
+    parts = part_lengths(n, batch_size, spans, groups)  # each span: its sub-spans and tail
+    assert [sum(parts[j : j + groups + 1]) for j in range(0, len(parts), groups + 1)] == (
+        span_lengths(n, batch_size, spans)
+    )
+
+
+def test_consecutive_batches_draw_from_the_sub_spans_in_turn() -> None:
+    # 4 spans of 130 samples (13 shards of 10), 4 sub-spans each (33, 33, 32, 32 samples:
+    # batches 0-32 by b mod 4), a tail of 2 (the partial batch of 8 samples).
+    counts, batch_size = [10] * 52, 16
+    ends = torch.tensor(counts).cumsum(0).tolist()
+    order = shard_order(counts, torch.Generator().manual_seed(2), 16, spans=4, window=1,
+                        worker_spans=4)  # fmt: skip
+    full = len(order) // batch_size
+    assert full == 32
+    for j in range(4):
+        span = {i for b in range(full) for i in order[b * 16 + 4 * j : b * 16 + 4 * j + 4]}
+        subs = [
+            {i for b in range(g, full, 4) for i in order[b * 16 + 4 * j : b * 16 + 4 * j + 4]}
+            for g in range(4)
+        ]
+        assert [len(s) for s in subs] == [32] * 4 and set().union(*subs) == span
+        # each sub-span: a contiguous stretch of 32 samples of the permutation, 4 or 5 shards
+        assert all(len(shards_read(sorted(s), ends)) <= 5 for s in subs)
+        assert len(shards_read(sorted(span), ends)) <= 14
+
+
+class Numbered(torch.utils.data.Dataset):
+    """Sample ``i`` is ``(i, the DataLoader worker reading it)``, in the shard-aware order of
+    ``counts`` samples per shard."""
+
+    def __init__(self, counts: list[int], groups: int) -> None:
+        self.counts, self.groups = counts, groups
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        info = torch.utils.data.get_worker_info()
+        return torch.tensor([float(i)]), info.id if info else -1
+
+    def epoch_order(self, generator: torch.Generator, batch_size: int) -> list[int]:
+        return shard_order(self.counts, generator, batch_size, spans=8, window=2,
+                           worker_spans=self.groups)  # fmt: skip
+
+
+@pytest.mark.parametrize(("groups", "bound"), [(4, 16 + 8), (1, 64)])
+def test_each_worker_of_2_ranks_x_2_workers_reads_a_quarter_of_the_shards(groups, bound) -> None:
+    # 64 shards of 10 samples, 2 ranks x 2 workers: with worker_spans = 4 each worker reads
+    # 2 sub-spans of each of its rank's 4 spans, 1/4 of the samples, 16 shards (plus up to 8
+    # split at sub-span cuts); with one sub-span per span (the former order) it reads all of
+    # its rank's 32 (plus those split at span cuts).
+    counts = [10] * 64
+    ends = torch.tensor(counts).cumsum(0).tolist()
+    data = Numbered(counts, groups)
+    streams = [
+        BatchStream(data, batch_size=16, seed=1, device=CPU, rank=r, world_size=2, num_workers=2)
+        for r in range(2)
+    ]
+    touched: dict[tuple[int, int], set[int]] = {}
+    seen = []
+    for _ in range(40):  # one epoch (640 / 16 batches)
+        for r, s in enumerate(streams):
+            images, workers = next(s)
+            samples = images.flatten().long().tolist()
+            seen += samples
+            for i, w in zip(samples, workers.tolist(), strict=True):
+                touched.setdefault((r, w), set()).update(shards_read([i], ends))
+    assert sorted(seen) == list(range(640))
+    assert sorted(touched) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    sizes = [len(t) for t in touched.values()]
+    if groups > 1:
+        assert max(sizes) <= bound
+    else:  # the former order: every worker reads (nearly) all of its rank's shards
+        assert min(sizes) >= 32
 
 
 def test_each_span_of_a_batch_reads_within_a_window_of_shards() -> None:
@@ -132,6 +220,14 @@ def test_resume_mid_epoch_on_another_world_size_is_exact(many) -> None:
             parts = [next(r) for r in ranks]
             assert torch.equal(torch.cat([p[0] for p in parts]), images)
             assert torch.equal(torch.cat([p[1] for p in parts]), labels)
+
+
+def test_batches_are_the_same_with_0_or_2_workers(many) -> None:
+    data = build_shards(shard_config(order="shards", spans=4, worker_spans=3), root=many)
+    plain, workers = stream(data), stream(data, num_workers=2)
+    for _ in range(25):  # two epochs and more
+        a, b = next(plain), next(workers)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 def test_random_order_leaves_the_engine_order_unchanged(many) -> None:
