@@ -230,6 +230,30 @@ def test_batches_are_the_same_with_0_or_2_workers(many) -> None:
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
+def test_warns_when_ranks_or_workers_do_not_divide_the_spans(many, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    config = shard_config(order="shards", spans=8, worker_spans=4)
+    with caplog.at_level("WARNING"):
+        build_shards(config, root=many)
+    assert ["3 ranks do not divide data.spans = 8" in r.message for r in caplog.records] == [True]
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        build_shards(config, root=many)
+    assert not caplog.records
+    for workers, warned in ((3, True), (2, False)):
+        info = type("Info", (), {"id": 0, "num_workers": workers})
+        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda info=info: info)
+        data = build_shards(config, root=many)
+        data.epoch_order(torch.Generator(), 8)  # the first epoch's order, drawn before workers
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            data[0]
+        assert any("workers do not divide data.worker_spans" in r.message
+                   for r in caplog.records) is warned  # fmt: skip
+
+
 def test_random_order_leaves_the_engine_order_unchanged(many) -> None:
     data = build_shards(shard_config(), root=many, train=True)
     assert data.epoch_order(torch.Generator(), 8) is None
