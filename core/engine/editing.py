@@ -290,19 +290,21 @@ def edit_batch(
         return sampler.sample(denoiser, x_start, generator=generator, cond=cond)
     if options.method is None:
         options = attrs.evolve(options, method=default_method(denoiser, options))
+    # RePaint with replacement re-imposes the known pixels itself; every other method
+    # steers through the denoiser wrapper.
+    replacing = options.repaint is not None and options.method == "replacement"
+    if not replacing:
+        denoiser = inpainting_denoiser(
+            options.method,
+            denoiser,
+            images,
+            mask,
+            x_T,
+            iterations=options.iterations,
+            scale=options.scale,
+        )
     if options.repaint is not None:
         steps, jump, resample = options.repaint
-        replacing = options.method == "replacement"
-        if not replacing:
-            denoiser = inpainting_denoiser(
-                options.method,
-                denoiser,
-                images,
-                mask,
-                x_T,
-                iterations=options.iterations,
-                scale=options.scale,
-            )
         out = repaint(
             denoiser,
             x_start,
@@ -316,15 +318,6 @@ def edit_batch(
             replace_known=replacing,
         )
     else:
-        denoiser = inpainting_denoiser(
-            options.method,
-            denoiser,
-            images,
-            mask,
-            x_T,
-            iterations=options.iterations,
-            scale=options.scale,
-        )
         out = sampler.sample(denoiser, x_start, generator=generator, cond=cond)
     return torch.lerp(images.to(out.dtype), out, mask.to(out.dtype))
 

@@ -95,9 +95,10 @@ class Classifier(nn.Module):
 
 @torch.no_grad()
 def classify(
-    model: Classifier, images: torch.Tensor, batch_size: int = 500
+    model: nn.Module, images: torch.Tensor, batch_size: int = 500
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax probabilities ``(N, K)`` and features ``(N, 128)`` of [-1, 1] images (CPU)."""
+    """Softmax probabilities ``(N, K)`` and penultimate features of [-1, 1] images (CPU),
+    for any classifier with ``features`` and ``head`` (this one, the digits')."""
     probs, feats = [], []
     for start in range(0, images.shape[0], batch_size):
         f = model.features(images[start : start + batch_size].cpu())

@@ -37,6 +37,7 @@ from torch import nn
 import denoisekit
 from denoisekit.contracts import MetricContext
 from denoisekit.errors import DenoisekitError
+from denoisekit.plugins.metrics._class_classifier import classify as classify_batches
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +260,6 @@ def classifier_for(context: MetricContext, size: int = SIZE) -> DigitsClassifier
     return load_or_train(context.cache_dir, training_data, size=int(size))
 
 
-@torch.no_grad()
 def classify(
     model: DigitsClassifier, images: torch.Tensor, batch_size: int = 1000
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,9 +267,4 @@ def classify(
 
     Column 10 is the probability of "not a digit".
     """
-    probs, feats = [], []
-    for start in range(0, images.shape[0], batch_size):
-        f = model.features(images[start : start + batch_size].cpu())
-        feats.append(f)
-        probs.append(model.head(f).softmax(dim=1))
-    return torch.cat(probs), torch.cat(feats)
+    return classify_batches(model, images, batch_size)
