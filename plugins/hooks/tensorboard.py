@@ -121,7 +121,7 @@ class TensorBoardHook:
     @hookimpl
     def denoisekit_configure(self, run: Run) -> None:
         self.log_dir = run.paths.tensorboard
-        self._reconstructions = run.sampler is None  # an autoencoder run (docs/latent.md)
+        self._reconstructions = run.schedule is None  # an autoencoder run (docs/latent.md)
         if run.schedule is None:
             return
         self._num_timesteps = int(run.schedule.num_timesteps)
