@@ -110,3 +110,31 @@ def test_fashion_recipes_run_on_generated_idx_files(tmp_path, name):
     assert run.step == 2
     records = (tmp_path / "run" / "metrics.jsonl").read_text()
     assert '"eval/class_fd"' in records and '"eval/memorised"' in records
+
+
+def test_fashion_ae_recipe_runs_on_generated_idx_files(tmp_path):
+    """The autoencoder recipe (stage 1 of latent diffusion, docs/latent.md) a few steps on
+    generated idx files: its discriminator on from step 1, calibration at the end."""
+    fake_idx(tmp_path / "fashion", gz=True, n_train=8, n_test=6)
+    recipe = load_recipe(
+        Path(__file__).parents[1] / "recipes" / "fashion-ae.toml",
+        [
+            "train.steps=2",
+            "train.batch_size=2",
+            "train.log_every=1",
+            "hooks.checkpoint.every=2",
+            "hooks.preview.every=2",
+            "hooks.preview.num_images=2",
+            "autoencoder_training.disc_start=1",
+            "autoencoder_training.calibration_images=4",
+            "lr_schedule.warmup_steps=1",
+            f"data.root='{tmp_path / 'fashion'}'",
+        ],
+    )
+    assert recipe.trains_autoencoder
+    run = train(build_run(recipe, out_dir=tmp_path / "run"))
+    assert run.step == 2
+    assert run.model.latent_shape((1, 28, 28)) == (4, 7, 7)  # 4× smaller per side
+    records = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert '"disc_loss"' in records and '"latent_scale/3"' in records
+    assert (tmp_path / "run" / "samples" / "step-00000002.png").is_file()

@@ -78,6 +78,8 @@ def _core_problems(recipe: Any, facts: Mapping[str, Mapping[str, Any]]) -> list[
         )
         problems.append(("train.batch_size", message))
     problems += _init_from_problems(recipe)
+    if recipe.trains_autoencoder:
+        return problems + _autoencoder_problems(recipe, data.get("image_shape"))
     problems += _memory_problems(recipe, facts.get("backbone", {}))
     if recipe.autoencoder is not None:  # issue 22: the contract and components come first
         message = (
@@ -107,6 +109,43 @@ def _core_problems(recipe: Any, facts: Mapping[str, Mapping[str, Any]]) -> list[
                 f"{wanted['image_size'] or h}; set backbone.{key} = {value} (or change the data)"
             )
             problems.append((f"backbone.{key}", message))
+    return problems
+
+
+def _autoencoder_problems(recipe: Any, shape: Any) -> list[tuple[str, str]]:
+    """An autoencoder recipe: no labels, no sampling metrics, a discriminator that trains
+    and that the images are large enough for."""
+    problems = []
+    if recipe.train.label_dropout > 0:
+        problems.append(("train.label_dropout", "an autoencoder recipe uses no labels: set 0"))
+    for name in recipe.metrics:
+        problems.append(
+            (
+                f"metrics.{name}",
+                "an autoencoder run draws no samples to measure: remove the table "
+                "(benchmarks/autoencoder_quality.py measures reconstructions)",
+            )
+        )
+    cfg = recipe.autoencoder_training
+    if not cfg.discriminator:
+        return problems
+    if cfg.disc_start >= recipe.train.steps:
+        problems.append(
+            (
+                "autoencoder_training.disc_start",
+                f"{cfg.disc_start} is not below train.steps = {recipe.train.steps}: the "
+                "discriminator would never train; lower it, or set discriminator = false",
+            )
+        )
+    side = min(shape[1:]) if shape is not None else None
+    if side is not None and side // 2**cfg.disc_layers - 2 < 1:  # the PatchGAN's output side
+        problems.append(
+            (
+                "autoencoder_training.disc_layers",
+                f"{cfg.disc_layers} stride-2 layers leave no patch of the data's {side}×{side} "
+                f"images (needs sides of at least {3 * 2**cfg.disc_layers}): use fewer",
+            )
+        )
     return problems
 
 
