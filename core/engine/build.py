@@ -16,11 +16,12 @@ from torch import nn
 
 from denoisekit import hookimpl, hookspecs
 from denoisekit.contracts import BackboneConfig, Hook, optional
-from denoisekit.denoiser import Denoiser
+from denoisekit.denoiser import PIXEL_RANGE, Denoiser
 from denoisekit.engine import distributed
 from denoisekit.engine.batches import BatchStream
 from denoisekit.engine.components import load_components
 from denoisekit.engine.distributed import DistContext
+from denoisekit.engine.latent_space import open_latent_space
 from denoisekit.engine.run import Run, TrainingState
 from denoisekit.engine.run_folder import MetricsFile, StoredRun, open_run
 from denoisekit.errors import ComponentError, DataError
@@ -126,19 +127,27 @@ def build_run(
         choice = recipe.component(kind)
         return registry.build(kind, choice.type, choice.config, **context)
 
-    data = build("data", root=recipe.root, train=True) if with_data else None
+    latent = None
+    if recipe.latent is not None:  # the frozen autoencoder; batches: its cached posteriors
+        with torch.random.fork_rng(devices=[]):  # the weights' init: as if cached before
+            latent, data, batch_source = open_latent_space(
+                recipe, registry, device, with_data=with_data
+            )
+    else:
+        data = build("data", root=recipe.root, train=True) if with_data else None
+        batch_source = data
     schedule = build("schedule")
     model = build("backbone").to(device)
-    if data is not None:
+    if data is not None and latent is None:
         _check_backbone_fits_data(recipe, model, data)
     loss = build("loss", schedule=schedule)
     optimizer = build("optimizer", params=model.parameters(), device=device)
     lr_schedule = build("lr_schedule", optimizer=optimizer, total_steps=train_cfg.steps)
     sampler = build("sampler")
     batches = None
-    if data is not None:
+    if batch_source is not None:
         batches = BatchStream(
-            data,
+            batch_source,
             batch_size=train_cfg.batch_size // train_cfg.grad_accum,
             seed=recipe.seed,
             device=device,
@@ -184,12 +193,17 @@ def build_run(
         lr_schedule=lr_schedule,
         sampler=sampler,
         denoiser=Denoiser(
-            model, schedule, loss.prediction_type, name=_backbone_label(recipe, registry, model)
+            model,
+            schedule,
+            loss.prediction_type,
+            name=_backbone_label(recipe, registry, model),
+            data_range=None if latent is not None else PIXEL_RANGE,
         ),
         batches=batches,
         hooks=types.MappingProxyType(hooks),
         state=TrainingState(train_model=model, generator=generator),
         dist=dist,
+        latent=latent,
     )
     pm.hook.denoisekit_configure.call_historic(kwargs={"run": run})
     train_model = pm.hook.denoisekit_train_model(run=run, model=model)

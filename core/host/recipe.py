@@ -26,6 +26,7 @@ from denoisekit.host.core_tables import (
     DEVICE_TYPES,
     GuidanceConfig,
     InpaintingConfig,
+    LatentConfig,
     TrainConfig,
 )
 from denoisekit.host.recipe_checks import check_recipe
@@ -51,6 +52,7 @@ __all__ = [
     "ComponentChoice",
     "GuidanceConfig",
     "InpaintingConfig",
+    "LatentConfig",
     "Origins",
     "Recipe",
     "TrainConfig",
@@ -106,6 +108,7 @@ class Recipe:
     train: TrainConfig = attrs.field(factory=TrainConfig)
     guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
     inpainting: InpaintingConfig = attrs.field(factory=InpaintingConfig)
+    latent: LatentConfig | None = None  # None: pixel space
     hooks: dict[str, ComponentChoice] = attrs.field(factory=dict)
     metrics: dict[str, ComponentChoice] = attrs.field(factory=dict)
     #: The file the recipe was read from (not part of equality).
@@ -138,7 +141,8 @@ class Recipe:
             if getattr(self, kind) is not None:
                 out[kind] = _choice_to_dict(getattr(self, kind))
         for table in CORE_TABLES:
-            out[table] = _drop_none(converter.unstructure(getattr(self, table)))
+            if getattr(self, table) is not None:  # an optional table left out stays out
+                out[table] = _drop_none(converter.unstructure(getattr(self, table)))
         for table in MULTI_KINDS:
             choices = getattr(self, table)
             out[table] = {name: _choice_to_dict(c) for name, c in choices.items()}
