@@ -43,8 +43,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("class_fd", "class_coverage", "class_tv", "memorised", "nn_ratio")
 CONTENDERS = ("denoisekit", "naive", "diffusers")
-#: Hook tables a timed run keeps (the others write files or evaluate: not training).
-KEPT_HOOKS = ("ema", "amp")
+#: Hook tables a timed run keeps (the others write files or evaluate: not training). The
+#: checkpoint hook writes once, at the end (its ``every`` is set past the last step), so the
+#: trained run can be sampled, edited and evaluated afterwards.
+KEPT_HOOKS = ("ema", "amp", "checkpoint")
 
 
 # --------------------------------------------------------------------------- recipes
@@ -81,6 +83,8 @@ def build_recipe(data: dict[str, Any], steps: int) -> Any:
     from denoisekit.host.registry import load_registry
 
     data = {**data, "train": {**data["train"], "steps": steps}}
+    if "checkpoint" in data.get("hooks", {}):
+        data["hooks"] = {**data["hooks"], "checkpoint": {"every": steps + 1, "keep": 1}}
     if data["lr_schedule"].get("warmup_steps", 0) >= steps:
         data["lr_schedule"] = {**data["lr_schedule"], "warmup_steps": max(0, steps // 10)}
     registry = load_registry(plugins=[])
@@ -229,6 +233,14 @@ def run_diffusers(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- scoring
 
 
+def save_samples(images: torch.Tensor, path: Path) -> None:
+    """The contender's samples as 8-bit images (``eval samples.npz --reference ...`` reads it)."""
+    from denoisekit.engine.sampling import save_npz
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_npz(path, images)
+
+
 def score(images: torch.Tensor, args: argparse.Namespace) -> dict[str, float]:
     """``class-quality`` of ``images`` against the held-out split (the fashion recipe's)."""
     from denoisekit.contracts import SampleSet
@@ -288,7 +300,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
                 row = run_diffusers(run_args, out)
             else:
                 row = run_denoisekit(name, run_args, out)
-            row.update(score(row.pop("images"), args))
+            images = row.pop("images")
+            save_samples(images, out / "samples.npz")
+            row.update(score(images, args))
             rows[key] = row
             brief = {k: row[k] for k in ("steps", "train_seconds", *KEYS)}
             print(f"{key}: {json.dumps(brief)}", flush=True)

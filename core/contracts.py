@@ -245,7 +245,11 @@ class SamplerLike(Protocol):
 
 class DataLike(Protocol):
     """A map-style dataset of ``(image, label)`` pairs, images C×H×W in [-1, 1]; ``label`` is
-    an int (:data:`NULL_CLASS` where the data has none, and ``num_classes`` is ``None``)."""
+    an int (:data:`NULL_CLASS` where the data has none, and ``num_classes`` is ``None``).
+
+    Optional: ``epoch_order(generator, batch_size) -> list[int] | None``, an epoch's order (a
+    permutation of the indices, drawn from ``generator`` alone, the same at any world size;
+    None, drawing nothing: the engine's random order), e.g. to read storage in locality."""
 
     num_classes: int | None
     image_shape: tuple[int, int, int]

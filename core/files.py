@@ -40,8 +40,20 @@ RUN_OUTPUTS: tuple[str, ...] = tuple(
     ["recipe.toml", "versions.json", "metrics.jsonl", "checkpoints", "tensorboard", "samples"]
 )
 
+#: Environment variable naming the cache folder (see :func:`default_cache_dir`).
+CACHE_ENV = "DENOISEKIT_CACHE"
+
 _UMASK = os.umask(0)  # read the process umask once (setting it is the only way to read it)
 os.umask(_UMASK)
+
+
+def default_cache_dir() -> Path:
+    """``$DENOISEKIT_CACHE``, else ``$XDG_CACHE_HOME/denoisekit``, else ``~/.cache/denoisekit``:
+    what is kept between runs (reference statistics, classifiers, downloaded shards)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "denoisekit"
 
 
 def temporary_prefix(path: Path | str) -> str:

@@ -152,10 +152,12 @@ def denoisekit_train_forward(
 ) -> torch.Tensor | None:
     """Compute the backbone output for one micro-batch; wrappers fit a context around it.
 
-    :param x_t: the noised batch.
+    :param x_t: the noised batch; on a run with ``[inpainting]``, the backbone's input of
+        ``2 C + 1`` channels: ``[x_t, masked image (0 where regenerated), mask (1 =
+        regenerate)]``, while the loss still targets the ``C``-channel image.
     :param t: the model's time input, a float tensor of shape ``(B,)``.
     :param cond: class labels or ``None``.
-    :returns: the model output.
+    :returns: the model output (``C`` channels).
 
     Example::
 

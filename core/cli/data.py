@@ -37,6 +37,14 @@ def register(sub: Subparsers) -> None:
         "--workers", type=int, default=0, metavar="N", help="DataLoader workers reading the data"
     )
     pack.add_argument(
+        "--shuffle",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="write the samples in a permutation seeded by SEED (else in the data's order); "
+        'mixes each shard, for data.order = "shards"',
+    )
+    pack.add_argument(
         "--overwrite", action="store_true", help="replace the shards of an earlier pack in --out"
     )
     add_set_arg(pack, "override a recipe key (VALUE in TOML syntax), e.g. --set data.image_size=32")
@@ -58,6 +66,7 @@ def pack_command(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         overwrite=args.overwrite,
         num_workers=args.workers,
+        shuffle=args.shuffle,
     )
     c, size, _ = result.image_shape
     print(

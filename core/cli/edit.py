@@ -61,9 +61,18 @@ def register(sub: Subparsers) -> None:
     parser.add_argument(
         "--inpaint",
         metavar="METHOD",
-        help="how the kept pixels steer the rest: replacement, ddnm, pigdm, mmps, or model "
-        "(a run trained with [inpainting]; its default) (default: the best measured, see "
-        "docs/steering.md)",
+        help="how the kept pixels steer the rest: replacement, ddnm, pigdm, mmps, dps, or "
+        "model (a run trained with [inpainting]; its default, with or without --repaint) "
+        "(default otherwise: mmps, the best measured, see docs/steering.md; replacement "
+        "with --repaint)",
+    )
+    parser.add_argument(
+        "--inpaint-scale",
+        type=finite_float,
+        metavar="W",
+        help="how strongly the kept pixels steer: dps's step zeta' (default 1, the paper's), "
+        "model's guidance scale on them (default: the run's [inpainting] guidance; 1 = none, "
+        "else 2 forwards a step)",
     )
     parser.add_argument(
         "--cg-iterations",
@@ -100,9 +109,10 @@ def _options(args: argparse.Namespace) -> Any:
     return EditOptions(
         strength=strength,
         repaint=tuple(args.repaint) if args.repaint else None,
-        # --repaint alone is RePaint (replacement on its schedule), as before MMPS was the default
-        **({"method": args.inpaint or "replacement"} if args.inpaint or args.repaint else {}),
+        # unset: the run's own model on an [inpainting] run, else MMPS (RePaint with --repaint)
+        method=args.inpaint,
         **({"iterations": args.cg_iterations} if args.cg_iterations is not None else {}),
+        **({"scale": args.inpaint_scale} if args.inpaint_scale is not None else {}),
     )
 
 

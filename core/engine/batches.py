@@ -1,8 +1,10 @@
 """The data order: an endless, resumable stream of batches (:class:`BatchStream`).
 
-Epoch ``e`` visits the dataset in a permutation seeded by ``(seed, e)``; the state is
-``(epoch, position)``, so a resumed run draws exactly the batches an uninterrupted run
-would have drawn. Under torchrun each rank takes its slice of every global batch.
+Epoch ``e`` visits the dataset in a permutation seeded by ``(seed, e)``, or in the order
+the dataset's own ``epoch_order(generator, batch_size)`` draws from that seed (e.g. the
+shards plugin's shard-aware order); the state is ``(epoch, position)``, so a resumed run
+draws exactly the batches an uninterrupted run would have drawn. Under torchrun each rank
+takes its slice of every global batch.
 """
 
 from __future__ import annotations
@@ -115,9 +117,25 @@ class BatchStream:
         seed = distributed.derived_seed("workers", self.seed, self.epoch, self.rank)
         return torch.Generator().manual_seed(seed)
 
-    def _start_epoch(self) -> None:
+    def epoch_order(self) -> list[int]:
+        """The current epoch's order of the dataset's indices (all ranks' global batches, one
+        after the other): the dataset's ``epoch_order`` (given the epoch's generator and the
+        global batch size), else (it has none, or it gives None) a random permutation."""
         n = len(self.dataset)  # type: ignore[arg-type]
-        order = torch.randperm(n, generator=self._epoch_generator(0)).tolist()
+        generator = self._epoch_generator(0)
+        order_of = getattr(self.dataset, "epoch_order", None)
+        order = order_of(generator, self.batch_size) if callable(order_of) else None
+        if order is None:
+            return torch.randperm(n, generator=generator).tolist()
+        if len(order) != n:
+            raise DataError(
+                f"the data's epoch_order gave {len(order)} indices for its {n} samples; "
+                f"it must give a permutation of all of them (a bug in the data plugin)"
+            )
+        return list(order)
+
+    def _start_epoch(self) -> None:
+        order = self.epoch_order()
         batches = _EpochBatches(
             order, self.batch_size, self.drop_last, self.position, self.rank, self.world_size
         )

@@ -64,15 +64,19 @@ class EditOptions:
             None for the run's sampler.
         method: how the known pixels steer the rest (:data:`METHODS` or ``TRAINED``,
             ``"model"``); with ``repaint``,
-            ``replacement`` is RePaint and ``ddnm`` is DDNM's time travel. None: ``model``
-            on a run trained with ``[inpainting]``, else :data:`DEFAULT_METHOD`.
+            ``replacement`` is RePaint and ``ddnm`` is DDNM's time travel. None:
+            :func:`default_method`.
         iterations: conjugate-gradient steps of ``mmps``.
+        scale: ``dps``'s step ``zeta'`` (None: 1, the paper's), ``model``'s guidance scale
+            on the kept pixels (None: the run's ``[inpainting] guidance``; 1: none; see
+            :class:`~denoisekit.engine.inpainting.ConditionedModel`).
     """
 
     strength: float = 1.0
     repaint: tuple[int, int, int] | None = None
     method: str | None = None
     iterations: int = DEFAULT_ITERATIONS
+    scale: float | None = None
 
     def __attrs_post_init__(self) -> None:
         check_strength(self.strength)
@@ -83,6 +87,16 @@ class EditOptions:
             raise DataError(f"--inpaint {self.method}: unknown method; one of {choices}")
         if self.iterations < 1:
             raise DataError(f"--cg-iterations {self.iterations}: must be >= 1")
+        if self.scale is not None and not 0.0 <= self.scale < math.inf:
+            raise DataError(f"--inpaint-scale {self.scale}: must be a finite number >= 0")
+
+
+def default_method(denoiser: Any, options: EditOptions) -> str:
+    """The method of an edit that names none: an ``[inpainting]`` run's own model, else
+    :data:`DEFAULT_METHOD` (``replacement``, that is RePaint, with ``--repaint``)."""
+    if isinstance(denoiser.model, ConditionedModel):
+        return TRAINED
+    return "replacement" if options.repaint is not None else DEFAULT_METHOD
 
 
 def check_strength(strength: float) -> None:
@@ -277,15 +291,20 @@ def edit_batch(
         x_start = x_T
     if mask is None:
         return sampler.sample(denoiser, x_start, generator=generator, cond=cond)
-    if options.method is None:  # an [inpainting] run's own conditioning, else the default
-        trained = isinstance(denoiser.model, ConditionedModel)
-        options = attrs.evolve(options, method=TRAINED if trained else DEFAULT_METHOD)
+    if options.method is None:
+        options = attrs.evolve(options, method=default_method(denoiser, options))
     if options.repaint is not None:
         steps, jump, resample = options.repaint
         replacing = options.method == "replacement"
         if not replacing:
             denoiser = inpainting_denoiser(
-                options.method, denoiser, images, mask, x_T, iterations=options.iterations
+                options.method,
+                denoiser,
+                images,
+                mask,
+                x_T,
+                iterations=options.iterations,
+                scale=options.scale,
             )
         out = repaint(
             denoiser,
@@ -301,7 +320,13 @@ def edit_batch(
         )
     else:
         denoiser = inpainting_denoiser(
-            options.method, denoiser, images, mask, x_T, iterations=options.iterations
+            options.method,
+            denoiser,
+            images,
+            mask,
+            x_T,
+            iterations=options.iterations,
+            scale=options.scale,
         )
         out = sampler.sample(denoiser, x_start, generator=generator, cond=cond)
     return torch.lerp(images.to(out.dtype), out, mask.to(out.dtype))

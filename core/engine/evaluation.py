@@ -16,7 +16,6 @@ same flat form the ``evaluate`` training hook logs.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from denoisekit.contracts import NULL_CLASS, Metric, SampleSet, optional
 from denoisekit.engine.image_files import from_uint8, to_uint8
 from denoisekit.engine.reference import build_reference_data, reference_key
 from denoisekit.errors import DenoisekitError
+from denoisekit.files import default_cache_dir
 
 __all__ = [
     "EVAL_PREFIX",
@@ -46,18 +46,6 @@ __all__ = [
 
 #: Prefix of evaluation results in ``metrics.jsonl`` and TensorBoard.
 EVAL_PREFIX = "eval/"
-#: Environment variable naming the cache folder.
-CACHE_ENV = "DENOISEKIT_CACHE"
-
-
-def default_cache_dir() -> Path:
-    """``$DENOISEKIT_CACHE``, else ``$XDG_CACHE_HOME/denoisekit``, else ``~/.cache/denoisekit``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "denoisekit"
-
-
 # --------------------------------------------------------------------------- samples
 
 

@@ -26,6 +26,16 @@ corrected estimate. ``known`` is the input, ``mask`` is 1 where pixels are regen
   ``iterations`` conjugate-gradient steps (one VJP each). For Gaussian data, where ``J`` is
   exact, this is ``E[x0 | x_t, y]`` once CG has converged (at most one iteration per known
   pixel): the sampler then samples the exact conditional.
+* ``dps`` (Chung et al. 2023, "Diffusion Posterior Sampling for General Noisy Inverse
+  Problems", Algorithm 1 with the step ``zeta_i = zeta' / ||y - P m||`` of their
+  experiments): ``x_{t-1} <- x'_{t-1} - zeta_i grad_{x_t} ||y - P m||^2``, one VJP a step
+  and no covariance: an approximation (it does not sample the exact conditional on
+  Gaussian data). As an ``x0``: ``x0 <- m + (2 zeta' / c_t) J^T P^T (y - P m) / ||y - P m||``
+  with ``c_t`` the ``x0`` coefficient of the one-step DDPM posterior mean
+  (``posterior_mean_coef1``; at the nearest integer timestep), so that with a DDPM step
+  on every timestep (DDIM ``eta = 1``) this is exactly the paper's update, and a strided
+  sampler moves about as far in one step as the full chain in the steps it strides.
+  ``zeta'`` is ``scale`` (the paper's inpainting experiments: 1).
 
 ``ddnm``, ``pigdm`` and ``mmps`` also set the known pixels of the estimate to the input
 (DDNM's range-space part), and the edit re-imposes them on the result.
@@ -39,13 +49,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from denoisekit.diffusion import coefficient_at
+from denoisekit.diffusion import coefficient, coefficient_at
 from denoisekit.engine.masks import conditioning
 from denoisekit.engine.steering import InpaintingDenoiser
 from denoisekit.errors import DataError
 
 #: The zero-shot inpainting methods of ``denoisekit edit --inpaint``, for any model.
-METHODS: tuple[str, ...] = ("replacement", "ddnm", "pigdm", "mmps")
+METHODS: tuple[str, ...] = ("replacement", "ddnm", "pigdm", "mmps", "dps")
 #: ``--inpaint model``: the conditioning of a model trained with ``[inpainting]``
 #: (:class:`ConditionedModel`).
 TRAINED = "model"
@@ -55,44 +65,73 @@ class ConditionedModel(nn.Module):
     """A backbone trained with ``[inpainting]`` as a plain one: ``forward(x_t, time, cond)``
     calls it on ``[x_t, known * (1 - mask), mask]``. Without ``known`` the mask is
     all-unknown (plain sampling). A batch that is a multiple of ``known``'s (guidance's
-    doubled batch) repeats the conditioning."""
+    doubled batch) repeats the conditioning. ``scale`` other than 1 guides on the kept
+    pixels as classifier-free guidance guides on a class (Ho & Salimans 2022), the
+    all-unknown mask (trained with ``p_all_unknown``) as the unconditional model:
+    ``out(blank) + scale (out(known) - out(blank))``, both in one batch."""
 
     def __init__(
-        self, model: nn.Module, known: torch.Tensor | None = None, mask: torch.Tensor | None = None
+        self,
+        model: nn.Module,
+        known: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.model = model
         self.time_input = getattr(model, "time_input", "timestep")
         self.num_classes = getattr(model, "num_classes", None)
         self.extra = None if known is None or mask is None else conditioning(known, mask)
+        self.scale = scale
         self.blank: torch.Tensor | None = None
+
+    def _blank(self, x_t: torch.Tensor) -> torch.Tensor:
+        """The all-unknown conditioning, made once per batch shape."""
+        blank = self.blank
+        if blank is None or blank.shape[0] != x_t.shape[0] or blank.device != x_t.device:
+            ones = torch.ones_like(x_t[:, :1])
+            blank = self.blank = conditioning(torch.zeros_like(x_t), ones)
+        return blank.to(x_t.dtype)
 
     def forward(self, x_t: torch.Tensor, time: torch.Tensor, *cond: Any) -> torch.Tensor:
         extra = self.extra
-        if extra is None:  # all-unknown, made once per batch shape
-            blank = self.blank
-            if blank is None or blank.shape[0] != x_t.shape[0] or blank.device != x_t.device:
-                ones = torch.ones_like(x_t[:, :1])
-                blank = self.blank = conditioning(torch.zeros_like(x_t), ones)
-            extra = blank
-        elif extra.shape[0] != x_t.shape[0]:
+        if extra is None:
+            return self.model(torch.cat([x_t, self._blank(x_t)], dim=1), time, *cond)
+        if extra.shape[0] != x_t.shape[0]:
             if x_t.shape[0] % extra.shape[0]:
                 raise ValueError(f"a batch of {x_t.shape[0]} for {extra.shape[0]} known images")
             extra = extra.repeat(x_t.shape[0] // extra.shape[0], 1, 1, 1)
-        return self.model(torch.cat([x_t, extra.to(x_t.dtype)], dim=1), time, *cond)
+        extra = extra.to(x_t.dtype)
+        if self.scale == 1.0:
+            return self.model(torch.cat([x_t, extra], dim=1), time, *cond)
+        # guidance on the kept pixels: unconditioned + scale (conditioned - unconditioned),
+        # both in one batch
+        pair = torch.cat(
+            [torch.cat([x_t, extra], dim=1), torch.cat([x_t, self._blank(x_t)], dim=1)]
+        )
+        twice = [torch.cat([c, c]) if torch.is_tensor(c) else c for c in cond]
+        if torch.is_tensor(time) and time.ndim:
+            time = torch.cat([time, time])
+        known, blank = self.model(pair, time, *twice).chunk(2)
+        return torch.lerp(blank, known, self.scale)
 
 
-def conditioned(denoiser: Any, known: torch.Tensor, mask: torch.Tensor) -> Any:
+def conditioned(
+    denoiser: Any, known: torch.Tensor, mask: torch.Tensor, scale: float | None = None
+) -> Any:
     """``denoiser`` (over a :class:`ConditionedModel`) conditioned on ``known`` and
-    ``mask`` instead; the known pixels are re-imposed by the edit."""
+    ``mask`` instead, guided with ``scale`` (None: the model's own, the run's
+    ``[inpainting] guidance``); the known pixels are re-imposed by the edit."""
     model = getattr(denoiser, "model", None)
     if not isinstance(model, ConditionedModel):
         raise DataError(
             "--inpaint model needs a run trained with an [inpainting] table; on this run use "
-            "replacement, ddnm, pigdm or mmps"
+            "replacement, ddnm, pigdm, mmps or dps"
         )
     clone = copy.copy(denoiser)
-    clone.model = ConditionedModel(model.model, known, mask)
+    clone.model = ConditionedModel(
+        model.model, known, mask, model.scale if scale is None else scale
+    )
     return clone
 
 
@@ -205,6 +244,49 @@ class PosteriorDenoiser(ProjectionDenoiser):
         return w
 
 
+class GradientDenoiser(InpaintingDenoiser):
+    """DPS (see the module): the network's ``x0`` moved along the gradient of the
+    known-pixel error through the network, ``J^T P^T (y - P m) / ||y - P m||``.
+
+    Attributes:
+        num_backward: vector–Jacobian products so far (one per evaluation).
+    """
+
+    def __init__(
+        self,
+        denoiser: Any,
+        known: torch.Tensor,
+        mask: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        *,
+        step: float = 1.0,
+    ) -> None:
+        super().__init__(denoiser, known, mask, noise)
+        if not 0.0 <= step < float("inf"):
+            raise ValueError(f"the DPS step must be finite and >= 0: {step}")
+        self.step = step
+        self.num_backward = 0
+
+    def predict(
+        self, x_t: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        t = _timesteps(t, x_t)
+        a, s = _coefficients(self, x_t, t)
+        with torch.enable_grad():
+            x = x_t.detach().requires_grad_(True)
+            eps, m = self.inner.predict(x, t, cond)
+            residual = (1.0 - self.mask) * (self.known - m.detach())
+            norm = _dot(residual, residual).sqrt()
+            direction = residual / torch.where(norm > 0, norm, 1.0)  # 0 where all is unknown
+            self.num_backward += 1
+            (g,) = torch.autograd.grad(m, x, direction)
+        tables = self.schedule.tables(x_t.device, x_t.dtype)
+        step = t.round().long() if t.dtype.is_floating_point else t
+        c_t = coefficient(tables.posterior_mean_coef1, step, x_t.ndim)
+        x0 = m.detach() + (2.0 * self.step / c_t) * g
+        return eps.detach() - (a / s) * (x0 - m.detach()), x0
+
+
 def inpainting_denoiser(
     method: str,
     denoiser: Any,
@@ -213,14 +295,19 @@ def inpainting_denoiser(
     noise: torch.Tensor,
     *,
     iterations: int = 2,
+    scale: float | None = None,
 ) -> InpaintingDenoiser:
-    """The denoiser of ``method`` (one of :data:`METHODS`) over ``denoiser``."""
+    """The denoiser of ``method`` (one of :data:`METHODS`, or :data:`TRAINED`) over
+    ``denoiser``; ``scale`` is ``dps``'s step ``zeta'`` (None: 1, the paper's) and
+    ``model``'s guidance scale (None: the run's ``[inpainting] guidance``)."""
     if method == TRAINED:
-        return conditioned(denoiser, known, mask)
+        return conditioned(denoiser, known, mask, scale)
     if method == "replacement":
         return InpaintingDenoiser(denoiser, known, mask, noise)
     if method == "ddnm":
         return ProjectionDenoiser(denoiser, known, mask, noise)
+    if method == "dps":
+        return GradientDenoiser(denoiser, known, mask, noise, step=1.0 if scale is None else scale)
     if method in ("pigdm", "mmps"):
         count = 0 if method == "pigdm" else iterations
         return PosteriorDenoiser(denoiser, known, mask, noise, iterations=count)

@@ -47,9 +47,22 @@ EXPORT_FILES = (
     "unet/config.json",
     f"scheduler/{SCHEDULER_FILE}",
 )
+#: An ``[inpainting]`` run's export writes this in place of ``model_index.json``: no
+#: diffusers pipeline samples a pixel-space inpainting ``UNet2DModel`` (``DDIMPipeline``
+#: would feed it noise alone), so the folder is its ``unet/`` and ``scheduler/`` and the
+#: order of the ``2 C + 1`` input channels (:func:`inpainting_layout`).
+INPAINTING_FILE = "inpainting.json"
 #: What an export replaces (with ``--overwrite``): its own outputs and 0.1's flat layout,
 #: whose ``config.json`` beside the pipeline would be read in place of ``unet/``.
-EXPORT_OUTPUTS = (PIPELINE_FILE, "unet", "scheduler", "config.json", *WEIGHT_FILES, SCHEDULER_FILE)
+EXPORT_OUTPUTS = (
+    PIPELINE_FILE,
+    INPAINTING_FILE,
+    "unet",
+    "scheduler",
+    "config.json",
+    *WEIGHT_FILES,
+    SCHEDULER_FILE,
+)
 #: The pipeline ``model_index.json`` names for a scheduler class (else ``DDIMPipeline``).
 PIPELINES = {"DDIMScheduler": "DDIMPipeline", "DDPMScheduler": "DDPMPipeline"}
 
@@ -181,7 +194,9 @@ def export_diffusers(path: StoredRun | Path, out: Path, *, overwrite: bool = Fal
     """Write a run's sampling (EMA) weights as a diffusers pipeline folder: ``model_index.json``,
     the model in ``unet/`` and a ``DDIMScheduler`` config in ``scheduler/``, so that
     ``DDIMPipeline.from_pretrained(out)`` (or ``DDPMPipeline``) loads it; returns the files
-    written. ``out``'s old content is replaced only once the new files are complete."""
+    written. An ``[inpainting]`` run's folder has :data:`INPAINTING_FILE` in place of
+    ``model_index.json`` (``UNet2DModel.from_pretrained(out, subfolder="unet")`` loads it).
+    ``out``'s old content is replaced only once the new files are complete."""
     with FolderWriter(out, EXPORT_OUTPUTS, overwrite=overwrite, what="an exported model") as writer:
         run = load_trained(path, device="cpu")
         converter = _converter(run.registry, run.recipe.backbone.type, None)
@@ -194,16 +209,43 @@ def export_diffusers(path: StoredRun | Path, out: Path, *, overwrite: bool = Fal
             weights,
             prediction=run.loss.prediction_type,
         )
+        inpainting = run.recipe.inpainting.enabled
+        names = [INPAINTING_FILE if inpainting else PIPELINE_FILE, *EXPORT_FILES[1:]]
         staging = writer.staged()
-        files = [staging / name for name in EXPORT_FILES]
+        files = [staging / name for name in names]
         for folder in {f.parent for f in files}:
             folder.mkdir(exist_ok=True)
         save_safetensors(files[1], theirs)
         _write_json(files[2], config)
         _write_json(files[3], scheduler)
-        _write_json(files[0], pipeline_index(config, scheduler))
+        if inpainting:
+            _write_json(files[0], inpainting_layout(run.image_shape[0], run.recipe.inpainting))
+        else:
+            _write_json(files[0], pipeline_index(config, scheduler))
         writer.commit()
-    return [out / name for name in EXPORT_FILES]
+    return [out / name for name in names]
+
+
+def inpainting_layout(channels: int, table: Any) -> dict[str, Any]:
+    """:data:`INPAINTING_FILE` of an ``[inpainting]`` run of ``channels``-channel images:
+    the input channels in order, as its training loop concatenates them."""
+    return {
+        "in_channels": 2 * channels + 1,
+        "out_channels": channels,
+        "inputs": [
+            {"name": "x_t", "channels": channels, "what": "the noisy image"},
+            {
+                "name": "masked_image",
+                "channels": channels,
+                "what": "the clean image in [-1, 1], 0 where the mask is 1",
+            },
+            {"name": "mask", "channels": 1, "what": "1 = regenerate, 0 = keep"},
+        ],
+        "note": "diffusers' StableDiffusionInpaintPipeline orders its UNet input [latents, "
+        "mask, masked image latents]; this UNet takes [x_t, masked image, mask]",
+        "trained_masks": list(table.masks),
+        "p_all_unknown": table.p_all_unknown,
+    }
 
 
 def pipeline_index(config: Mapping[str, Any], scheduler: Mapping[str, Any]) -> dict[str, Any]:

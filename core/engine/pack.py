@@ -1,11 +1,12 @@
 """Writing a recipe's data as tar shards in the WebDataset layout (``denoisekit data pack``).
 
-Sample ``i`` of the data becomes ``KEY.png`` (8-bit PNG of the image as the data plugin
-gives it: resized, channels converted, no random flip), ``KEY.cls`` (its label, when it has
-one) and ``KEY.txt`` (the class name, when the data names its classes), with ``KEY`` =
-``i`` in 8 digits. The shards ``PREFIX-000000.tar``, ... are written by webdataset's
-``ShardWriter``, ``per_shard`` samples each, then ``shardindex.json`` (the wids index: each
-shard's path and sample count), which ``type = "shards"`` reads without opening a shard.
+Sample ``i`` of the data (of a seeded permutation of it, with ``shuffle``) becomes
+``KEY.png`` (8-bit PNG of the image as the data plugin gives it: resized, channels
+converted, no random flip), ``KEY.cls`` (its label, when it has one) and ``KEY.txt`` (the
+class name, when the data names its classes), with ``KEY`` = ``i`` in 8 digits. The shards
+``PREFIX-000000.tar``, ... are written by webdataset's ``ShardWriter``, ``per_shard``
+samples each, then ``shardindex.json`` (the wids index: each shard's path and sample
+count), which ``type = "shards"`` reads without opening a shard.
 """
 
 from __future__ import annotations
@@ -128,9 +129,13 @@ def pack_dataset(
     prefix: str = "train",
     overwrite: bool = False,
     num_workers: int = 0,
+    shuffle: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> PackResult:
-    """Write ``dataset``'s samples as shards of ``per_shard`` samples and an index in ``out``.
+    """Write ``dataset``'s samples as shards of ``per_shard`` samples and an index in ``out``:
+    in the dataset's order, or with ``shuffle`` a seed, in a permutation seeded by it (so that
+    each shard holds a mix of the data, as a shard-aware order reading few shards at a time
+    needs when the data is sorted, e.g. an image folder by class).
 
     Raises:
         DataError: ``out`` already holds shards or an index of this ``prefix`` (and not
@@ -144,7 +149,12 @@ def pack_dataset(
         raise DataError(f"the data gives {shape[0]}-channel images; shards hold 1 or 3 (PNG)")
     classes = tuple(getattr(dataset, "classes", ()) or ())
     n = len(dataset)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers)
+    order = None
+    if shuffle is not None:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle)).tolist()
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, sampler=order, num_workers=num_workers
+    )
     # Replace last (engine/replace.py): the new shards and index are written beside ``out``
     # and swapped in once complete; an earlier pack stays whole until then.
     names = [path.name for path in old]

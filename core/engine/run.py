@@ -192,7 +192,7 @@ class Run:
         recipe's classifier-free guidance."""
         model = self.pm.hook.denoisekit_sampling_model(run=self)
         if self.recipe.inpainting.enabled:  # all-unknown until an edit conditions it
-            model = ConditionedModel(model)
+            model = ConditionedModel(model, scale=self.recipe.inpainting.guidance)
         guidance = self.recipe.guidance
         names = {"name": self.denoiser.name, "data_range": self.denoiser.data_range}
         if guidance.scale != 1 and self.num_classes:

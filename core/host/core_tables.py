@@ -145,6 +145,12 @@ class InpaintingConfig:
         "probability that an image's mask regenerates every pixel (plain sampling)",
         validator=unit_interval,
     )
+    guidance: float = option(
+        1.0,
+        "edit's default guidance scale on the kept pixels (--inpaint-scale; the all-unknown "
+        "mask as the unconditional model): 1 = none",
+        validator=non_negative_finite,
+    )
 
     @property
     def enabled(self) -> bool:

@@ -4,8 +4,9 @@
 Digits" test set), shipped inside scikit-learn: nothing is downloaded. Pixel values 0..16
 map linearly to [-1, 1]. The split is fixed and stratified by class
 (``train_test_split(test_size=0.2, stratify=labels, random_state=0)``): 1,437 training
-and 360 test images. The whole set is converted to tensors once (57 KiB at 8×8), so
-``__getitem__`` is an index.
+and 360 test images; for choosing settings without the test images, the training split is
+split once more the same way into ``fit`` (1,149) and ``val`` (288). The whole set is
+converted to tensors once (57 KiB at 8×8), so ``__getitem__`` is an index.
 
 Recipe example::
 
@@ -26,9 +27,9 @@ from denoisekit import ComponentSpec, hookimpl
 from denoisekit.config import int_at_least, option
 from denoisekit.plugins.data._transforms import resize_tensor
 
-SPLITS = ("train", "test", "all")
-#: Images in each split (:func:`split_indices`).
-SPLIT_SIZES: dict[str, int] = {"train": 1437, "test": 360, "all": 1797}
+SPLITS = ("train", "test", "all", "fit", "val")
+#: Images in each split (:func:`split_indices`); ``fit`` + ``val`` = ``train``.
+SPLIT_SIZES: dict[str, int] = {"train": 1437, "test": 360, "all": 1797, "fit": 1149, "val": 288}
 
 
 @attrs.frozen(kw_only=True)
@@ -40,7 +41,8 @@ class DigitsConfig:
     )
     split: str | None = option(
         None,
-        "train, test or all; unset = train for training, test for evaluation",
+        "train, test, all, or fit / val (train split in two, for tuning); unset = train for "
+        "training, test for evaluation",
         validator=attrs.validators.optional(attrs.validators.in_(SPLITS)),
     )
 
@@ -73,7 +75,8 @@ class DigitsDataset(torch.utils.data.Dataset):
 
 
 def split_indices(labels: Any, split: str) -> Any:
-    """Indices of ``split`` ("train", "test" or "all") for the digits' ``labels``."""
+    """Indices of ``split`` (one of :data:`SPLITS`) for the digits' ``labels``: ``fit``
+    and ``val`` split ``train`` once more, stratified, 80/20."""
     import numpy as np
     from sklearn.model_selection import train_test_split
 
@@ -81,6 +84,9 @@ def split_indices(labels: Any, split: str) -> Any:
     if split == "all":
         return indices
     train, test = train_test_split(indices, test_size=0.2, stratify=labels, random_state=0)
+    if split in ("fit", "val"):
+        fit, val = train_test_split(train, test_size=0.2, stratify=labels[train], random_state=0)
+        return fit if split == "fit" else val
     return train if split == "train" else test
 
 

@@ -9,13 +9,23 @@ one path or a brace pattern such as ``data/train-{000000..000127}.tar``; relativ
 read from the recipe's folder. Without an index every shard is opened once at build time to
 count its samples.
 
+Shards may be URLs (``https://``, ``s3://``, ``gs://``, or ``pipe:`` commands run as
+written; brace patterns and an index at a URL too): each is downloaded on first use into a
+local cache (``cache_dir``, optionally bounded by ``cache_gb``; see ``_shard_cache``), once
+per machine, then read like a local shard. A failed download is a bad shard (``on_error``).
+
 The shards are read by random access through wids (``wids.wids.IndexedTarSamples``: an
 index of the tar's members, then reads by offset from a memory map), so the dataset is an
 ordinary indexed one: sample ``i`` is the ``i``-th sample of the shards in the order listed.
-The engine's data order then applies unchanged: a seeded permutation per epoch, each rank
-taking its slice of every global batch and each DataLoader worker whole batches, the
-position ``(epoch, batch)`` in every checkpoint (exact resume, on any number of ranks).
-Each worker keeps up to ``open_shards`` shards open (least recently used closed first).
+The engine's data order then applies: a seeded order per epoch, each rank taking its slice
+of every global batch and each DataLoader worker whole batches, the position ``(epoch,
+batch)`` in every checkpoint (exact resume, on any number of ranks). ``order = "random"``
+is the engine's permutation of all samples; ``order = "shards"`` (:meth:`epoch_order`) a
+permutation of the shards cut into ``spans`` (ranks take whole spans), each span into
+``worker_spans`` sub-spans (consecutive batches draw from different ones, so a rank's workers
+take different sub-spans), shuffled within windows of ``window`` shards: each rank and each
+worker reads its own share of the shards (see ``_shard_order``). Each worker keeps up to
+``open_shards`` shards open (least recently used closed first).
 
 Images go through Pillow: converted to ``mode``, resized to ``image_size`` (antialiased
 bicubic; center crop or stretch), flipped left-right with probability ``hflip`` when
@@ -42,6 +52,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,18 +60,19 @@ import attrs
 import torch
 
 from denoisekit import NULL_CLASS, ComponentSpec, hookimpl
-from denoisekit.config import int_at_least, option, unit_interval
+from denoisekit.config import int_at_least, option, positive_finite, unit_interval
 from denoisekit.errors import DataError
+from denoisekit.plugins.data._shard_cache import ShardCache, cache_for
 from denoisekit.plugins.data._shard_files import (
     SampleError,
-    absolute,
     count_samples,
     data_error,
     expand,
     one_line,
-    open_shard,
+    open_location,
     read_index,
 )
+from denoisekit.plugins.data._shard_order import shard_order
 from denoisekit.plugins.data._transforms import fit_square, pil_to_tensor, random_hflip
 
 logger = logging.getLogger(__name__)
@@ -76,7 +88,7 @@ class ShardsConfig:
     shards: str = option(
         "shards/shardindex.json",
         "a shard index (.json) or tar shards (path or brace pattern), relative to the "
-        "recipe's folder unless absolute",
+        "recipe's folder unless absolute; or URLs (https://, s3://, gs://, pipe:)",
     )
     image_size: int = option(64, "side of the square images, in pixels", validator=int_at_least(1))
     center_crop: bool = option(True, "crop the centered square (else stretch to the square)")
@@ -101,6 +113,41 @@ class ShardsConfig:
     open_shards: int = option(
         64, "shards each DataLoader worker keeps open", validator=int_at_least(1)
     )
+    cache_dir: str = option(
+        "",
+        "where shards at URLs are downloaded on first use (relative: to the recipe's folder); "
+        "empty: the denoisekit cache's shards folder (~/.cache/denoisekit/shards)",
+    )
+    cache_gb: float | None = option(
+        None,
+        "keep at most this many GB of downloaded shards (least recently used removed first); "
+        "unset: keep them all",
+        validator=attrs.validators.optional(positive_finite),
+    )
+    order: str = option(
+        "random",
+        "random (any sample after any, the engine's order) or shards (each rank reads its "
+        "spans of a seeded shard permutation, shuffled within windows; docs/scaling.md)",
+        validator=attrs.validators.in_(("random", "shards")),
+    )
+    spans: int = option(
+        8,
+        'order = "shards": spans each global batch draws from; ranks take whole spans when '
+        "their number divides it",
+        validator=int_at_least(1),
+    )
+    window: int = option(
+        4,
+        'order = "shards": samples are shuffled within windows of this many shards',
+        validator=int_at_least(1),
+    )
+    worker_spans: int = option(
+        4,
+        'order = "shards": sub-spans of each span, batch b drawing from sub-span b mod '
+        "worker_spans; a rank's DataLoader workers read disjoint ones when their number "
+        "divides it",
+        validator=int_at_least(1),
+    )
 
 
 def image_shape(config: ShardsConfig) -> tuple[int, int, int]:
@@ -112,7 +159,8 @@ class ShardDataset(torch.utils.data.Dataset):
     """The samples of tar shards, as ``(image C×S×S in [-1, 1], label)``.
 
     Attributes:
-        paths: the shards, in order; sample ``i`` is counted through them.
+        paths: the shards (paths or URLs), in order; sample ``i`` is counted through them.
+        cache: where remote shards are downloaded.
         counts: the samples of each shard.
         num_classes: ``config.num_classes`` (None: unlabelled, label ``NULL_CLASS``).
         image_shape: ``(C, S, S)``.
@@ -122,23 +170,24 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        paths: list[Path],
+        paths: list[str],
         counts: list[int],
         *,
         config: ShardsConfig,
         train: bool,
         indexed: bool,
+        cache: ShardCache,
     ) -> None:
-        self.paths, self.counts, self.config = paths, counts, config
+        self.paths, self.counts, self.config, self.cache = paths, counts, config, cache
         self.indexed = indexed  # counts come from an index: check each shard against it
         self.ends = list(itertools.accumulate(counts))
         self.num_classes: int | None = config.num_classes
         self.image_shape: tuple[int, int, int] = image_shape(config)
         self.hflip = config.hflip if train else 0.0
         self.skipped_members: list[str] = []
-        self._bad_shards: set[int] = set()
-        self._bad: set[int] = set()
+        self._bad_shards, self._bad = set[int](), set[int]()
         self._open: Any = None  # this process's LRU of open shards, made on first use
+        self._orders = 0  # epoch orders drawn in this process (or its parent, in a worker)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -153,6 +202,21 @@ class ShardDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.ends[-1] if self.ends else 0
 
+    def epoch_order(self, generator: torch.Generator, batch_size: int) -> list[int] | None:
+        """``order = "shards"``: the epoch's shard-aware order (see ``_shard_order``);
+        ``"random"``: None (the engine's random permutation)."""
+        if self.config.order == "random":
+            return None
+        self._orders += 1
+        return shard_order(
+            self.counts,
+            generator,
+            batch_size,
+            spans=self.config.spans,
+            window=self.config.window,
+            worker_spans=self.config.worker_spans,
+        )
+
     def locate(self, index: int) -> tuple[int, int]:
         """``(shard number, sample within the shard)`` of sample ``index``."""
         k = bisect.bisect_right(self.ends, index)
@@ -163,11 +227,27 @@ class ShardDataset(torch.utils.data.Dataset):
             from wids.wids_lru import LRUCache
 
             self._open = LRUCache(self.config.open_shards, release_handler=_close)
+            self._check_workers()
         shard = self._open[k]
         if shard is None:
-            shard = open_shard(self.paths[k], self.counts[k] if self.indexed else None)
+            shard = open_location(
+                self.paths[k], self.cache, self.counts[k] if self.indexed else None
+            )
             self._open[k] = shard
         return shard
+
+    def _check_workers(self) -> None:
+        """Warn (worker 0 of rank 0, first epoch) when the workers do not divide worker_spans."""
+        info = torch.utils.data.get_worker_info()
+        if self.config.order != "shards" or info is None or self._orders != 1 or info.id:
+            return
+        if os.environ.get("RANK", "0") == "0" and self.config.worker_spans % info.num_workers:
+            logger.warning(
+                "shards: %d DataLoader workers do not divide data.worker_spans = %d: each "
+                "worker reads more than its share of its rank's shards (still every sample "
+                "once); set data.worker_spans to a multiple of the workers",
+                *(info.num_workers, self.config.worker_spans),
+            )
 
     def members(self, index: int) -> dict[str, Any]:
         """The raw members of sample ``index`` (``{".png": BytesIO, ..., "__key__": key}``)."""
@@ -260,25 +340,40 @@ def build_shards(
             be counted.
     """
     base = Path(root) if root is not None else Path.cwd()
+    cache = cache_for(config.cache_dir, config.cache_gb, base)
     if config.shards.endswith(".json"):
-        paths, counts = read_index(absolute(config.shards, base))
+        paths, counts = read_index(config.shards, base)
         indexed = True
     else:
         paths = expand(config.shards, base)
-        counts = count_samples(paths, config.on_error)
+        counts = count_samples(paths, config.on_error, cache)
         indexed = False
     if sum(counts) == 0:
         raise DataError(f"shards: the shards of data.shards = {config.shards!r} hold no samples")
-    if len(paths) > config.open_shards:
+    # A worker reads from every shard (random order), or in turn from up to two windows of
+    # each of its sub-spans (with one worker, all sub-spans of its rank's spans).
+    ranks = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    spans = -(-config.spans // ranks) * config.worker_spans
+    needed = len(paths) if config.order == "random" else 2 * config.window * spans
+    if config.order == "shards" and config.spans % ranks and os.environ.get("RANK", "0") == "0":
+        logger.warning(
+            "shards: %d ranks do not divide data.spans = %d: ranks share spans and read more "
+            "than their share of the shards (still every sample once); set data.spans to a "
+            "multiple of the ranks",
+            *(ranks, config.spans),
+        )
+    if min(needed, len(paths)) > config.open_shards:
         logger.warning(
             "shards: %d shards, but each DataLoader worker keeps data.open_shards = %d open: "
-            "samples drawn in random order will often reopen (re-index) a shard; raise "
-            "data.open_shards towards %d if the open-file limit allows (ulimit -n)",
+            "samples drawn in %s order will often reopen (re-index) a shard; raise "
+            "data.open_shards towards %d if the open-file limit allows (ulimit -n)%s",
             len(paths),
             config.open_shards,
-            len(paths),
+            config.order,
+            min(needed, len(paths)),
+            ', or set data.order = "shards"' if config.order == "random" else "",
         )
-    return ShardDataset(paths, counts, config=config, train=train, indexed=indexed)
+    return ShardDataset(paths, counts, config=config, train=train, indexed=indexed, cache=cache)
 
 
 def shards_facts(config: ShardsConfig) -> dict[str, Any]:

@@ -182,3 +182,58 @@ def test_inpaint_model_on_a_plain_run_is_one_line(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "needs a run trained with an [inpainting]" in err, err
+
+
+def test_the_kept_pixel_guidance_is_cfg_against_the_all_unknown_mask():
+    """``scale`` w: ``out(blank) + w (out(known) - out(blank))`` in one batch of 2B; the
+    all-unknown conditioning is the one ``p_all_unknown`` trains."""
+    calls = []
+    weight = torch.randn(1, 3, 1, 1)
+
+    def model(x, time):
+        calls.append((x, time))
+        return (x * weight).sum(dim=1, keepdim=True) * (1 + time.view(-1, 1, 1, 1))
+
+    known = torch.randn(2, 1, 4, 4)
+    mask = make_mask("pixels", 2, 4, seed=1)
+    x, time = torch.randn(2, 1, 4, 4), torch.tensor([3.0, 7.0])
+    cond = ConditionedModel(model, known, mask)(x, time)
+    blank = ConditionedModel(model)(x, time)
+    calls.clear()
+    guided = ConditionedModel(model, known, mask, scale=2.5)(x, time)
+    assert len(calls) == 1 and calls[0][0].shape[0] == 4  # one batch: known, then blank
+    torch.testing.assert_close(guided, blank + 2.5 * (cond - blank))
+    assert torch.equal(calls[0][1], torch.tensor([3.0, 7.0, 3.0, 7.0]))
+
+
+def test_the_model_is_the_default_of_an_inpainting_run_with_or_without_repaint(tmp_path):
+    overrides = {**INPAINTING, "train": {"steps": 3}, "hooks": {"checkpoint": {"every": 3}}}
+    run = train_tiny(write_recipe(tmp_path, overrides), out_dir=tmp_path / "run")
+    images = torch.rand(3, 1, 8, 8) * 2 - 1
+    mask = make_mask("top", 3, 8)
+    for repaint in (None, (5, 2, 2)):
+
+        def edit(repaint=repaint, **options):
+            return edit_images(
+                run, images, mask=mask, options=EditOptions(repaint=repaint, **options)
+            )
+
+        default = edit()
+        assert torch.equal(default, edit(method="model"))
+        assert not torch.equal(default, edit(method="replacement"))
+        assert not torch.equal(default, edit(method="model", scale=2.0))
+
+
+def test_the_recipes_guidance_is_the_default_scale_of_its_model(tmp_path):
+    table = {**INPAINTING["inpainting"], "guidance": 2.0}
+    overrides = {**INPAINTING, "inpainting": table, "train": {"steps": 2}}
+    run = train_tiny(write_recipe(tmp_path, overrides), out_dir=tmp_path / "run")
+    images = torch.rand(2, 1, 8, 8) * 2 - 1
+    mask = make_mask("left", 2, 8)
+
+    def edit(**options):
+        return edit_images(run, images, mask=mask, options=EditOptions(**options))
+
+    default = edit()
+    assert torch.equal(default, edit(method="model", scale=2.0))
+    assert not torch.equal(default, edit(method="model", scale=1.0))

@@ -366,3 +366,44 @@ def test_checkpoints_as_safetensors_and_init_from_them(tmp_path):
     for key, value in state["model"].items():
         assert torch.equal(probe.model[key], value)
         assert torch.equal(probe.sampling[key], state["hooks"]["ema"]["model"][key])
+
+
+def test_an_inpainting_run_exports_a_2c_plus_1_channel_unet_and_its_channel_order(tmp_path):
+    """No pipeline (none samples a pixel-space inpainting UNet): ``unet/`` loads as a
+    ``UNet2DModel`` with ``in_channels = 2C + 1`` that computes what our model computes on
+    the input ``inpainting.json`` describes."""
+    from denoisekit.engine.inpainting import ConditionedModel
+    from denoisekit.engine.masks import make_mask
+
+    overrides = {
+        "backbone": {"freq_shift": 1, "in_channels": 3, "out_channels": 1},
+        "inpainting": {"masks": ["top", "pixels"]},
+        "train": {"steps": 4},
+        "hooks": {"ema": {"decay": 0.5}, "checkpoint": {"every": 4}},
+    }
+    path = write_recipe(tmp_path, overrides)
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 0
+    out = tmp_path / "exported"
+    assert main(["export-diffusers", str(tmp_path / "run"), "--out", str(out)]) == 0
+    assert not (out / "model_index.json").exists()
+    layout = json.loads((out / "inpainting.json").read_text())
+    assert [(i["name"], i["channels"]) for i in layout["inputs"]] == [
+        ("x_t", 1),
+        ("masked_image", 1),
+        ("mask", 1),
+    ]
+    assert layout["in_channels"] == 3 and layout["trained_masks"] == ["top", "pixels"]
+    unet = diffusers.UNet2DModel.from_pretrained(out, subfolder="unet", local_files_only=True)
+    assert (unet.config.in_channels, unet.config.out_channels) == (3, 1)
+    g = torch.Generator().manual_seed(0)
+    known = torch.rand(4, 1, 8, 8, generator=g) * 2 - 1
+    mask = make_mask("pixels", 4, 8, seed=3)
+    x_t = torch.randn(4, 1, 8, 8, generator=g)
+    t = torch.tensor([0, 30, 60, 99])
+    run = load_trained(tmp_path / "run", device="cpu")
+    inputs = torch.cat([x_t, known * (1 - mask), mask], dim=1)  # as inpainting.json says
+    with torch.no_grad():
+        ours = ConditionedModel(run.sampling_denoiser().model.model, known, mask)(x_t, t)
+        theirs = unet(inputs, t).sample
+    assert ours.abs().max() > 0.1
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)

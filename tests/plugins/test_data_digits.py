@@ -108,14 +108,14 @@ def test_dataloader_batches(train_set) -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("image_size", 0), ("image_size", 2.5), ("split", "val")]
+    ("field", "value"), [("image_size", 0), ("image_size", 2.5), ("split", "valid")]
 )
 def test_options_rejected(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"'{field}'"):
         DigitsConfig(**{field: value})
 
 
-@pytest.mark.parametrize("split", [None, "train", "test", "all"])
+@pytest.mark.parametrize("split", [None, "train", "test", "all", "fit", "val"])
 def test_facts_match_the_built_dataset(split) -> None:
     """What the recipe check relies on (shape, classes, training-split size) is true."""
     (spec,) = digits_mod.denoisekit_components()
@@ -127,3 +127,17 @@ def test_facts_match_the_built_dataset(split) -> None:
         "num_classes": built.num_classes,
         "num_images": len(built),
     }
+
+
+def test_fit_and_val_split_the_training_split_stratified() -> None:
+    from sklearn.datasets import load_digits
+
+    from denoisekit.plugins.data.digits import SPLIT_SIZES, split_indices
+
+    labels = load_digits().target
+    fit, val = split_indices(labels, "fit"), split_indices(labels, "val")
+    train, test = split_indices(labels, "train"), split_indices(labels, "test")
+    assert (len(fit), len(val)) == (SPLIT_SIZES["fit"], SPLIT_SIZES["val"])
+    assert sorted([*fit, *val]) == sorted(train) and not set(val) & set(test)
+    counts = [int((labels[val] == c).sum()) for c in range(10)]
+    assert max(counts) - min(counts) <= 2  # stratified: 28-29 of each digit
