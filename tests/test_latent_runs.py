@@ -26,12 +26,12 @@ from denoisekit.engine.autoencoder_source import load_autoencoder, weights_sha25
 from denoisekit.engine.build import build_run, load_trained
 from denoisekit.engine.checkpoint import load_checkpoint, save_checkpoint
 from denoisekit.engine.editing import EditOptions, edit_images
-from denoisekit.engine.evaluation import CACHE_ENV, draw_samples
+from denoisekit.engine.evaluation import draw_samples
 from denoisekit.engine.latents import calibrate
 from denoisekit.engine.loop import resume_from, train
 from denoisekit.engine.run_folder import RECIPE_FOLDER_KEY
 from denoisekit.errors import DenoisekitError, RecipeError
-from denoisekit.files import RunPaths
+from denoisekit.files import CACHE_ENV, RunPaths
 from denoisekit.host.recipe import load_recipe
 from denoisekit.host.registry import load_registry
 from denoisekit.testing import TINY_RECIPE, write_recipe

@@ -12,8 +12,8 @@ from PIL import Image
 
 from denoisekit.cli import main
 from denoisekit.engine.build import build_run
-from denoisekit.engine.evaluation import CACHE_ENV
 from denoisekit.engine.loop import train
+from denoisekit.files import CACHE_ENV
 from denoisekit.host.recipe import load_recipe
 from tests.plugins.test_data_idx import fake as fake_idx
 from tests.plugins.test_data_torchvision import fake_cifar10

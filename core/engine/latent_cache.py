@@ -5,7 +5,7 @@
   label; the run draws a fresh ``z ~ q(z|x)`` from them at every step (or takes the mean),
   exactly as it would from the encoder's output.
 * **Where**: ``<cache folder>/latents/<key>.safetensors``, the denoisekit cache folder
-  (``$DENOISEKIT_CACHE``, see :func:`~denoisekit.engine.evaluation.default_cache_dir`),
+  (``$DENOISEKIT_CACHE``, see :func:`~denoisekit.files.default_cache_dir`),
   so that runs on the same autoencoder and data share it.
 * **Key** (:func:`cache_key`): the autoencoder's weights hash, the resolved ``[data]``
   table (its type and every option, the transforms included: size, crop, flips), the
@@ -32,8 +32,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from denoisekit.engine.evaluation import default_cache_dir
-from denoisekit.files import load_safetensors, save_safetensors
+from denoisekit.files import default_cache_dir, load_safetensors, save_safetensors
 
 log = logging.getLogger(__name__)
 
