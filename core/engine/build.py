@@ -16,13 +16,14 @@ from torch import nn
 
 from denoisekit import hookimpl, hookspecs
 from denoisekit.contracts import BackboneConfig, Hook, optional
-from denoisekit.denoiser import Denoiser
+from denoisekit.denoiser import PIXEL_RANGE, Denoiser
 from denoisekit.engine import distributed
 from denoisekit.engine.autoencoder_loop import Calibration, ReconstructionPass
 from denoisekit.engine.autoencoder_run import NOT_DIFFUSION, AutoencoderRun
 from denoisekit.engine.batches import BatchStream
 from denoisekit.engine.components import load_components
 from denoisekit.engine.distributed import DistContext
+from denoisekit.engine.latent_space import open_latent_space
 from denoisekit.engine.patch_gan import PatchDiscriminator
 from denoisekit.engine.run import Run, TrainingState
 from denoisekit.engine.run_folder import MetricsFile, StoredRun, open_run
@@ -143,16 +144,24 @@ def build_run(
         choice = recipe.component(kind)
         return registry.build(kind, choice.type, choice.config, **context)
 
-    data = build("data", root=recipe.root, train=True) if with_data else None
+    latent = None
+    if recipe.latent is not None:  # the frozen autoencoder; batches: its cached posteriors
+        with torch.random.fork_rng(devices=[]):  # the weights' init: as if cached before
+            latent, data, batch_source = open_latent_space(
+                recipe, registry, device, with_data=with_data
+            )
+    else:
+        data = build("data", root=recipe.root, train=True) if with_data else None
+        batch_source = data
     if recipe.trains_autoencoder:
         parts = _autoencoder_parts(recipe, registry, build, device)
     else:
-        parts = _diffusion_parts(recipe, registry, build, device, data)
+        parts = _diffusion_parts(recipe, registry, build, device, data, latent)
     model = parts["model"]
     batches = None
-    if data is not None:
+    if batch_source is not None:
         batches = BatchStream(
-            data,
+            batch_source,
             batch_size=train_cfg.batch_size // train_cfg.grad_accum,
             seed=recipe.seed,
             device=device,
@@ -200,6 +209,7 @@ def build_run(
         hooks=types.MappingProxyType(hooks),
         state=TrainingState(train_model=model, generator=generator),
         dist=dist,
+        latent=latent,
         **parts,
     )
     pm.hook.denoisekit_configure.call_historic(kwargs={"run": run})
@@ -212,13 +222,19 @@ def build_run(
 
 
 def _diffusion_parts(
-    recipe: Recipe, registry: Registry, build: Any, device: torch.device, data: Any
+    recipe: Recipe,
+    registry: Registry,
+    build: Any,
+    device: torch.device,
+    data: Any,
+    latent: Any,
 ) -> dict[str, Any]:
     """The diffusion run's model, schedule, loss, optimizer, lr schedule, sampler and
-    denoiser, built in this order (the order draws the initial weights)."""
+    denoiser, built in this order (the order draws the initial weights). A latent run's
+    denoiser has no data range (latents are not clamped)."""
     schedule = build("schedule")
     model = build("backbone").to(device)
-    if data is not None:
+    if data is not None and latent is None:
         _check_backbone_fits_data(recipe, model, data)
     loss = build("loss", schedule=schedule)
     optimizer = build("optimizer", params=model.parameters(), device=device)
@@ -232,7 +248,13 @@ def _diffusion_parts(
         "optimizer": optimizer,
         "lr_schedule": lr_schedule,
         "sampler": sampler,
-        "denoiser": Denoiser(model, schedule, loss.prediction_type, name=label),
+        "denoiser": Denoiser(
+            model,
+            schedule,
+            loss.prediction_type,
+            name=label,
+            data_range=None if latent is not None else PIXEL_RANGE,
+        ),
     }
 
 

@@ -35,14 +35,13 @@ from denoisekit.engine.loop import write_run_files
 from denoisekit.engine.replace import FolderWriter
 from denoisekit.engine.run import Run
 from denoisekit.engine.run_folder import StoredRun
-from denoisekit.engine.weights import load_weights, read_weights
+from denoisekit.engine.weights import WEIGHT_FILES, load_weights, read_weights
 from denoisekit.errors import ComponentError, DenoisekitError
 from denoisekit.files import RUN_OUTPUTS, RunPaths, atomic_write, save_safetensors
 from denoisekit.host.recipe import recipe_from_data
 from denoisekit.host.registry import Registry, load_registry
 
 FORMAT = "diffusers"
-WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 SCHEDULER_FILE = "scheduler_config.json"
 PIPELINE_FILE = "model_index.json"
 #: What ``export-diffusers`` writes in its folder: a diffusers pipeline folder

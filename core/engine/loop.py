@@ -132,12 +132,15 @@ def _loop(run: Run, cfg: Any) -> None:
     steps_since_log = 0
     shape_checked = False  # the backbone's output shape, on the first micro-batch only
     inpainting = run.recipe.inpainting
+    latent = run.latent
     tick = time.perf_counter()
     while state.step < cfg.steps:
         run.optimizer.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), device=run.device)
         for micro in range(cfg.grad_accum):
             x0, labels = next(batches)
+            if latent is not None:  # cached posteriors or images → normalized latents
+                x0 = latent.training_latents(x0, state.generator, run.dist)
             # Notation: x0 clean images, t ~ U{0..T-1}, eps ~ N(0, I), x_t = q_sample(x0, t, eps).
             # Under torchrun t and eps are drawn for the global micro-batch (generators
             # stay equal on all ranks) and each rank keeps its slice of the images.

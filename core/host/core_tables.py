@@ -1,7 +1,7 @@
 """The recipe's core tables (not components): ``[train]``, the training loop's options,
 ``[guidance]``, classifier-free guidance at sampling, ``[inpainting]``, training a
-model conditioned on a masked image, and ``[autoencoder_training]``, the objective of an
-autoencoder recipe."""
+model conditioned on a masked image, ``[latent]``, diffusion on a frozen autoencoder's
+latents, and ``[autoencoder_training]``, the objective of an autoencoder recipe."""
 
 from __future__ import annotations
 
@@ -219,13 +219,47 @@ class AutoencoderTrainingConfig:
     )
 
 
+#: How a latent run draws the latents of a training image from the autoencoder's posterior.
+POSTERIORS: tuple[str, ...] = ("sample", "mode")
+
+
+@attrs.frozen(kw_only=True)
+class LatentConfig:
+    """The ``[latent]`` table: latent diffusion (Rombach et al. 2022). The backbone learns
+    and samples the normalized latents ``(z - shift) * scale`` of a frozen autoencoder,
+    whose decoder turns samples back into images (docs/latent.md, "Latent diffusion:
+    stage 2"). A recipe without the table is pixel space."""
+
+    autoencoder: str = option(
+        attrs.NOTHING,
+        "a trained autoencoder: a denoisekit run folder (or checkpoint) of an autoencoder "
+        "recipe, or a diffusers AutoencoderKL folder (config.json and weights); relative "
+        "to the recipe's folder",
+        validator=attrs.validators.instance_of(str),
+    )
+    cache: bool = option(
+        True,
+        "encode the training images once and keep their posteriors (mean, log-variance; "
+        "float16) in the cache folder, rebuilt when the autoencoder or [data] changes",
+        validator=attrs.validators.instance_of(bool),
+    )
+    posterior: str = option(
+        "sample",
+        "sample: a fresh latent z ~ q(z|x) per step (LDM); mode: the posterior mean",
+        validator=attrs.validators.in_(POSTERIORS),
+    )
+
+
 #: The core tables, by recipe table name.
 CORE_TABLES: dict[str, type] = {
     "train": TrainConfig,
     "guidance": GuidanceConfig,
     "inpainting": InpaintingConfig,
     "autoencoder_training": AutoencoderTrainingConfig,
+    "latent": LatentConfig,
 }
 #: The core tables of a diffusion recipe only, and of an autoencoder recipe only.
-DIFFUSION_TABLES: tuple[str, ...] = ("guidance", "inpainting")
+DIFFUSION_TABLES: tuple[str, ...] = ("guidance", "inpainting", "latent")
 AUTOENCODER_TABLES: tuple[str, ...] = ("autoencoder_training",)
+#: Core tables a recipe may leave out, and then has none (``recipe.latent is None``).
+OPTIONAL_TABLES: tuple[str, ...] = ("latent",)

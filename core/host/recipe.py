@@ -29,6 +29,7 @@ from denoisekit.host.core_tables import (
     AutoencoderTrainingConfig,
     GuidanceConfig,
     InpaintingConfig,
+    LatentConfig,
     TrainConfig,
 )
 from denoisekit.host.recipe_checks import check_recipe
@@ -55,6 +56,7 @@ __all__ = [
     "ComponentChoice",
     "GuidanceConfig",
     "InpaintingConfig",
+    "LatentConfig",
     "Origins",
     "Recipe",
     "TrainConfig",
@@ -114,6 +116,7 @@ class Recipe:
     guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
     inpainting: InpaintingConfig = attrs.field(factory=InpaintingConfig)
     autoencoder_training: AutoencoderTrainingConfig = attrs.field(factory=AutoencoderTrainingConfig)
+    latent: LatentConfig | None = None  # None: pixel space
     hooks: dict[str, ComponentChoice] = attrs.field(factory=dict)
     metrics: dict[str, ComponentChoice] = attrs.field(factory=dict)
     #: The file the recipe was read from (not part of equality).
@@ -153,7 +156,9 @@ class Recipe:
                 out[kind] = _choice_to_dict(getattr(self, kind))
         skip = DIFFUSION_TABLES if self.trains_autoencoder else AUTOENCODER_TABLES
         for table in CORE_TABLES:
-            if table not in skip:
+            # a diffusion table in an autoencoder recipe and the reverse are left out, and
+            # so is an optional table the recipe left out
+            if table not in skip and getattr(self, table) is not None:
                 out[table] = _drop_none(converter.unstructure(getattr(self, table)))
         for table in MULTI_KINDS:
             choices = getattr(self, table)
