@@ -74,6 +74,42 @@ def test_the_latent_recipe_runs_on_generated_idx_files(tmp_path, fashion_ae, mon
     assert '"eval/class_fd"' in records
 
 
+def test_the_two_fashion_stages_run_end_to_end_through_the_cli(tmp_path, monkeypatch, capsys):
+    """Stage 1 (recipes/fashion-ae.toml) trained, then stage 2 (recipes/fashion-latent.toml)
+    on that run, a few steps each on generated idx files, then sampled and edited with the
+    commands of pixel space: the decoded samples are 28×28 images."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    fake_idx(tmp_path / "fashion", gz=True, n_train=8, n_test=6)
+    recipes = Path(__file__).parents[1] / "recipes"
+    data = f"data.root='{tmp_path / 'fashion'}'"
+    stage1 = [*FEW_STEPS[:6], data, "lr_schedule.warmup_steps=1"]
+    stage1 += ["autoencoder_training.disc_start=1", "autoencoder_training.calibration_images=4"]
+    ae = tmp_path / "runs" / "fashion-ae"
+    sets = [arg for override in stage1 for arg in ("--set", override)]
+    assert main(["train", str(recipes / "fashion-ae.toml"), *sets, "--out", str(ae)]) == 0
+    stage2 = [*FEW_STEPS, data, f"latent.autoencoder='{ae}'", "lr_schedule.warmup_steps=1"]
+    stage2 += ["hooks.evaluate.num_samples=2", "hooks.evaluate.batch_size=2"]
+    stage2 += ["metrics.class-quality.steps=3"]
+    latent = tmp_path / "runs" / "fashion-latent"
+    sets = [arg for override in stage2 for arg in ("--set", override)]
+    assert main(["train", str(recipes / "fashion-latent.toml"), *sets, "--out", str(latent)]) == 0
+    grid, out = tmp_path / "grid.png", tmp_path / "s.npz"
+    assert main(["sample", str(latent), "-n", "4", "--grid", str(grid), "--out", str(out)]) == 0
+    assert np.load(out)["arr_0"].shape == (4, 28, 28, 1)
+    with Image.open(grid) as image:
+        assert image.size[0] >= 2 * 28
+    mask = np.zeros((28, 28), dtype=np.uint8)
+    mask[:14] = 255  # regenerate the top half
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    edited = tmp_path / "edited.npz"
+    command = ["edit", str(latent), "--input", str(out), "--mask", str(tmp_path / "mask.png")]
+    assert main([*command, "--out", str(edited)]) == 0
+    before, after = np.load(out)["arr_0"], np.load(edited)["arr_0"]
+    assert after.shape == before.shape
+    assert np.array_equal(after[:, 14:], before[:, 14:])  # the kept half, exactly
+    capsys.readouterr()
+
+
 def test_cifar10_recipe_is_ho_et_al():
     recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "cifar10-ddpm.toml")
     unet = recipe.backbone.config
