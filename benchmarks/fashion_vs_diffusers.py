@@ -16,7 +16,11 @@ draws ``-n`` samples at the same number of network evaluations (``--nfe``), and
   ``DPMSolverMultistepScheduler`` (DPM-Solver++ 2M, like denoisekit's recipe) at ``--nfe``.
   The example trains in fp32 by default (``mixed_precision = "no"``); denoisekit's recipes
   train in bf16 autocast where the CPU computes bf16 natively (AVX-512 BF16, AMX), so on
-  such a CPU run it a second time with ``--diffusers-bf16 --contenders diffusers``.
+  such a CPU run it a second time with ``--diffusers-bf16 --contenders diffusers``;
+* ``latent``: ``recipes/fashion-latent.toml`` (latent diffusion, docs/latent.md) on the
+  trained autoencoder run ``--autoencoder`` (``runs/fashion-ae``): its budget is stage 2's
+  training; the autoencoder's own training and the latent cache (built before the clock
+  starts, once) are not in it. Its samples are decoded images.
 
 A run's learning-rate schedule needs its step count up front, so each contender first
 times a few steps (``--calibrate``), then trains ``budget / time per step`` steps; the
@@ -42,7 +46,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("class_fd", "class_coverage", "class_tv", "memorised", "nn_ratio")
-CONTENDERS = ("denoisekit", "naive", "diffusers")
+CONTENDERS = ("denoisekit", "naive", "diffusers", "latent")
 #: Hook tables a timed run keeps (the others write files or evaluate: not training). The
 #: checkpoint hook writes once, at the end (its ``every`` is set past the last step), so the
 #: trained run can be sampled, edited and evaluated afterwards.
@@ -59,6 +63,9 @@ def recipe_data(name: str, args: argparse.Namespace) -> dict[str, Any]:
     fashion, _ = read_recipe_data(ROOT / "recipes" / "fashion.toml")
     if name == "denoisekit":
         data = fashion
+    elif name == "latent":  # recipes/fashion-latent.toml on a trained autoencoder run
+        data, _ = read_recipe_data(ROOT / "recipes" / "fashion-latent.toml")
+        data["latent"] = {**data["latent"], "autoencoder": str(args.autoencoder.resolve())}
     else:  # naive: the quickstart's choices, 28×28 Fashion-MNIST
         data, _ = read_recipe_data(ROOT / "recipes" / "quickstart.toml")
         data["data"] = fashion["data"]
@@ -279,6 +286,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         action="store_true",
         help="diffusers trains under bf16 autocast (accelerate's mixed_precision='bf16'); "
         "denoisekit's recipes use bf16 where the CPU computes it natively ([hooks.amp] auto)",
+    )
+    parser.add_argument(
+        "--autoencoder",
+        type=Path,
+        default=Path("runs/fashion-ae"),
+        help="the latent contender's trained autoencoder (recipes/fashion-ae.toml's run)",
     )
     parser.add_argument("--tiny", action="store_true", help="tiny networks (the test)")
     parser.add_argument("--json", type=Path, help="also write the results here")

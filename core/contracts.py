@@ -204,9 +204,12 @@ class Loss(Protocol):
 
 
 class DenoiserLike(Protocol):
-    """What a sampler sees: a backbone wrapped with its schedule and prediction type."""
+    """What a sampler sees: a backbone wrapped with its schedule and prediction type.
+    ``data_range``: what the sampler clamps x0 estimates (``clip_denoised``) and its result
+    to; None in latent space: no clamp (``denoisekit.denoiser.clip_to_range``)."""
 
     schedule: NoiseSchedule
+    data_range: tuple[float, float] | None = (-1.0, 1.0)
 
     def predict(
         self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
@@ -219,9 +222,10 @@ class DenoiserLike(Protocol):
 
 
 class SamplerLike(Protocol):
-    """A sampler: the starting noise ``x_T`` (drawn by the host) to images in [-1, 1]
-    through a denoiser, ending at t = 0; shape, device and dtype follow ``x_T``, which it
-    must not modify. ``generator`` (one, or one per image) draws any noise of its own."""
+    """A sampler: the starting noise ``x_T`` (drawn by the host) to data in the denoiser's
+    ``data_range`` (pixels: [-1, 1]; latents: unclamped) through a denoiser, ending at
+    t = 0; shape, device and dtype follow ``x_T``, which it must not modify. ``generator``
+    (one, or one per image) draws any noise of its own."""
 
     def num_evaluations(self, num_timesteps: int, /) -> int:
         """Network evaluations one call of :meth:`sample` makes for a schedule of this length."""

@@ -19,10 +19,22 @@ from denoisekit.deprecation import renamed_attributes
 from denoisekit.diffusion import DiscreteSchedule
 from denoisekit.errors import ComponentError
 
-__all__ = ["PREDICTION_TYPES", "Denoiser", "check_output_shape", "eval_mode"]
+__all__ = [
+    "PIXEL_RANGE", "PREDICTION_TYPES", "Denoiser", "check_output_shape", "clip_to_range",
+    "eval_mode",
+]  # fmt: skip
 
 #: What a backbone may be trained to predict.
 PREDICTION_TYPES: tuple[str, ...] = ("eps", "x0", "v")
+#: The data range of pixel space (images in [-1, 1]); latent space has none.
+PIXEL_RANGE: tuple[float, float] = (-1.0, 1.0)
+
+
+def clip_to_range(x: torch.Tensor, denoiser: Any) -> torch.Tensor:
+    """``x`` clamped to ``denoiser.data_range`` (pixel space: [-1, 1], also for a denoiser
+    without the attribute); unchanged where it is None (latent space)."""
+    bounds = getattr(denoiser, "data_range", PIXEL_RANGE)
+    return x if bounds is None else x.clamp(*bounds)
 
 
 def check_output_shape(output: Any, x_t: torch.Tensor, backbone: str) -> None:
@@ -51,6 +63,8 @@ class Denoiser:
         prediction_type: ``"eps"``, ``"x0"`` or ``"v"``.
         name: how errors name the backbone (default: ``the backbone <its class>``); a
             backbone output not of its input's shape is a :class:`ComponentError`.
+        data_range: the range of the data it denoises, which samplers clamp to
+            (:func:`clip_to_range`): :data:`PIXEL_RANGE`, or None in latent space.
 
     Attributes:
         num_evaluations: network evaluations made through :meth:`predict` (a plain int;
@@ -64,6 +78,7 @@ class Denoiser:
         prediction_type: str = "eps",
         *,
         name: str | None = None,
+        data_range: tuple[float, float] | None = PIXEL_RANGE,
     ) -> None:
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(
@@ -78,6 +93,7 @@ class Denoiser:
         self.prediction_type = prediction_type
         self.name = name if name is not None else f"the backbone {type(model).__name__}"
         self.num_evaluations = 0
+        self.data_range = data_range
 
     def model_time(self, t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """What the backbone receives as time for timesteps ``t`` ``(B,)`` (integer or

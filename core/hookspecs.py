@@ -30,7 +30,9 @@ _hookspec = pluggy.HookspecMarker(PROJECT)
 class Run(Protocol):
     """A training run as hooks see it: read its parts, act through its methods.
 
-    Components are named like their kinds; ``data`` is None in a run built for sampling.
+    Components are named like their kinds; ``data`` is None in a run built for sampling;
+    ``schedule``, ``loss``, ``sampler`` and ``denoiser`` are None in an autoencoder run
+    (``model`` is the autoencoder; it reconstructs instead of sampling: docs/latent.md).
     """
 
     recipe: Any  # the validated recipe (``recipe.train``, ``recipe.to_toml()``, ...)
@@ -151,6 +153,8 @@ def denoisekit_train_forward(
     run: Run, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None
 ) -> torch.Tensor | None:
     """Compute the backbone output for one micro-batch; wrappers fit a context around it.
+    In an autoencoder run ``x_t`` is the clean batch, ``t`` None, and the answer the tuple
+    ``(reconstruction, posterior mean, posterior logvar)`` (docs/latent.md).
 
     :param x_t: the noised batch; on a run with ``[inpainting]``, the backbone's input of
         ``2 C + 1`` channels: ``[x_t, masked image (0 where regenerated), mask (1 =

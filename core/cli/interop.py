@@ -13,7 +13,8 @@ def register(sub: Subparsers) -> None:
     """Add ``import-diffusers`` and ``export-diffusers``."""
     parser = sub.add_parser(
         "import-diffusers",
-        help="a diffusers UNet2DModel folder (and its scheduler config) as a run folder",
+        help="a diffusers UNet2DModel folder (and its scheduler config), or an AutoencoderKL "
+        "folder, as a run folder",
     )
     parser.add_argument(
         "folder",
@@ -28,7 +29,8 @@ def register(sub: Subparsers) -> None:
 
     parser = sub.add_parser(
         "export-diffusers",
-        help="a run's EMA weights as a diffusers pipeline folder (DDIMPipeline.from_pretrained)",
+        help="a run's EMA weights as a diffusers pipeline folder (DDIMPipeline.from_pretrained); "
+        "an autoencoder run's as an AutoencoderKL folder",
     )
     parser.add_argument("run", type=Path, metavar="RUN_OR_CHECKPOINT")
     parser.add_argument("--out", type=Path, required=True, help="the folder to write")
@@ -45,6 +47,12 @@ def import_command(args: argparse.Namespace) -> int:
 
     run = import_diffusers(args.folder, args.out, overwrite=args.overwrite)
     count = sum(p.numel() for p in run.model.parameters())
+    if run.recipe.trains_autoencoder:
+        print(
+            f"imported {args.folder} (autoencoder {run.recipe.autoencoder.type}, {count:,} "
+            f"parameters) into {args.out}"
+        )
+        return 0
     print(
         f"imported {args.folder} ({run.recipe.backbone.type}, {count:,} parameters, "
         f"{run.recipe.schedule.type} schedule, {run.loss.prediction_type} prediction) "

@@ -6,6 +6,8 @@ import argparse
 import sys
 
 from denoisekit.cli.common import Subparsers, add_recipe_args
+from denoisekit.engine.components import load_components
+from denoisekit.engine.latent_space import check_latent
 from denoisekit.host.recipe import load_recipe
 
 
@@ -23,6 +25,8 @@ def register(sub: Subparsers) -> None:
 
 def check_command(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
+    if recipe.latent is not None:  # the autoencoder loaded, its latents against the backbone
+        check_latent(recipe, load_components(recipe))
     print(f"{args.recipe}: ok ({recipe.name})")
     return 0
 

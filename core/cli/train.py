@@ -145,4 +145,13 @@ def _train(args: argparse.Namespace, recipe: Recipe, dist: Any, writer: Any) -> 
         if writer is not None and writer.existing:
             print(f"--overwrite: replaced the previous run's {', '.join(writer.existing)}")
         print(f"trained {run.step} steps; run folder: {out_dir}")
+        if recipe.trains_autoencoder and recipe.autoencoder_training.calibration_images:
+            shift, scale = (", ".join(f"{v:.4g}" for v in b.tolist()) for b in _latents(run))
+            print(f"latent calibration (in the checkpoint): shift [{shift}], scale [{scale}]")
     return 0
+
+
+def _latents(run: Any) -> tuple[Any, Any]:
+    """The autoencoder's calibrated ``shift`` and ``scale`` (the sampling weights')."""
+    model = run.pm.hook.denoisekit_sampling_model(run=run)
+    return model.shift, model.scale

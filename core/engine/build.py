@@ -16,14 +16,18 @@ from torch import nn
 
 from denoisekit import hookimpl, hookspecs
 from denoisekit.contracts import BackboneConfig, Hook, optional
-from denoisekit.denoiser import Denoiser
+from denoisekit.denoiser import PIXEL_RANGE, Denoiser
 from denoisekit.engine import distributed
+from denoisekit.engine.autoencoder_loop import Calibration, ReconstructionPass
+from denoisekit.engine.autoencoder_run import NOT_DIFFUSION, AutoencoderRun
 from denoisekit.engine.batches import BatchStream
 from denoisekit.engine.components import load_components
 from denoisekit.engine.distributed import DistContext
+from denoisekit.engine.latent_space import open_latent_space
+from denoisekit.engine.patch_gan import PatchDiscriminator
 from denoisekit.engine.run import Run, TrainingState
 from denoisekit.engine.run_folder import MetricsFile, StoredRun, open_run
-from denoisekit.errors import ComponentError, DataError
+from denoisekit.errors import ComponentError, DataError, DenoisekitError
 from denoisekit.files import RunPaths
 from denoisekit.host.plugin_manager import hook_problem
 from denoisekit.host.recipe import Recipe
@@ -86,6 +90,15 @@ class CoreDefaults:
         return run.model
 
 
+class AutoencoderDefaults(CoreDefaults):
+    """:class:`CoreDefaults` of an autoencoder run: the training forward is
+    ``run.train_model(x, generator)`` (a :class:`ReconstructionPass`)."""
+
+    @hookimpl(trylast=True)
+    def denoisekit_train_forward(self, run: Run, x_t: torch.Tensor) -> Any:
+        return run.train_model(x_t, run.state.generator)
+
+
 # --------------------------------------------------------------------------- building
 
 
@@ -117,6 +130,11 @@ def build_run(
     out_dir = Path(out_dir)
     train_cfg = recipe.train
     dist = dist if dist is not None else distributed.current()
+    if dist.enabled and recipe.trains_autoencoder:
+        raise DenoisekitError(
+            f"{recipe.path or recipe.name}: an autoencoder recipe trains in one process; run "
+            "it without torchrun"
+        )
     device = distributed.place(resolve_device(train_cfg.device), dist)
     if with_data:
         distributed.check_train_config(train_cfg, dist)
@@ -126,19 +144,24 @@ def build_run(
         choice = recipe.component(kind)
         return registry.build(kind, choice.type, choice.config, **context)
 
-    data = build("data", root=recipe.root, train=True) if with_data else None
-    schedule = build("schedule")
-    model = build("backbone").to(device)
-    if data is not None:
-        _check_backbone_fits_data(recipe, model, data)
-    loss = build("loss", schedule=schedule)
-    optimizer = build("optimizer", params=model.parameters(), device=device)
-    lr_schedule = build("lr_schedule", optimizer=optimizer, total_steps=train_cfg.steps)
-    sampler = build("sampler")
+    latent = None
+    if recipe.latent is not None:  # the frozen autoencoder; batches: its cached posteriors
+        with torch.random.fork_rng(devices=[]):  # the weights' init: as if cached before
+            latent, data, batch_source = open_latent_space(
+                recipe, registry, device, with_data=with_data
+            )
+    else:
+        data = build("data", root=recipe.root, train=True) if with_data else None
+        batch_source = data
+    if recipe.trains_autoencoder:
+        parts = _autoencoder_parts(recipe, registry, build, device)
+    else:
+        parts = _diffusion_parts(recipe, registry, build, device, data, latent)
+    model = parts["model"]
     batches = None
-    if data is not None:
+    if batch_source is not None:
         batches = BatchStream(
-            data,
+            batch_source,
             batch_size=train_cfg.batch_size // train_cfg.grad_accum,
             seed=recipe.seed,
             device=device,
@@ -153,7 +176,11 @@ def build_run(
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    pm.register(CoreDefaults(), name="core:defaults")
+    if recipe.trains_autoencoder:
+        pm.register(AutoencoderDefaults(), name="core:defaults")
+        pm.register(Calibration(), name="core:calibration")
+    else:
+        pm.register(CoreDefaults(), name="core:defaults")
     if dist.is_main:
         pm.register(MetricsFile(RunPaths(out_dir).metrics), name="core:metrics-file")
     hooks: dict[str, Any] = {}
@@ -170,33 +197,93 @@ def build_run(
     _register_hooks(pm, to_register)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once every component is built
 
-    run = Run(
+    run_class = AutoencoderRun if recipe.trains_autoencoder else Run
+    run = run_class(
         recipe=recipe,
         registry=registry,
         pm=pm,
         device=device,
         out_dir=out_dir,
         data=data,
-        model=model,
-        schedule=schedule,
-        loss=loss,
-        optimizer=optimizer,
-        lr_schedule=lr_schedule,
-        sampler=sampler,
-        denoiser=Denoiser(
-            model, schedule, loss.prediction_type, name=_backbone_label(recipe, registry, model)
-        ),
         batches=batches,
         hooks=types.MappingProxyType(hooks),
         state=TrainingState(train_model=model, generator=generator),
         dist=dist,
+        latent=latent,
+        **parts,
     )
     pm.hook.denoisekit_configure.call_historic(kwargs={"run": run})
-    train_model = pm.hook.denoisekit_train_model(run=run, model=model)
+    trained = ReconstructionPass(model) if recipe.trains_autoencoder else model
+    train_model = pm.hook.denoisekit_train_model(run=run, model=trained)
     if dist.enabled and batches is not None:
         train_model = distributed.wrap_model(train_model, dist, device)
     run.state.train_model = train_model
     return run
+
+
+def _diffusion_parts(
+    recipe: Recipe,
+    registry: Registry,
+    build: Any,
+    device: torch.device,
+    data: Any,
+    latent: Any,
+) -> dict[str, Any]:
+    """The diffusion run's model, schedule, loss, optimizer, lr schedule, sampler and
+    denoiser, built in this order (the order draws the initial weights). A latent run's
+    denoiser has no data range (latents are not clamped)."""
+    schedule = build("schedule")
+    model = build("backbone").to(device)
+    if data is not None and latent is None:
+        _check_backbone_fits_data(recipe, model, data)
+    loss = build("loss", schedule=schedule)
+    optimizer = build("optimizer", params=model.parameters(), device=device)
+    lr_schedule = build("lr_schedule", optimizer=optimizer, total_steps=recipe.train.steps)
+    sampler = build("sampler")
+    label = _backbone_label(recipe, registry, model)
+    return {
+        "model": model,
+        "schedule": schedule,
+        "loss": loss,
+        "optimizer": optimizer,
+        "lr_schedule": lr_schedule,
+        "sampler": sampler,
+        "denoiser": Denoiser(
+            model,
+            schedule,
+            loss.prediction_type,
+            name=label,
+            data_range=None if latent is not None else PIXEL_RANGE,
+        ),
+    }
+
+
+def _autoencoder_parts(
+    recipe: Recipe, registry: Registry, build: Any, device: torch.device
+) -> dict[str, Any]:
+    """An autoencoder run's model (the autoencoder), optimizer and lr schedule, and its
+    patch discriminator with its own optimizer (the recipe's, at its base learning rate)."""
+    model = build("autoencoder").to(device)
+    cfg = recipe.autoencoder_training
+    discriminator = disc_optimizer = None
+    if cfg.discriminator:
+        channels = recipe.autoencoder.config.in_channels
+        discriminator = PatchDiscriminator(
+            channels, channels=cfg.disc_channels, layers=cfg.disc_layers
+        ).to(device)
+    optimizer = build("optimizer", params=model.parameters(), device=device)
+    lr_schedule = build("lr_schedule", optimizer=optimizer, total_steps=recipe.train.steps)
+    if discriminator is not None:
+        disc_optimizer = build("optimizer", params=discriminator.parameters(), device=device)
+    nothing = dict.fromkeys(("schedule", "loss", "sampler", "denoiser"))
+    return {
+        "model": model,
+        "optimizer": optimizer,
+        "lr_schedule": lr_schedule,
+        "discriminator": discriminator,
+        "disc_optimizer": disc_optimizer,
+        **nothing,
+    }
 
 
 def _register_hooks(pm: pluggy.PluginManager, hooks: list[tuple[Any, str, str]]) -> None:
@@ -247,6 +334,7 @@ def load_trained(
     device: str | None = None,
     with_data: bool = False,
     dist: distributed.DistContext | None = None,
+    allow_autoencoder: bool = False,
 ) -> Run:
     """Build a run from a stored run's own recipe and load its weights (EMA included).
 
@@ -259,9 +347,14 @@ def load_trained(
         with_data: also build the training data (evaluation against it).
         dist: this rank under torchrun (default: the initialized process group, if any):
             the run goes to its ``cuda:LOCAL_RANK``.
+        allow_autoencoder: also load an autoencoder run (an
+            :class:`~denoisekit.engine.autoencoder_run.AutoencoderRun`); otherwise one is a
+            one-line error (it samples nothing).
     """
     stored = run if isinstance(run, StoredRun) else open_run(run)
     recipe = stored.recipe(overrides, device=device)
+    if recipe.trains_autoencoder and not allow_autoencoder:
+        raise DenoisekitError(f"{stored.checkpoint}: {NOT_DIFFUSION}")
     state = stored.load_state()
     built = build_run(
         recipe, out_dir=stored.folder, registry=stored.registry, with_data=with_data, dist=dist

@@ -119,6 +119,12 @@ def plan(
             parts = [f"{k}={v}" for k, v in combo]
             if len(sources) > 1 and path is not None:
                 parts.insert(0, path.stem)
+            if recipe.trains_autoencoder:
+                where = path if path is not None else from_run.checkpoint  # type: ignore[union-attr]
+                raise DenoisekitError(
+                    f"{where}: an autoencoder recipe samples nothing to compare; compare "
+                    "latent diffusion recipes instead (docs/latent.md)"
+                )
             stem = path.stem if path is not None else recipe.name
             name = _slug(",".join(parts)) if parts else _slug(stem)
             variants.append(

@@ -10,6 +10,9 @@
   denoiser with any sampler, or with RePaint's resampling schedule (time travel,
   :mod:`denoisekit.engine.repaint`). All take ``strength`` too; the known pixels of the
   result are the input's, exactly.
+* **latent runs** (``[latent]``): the input is encoded (the posterior mean), the mask taken
+  to the latent resolution (a latent is regenerated where any pixel it covers is), the
+  edit runs on the latents and is decoded; then the known pixels are the input's again.
 
 Inputs are image files or folders of them (converted to the model's channels and resized
 to its size), or an ``.npz`` (``arr_0`` uint8 N×H×W×C, as ``denoisekit sample`` writes;
@@ -339,10 +342,12 @@ def edit_images(
     comes from its own generator seeded by ``(seed, i)`` (as sampling)."""
     out = []
     denoiser = run.sampling_denoiser()
+    space = getattr(run, "latent", None)
     with eval_mode(denoiser.model):
         for start in range(0, images.shape[0], batch_size):
-            batch = images[start : start + batch_size].to(run.device)
-            count = batch.shape[0]
+            pixels = images[start : start + batch_size].to(run.device)
+            count = pixels.shape[0]
+            batch = pixels if space is None else space.encode(pixels)
             generator = image_generators(seed, start, count)
             x_T = randn(batch.shape, generator, device=run.device)
             part = None
@@ -354,10 +359,31 @@ def edit_images(
                 sampler or run.sampler,
                 batch,
                 x_T,
-                mask=part,
+                mask=part if space is None else _latent_mask(space, part),
                 options=options,
                 generator=generator,
                 cond=cond,
             )
+            if space is not None:
+                result = _decoded(space, result, pixels, part, options.strength)
             out.append(result.float().cpu())
     return torch.cat(out)
+
+
+def _latent_mask(space: Any, mask: torch.Tensor | None) -> torch.Tensor | None:
+    return None if mask is None else space.downsample_mask(mask)
+
+
+def _decoded(
+    space: Any, z: torch.Tensor, pixels: torch.Tensor, mask: torch.Tensor | None, strength: float
+) -> torch.Tensor:
+    """A latent edit's images: the decoded latents, with the known pixels re-imposed (the
+    input exactly where the mask keeps it); strength 0 keeps the input."""
+    if strength == 0:
+        return pixels.clone()
+    images = space.decode(z)
+    return (
+        images
+        if mask is None
+        else torch.lerp(pixels.to(images.dtype), images, mask.to(images.dtype))
+    )

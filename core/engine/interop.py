@@ -11,6 +11,12 @@ backbone's converter, which its spec declares as ``formats={"diffusers": convert
 * ``converter.export_model(recipe_dict, state_dict, prediction=...)`` →
   ``(config, scheduler_config, weights)``.
 
+An autoencoder's converter (``formats={"diffusers": ...}`` on an ``autoencoder`` spec, e.g.
+``kl``'s for ``AutoencoderKL``) has ``import_model(config, weights)`` → ``(tables,
+state_dict)`` and ``export_model(autoencoder_table, state_dict)`` → ``(config, weights)``:
+an autoencoder run goes out as a model folder (``config.json`` and the weights, what
+``AutoencoderKL.from_pretrained`` reads), and such a folder comes in as an autoencoder run.
+
 Nothing here unpickles (:mod:`denoisekit.engine.weights` reads the weights).
 """
 
@@ -29,14 +35,13 @@ from denoisekit.engine.loop import write_run_files
 from denoisekit.engine.replace import FolderWriter
 from denoisekit.engine.run import Run
 from denoisekit.engine.run_folder import StoredRun
-from denoisekit.engine.weights import load_weights, read_weights
+from denoisekit.engine.weights import WEIGHT_FILES, load_weights, read_weights
 from denoisekit.errors import ComponentError, DenoisekitError
 from denoisekit.files import RUN_OUTPUTS, RunPaths, atomic_write, save_safetensors
 from denoisekit.host.recipe import recipe_from_data
 from denoisekit.host.registry import Registry, load_registry
 
 FORMAT = "diffusers"
-WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 SCHEDULER_FILE = "scheduler_config.json"
 PIPELINE_FILE = "model_index.json"
 #: What ``export-diffusers`` writes in its folder: a diffusers pipeline folder
@@ -107,14 +112,22 @@ def diffusers_files(folder: Path) -> tuple[Path, Path, Path | None]:
     return model / "config.json", weights, scheduler
 
 
-def _converter(registry: Registry, backbone: str | None, model_class: str | None) -> Any:
-    """The ``diffusers`` converter of ``backbone``, or of the backbone reading ``model_class``."""
-    entries = [e for e in registry.entries("backbone") if FORMAT in e.spec.formats]
-    if backbone is not None:
-        entry = registry.get("backbone", backbone)
+def _converter(
+    registry: Registry, name: str | None, model_class: str | None, kind: str = "backbone"
+) -> Any:
+    """The ``diffusers`` converter of component ``name`` of ``kind``, or of the backbone or
+    autoencoder reading ``model_class`` (then ``kind`` is ignored)."""
+    if name is not None:
+        entry = registry.get(kind, name)
         if FORMAT not in entry.spec.formats:
-            raise DenoisekitError(f"backbone {backbone!r} has no {FORMAT} format (no converter)")
+            raise DenoisekitError(f"{kind} {name!r} has no {FORMAT} format (no converter)")
         return entry.spec.formats[FORMAT]
+    entries = [
+        e
+        for k in ("backbone", "autoencoder")
+        for e in registry.entries(k)
+        if FORMAT in e.spec.formats
+    ]
     for entry in entries:
         if model_class in getattr(entry.spec.formats[FORMAT], "model_classes", ()):
             return entry.spec.formats[FORMAT]
@@ -122,8 +135,8 @@ def _converter(registry: Registry, backbone: str | None, model_class: str | None
         {c for e in entries for c in getattr(e.spec.formats[FORMAT], "model_classes", ())}
     )
     raise DenoisekitError(
-        f"_class_name = {model_class!r} is not supported (the installed backbones read: "
-        f"{', '.join(known) or 'none'})"
+        f"_class_name = {model_class!r} is not supported (the installed backbones and "
+        f"autoencoders read: {', '.join(known) or 'none'})"
     )
 
 
@@ -156,7 +169,8 @@ def placeholder_data(in_channels: int, image_size: int) -> dict[str, Any]:
 
 def import_diffusers(folder: Path, out: Path, *, overwrite: bool = False) -> Run:
     """Write a diffusers model folder as a run folder (its recipe, versions and a last
-    checkpoint at step 0, the model's weights also as the EMA weights). Everything is read,
+    checkpoint at step 0, the model's weights also as the EMA weights): a ``UNet2DModel``
+    as a diffusion run, an ``AutoencoderKL`` as an autoencoder run. Everything is read,
     converted and loaded into the run before the old content of ``out`` is replaced."""
     with FolderWriter(out, RUN_OUTPUTS, overwrite=overwrite, what="a run") as writer:
         config_path, weights_path, scheduler_path = diffusers_files(folder)
@@ -165,12 +179,18 @@ def import_diffusers(folder: Path, out: Path, *, overwrite: bool = False) -> Run
         registry = load_registry()
         converter = _converter(registry, None, config.get("_class_name", "UNet2DModel"))
         weights = read_weights(weights_path)
+        autoencoder = config.get("_class_name") in _autoencoder_classes(registry)
+        arguments = (config, weights) if autoencoder else (config, scheduler, weights)
         try:
-            tables, state = _call(converter, "import_model", config, scheduler, weights)
+            tables, state = _call(converter, "import_model", *arguments)
         except DenoisekitError as exc:
             raise DenoisekitError(f"{folder}: {exc}") from exc
-        backbone = tables["backbone"]
-        size = (backbone.get("in_channels", 3), backbone.get("image_size", 32))
+        if autoencoder:  # its images are the model's sample_size (diffusers' default 32)
+            table = tables["autoencoder"]
+            size = (table.get("in_channels", 3), int(config.get("sample_size", 32)))
+        else:
+            backbone = tables["backbone"]
+            size = (backbone.get("in_channels", 3), backbone.get("image_size", 32))
         data = {
             "name": out.name,
             "description": f"imported from the diffusers model {folder}",
@@ -188,6 +208,16 @@ def import_diffusers(folder: Path, out: Path, *, overwrite: bool = False) -> Run
     return attrs.evolve(run, out_dir=out)
 
 
+def _autoencoder_classes(registry: Registry) -> set[str]:
+    """The ``_class_name`` values the installed autoencoders' converters read."""
+    return {
+        c
+        for e in registry.entries("autoencoder")
+        if FORMAT in e.spec.formats
+        for c in getattr(e.spec.formats[FORMAT], "model_classes", ())
+    }
+
+
 # --------------------------------------------------------------------------- export
 
 
@@ -197,9 +227,16 @@ def export_diffusers(path: StoredRun | Path, out: Path, *, overwrite: bool = Fal
     ``DDIMPipeline.from_pretrained(out)`` (or ``DDPMPipeline``) loads it; returns the files
     written. An ``[inpainting]`` run's folder has :data:`INPAINTING_FILE` in place of
     ``model_index.json`` (``UNet2DModel.from_pretrained(out, subfolder="unet")`` loads it).
-    ``out``'s old content is replaced only once the new files are complete."""
+    ``out``'s old content is replaced only once the new files are complete.
+
+    An autoencoder run is written as a model folder instead: ``config.json`` and
+    ``diffusion_pytorch_model.safetensors`` (``AutoencoderKL.from_pretrained(out)``)."""
     with FolderWriter(out, EXPORT_OUTPUTS, overwrite=overwrite, what="an exported model") as writer:
-        run = load_trained(path, device="cpu")
+        run = load_trained(path, device="cpu", allow_autoencoder=True)
+        if run.recipe.trains_autoencoder:
+            names = _export_autoencoder(run, writer.staged())
+            writer.commit()
+            return [out / name for name in names]
         converter = _converter(run.registry, run.recipe.backbone.type, None)
         model = run.pm.hook.denoisekit_sampling_model(run=run)
         weights = strip_compile_prefix(model.state_dict())
@@ -247,6 +284,25 @@ def inpainting_layout(channels: int, table: Any) -> dict[str, Any]:
         "trained_masks": list(table.masks),
         "p_all_unknown": table.p_all_unknown,
     }
+
+
+def _export_autoencoder(run: Run, staging: Path) -> tuple[str, str]:
+    """Write the run's sampling (EMA) autoencoder as a diffusers model folder in ``staging``."""
+    autoencoder = run.recipe.autoencoder
+    converter = _converter(run.registry, autoencoder.type, None, kind="autoencoder")
+    model = run.pm.hook.denoisekit_sampling_model(run=run)
+    weights = strip_compile_prefix(model.state_dict())
+    table = run.recipe.to_dict()["autoencoder"]
+    config, theirs = _call(converter, "export_model", table, weights)
+    data = run.recipe.data
+    facts = run.registry.get("data", data.type).spec.facts
+    shape = (facts(data.config) or {}).get("image_shape") if facts is not None else None
+    if shape is not None:  # the images it was trained on (config.json's sample_size)
+        config["sample_size"] = int(shape[-1])
+    names = ("config.json", WEIGHT_FILES[0])
+    save_safetensors(staging / names[1], theirs)
+    _write_json(staging / names[0], config)
+    return names
 
 
 def pipeline_index(config: Mapping[str, Any], scheduler: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,8 @@ import torch
 from denoisekit.contracts import NULL_CLASS
 from denoisekit.denoiser import check_output_shape
 from denoisekit.diffusion import q_sample
-from denoisekit.engine import distributed
+from denoisekit.engine import autoencoder_loop, distributed
+from denoisekit.engine.autoencoder_run import AutoencoderRun
 from denoisekit.engine.checkpoint import load_checkpoint
 from denoisekit.engine.masks import conditioning, draw_masks
 from denoisekit.engine.run import Run, versions
@@ -78,7 +79,8 @@ def write_run_files(run: Run) -> None:
 
 
 def train(run: Run, *, before_files: Callable[[], None] | None = None) -> Run:
-    """Train until ``recipe.train.steps`` optimization steps have been taken.
+    """Train until ``recipe.train.steps`` optimization steps have been taken (an
+    autoencoder run: :func:`denoisekit.engine.autoencoder_loop.train_steps`).
 
     ``before_files`` is called once the run is built and initialised (``train.init_from``
     loaded), before it writes its first file (``--overwrite`` moves the old run aside
@@ -100,7 +102,10 @@ def train(run: Run, *, before_files: Callable[[], None] | None = None) -> Run:
     with _sigterm_raises():
         hook.denoisekit_train_start(run=run)
         try:
-            _loop(run, cfg)
+            if isinstance(run, AutoencoderRun):
+                autoencoder_loop.train_steps(run, cfg)
+            else:
+                _loop(run, cfg)
         except BaseException as error:
             hook.denoisekit_train_error(run=run, error=error)
             raise
@@ -127,12 +132,15 @@ def _loop(run: Run, cfg: Any) -> None:
     steps_since_log = 0
     shape_checked = False  # the backbone's output shape, on the first micro-batch only
     inpainting = run.recipe.inpainting
+    latent = run.latent
     tick = time.perf_counter()
     while state.step < cfg.steps:
         run.optimizer.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), device=run.device)
         for micro in range(cfg.grad_accum):
             x0, labels = next(batches)
+            if latent is not None:  # cached posteriors or images → normalized latents
+                x0 = latent.training_latents(x0, state.generator, run.dist)
             # Notation: x0 clean images, t ~ U{0..T-1}, eps ~ N(0, I), x_t = q_sample(x0, t, eps).
             # Under torchrun t and eps are drawn for the global micro-batch (generators
             # stay equal on all ranks) and each rank keeps its slice of the images.

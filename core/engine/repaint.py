@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from denoisekit.denoiser import clip_to_range
 from denoisekit.diffusion import DiscreteSchedule, q_posterior, q_sample, randn, spaced_timesteps
 
 
@@ -91,9 +92,9 @@ def repaint(
             x = math.sqrt(a) * x + math.sqrt(1.0 - a) * noise()
             continue
         _, x0 = denoiser.predict(x, t_of[here].expand(batch), cond)
-        x0 = x0.clamp(-1.0, 1.0)
+        x0 = clip_to_range(x0, denoiser)
         if there < 0:
-            return torch.lerp(known, x0, mask).clamp(-1.0, 1.0)
+            return clip_to_range(torch.lerp(known, x0, mask), denoiser)
         mean, variance, _ = q_posterior(chain, x0, x, position[here].expand(batch))
         unknown = mean + variance.sqrt() * noise()
         if not replace_known:
@@ -101,4 +102,4 @@ def repaint(
             continue
         known_s = q_sample(chain, known, position[there].expand(batch), noise())
         x = torch.lerp(known_s, unknown, mask)
-    return x.clamp(-1.0, 1.0)  # pragma: no cover (the path always ends at -1)
+    return clip_to_range(x, denoiser)  # pragma: no cover (the path always ends at -1)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pluggy
@@ -40,6 +40,9 @@ from denoisekit.errors import CheckpointError
 from denoisekit.files import RunPaths
 from denoisekit.host.recipe import Recipe
 from denoisekit.host.registry import Registry
+
+if TYPE_CHECKING:
+    from denoisekit.engine.latent_space import LatentSpace
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -80,6 +83,9 @@ class TrainingState:
     eval_reference: Any = None
 
 
+#: The checkpoint key of a latent run's autoencoder record (its source and weights hash).
+LATENT_KEY = "latent"
+
 #: The run's parts 0.2.0 renamed: old attribute → new (answered until 0.3.0).
 RENAMED = {"dataset": "data", "loss_fn": "loss", "lr_scheduler": "lr_schedule"}
 
@@ -89,7 +95,9 @@ class Run:
     """One run's built components (fixed) and its :class:`TrainingState` (``state``).
 
     ``data`` and ``batches`` are None in a run built for sampling only; ``dist`` places
-    the run under torchrun (:data:`~denoisekit.engine.distributed.SINGLE` for one process).
+    the run under torchrun (:data:`~denoisekit.engine.distributed.SINGLE` for one process);
+    ``latent`` is a latent run's latent space (the backbone learns and samples latents,
+    which :meth:`sample` decodes).
     """
 
     recipe: Recipe
@@ -109,6 +117,7 @@ class Run:
     hooks: Mapping[str, Any]
     state: TrainingState
     dist: DistContext = SINGLE
+    latent: LatentSpace | None = None  # [latent]: the frozen autoencoder; None: pixel space
 
     @property
     def paths(self) -> RunPaths:
@@ -149,6 +158,8 @@ class Run:
         """``(C, H, W)`` of the images: the data's, or the backbone config's without data."""
         if self.data is not None:
             return tuple(self.data.image_shape)  # type: ignore[return-value]
+        if self.latent is not None:
+            return self.latent.image_shape  # type: ignore[return-value]
         cfg = self.recipe.backbone.config
         channels = cfg.out_channels if self.recipe.inpainting.enabled else cfg.in_channels
         return (channels, cfg.image_size, cfg.image_size)
@@ -183,17 +194,18 @@ class Run:
         if self.recipe.inpainting.enabled:  # all-unknown until an edit conditions it
             model = ConditionedModel(model, scale=self.recipe.inpainting.guidance)
         guidance = self.recipe.guidance
+        names = {"name": self.denoiser.name, "data_range": self.denoiser.data_range}
         if guidance.scale != 1 and self.num_classes:
             return GuidedDenoiser(
                 model,
                 self.schedule,
                 self.loss.prediction_type,
-                name=self.denoiser.name,
                 scale=guidance.scale,
                 rescale=guidance.rescale,
                 interval=guidance.interval,
+                **names,
             )
-        return Denoiser(model, self.schedule, self.loss.prediction_type, name=self.denoiser.name)
+        return Denoiser(model, self.schedule, self.loss.prediction_type, **names)
 
     @torch.no_grad()
     def sample(
@@ -207,14 +219,22 @@ class Run:
         callback: Any = None,
     ) -> torch.Tensor:
         """Draw ``n`` images in [-1, 1] with the run's (or the given) sampler, from ``x_T``
-        or from float32 noise drawn with ``generator`` (one, or one per image)."""
+        or from float32 noise drawn with ``generator`` (one, or one per image). A latent
+        run samples latents (``x_T`` of the latent shape) and decodes them; its
+        ``callback`` sees the decoded ``x0`` estimates."""
+        space = self.latent
         if x_T is None:
-            x_T = randn((n, *self.image_shape), generator, device=self.device)
+            shape = self.image_shape if space is None else space.shape
+            x_T = randn((n, *shape), generator, device=self.device)
+        if space is not None and callback is not None:
+            inner = callback
+            callback = lambda info: inner({**info, "x0": space.decode(info["x0"])})  # noqa: E731
         denoiser = self.sampling_denoiser()
         with eval_mode(denoiser.model):
-            return (sampler or self.sampler).sample(
+            out = (sampler or self.sampler).sample(
                 denoiser, x_T.to(self.device), generator=generator, cond=cond, callback=callback
             )
+        return out if space is None else space.decode(out)
 
     def save_grid(
         self, path: Path | str, images: torch.Tensor, *, nrow: int | None = None, padding: int = 1
@@ -279,6 +299,7 @@ class Run:
             "lr_scheduler": self.lr_schedule.state_dict(),  # the file format's key
             **self.draw_state(),
             "hooks": hook_state,
+            **({} if self.latent is None else {LATENT_KEY: self.latent.record()}),
             "recipe": self.recipe.to_toml(),
             RECIPE_FOLDER_KEY: recipe_folder_record(self.recipe.root, self.out_dir),
             "versions": versions(self.registry),
@@ -304,6 +325,12 @@ class Run:
                 set_rng_state(self.state.generator, state["rng"])
                 distributed.seed_per_rank(self.recipe.seed, self.step, self.dist)
             self.pm.hook.denoisekit_load_state_dict(run=self, state=state.get("hooks", {}))
+            if self.latent is not None:
+                self.latent.check_record(state.get(LATENT_KEY), source)
+            elif LATENT_KEY in state:
+                raise CheckpointError(
+                    f"{source}: a latent run's checkpoint; its recipe lacks [latent]"
+                )
         except (KeyError, RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             raise CheckpointError(

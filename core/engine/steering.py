@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from denoisekit.contracts import NULL_CLASS
-from denoisekit.denoiser import Denoiser
+from denoisekit.denoiser import PIXEL_RANGE, Denoiser
 from denoisekit.diffusion import DiscreteSchedule, predict_eps_from_x0, q_sample
 
 
@@ -47,8 +47,9 @@ class GuidedDenoiser(Denoiser):
         rescale: float = 0.0,
         interval: tuple[float, float] = (0.0, 1.0),
         name: str | None = None,
+        data_range: tuple[float, float] | None = PIXEL_RANGE,
     ) -> None:
-        super().__init__(model, schedule, prediction_type, name=name)
+        super().__init__(model, schedule, prediction_type, name=name, data_range=data_range)
         self.scale, self.rescale, self.interval = float(scale), float(rescale), interval
 
     def network(self, x_t: torch.Tensor, t: torch.Tensor, time: torch.Tensor, cond: Any) -> Any:
@@ -102,6 +103,10 @@ class InpaintingDenoiser:
     @property
     def num_evaluations(self) -> int:
         return self.inner.num_evaluations
+
+    @property
+    def data_range(self) -> tuple[float, float] | None:
+        return getattr(self.inner, "data_range", PIXEL_RANGE)
 
     def predict(
         self, x_t: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor | None = None

@@ -22,6 +22,9 @@ from denoisekit.files import load_safetensors, split_weights_file
 
 log = logging.getLogger(__name__)
 
+#: The weight files of a diffusers model folder, in the order they are looked for.
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A weights file: ``.safetensors``, or a ``.bin``/``.pt`` read with ``weights_only``."""

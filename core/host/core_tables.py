@@ -1,6 +1,7 @@
 """The recipe's core tables (not components): ``[train]``, the training loop's options,
-``[guidance]``, classifier-free guidance at sampling, and ``[inpainting]``, training a
-model conditioned on a masked image."""
+``[guidance]``, classifier-free guidance at sampling, ``[inpainting]``, training a
+model conditioned on a masked image, ``[latent]``, diffusion on a frozen autoencoder's
+latents, and ``[autoencoder_training]``, the objective of an autoencoder recipe."""
 
 from __future__ import annotations
 
@@ -157,9 +158,108 @@ class InpaintingConfig:
         return bool(self.masks)
 
 
+#: The reconstruction losses of ``[autoencoder_training] reconstruction``.
+RECONSTRUCTION_LOSSES: tuple[str, ...] = ("l1", "mse")
+
+
+@attrs.frozen(kw_only=True)
+class AutoencoderTrainingConfig:
+    """The ``[autoencoder_training]`` table: the objective of an autoencoder recipe (one with
+    an ``[autoencoder]`` table and no ``[backbone]``; docs/latent.md), LDM's without LPIPS
+    (Rombach et al. 2022; Esser et al. 2021): per image, the reconstruction loss summed over
+    its pixels, plus ``kl_weight`` times the posterior's KL to N(0, I), plus, from step
+    ``disc_start``, ``disc_weight`` times a PatchGAN's hinge generator loss. At the end of
+    training the latent ``shift`` and ``scale`` are measured (calibration)."""
+
+    reconstruction: str = option(
+        "l1",
+        "reconstruction loss per pixel: l1 (LDM's) or mse",
+        validator=attrs.validators.in_(RECONSTRUCTION_LOSSES),
+    )
+    kl_weight: float = option(
+        1e-6,
+        "weight of the KL term (LDM: 1e-6; higher blurs reconstructions, lower makes decoded "
+        "random latents noise)",
+        validator=non_negative_finite,
+    )
+    discriminator: bool = option(
+        False,
+        "train a patch discriminator (PatchGAN) from disc_start on",
+        validator=attrs.validators.instance_of(bool),
+    )
+    disc_start: int = option(
+        0,
+        "optimization step from which the discriminator trains and counts",
+        validator=int_at_least(0),
+    )
+    disc_weight: float = option(
+        0.5, "weight of the adversarial term", validator=non_negative_finite
+    )
+    disc_adaptive: bool = option(
+        True,
+        "scale the adversarial term by |grad rec| / |grad adv| at the reconstructions "
+        "(LDM's adaptive weight)",
+        validator=attrs.validators.instance_of(bool),
+    )
+    disc_layers: int = option(
+        3, "stride-2 layers of the discriminator (its patch size)", validator=int_at_least(1)
+    )
+    disc_channels: int = option(
+        64, "width of the discriminator's first layer", validator=int_at_least(1)
+    )
+    calibration_images: int = option(
+        2048,
+        "training images the latent shift and scale are measured on at the end (0: none)",
+        validator=int_at_least(0),
+    )
+    calibration_posterior: str = option(
+        "sample",
+        "calibrate the statistics of posterior samples (sample) or of the means (mode)",
+        validator=attrs.validators.in_(("sample", "mode")),
+    )
+
+
+#: How a latent run draws the latents of a training image from the autoencoder's posterior.
+POSTERIORS: tuple[str, ...] = ("sample", "mode")
+
+
+@attrs.frozen(kw_only=True)
+class LatentConfig:
+    """The ``[latent]`` table: latent diffusion (Rombach et al. 2022). The backbone learns
+    and samples the normalized latents ``(z - shift) * scale`` of a frozen autoencoder,
+    whose decoder turns samples back into images (docs/latent.md, "Latent diffusion:
+    stage 2"). A recipe without the table is pixel space."""
+
+    autoencoder: str = option(
+        attrs.NOTHING,
+        "a trained autoencoder: a denoisekit run folder (or checkpoint) of an autoencoder "
+        "recipe, or a diffusers AutoencoderKL folder (config.json and weights); relative "
+        "to the recipe's folder",
+        validator=attrs.validators.instance_of(str),
+    )
+    cache: bool = option(
+        True,
+        "encode the training images once and keep their posteriors (mean, log-variance; "
+        "float16) in the cache folder, rebuilt when the autoencoder or [data] changes",
+        validator=attrs.validators.instance_of(bool),
+    )
+    posterior: str = option(
+        "sample",
+        "sample: a fresh latent z ~ q(z|x) per step (LDM); mode: the posterior mean",
+        validator=attrs.validators.in_(POSTERIORS),
+    )
+
+
 #: The core tables, by recipe table name.
 CORE_TABLES: dict[str, type] = {
     "train": TrainConfig,
     "guidance": GuidanceConfig,
     "inpainting": InpaintingConfig,
+    "autoencoder_training": AutoencoderTrainingConfig,
+    "latent": LatentConfig,
 }
+#: The core tables of a diffusion recipe only, and of an autoencoder recipe only.
+DIFFUSION_TABLES: tuple[str, ...] = ("guidance", "inpainting", "latent")
+AUTOENCODER_TABLES: tuple[str, ...] = ("autoencoder_training",)
+#: Core tables a recipe may leave out, and then has none (``recipe.latent is None``).
+OPTIONAL_TABLES: tuple[str, ...] = ("latent",)

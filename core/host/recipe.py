@@ -22,10 +22,14 @@ from denoisekit.contracts import KIND_RECORDS
 from denoisekit.errors import DenoisekitError, RecipeError, RegistryError
 from denoisekit.host.convert import INT64_RANGE, converter, flatten_errors, structure_config
 from denoisekit.host.core_tables import (
+    AUTOENCODER_TABLES,
     CORE_TABLES,
     DEVICE_TYPES,
+    DIFFUSION_TABLES,
+    AutoencoderTrainingConfig,
     GuidanceConfig,
     InpaintingConfig,
+    LatentConfig,
     TrainConfig,
 )
 from denoisekit.host.recipe_checks import check_recipe
@@ -43,6 +47,7 @@ __all__ = [
     "CORE_TABLES",
     "DEFAULT_TYPES",
     "DEVICE_TYPES",
+    "DIFFUSION_KINDS",
     "INT64_RANGE",
     "MULTI_KINDS",
     "OPTIONAL_KINDS",
@@ -51,6 +56,7 @@ __all__ = [
     "ComponentChoice",
     "GuidanceConfig",
     "InpaintingConfig",
+    "LatentConfig",
     "Origins",
     "Recipe",
     "TrainConfig",
@@ -72,6 +78,9 @@ MULTI_KINDS: dict[str, str] = {k.table: k.name for k in KIND_RECORDS if k.many}
 DEFAULT_TYPES: dict[str, str] = {k.name: k.default for k in KIND_RECORDS if k.default}
 #: Tables a recipe may leave out, and then has no such component (``recipe.autoencoder``).
 OPTIONAL_KINDS: tuple[str, ...] = tuple(k.name for k in KIND_RECORDS if k.optional)
+#: The kinds of the diffusion model: an autoencoder recipe (an ``[autoencoder]`` table and
+#: no ``[backbone]``) trains the autoencoder alone and has none of them (they are None).
+DIFFUSION_KINDS: tuple[str, ...] = ("schedule", "backbone", "loss", "sampler")
 
 
 @attrs.frozen(kw_only=True)
@@ -97,15 +106,17 @@ class Recipe:
     plugins: tuple[str, ...] = ()
     data: ComponentChoice
     autoencoder: ComponentChoice | None = None
-    schedule: ComponentChoice
-    backbone: ComponentChoice
-    loss: ComponentChoice
+    schedule: ComponentChoice | None
+    backbone: ComponentChoice | None
+    loss: ComponentChoice | None
     optimizer: ComponentChoice
     lr_schedule: ComponentChoice
-    sampler: ComponentChoice
+    sampler: ComponentChoice | None
     train: TrainConfig = attrs.field(factory=TrainConfig)
     guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
     inpainting: InpaintingConfig = attrs.field(factory=InpaintingConfig)
+    autoencoder_training: AutoencoderTrainingConfig = attrs.field(factory=AutoencoderTrainingConfig)
+    latent: LatentConfig | None = None  # None: pixel space
     hooks: dict[str, ComponentChoice] = attrs.field(factory=dict)
     metrics: dict[str, ComponentChoice] = attrs.field(factory=dict)
     #: The file the recipe was read from (not part of equality).
@@ -113,6 +124,12 @@ class Recipe:
     #: The folder relative paths are read from, where it is not ``path``'s (a stored recipe:
     #: the folder of the recipe that was trained). Not part of equality.
     folder: Path | None = attrs.field(default=None, eq=False)
+
+    @property
+    def trains_autoencoder(self) -> bool:
+        """An autoencoder recipe: ``[autoencoder]`` and no ``[backbone]`` (docs/latent.md);
+        its :data:`DIFFUSION_KINDS` are None and ``[autoencoder_training]`` applies."""
+        return self.backbone is None
 
     @property
     def root(self) -> Path:
@@ -137,8 +154,12 @@ class Recipe:
         for kind in SINGLE_KINDS:
             if getattr(self, kind) is not None:
                 out[kind] = _choice_to_dict(getattr(self, kind))
+        skip = DIFFUSION_TABLES if self.trains_autoencoder else AUTOENCODER_TABLES
         for table in CORE_TABLES:
-            out[table] = _drop_none(converter.unstructure(getattr(self, table)))
+            # a diffusion table in an autoencoder recipe and the reverse are left out, and
+            # so is an optional table the recipe left out
+            if table not in skip and getattr(self, table) is not None:
+                out[table] = _drop_none(converter.unstructure(getattr(self, table)))
         for table in MULTI_KINDS:
             choices = getattr(self, table)
             out[table] = {name: _choice_to_dict(c) for name, c in choices.items()}
@@ -167,7 +188,7 @@ def _check_fields() -> None:
     types = {f.name: f.type for f in attrs.fields(Recipe)}  # annotations, as strings
     for kind in KIND_RECORDS:
         wanted = "dict[str, ComponentChoice]" if kind.many else "ComponentChoice"
-        wanted += " | None" if kind.optional else ""
+        wanted += " | None" if kind.optional or kind.name in DIFFUSION_KINDS else ""
         if types.get(kind.table) != wanted:
             raise TypeError(f"Recipe needs a field {kind.table}: {wanted} (the {kind.name} kind)")
 
@@ -253,8 +274,12 @@ def recipe_from_data(
     else:
         errors.append(("plugins", "expected a list of module names"))
 
+    autoencoder_recipe = "autoencoder" in data and "backbone" not in data
     for kind in SINGLE_KINDS:
         table = data.get(kind)
+        if autoencoder_recipe and kind in DIFFUSION_KINDS:
+            fields[kind] = None
+            continue
         if table is None:
             if kind in OPTIONAL_KINDS:
                 continue
@@ -293,6 +318,7 @@ def recipe_from_data(
             fields[table] = structure_config(config_cls, data[table])
         except Exception as exc:
             errors += flatten_errors(exc, table, config_cls)
+    errors += _stage_problems(data, autoencoder_recipe)
 
     if errors:
         raise RecipeError(_format_errors(where, errors, origins))
@@ -301,6 +327,23 @@ def recipe_from_data(
     if problems:
         raise RecipeError(_format_errors(where, problems, origins))
     return recipe
+
+
+def _stage_problems(data: Mapping[str, Any], autoencoder_recipe: bool) -> list[tuple[str, str]]:
+    """The tables of the other kind of recipe: a diffusion recipe's in an autoencoder recipe
+    (``[autoencoder]``, no ``[backbone]``), ``[autoencoder_training]`` in a diffusion one."""
+    if not autoencoder_recipe:
+        return [
+            (table, "only an autoencoder recipe (an [autoencoder] table and no [backbone]) "
+             "has it: remove it, or the [backbone] (docs/latent.md)")
+            for table in AUTOENCODER_TABLES if table in data
+        ]  # fmt: skip
+    extra = [t for t in (*DIFFUSION_KINDS, *DIFFUSION_TABLES) if t in data and t != "backbone"]
+    return [
+        (table, "an autoencoder recipe (an [autoencoder] table and no [backbone]) trains no "
+         f"diffusion model: remove [{table}] (docs/latent.md)")
+        for table in extra
+    ]  # fmt: skip
 
 
 def _structure_choice(

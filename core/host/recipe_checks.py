@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from denoisekit.config import memory_limit, over_memory
@@ -78,16 +79,20 @@ def _core_problems(recipe: Any, facts: Mapping[str, Mapping[str, Any]]) -> list[
         )
         problems.append(("train.batch_size", message))
     problems += _init_from_problems(recipe)
+    if recipe.trains_autoencoder:
+        return problems + _autoencoder_problems(recipe, data.get("image_shape"))
     problems += _memory_problems(recipe, facts.get("backbone", {}))
-    if recipe.autoencoder is not None:  # issue 22: the contract and components come first
+    if recipe.autoencoder is not None:  # a diffusion recipe's autoencoder is [latent]'s run
         message = (
-            "runs do not use an autoencoder yet (latent diffusion is in progress: "
-            "docs/latent.md); remove the [autoencoder] table to train in pixel space"
+            "a diffusion recipe takes its autoencoder from a trained run: remove the "
+            '[autoencoder] table and name the run in [latent] autoencoder = "...", or '
+            "remove [backbone] to train the autoencoder (docs/latent.md)"
         )
         problems.append(("autoencoder", message))
     problems += _guidance_problems(recipe)
+    problems += _latent_problems(recipe)
     shape = data.get("image_shape")
-    if shape is None:
+    if shape is None or recipe.latent is not None:  # the engine compares the latent shape
         return problems
     c, h, w = shape
     if h != w:
@@ -107,6 +112,68 @@ def _core_problems(recipe: Any, facts: Mapping[str, Mapping[str, Any]]) -> list[
                 f"{wanted['image_size'] or h}; set backbone.{key} = {value} (or change the data)"
             )
             problems.append((f"backbone.{key}", message))
+    return problems
+
+
+def _autoencoder_problems(recipe: Any, shape: Any) -> list[tuple[str, str]]:
+    """An autoencoder recipe: no labels, no sampling metrics, a discriminator that trains
+    and that the images are large enough for."""
+    problems = []
+    if recipe.train.label_dropout > 0:
+        problems.append(("train.label_dropout", "an autoencoder recipe uses no labels: set 0"))
+    for name in recipe.metrics:
+        problems.append(
+            (
+                f"metrics.{name}",
+                "an autoencoder run draws no samples to measure: remove the table "
+                "(benchmarks/autoencoder_quality.py measures reconstructions)",
+            )
+        )
+    cfg = recipe.autoencoder_training
+    if not cfg.discriminator:
+        return problems
+    if cfg.disc_start >= recipe.train.steps:
+        problems.append(
+            (
+                "autoencoder_training.disc_start",
+                f"{cfg.disc_start} is not below train.steps = {recipe.train.steps}: the "
+                "discriminator would never train; lower it, or set discriminator = false",
+            )
+        )
+    side = min(shape[1:]) if shape is not None else None
+    if side is not None and side // 2**cfg.disc_layers - 2 < 1:  # the PatchGAN's output side
+        problems.append(
+            (
+                "autoencoder_training.disc_layers",
+                f"{cfg.disc_layers} stride-2 layers leave no patch of the data's {side}×{side} "
+                f"images (needs sides of at least {3 * 2**cfg.disc_layers}): use fewer",
+            )
+        )
+    return problems
+
+
+def _latent_problems(recipe: Any) -> list[tuple[str, str]]:
+    """``[latent]`` names an existing autoencoder (the backbone against its latent shape is
+    the engine's check: :func:`denoisekit.engine.autoencoder_source.latent_problems`)."""
+    latent = recipe.latent
+    if latent is None:
+        return []
+    problems = []
+    stored = recipe.path is not None and recipe.path.suffix == ".pt"
+    path = recipe.root / latent.autoencoder
+    if not stored and not path.exists():
+        name = Path(latent.autoencoder).name
+        problems.append(
+            (
+                "latent.autoencoder",
+                f"{path}: no such autoencoder run or AutoencoderKL folder; train the "
+                f"autoencoder first (`denoisekit train recipes/{name}.toml` writes runs/{name}), "
+                "or fix the path (relative to the recipe's folder)",
+            )
+        )
+    if recipe.inpainting.enabled:
+        message = "[inpainting] models are pixel space only; use `denoisekit edit --inpaint`"
+        problems.append(("inpainting.masks", f"{message} with a latent run, or remove [latent]"))
     return problems
 
 

@@ -294,7 +294,8 @@ def check_sampler(
     with classifier-free guidance (the denoiser's) one forward per step, scale 1 exact;
     with inpainting through the denoiser (DDNM's projection, MMPS's posterior estimate)
     one forward per step, every ``x0`` estimate keeps the known pixels, and a mask with
-    nothing known gives the plain samples.
+    nothing known gives the plain samples; the output stays in the denoiser's
+    ``data_range`` and is not clamped where it is None (latent space).
     """
     name = f"sampler {spec.name!r}"
     check_config_roundtrip(spec, config)
@@ -464,6 +465,22 @@ def check_sampler(
                         f"plain samples: {m}"
                     ),
                 )
+
+    # 9. the data range is the denoiser's: [-0.5, 0.5] is kept; None (latents) not clamped.
+    _checking("9. the denoiser's data_range: kept, and no clamp in latent space (None)")
+    x_T = randn(shape, torch.Generator().manual_seed(9)) * 20.0
+    for bounds in ((-0.5, 0.5), None):
+        den = Denoiser(ToyBackbone(shape[1]), sched, data_range=bounds)
+        o = sampler.sample(den, x_T, generator=torch.Generator().manual_seed(0))
+        top = float(o.abs().max())
+        assert bool(torch.isfinite(o).all()), f"{name}: not finite with data_range={bounds}"
+        if bounds is not None:
+            assert top <= 0.5, f"{name}: output leaves the denoiser's data_range {bounds}: {top}"
+        else:
+            assert top > 1.0, (
+                f"{name}: clamps latents: with data_range None (latent space) the output must "
+                f"not be clamped to [-1, 1] (max |x| {top}); use denoisekit.denoiser.clip_to_range"
+            )
 
 
 def spec_id(spec: ComponentSpec) -> str:

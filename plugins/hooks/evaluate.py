@@ -130,6 +130,9 @@ class EvaluateHook:
 def check_evaluate(config: EvaluateConfig, context: CheckContext) -> Iterator[Problem]:
     """The metrics to run must be tables of the recipe, and there must be some; the samples
     (held in float32 until scored) and a batch in flight fit in memory."""
+    if context.recipe.backbone is None:  # an autoencoder recipe (docs/latent.md)
+        yield "", "an autoencoder run draws no samples to measure: remove the table"
+        return
     tables = context.recipe.metrics
     if not (config.metrics or tables):
         yield "", "the recipe has no [metrics.NAME] tables to run; add one, e.g. [metrics.fd]"

@@ -9,6 +9,10 @@ noise. The generator lives on the CPU, so the grids are the same on any device.
 For a class-conditional backbone the labels cycle through the classes (image ``i`` has
 class ``i mod num_classes``) and the grid has one column per class (up to 16 classes).
 
+In an autoencoder run (``run.sampler`` is None; docs/latent.md) the grid shows the first
+``num_images`` training images, each followed by its reconstruction (``run.preview_pairs``),
+two columns per pair.
+
 The grid goes to ``<run>/samples/step-00001000.png`` and to the
 ``denoisekit_preview_images`` hook (the TensorBoard hook logs it).
 
@@ -82,14 +86,20 @@ class PreviewHook:
         return (torch.arange(self.config.num_images) % run.num_classes).to(run.device)
 
     def nrow(self, run: Run) -> int:
-        """Images per grid row: one column per class, else a square-ish grid."""
+        """Images per grid row: one column per class, else a square-ish grid (of pairs, in
+        an autoencoder run)."""
+        if run.sampler is None:
+            return 2 * max(1, math.ceil(math.sqrt(self.config.num_images)))
         num_classes = run.num_classes
         if num_classes and num_classes <= 16:
             return min(num_classes, self.config.num_images)
         return max(1, math.ceil(math.sqrt(self.config.num_images)))
 
     def draw(self, run: Run) -> torch.Tensor:
-        """The preview images ``(N, C, H, W)`` in [-1, 1], from the fixed noise."""
+        """The preview images ``(N, C, H, W)`` in [-1, 1], from the fixed noise (in an
+        autoencoder run: ``2 N``, image and reconstruction pairs)."""
+        if run.sampler is None:
+            return run.preview_pairs(self.config.num_images)
         generator = torch.Generator().manual_seed(self.config.seed)
         return run.sample(self.config.num_images, generator=generator, cond=self.labels(run))
 

@@ -10,7 +10,8 @@ What is written:
   ``loss_by_timestep/<lo>-<hi>`` (also added to the logged scalars, so ``metrics.jsonl``
   has it). The sums are accumulated on the device every step with ``index_add_``: no
   host sync outside logging intervals;
-* the preview grids of ``[hooks.preview]`` as the image ``samples``;
+* the preview grids of ``[hooks.preview]`` as the image ``samples`` (``reconstructions``
+  in an autoencoder run, which has no timesteps either: no per-timestep losses);
 * the fully resolved recipe as the text ``recipe`` (at train start);
 * the HParams tab entry at train end: the recipe's scalar options flattened to dotted keys
   (``optimizer.lr``, ``backbone.channel_mults``) and, as metrics, the ``train/...`` scalars
@@ -107,6 +108,7 @@ class TensorBoardHook:
         self._count: torch.Tensor | None = None
         self._bin_of_t: torch.Tensor | None = None  # (T,) bin index of each timestep
         self._last_scalars: dict[str, float] = {}
+        self._reconstructions = False
 
     def bin_edges(self) -> list[tuple[int, int]]:
         """Inclusive timestep ranges ``(lo, hi)`` of the bins."""
@@ -119,6 +121,9 @@ class TensorBoardHook:
     @hookimpl
     def denoisekit_configure(self, run: Run) -> None:
         self.log_dir = run.paths.tensorboard
+        self._reconstructions = run.schedule is None  # an autoencoder run (docs/latent.md)
+        if run.schedule is None:
+            return
         self._num_timesteps = int(run.schedule.num_timesteps)
         bins = self.config.timestep_bins
         self._loss_sum = torch.zeros(bins, device=run.device)
@@ -177,9 +182,11 @@ class TensorBoardHook:
             return
         from torchvision.utils import make_grid
 
-        nrow = max(1, math.ceil(math.sqrt(images.shape[0])))
+        n = images.shape[0] // 2 if self._reconstructions else images.shape[0]
+        nrow = max(1, math.ceil(math.sqrt(n))) * (2 if self._reconstructions else 1)
         grid = make_grid(images.detach().float(), nrow=nrow, normalize=True, value_range=(-1, 1))
-        self.writer.add_image("samples", grid, global_step=step)
+        tag = "reconstructions" if self._reconstructions else "samples"
+        self.writer.add_image(tag, grid, global_step=step)
 
     @hookimpl
     def denoisekit_train_end(self, run: Run) -> None:

@@ -23,20 +23,20 @@ digits work too.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 import denoisekit
 from denoisekit.contracts import MetricContext
 from denoisekit.errors import DenoisekitError
+from denoisekit.files import write_bytes
 from denoisekit.plugins.metrics._class_classifier import classify as classify_batches
 
 log = logging.getLogger(__name__)
@@ -230,17 +230,9 @@ def load_or_train(
 
 
 def _save_weights(path: Path, model: nn.Module) -> None:
-    """Write the weights as safetensors to a temporary file beside ``path``, then rename it
-    into place (a reader never sees a torn file)."""
+    """Write the weights as safetensors, atomically (a reader never sees a torn file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(model.state_dict(), temp, metadata={"version": str(VERSION)})
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_bytes(path, safetensors_bytes(model.state_dict(), metadata={"version": str(VERSION)}))
 
 
 def classifier_for(context: MetricContext, size: int = SIZE) -> DigitsClassifier:

@@ -43,18 +43,19 @@ training, and the full bound (``steps`` unset) for final numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
 import numpy as np
 import torch
 
-from denoisekit import ComponentSpec, hookimpl
+from denoisekit import CheckContext, ComponentSpec, Problem, hookimpl
 from denoisekit.config import int_at_least, option
 from denoisekit.contracts import MetricContext
 from denoisekit.denoiser import eval_mode
 from denoisekit.diffusion import VARIANCES, q_sample
+from denoisekit.errors import DenoisekitError
 from denoisekit.images import quantize
 
 _LN2 = math.log(2.0)
@@ -301,6 +302,8 @@ class NLLMetric:
     def __call__(self, context: MetricContext) -> dict[str, float]:
         cfg = self.config
         run = context.require_run(self.name)  # a one-line error for a sample file
+        if getattr(run.recipe, "latent", None) is not None:
+            raise DenoisekitError(LATENT_REFUSAL)
         denoiser = context.denoiser(self.name)
         images, labels = context.reference_images(cfg.num_images)
         if cfg.quantize:
@@ -329,6 +332,19 @@ class NLLMetric:
         return {"nll_bpd": float(total) / images.shape[0]}
 
 
+#: Why ``nll`` does not score a latent run.
+LATENT_REFUSAL = (
+    "metric nll is not defined for latent runs ([latent]): its bound is on the latents, not "
+    "the images' pixels; remove [metrics.nll] (fd and class-quality score decoded images)"
+)
+
+
+def check_nll(config: NLLConfig, context: CheckContext) -> Iterator[Problem]:
+    """A latent run has no pixel likelihood bound."""
+    if getattr(context.recipe, "latent", None) is not None:
+        yield ("", LATENT_REFUSAL)
+
+
 @hookimpl
 def denoisekit_components() -> list[ComponentSpec]:
     """Register ``nll``."""
@@ -338,6 +354,7 @@ def denoisekit_components() -> list[ComponentSpec]:
             name="nll",
             config=NLLConfig,
             build=NLLMetric,
+            check=check_nll,
             summary="negative log-likelihood (bits/dim) on held-out data from the variational "
             "bound (DDPM sec. 3.3, improved-diffusion's calc_bpd_loop).",
         )

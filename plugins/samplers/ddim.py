@@ -27,6 +27,7 @@ import torch
 
 from denoisekit import ComponentSpec, DenoiserLike, hookimpl
 from denoisekit.config import int_at_least, option, unit_interval
+from denoisekit.denoiser import clip_to_range
 from denoisekit.diffusion import SPACINGS, randn, sampling_steps, spaced_timesteps
 from denoisekit.plugins.samplers._checks import check_steps, steps_within_schedule
 
@@ -52,7 +53,9 @@ class DDIMConfig:
         validator=attrs.validators.in_(SPACINGS),
     )
     clip_denoised: bool = option(
-        True, "clip each x0 prediction to [-1, 1]", validator=attrs.validators.instance_of(bool)
+        True,
+        "clip each x0 prediction to the data range ([-1, 1] in pixel space; latents: never)",
+        validator=attrs.validators.instance_of(bool),
     )
 
 
@@ -103,7 +106,8 @@ class DDIMSampler:
                 x0 estimate}``.
 
         Returns:
-            Samples of ``x_T``'s shape, dtype and device, clamped to [-1, 1].
+            Samples of ``x_T``'s shape, dtype and device, clamped to the denoiser's
+            ``data_range`` ([-1, 1]; latents: not clamped).
 
         Raises:
             ValueError: when ``steps`` exceeds the schedule's number of timesteps.
@@ -125,7 +129,7 @@ class DDIMSampler:
         for n, t in enumerate(steps.timesteps):
             eps, x0 = denoiser.predict(x, steps.t[n], cond)
             if self.config.clip_denoised:
-                x0 = x0.clamp(-1.0, 1.0)
+                x0 = clip_to_range(x0, denoiser)
                 eps = (x - sqrt_ab[n] * x0) / sqrt_1m_ab[n]
             if callback is not None:
                 callback({"i": n, "t": t, "x_t": x, "x0": x0})
@@ -133,7 +137,7 @@ class DDIMSampler:
             x = c_x0[n] * x0 + c_eps[n] * eps
             if sigma[n] > 0.0:
                 x = x + sigma[n] * randn(x.shape, generator, device=x.device, dtype=x.dtype)
-        return x.clamp(-1.0, 1.0)
+        return clip_to_range(x, denoiser)
 
     def __repr__(self) -> str:
         return f"DDIMSampler({self.config!r})"

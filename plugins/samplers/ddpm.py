@@ -21,6 +21,7 @@ import torch
 
 from denoisekit import ComponentSpec, DenoiserLike, hookimpl
 from denoisekit.config import int_at_least, option
+from denoisekit.denoiser import clip_to_range
 from denoisekit.diffusion import (
     SPACINGS,
     VARIANCES,
@@ -53,7 +54,9 @@ class DDPMConfig:
         validator=attrs.validators.in_(VARIANCES),
     )
     clip_denoised: bool = option(
-        True, "clip each x0 prediction to [-1, 1]", validator=attrs.validators.instance_of(bool)
+        True,
+        "clip each x0 prediction to the data range ([-1, 1] in pixel space; latents: never)",
+        validator=attrs.validators.instance_of(bool),
     )
 
 
@@ -106,7 +109,8 @@ class DDPMSampler:
                 x0 estimate}``.
 
         Returns:
-            Samples of ``x_T``'s shape, dtype and device, clamped to [-1, 1].
+            Samples of ``x_T``'s shape, dtype and device, clamped to the denoiser's
+            ``data_range`` ([-1, 1]; latents: not clamped).
         """
         schedule = denoiser.schedule
         steps = sampling_steps(schedule, self.timesteps(schedule.alphas_cumprod), x_T)
@@ -125,14 +129,14 @@ class DDPMSampler:
             i = len(steps.timesteps) - 1 - n  # the respaced index
             _, x0 = denoiser.predict(x, steps.t[n], cond)
             if self.config.clip_denoised:
-                x0 = x0.clamp(-1.0, 1.0)
+                x0 = clip_to_range(x0, denoiser)
             if callback is not None:
                 callback({"i": n, "t": t, "x_t": x, "x0": x0})
             # DDPM eq. (7): x_{t-1} = mu~(x_t, x0) + sigma_t z, z ~ N(0, I); z = 0 at the end.
             x = coef_x0[i] * x0 + coef_xt[i] * x
             if i > 0:
                 x = x + sigma[i] * randn(x.shape, generator, device=x.device, dtype=x.dtype)
-        return x.clamp(-1.0, 1.0)
+        return clip_to_range(x, denoiser)
 
     def __repr__(self) -> str:
         return f"DDPMSampler({self.config!r})"

@@ -26,6 +26,7 @@ import torch
 
 from denoisekit import ComponentSpec, DenoiserLike, hookimpl
 from denoisekit.config import finite_number, int_at_least, option
+from denoisekit.denoiser import clip_to_range
 from denoisekit.diffusion import SPACINGS, sampling_steps, spaced_timesteps
 from denoisekit.plugins.samplers._checks import check_steps, steps_within_schedule
 
@@ -55,7 +56,9 @@ class DPMSolverConfig:
         validator=attrs.validators.instance_of(bool),
     )
     clip_denoised: bool = option(
-        True, "clip each x0 prediction to [-1, 1]", validator=attrs.validators.instance_of(bool)
+        True,
+        "clip each x0 prediction to the data range ([-1, 1] in pixel space; latents: never)",
+        validator=attrs.validators.instance_of(bool),
     )
 
 
@@ -105,7 +108,7 @@ class DPMSolverSampler:
         for i, t in enumerate(ts):
             _, x0 = denoiser.predict(x, t_batch[i], cond)
             if self.config.clip_denoised:
-                x0 = x0.clamp(-1.0, 1.0)
+                x0 = clip_to_range(x0, denoiser)
             if callback is not None:
                 callback({"i": i, "t": t, "x_t": x, "x0": x0})
             if i + 1 < len(ts):  # after timestep 0 the jump to sigma = 0 gives x0 itself
@@ -118,7 +121,7 @@ class DPMSolverSampler:
                     d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * previous
                 x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * math.expm1(-h) * d
                 previous, h_previous = x0, h
-        return x0.clamp(-1.0, 1.0)
+        return clip_to_range(x0, denoiser)
 
     def __repr__(self) -> str:
         return f"DPMSolverSampler({self.config!r})"

@@ -80,6 +80,16 @@ def test_check_sampler_catches_a_sampler_that_edits_x_T():
         check_sampler(spec)
 
 
+def test_check_sampler_catches_a_sampler_that_clamps_latents():
+    class Clamping(ddim.DDIMSampler):  # 0.1's contract: always [-1, 1]
+        def sample(self, denoiser, x_T, **kwargs):
+            return super().sample(denoiser, x_T, **kwargs).clamp(-1.0, 1.0)
+
+    spec = _spec("sampler", lambda cfg: Clamping(ddim.DDIMConfig(steps=5)))
+    with pytest.raises(AssertionError, match=r"^sampler 'broken': clamps latents: with data_"):
+        check_sampler(spec)
+
+
 # --------------------------------------------------------------------------- what a plugin raises
 
 

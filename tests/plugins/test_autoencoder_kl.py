@@ -96,13 +96,14 @@ def test_a_recipe_without_an_autoencoder_is_pixel_space(tmp_path):
     assert load_recipe(again) == recipe
 
 
-def test_a_recipe_with_an_autoencoder_is_refused_until_runs_use_one(tmp_path):
+def test_a_diffusion_recipe_with_an_autoencoder_table_is_sent_to_latent(tmp_path):
     table = {"type": "kl", "in_channels": 1, "block_channels": [8, 8, 8, 8], "groups": 4}
     path = write_recipe(tmp_path, {"autoencoder": table})
     with pytest.raises(RecipeError) as info:
         load_recipe(path)
     message = str(info.value)
-    assert "\n" not in message and message.startswith(f"{path}: autoencoder: runs do not use")
+    assert "\n" not in message and message.startswith(f"{path}: autoencoder: a diffusion recipe")
+    assert "[latent] autoencoder" in message  # where a diffusion recipe names its autoencoder
     assert "autoencoder.block_channels" not in message  # digits are 8×8: factor 8 fits
     # The component's own check runs in the same line: factor 16 does not fit 8×8 digits.
     deeper = {**table, "block_channels": [8, 8, 8, 8, 8]}

@@ -71,7 +71,7 @@ def test_class_conditional_labels_cycle_through_the_classes() -> None:
         seen.update(n=n, seed=generator.initial_seed(), cond=cond)
         return torch.zeros(n, 1, 8, 8)
 
-    run = SimpleNamespace(num_classes=10, device=torch.device("cpu"), sample=sample)
+    run = SimpleNamespace(num_classes=10, device=torch.device("cpu"), sample=sample, sampler="ddim")
     hook = PreviewHook(PreviewConfig(num_images=25, seed=7))
     hook.draw(run)
     assert seen["n"] == 25 and seen["seed"] == 7

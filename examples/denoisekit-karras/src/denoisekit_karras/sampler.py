@@ -43,6 +43,7 @@ from denoisekit import (
     option,
     positive_finite,
 )
+from denoisekit.denoiser import clip_to_range
 
 
 @attrs.frozen(kw_only=True)
@@ -155,7 +156,8 @@ class KarrasSampler:
                 "sigma", "x_t" (the VP state), "x0"}``.
 
         Returns:
-            Samples of ``x_T``'s shape, dtype and device, clamped to [-1, 1].
+            Samples of ``x_T``'s shape, dtype and device, clamped to the denoiser's
+            ``data_range`` ([-1, 1]; latents: not clamped).
         """
         schedule = denoiser.schedule
         steps = diffusion.sampling_steps(schedule, self.timesteps(schedule.alphas_cumprod), x_T)
@@ -170,7 +172,7 @@ class KarrasSampler:
             x_t = scale[i] * x
             eps, x0 = denoiser.predict(x_t, steps.t[i], cond)
             if self.config.clip_denoised:
-                x0 = x0.clamp(-1.0, 1.0)
+                x0 = clip_to_range(x0, denoiser)
                 eps = (x - x0) / sigmas[i]
             return eps, x_t, x0
 
@@ -185,7 +187,7 @@ class KarrasSampler:
                 d_next, _, _ = slope(x_next, i + 1)
                 x_next = x + h * (0.5 * d + 0.5 * d_next)
             x = x_next
-        return x.clamp(-1.0, 1.0)
+        return clip_to_range(x, denoiser)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
