@@ -89,3 +89,34 @@ def test_several_budgets_give_one_row_each(tmp_path: Path) -> None:
         ]
     )
     assert list(rows) == ["naive@0.001min", "naive@0.002min"]
+
+
+def test_the_latent_contender_trains_on_an_autoencoder_run_and_scores_decoded_images(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from denoisekit.files import CACHE_ENV
+    from tests.test_latent_runs import make_ae_run
+    from tests.test_recipes import FASHION_AE
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    fake(tmp_path / "data", gz=True, n_train=16, n_test=8)
+    ae = make_ae_run(tmp_path / "fashion-ae", table=FASHION_AE)
+    rows = fvd.main(
+        [
+            "--tiny",
+            "--minutes=0.002",
+            "--calibrate=2",
+            "-n=6",
+            "--nfe=3",
+            "--batch-size=4",
+            "--classifier-steps=2",
+            f"--data-root={tmp_path / 'data'}",
+            f"--out={tmp_path / 'runs'}",
+            "--contenders=latent",
+            f"--autoencoder={ae}",
+        ]
+    )
+    row = rows["latent"]
+    assert row["steps"] >= 1 and row["nfe"] == 3
+    assert sum(row[f"class_count/{c}"] for c in range(10)) == 6  # 28×28 decoded images scored
+    assert (tmp_path / "cache").is_dir()  # stage 2 trained on cached latents
