@@ -24,7 +24,6 @@ the discriminator trains, ``g_loss``, ``disc_weight`` (the adversarial term's we
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any
 
@@ -37,6 +36,7 @@ from denoisekit.diffusion import randn
 from denoisekit.engine.autoencoder_run import AutoencoderRun, calibration_images
 from denoisekit.engine.latents import calibrate
 from denoisekit.engine.patch_gan import adaptive_weight, hinge_discriminator_loss
+from denoisekit.engine.run import logged_grad_norm
 
 log = logging.getLogger(__name__)
 
@@ -187,12 +187,8 @@ def train_steps(run: AutoencoderRun, cfg: Any) -> None:
                     scalars[name] = means[i] / adversarial_steps
             scalars["lr"] = float(run.optimizer.param_groups[0]["lr"])
             scalars["images_per_sec"] = steps_since_log * cfg.batch_size / max(now - tick, 1e-9)
-            norm = state.grad_norm
-            if norm is None:
-                grads = [p.grad for p in run.model.parameters() if p.grad is not None]
-                norm = torch.nn.utils.get_total_norm(grads) if grads else None
-            if norm is not None and math.isfinite(value := float(norm)):
-                scalars["grad_norm"] = value
+            if (norm := logged_grad_norm(run)) is not None:
+                scalars["grad_norm"] = norm
             hook.denoisekit_log_scalars(run=run, step=state.step, scalars=scalars)
             sums.zero_()
             steps_since_log = adversarial_steps = 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import signal
 import threading
 import time
@@ -33,7 +32,7 @@ from denoisekit.engine import autoencoder_loop, distributed
 from denoisekit.engine.autoencoder_run import AutoencoderRun
 from denoisekit.engine.checkpoint import load_checkpoint
 from denoisekit.engine.masks import conditioning, draw_masks
-from denoisekit.engine.run import Run, versions
+from denoisekit.engine.run import Run, logged_grad_norm, versions
 from denoisekit.engine.weights import init_from
 from denoisekit.files import write_bytes
 
@@ -200,12 +199,8 @@ def _loop(run: Run, cfg: Any) -> None:
                 "lr": float(run.optimizer.param_groups[0]["lr"]),
                 "images_per_sec": steps_since_log * cfg.batch_size / max(now - tick, 1e-9),
             }
-            norm = state.grad_norm
-            if norm is None:
-                grads = [p.grad for p in run.model.parameters() if p.grad is not None]
-                norm = torch.nn.utils.get_total_norm(grads) if grads else None
-            if norm is not None and math.isfinite(value := float(norm)):
-                scalars["grad_norm"] = value
+            if (norm := logged_grad_norm(run)) is not None:
+                scalars["grad_norm"] = norm
             hook.denoisekit_log_scalars(run=run, step=state.step, scalars=scalars)
             loss_sum.zero_()
             steps_since_log = 0

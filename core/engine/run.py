@@ -14,6 +14,7 @@ state, so N steps + resume + N steps equals 2N steps bit for bit on CPU.
 
 from __future__ import annotations
 
+import math
 import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -336,6 +337,18 @@ class Run:
             raise CheckpointError(
                 f"{source}: does not match this recipe's run ({type(exc).__name__}: {first[:200]})"
             ) from exc
+
+
+def logged_grad_norm(run: Run) -> float | None:
+    """The gradient norm to log: the one clipping measured (``state.grad_norm``), else the
+    model's gradients' total norm; None when there is none or it is not finite."""
+    norm = run.state.grad_norm
+    if norm is None:
+        grads = [p.grad for p in run.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else None
+    if norm is None or not math.isfinite(value := float(norm)):
+        return None
+    return value
 
 
 def versions(registry: Registry) -> dict[str, Any]:
